@@ -1,0 +1,91 @@
+# acmezone developer entry points. `make run` starts the whole system on embedded defaults;
+# `make test` installs everything the tests need (Python venv, Debian packages) and runs them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+BUF_VERSION := 1.75.0
+BUF := .tools/node/node_modules/.bin/buf
+PROTO_FILES := $(shell find protos -name '*.proto')
+GEN := gen/python
+SERVICES := common registry dns issuer
+SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml))
+# Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
+TEST_DEB_PACKAGES := pebble bind9-dnsutils
+BENCH_DEB_PACKAGES := dnsperf nsd
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
+
+.PHONY: help install protos run test test-fast lint fmt bench clean system-deps bench-deps
+
+help:
+	@echo "make install   venv with pinned dependencies and generated gRPC code"
+	@echo "make run       start the whole system locally on the default ports"
+	@echo "make test      install what the tests need and run the whole suite"
+	@echo "make lint      ruff, mypy --strict, buf lint"
+	@echo "make protos    regenerate gen/python from protos/"
+	@echo "make bench     run the benchmarks under bench/ and print their figures"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Generated code first: the service distributions depend on acmezone-protos.
+$(VENV)/.installed: $(VENV)/bin/python constraints.txt $(SERVICE_DIRS) $(GEN)/pyproject.toml $(PROTO_FILES)
+	$(PIP) install -q -c constraints.txt grpcio-tools mypy-protobuf types-protobuf
+	$(MAKE) --no-print-directory protos
+	$(PIP) install -q -c constraints.txt -e $(GEN) $(foreach d,$(SERVICE_DIRS),-e $(dir $(d))) \
+		pytest pytest-asyncio pytest-timeout dnspython mypy ruff
+	touch $@
+
+install: $(VENV)/.installed
+
+protos: $(VENV)/bin/python
+	rm -rf $(GEN)/acmezone
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+		--python_out=$(GEN) --grpc_python_out=$(GEN) \
+		--mypy_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTO_FILES)
+	touch $(GEN)/acmezone/py.typed
+
+system-deps:
+	@missing=$$(for p in $(TEST_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing >/dev/null; \
+	fi
+
+bench-deps:
+	@missing=$$(for p in $(BENCH_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing >/dev/null; \
+	fi
+
+$(BUF):
+	npm install --silent --prefix .tools/node --no-save --no-package-lock @bufbuild/buf@$(BUF_VERSION)
+
+run: install system-deps
+	$(PY) tools/run_local.py
+
+test: install system-deps
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+lint: install $(BUF)
+	$(VENV)/bin/ruff format --check services tests bench tools
+	$(VENV)/bin/ruff check services tests bench tools
+	$(VENV)/bin/mypy $(foreach d,$(SERVICE_DIRS),$(dir $(d))src) tools
+	cd protos && ../$(BUF) lint
+
+fmt: install
+	$(VENV)/bin/ruff format services tests bench tools
+	$(VENV)/bin/ruff check --fix services tests bench tools
+
+bench: install system-deps bench-deps
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .tools $(GEN)/acmezone var .mypy_cache .ruff_cache .pytest_cache
