@@ -37,7 +37,7 @@ $(VENV)/.installed: $(VENV)/bin/python constraints.txt $(SERVICE_DIRS) $(GEN)/py
 	$(PIP) install -q -c constraints.txt grpcio-tools mypy-protobuf types-protobuf
 	$(MAKE) --no-print-directory protos
 	$(PIP) install -q -c constraints.txt -e $(GEN) $(foreach d,$(SERVICE_DIRS),-e $(dir $(d))) \
-		pytest pytest-asyncio pytest-timeout dnspython mypy ruff
+		pytest pytest-asyncio pytest-timeout dnspython mypy ruff types-grpcio
 	touch $@
 
 install: $(VENV)/.installed

@@ -33,7 +33,9 @@ ServiceStatus = health_pb2.HealthCheckResponse.ServingStatus
 class GrpcServer:
     """A grpc.aio server bound to one address, with health checking and reflection."""
 
-    def __init__(self, address: HostPort, *, registry: CollectorRegistry, error_domain: str) -> None:
+    def __init__(
+        self, address: HostPort, *, registry: CollectorRegistry, error_domain: str
+    ) -> None:
         self._address = address
         self._metrics = GrpcServerMetrics(registry)
         self._server = grpc.aio.server(

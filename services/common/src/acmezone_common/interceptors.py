@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
-def rpc_type(handler: grpc.RpcMethodHandler) -> str:
+Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+def rpc_type(handler: Handler) -> str:
     """The go-grpc-prometheus name of a handler's streaming shape."""
     if handler.request_streaming and handler.response_streaming:
         return "bidi_stream"
@@ -58,14 +61,16 @@ def status_details(error: AcmezoneError, domain: str) -> bytes:
     if error.field_violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in error.field_violations
             ]
         )
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         status.details.append(packed)
-    return status.SerializeToString()
+    return bytes(status.SerializeToString())
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -77,9 +82,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             # Unknown methods get UNIMPLEMENTED from grpc itself; we expose no client streams.
@@ -87,11 +92,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service, method = split_method(handler_call_details.method)
         labels = (rpc_type(handler), service, method)
         if handler.response_streaming:
+            assert handler.unary_stream is not None
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, labels),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        assert handler.unary_unary is not None
         return grpc.unary_unary_rpc_method_handler(
             self._wrap_unary(handler.unary_unary, labels),
             request_deserializer=handler.request_deserializer,
@@ -158,14 +165,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             raise exc
         if isinstance(exc, Exception):
             logger.exception(
-                "unhandled error in RPC", extra={"grpc_service": labels[1], "grpc_method": labels[2]}
+                "unhandled error in RPC",
+                extra={"grpc_service": labels[1], "grpc_method": labels[2]},
             )
             context.set_code(grpc.StatusCode.INTERNAL)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise exc
 
     def _record(
-        self, labels: tuple[str, str, str], start: float, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        labels: tuple[str, str, str],
+        start: float,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         status = context.code()
         code = status.name if isinstance(status, grpc.StatusCode) else "OK"

@@ -9,9 +9,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-async def wait_for_serving(target: str, service: str = "", timeout: float = 20.0) -> None:
+async def wait_for_serving(target: str, service: str = "", within: float = 20.0) -> None:
     """Poll a gRPC server's health until `service` is SERVING; raise TimeoutError otherwise."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last_error: str = "no answer"
     async with grpc.aio.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -24,14 +24,14 @@ async def wait_for_serving(target: str, service: str = "", timeout: float = 20.0
             except grpc.aio.AioRpcError as exc:
                 last_error = f"{exc.code().name}: {exc.details()}"
             await asyncio.sleep(0.05)
-    raise TimeoutError(f"{target} service {service!r} not SERVING after {timeout}s: {last_error}")
+    raise TimeoutError(f"{target} service {service!r} not SERVING after {within}s: {last_error}")
 
 
 def error_info_reason(error: grpc.aio.AioRpcError) -> str | None:
     """The `google.rpc.ErrorInfo.reason` a failed RPC carries, or None."""
     from grpc_status import rpc_status
 
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     if status is None:
         return None
     from google.rpc import error_details_pb2

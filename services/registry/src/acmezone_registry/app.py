@@ -1,0 +1,148 @@
+"""Composition root: builds every registry object from settings and wires them together.
+
+Nothing else in the package constructs collaborators or reads settings; tests build a
+`RegistryApp` from their own settings and `CollectorRegistry` and get a complete registry on
+real ports (port 0 picks free ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from functools import partial
+
+from prometheus_client import CollectorRegistry
+
+from acmezone.registry.v1 import (
+    record_feed_service_pb2,
+    record_feed_service_pb2_grpc,
+    registration_service_pb2,
+    registration_service_pb2_grpc,
+    txt_record_service_pb2,
+    txt_record_service_pb2_grpc,
+)
+from acmezone_common.addresses import HostPort
+from acmezone_common.grpc_server import GrpcServer
+from acmezone_common.metrics import MetricsServer
+from acmezone_registry.access import ClientAddressResolver
+from acmezone_registry.errors import ERROR_DOMAIN
+from acmezone_registry.feed import RecordFeed
+from acmezone_registry.http_api import HttpApi
+from acmezone_registry.maintenance import Maintenance
+from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.registrations import RegistrationPolicy, Registrations
+from acmezone_registry.servicer import RecordFeedServicer, RegistrationServicer, TxtRecordServicer
+from acmezone_registry.settings import RegistrySettings
+from acmezone_registry.storage import migrate
+from acmezone_registry.storage.database import Database
+from acmezone_registry.storage.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryApp:
+    """The whole registry service: storage, feed, gRPC API, HTTP API, metrics, maintenance."""
+
+    def __init__(self, settings: RegistrySettings, metrics_registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.database = Database(settings.resolved_database_url())
+        self.metrics = RegistryMetrics(metrics_registry)
+        self.repository = Repository(self.database, settings.zone)
+        self.registrations = Registrations(
+            self.repository,
+            RegistrationPolicy(
+                zone=settings.zone,
+                operator_token=settings.operator_token.get_secret_value()
+                if settings.operator_token
+                else None,
+                reserved_subdomains=tuple(settings.reserved_subdomains),
+                default_max_txt_values=settings.default_max_txt_values,
+                strict_txt_values=settings.strict_txt_values,
+                txt_value_lifetime=timedelta(seconds=settings.txt_value_lifetime_seconds)
+                if settings.txt_value_lifetime_seconds
+                else None,
+                password_scrypt_n=settings.password_scrypt_n,
+            ),
+            self.metrics,
+        )
+        self.feed = RecordFeed(
+            self.repository,
+            self.metrics,
+            bookmark_interval=settings.feed_bookmark_interval_seconds,
+            poll_interval=settings.feed_poll_interval_seconds,
+        )
+        self.maintenance = Maintenance(
+            self.repository,
+            self.metrics,
+            interval=settings.maintenance_interval_seconds,
+            feed_retention_revisions=settings.feed_retention_revisions,
+            expire_values=settings.txt_value_lifetime_seconds > 0,
+        )
+        resolver = ClientAddressResolver(settings.trusted_proxies)
+        self.grpc = GrpcServer(
+            settings.grpc_address, registry=metrics_registry, error_domain=ERROR_DOMAIN
+        )
+        self.grpc.add_service(
+            registration_service_pb2.DESCRIPTOR.services_by_name["RegistrationService"],
+            partial(
+                registration_service_pb2_grpc.add_RegistrationServiceServicer_to_server,
+                RegistrationServicer(self.registrations, resolver),
+            ),
+        )
+        self.grpc.add_service(
+            txt_record_service_pb2.DESCRIPTOR.services_by_name["TxtRecordService"],
+            partial(
+                txt_record_service_pb2_grpc.add_TxtRecordServiceServicer_to_server,
+                TxtRecordServicer(self.registrations, resolver),
+            ),
+        )
+        self.grpc.add_service(
+            record_feed_service_pb2.DESCRIPTOR.services_by_name["RecordFeedService"],
+            partial(
+                record_feed_service_pb2_grpc.add_RecordFeedServiceServicer_to_server,
+                RecordFeedServicer(self.feed),
+            ),
+        )
+        self.http = HttpApi(
+            self.registrations,
+            resolver,
+            self.metrics,
+            max_body_bytes=settings.http_max_body_bytes,
+            storage_ok=self.repository.ping,
+        )
+        self.metrics_server = MetricsServer(settings.metrics_address, metrics_registry)
+        self.grpc_address: HostPort = settings.grpc_address
+        self.http_address: HostPort = settings.http_address
+        self.metrics_address: HostPort = settings.metrics_address
+
+    async def start(self) -> None:
+        """Migrate (if configured), then start serving on every port."""
+        if self.settings.migrate_on_start:
+            await asyncio.to_thread(migrate.upgrade, self.database)
+        await self.feed.start()
+        await self.maintenance.run_once()
+        self.maintenance.start()
+        self.metrics_address = self.metrics_server.start()
+        self.http_address = await self.http.start(self.settings.http_address)
+        self.grpc_address = await self.grpc.start()
+        logger.info(
+            "registry serving",
+            extra={
+                "grpc": str(self.grpc_address),
+                "http": str(self.http_address),
+                "zone": self.settings.zone,
+                "database": self.database.dialect,
+                "operator_token": self.settings.operator_token is not None,
+            },
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Drain: health NOT_SERVING, end watches, finish RPCs within `grace`, close storage."""
+        await self.grpc.health.enter_graceful_shutdown()
+        await self.feed.stop()
+        await self.grpc.stop(grace)
+        await self.http.stop()
+        await self.maintenance.stop()
+        self.metrics_server.stop()
+        await self.database.dispose()

@@ -1,0 +1,55 @@
+"""The registry's error reasons, and shortcuts that raise them with consistent messages.
+
+Every failure a caller can cause is one of the `acmezone_common.errors` classes with one of the
+reasons below (the same list stands in the header of each proto file)::
+
+    InvalidArgumentError   INVALID_NAME, INVALID_SUBDOMAIN, INVALID_CIDR, INVALID_DESCRIPTION,
+                           INVALID_MAX_TXT_VALUES, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN,
+                           INVALID_UPDATE_MASK, INVALID_TXT_VALUE, INVALID_START_REVISION
+    UnauthenticatedError   OPERATOR_TOKEN_REQUIRED, OPERATOR_TOKEN_INVALID,
+                           CREDENTIALS_REQUIRED, CREDENTIALS_INVALID
+    PermissionDeniedError  SOURCE_ADDRESS_NOT_ALLOWED, SUBDOMAIN_MISMATCH
+    NotFoundError          REGISTRATION_NOT_FOUND
+    AlreadyExistsError     SUBDOMAIN_TAKEN
+    OutOfRangeError        REVISION_COMPACTED, REVISION_IN_FUTURE, FEED_ID_MISMATCH
+    UnavailableError       STORAGE_UNAVAILABLE, SHUTTING_DOWN
+"""
+
+from __future__ import annotations
+
+from acmezone_common.errors import NotFoundError
+
+ERROR_DOMAIN = "registry.acmezone.dev"
+
+INVALID_NAME = "INVALID_NAME"
+INVALID_SUBDOMAIN = "INVALID_SUBDOMAIN"
+INVALID_CIDR = "INVALID_CIDR"
+INVALID_DESCRIPTION = "INVALID_DESCRIPTION"
+INVALID_MAX_TXT_VALUES = "INVALID_MAX_TXT_VALUES"
+INVALID_PAGE_SIZE = "INVALID_PAGE_SIZE"
+INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+INVALID_UPDATE_MASK = "INVALID_UPDATE_MASK"
+INVALID_TXT_VALUE = "INVALID_TXT_VALUE"
+INVALID_START_REVISION = "INVALID_START_REVISION"
+OPERATOR_TOKEN_REQUIRED = "OPERATOR_TOKEN_REQUIRED"
+OPERATOR_TOKEN_INVALID = "OPERATOR_TOKEN_INVALID"
+CREDENTIALS_REQUIRED = "CREDENTIALS_REQUIRED"
+CREDENTIALS_INVALID = "CREDENTIALS_INVALID"
+SOURCE_ADDRESS_NOT_ALLOWED = "SOURCE_ADDRESS_NOT_ALLOWED"
+SUBDOMAIN_MISMATCH = "SUBDOMAIN_MISMATCH"
+REGISTRATION_NOT_FOUND = "REGISTRATION_NOT_FOUND"
+SUBDOMAIN_TAKEN = "SUBDOMAIN_TAKEN"
+REVISION_COMPACTED = "REVISION_COMPACTED"
+REVISION_IN_FUTURE = "REVISION_IN_FUTURE"
+FEED_ID_MISMATCH = "FEED_ID_MISMATCH"
+STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+SHUTTING_DOWN = "SHUTTING_DOWN"
+
+
+def registration_not_found(subdomain: str) -> NotFoundError:
+    """The error for a registration that does not exist."""
+    return NotFoundError(
+        REGISTRATION_NOT_FOUND,
+        f"registration {subdomain!r} does not exist",
+        metadata={"subdomain": subdomain},
+    )

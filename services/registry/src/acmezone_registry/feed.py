@@ -1,0 +1,191 @@
+"""The record feed: snapshot, then every change in revision order, then bookmarks while idle.
+
+Watchers read committed changes straight from the `record_changes` table, so every replica
+serves the same ordered history whichever replica wrote it. What differs is only how soon a
+watcher learns that there is something new to read:
+
+- a change committed by this process wakes its watchers at once (commit listener);
+- on PostgreSQL, a LISTEN connection hears the NOTIFY every writer queues in its transaction,
+  so changes made on other replicas arrive within milliseconds;
+- and a poll of the feed head every `poll_interval` is the safety net (and the only cross-process
+  signal on SQLite).
+
+A watcher that falls behind the compacted history gets OUT_OF_RANGE and re-lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import psycopg
+
+from acmezone_common.errors import InvalidArgumentError, OutOfRangeError, UnavailableError
+from acmezone_registry import errors
+from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.model import Bookmark, ChangeBatch, FeedStatus, SnapshotPart, WatchEvent
+from acmezone_registry.storage.repository import NOTIFY_CHANNEL, Repository
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_BATCH_SIZE = 1000
+MAX_REVISIONS_PER_BATCH = 256
+
+
+class RecordFeed:
+    """Serves WatchRecords streams for one registry process."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        metrics: RegistryMetrics,
+        *,
+        bookmark_interval: float,
+        poll_interval: float,
+    ) -> None:
+        self._repository = repository
+        self._metrics = metrics
+        self._bookmark_interval = bookmark_interval
+        self._poll_interval = poll_interval
+        self._changed = asyncio.Event()
+        self._known_revision = 0
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        repository.add_commit_listener(self._on_commit)
+
+    async def start(self) -> None:
+        """Learn the current head and start listening for other replicas' commits."""
+        status = await self._repository.feed_status()
+        self._advance(status.revision)
+        self._metrics.feed_compacted_revision.set(status.compacted_revision)
+        self._tasks.append(asyncio.create_task(self._poll_loop(), name="feed-poll"))
+        if not self._repository.database.is_sqlite:
+            self._tasks.append(asyncio.create_task(self._listen_loop(), name="feed-listen"))
+
+    async def stop(self) -> None:
+        """End every open watch with UNAVAILABLE (clients move to another replica) and stop."""
+        self._closing = True
+        self._wake()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def status(self) -> FeedStatus:
+        """The feed's identity and revision bounds."""
+        return await self._repository.feed_status()
+
+    # -- wake-ups -----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Wake every waiting watcher; later waiters wait on a fresh event."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _advance(self, revision: int) -> None:
+        if revision > self._known_revision:
+            self._known_revision = revision
+            self._metrics.feed_revision.set(revision)
+
+    def _on_commit(self, revision: int) -> None:
+        self._advance(revision)
+        self._wake()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                status = await self._repository.feed_status()
+            except UnavailableError:
+                continue
+            self._metrics.feed_compacted_revision.set(status.compacted_revision)
+            if status.revision != self._known_revision:
+                self._advance(status.revision)
+                self._wake()
+
+    async def _listen_loop(self) -> None:
+        conninfo = self._repository.database.libpq_conninfo()
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._wake()  # whatever was committed while we were not listening
+                    async for notify in conn.notifies():
+                        with contextlib.suppress(ValueError):
+                            self._advance(int(notify.payload))
+                        self._wake()
+            except (psycopg.Error, OSError) as exc:
+                logger.warning("feed LISTEN connection lost; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+
+    # -- watching -----------------------------------------------------------------------------
+
+    async def watch(self, start_revision: int, feed_id: str) -> AsyncIterator[WatchEvent]:
+        """Snapshot (start 0) or history from start_revision, then live changes and bookmarks."""
+        if start_revision < 0:
+            raise InvalidArgumentError(
+                errors.INVALID_START_REVISION,
+                f"start_revision must be 0 or positive, not {start_revision}",
+                field="start_revision",
+            )
+        self._metrics.feed_watchers.inc()
+        try:
+            async for event in self._watch(start_revision, feed_id):
+                yield event
+        finally:
+            self._metrics.feed_watchers.dec()
+
+    async def _watch(self, start_revision: int, feed_id: str) -> AsyncIterator[WatchEvent]:
+        status = await self._repository.feed_status()
+        if start_revision == 0:
+            revision, record_sets = await self._repository.snapshot()
+            for offset in range(0, max(len(record_sets), 1), SNAPSHOT_BATCH_SIZE):
+                chunk = record_sets[offset : offset + SNAPSHOT_BATCH_SIZE]
+                yield SnapshotPart(
+                    record_sets=tuple(chunk),
+                    revision=revision,
+                    last=offset + SNAPSHOT_BATCH_SIZE >= len(record_sets),
+                    feed_id=status.feed_id,
+                    zone=status.zone,
+                )
+            next_revision = revision + 1
+        else:
+            if feed_id and feed_id != status.feed_id:
+                raise OutOfRangeError(
+                    errors.FEED_ID_MISMATCH,
+                    "the feed was recreated since this client's state was built; start again "
+                    "from revision 0",
+                    metadata={"feed_id": status.feed_id},
+                )
+            if start_revision > status.revision + 1:
+                raise OutOfRangeError(
+                    errors.REVISION_IN_FUTURE,
+                    f"revision {start_revision} is ahead of the feed (at {status.revision}); "
+                    "start again from revision 0",
+                    metadata={"revision": str(status.revision)},
+                )
+            next_revision = start_revision
+        last_sent = time.monotonic()
+        while True:
+            if self._closing:
+                raise UnavailableError(errors.SHUTTING_DOWN, "this registry replica is stopping")
+            changed = self._changed  # taken before reading, so no commit slips between
+            changes = await self._repository.changes_since(next_revision, MAX_REVISIONS_PER_BATCH)
+            if changes:
+                yield ChangeBatch(tuple(changes))
+                next_revision = changes[-1].revision + 1
+                last_sent = time.monotonic()
+                continue
+            idle_for = time.monotonic() - last_sent
+            if idle_for >= self._bookmark_interval:
+                yield Bookmark(next_revision - 1, datetime.now(UTC), status.feed_id)
+                last_sent = time.monotonic()
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self._bookmark_interval - idle_for)

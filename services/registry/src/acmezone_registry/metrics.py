@@ -1,0 +1,94 @@
+"""The registry's own Prometheus series (the gRPC standard ones come from acmezone_common).
+
+Labels are bounded: operations, results and reasons are fixed lists, never a subdomain or a
+username. Every known label set is created at 0 so rates and alerts work before the first event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+TXT_OPERATIONS = ("add", "remove", "clear", "get")
+TXT_RESULTS = ("ok", "invalid", "denied")
+AUTH_FAILURE_REASONS = (
+    "operator_token_required",
+    "operator_token_invalid",
+    "credentials_required",
+    "credentials_invalid",
+    "subdomain_mismatch",
+    "source_address_not_allowed",
+)
+HTTP_ROUTES = ("/register", "/update", "/health", "other")
+
+
+class RegistryMetrics:
+    """All registry-specific collectors, registered on one CollectorRegistry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registrations = Gauge(
+            "acmezone_registry_registrations",
+            "Registrations currently stored.",
+            registry=registry,
+        )
+        self.registrations_created = Counter(
+            "acmezone_registry_registrations_created_total",
+            "Registrations created by this replica.",
+            registry=registry,
+        )
+        self.registrations_deleted = Counter(
+            "acmezone_registry_registrations_deleted_total",
+            "Registrations deleted by this replica.",
+            registry=registry,
+        )
+        self.txt_updates = Counter(
+            "acmezone_registry_txt_updates_total",
+            "TXT value operations, by operation and result.",
+            ("operation", "result"),
+            registry=registry,
+        )
+        self.txt_values_expired = Counter(
+            "acmezone_registry_txt_values_expired_total",
+            "TXT values removed because their lifetime ran out.",
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "acmezone_registry_auth_failures_total",
+            "Requests refused for missing or wrong credentials, by reason.",
+            ("reason",),
+            registry=registry,
+        )
+        self.feed_watchers = Gauge(
+            "acmezone_registry_feed_watchers",
+            "Record feed watch streams currently open on this replica.",
+            registry=registry,
+        )
+        self.feed_revision = Gauge(
+            "acmezone_registry_feed_revision",
+            "Latest record feed revision this replica knows of.",
+            registry=registry,
+        )
+        self.feed_compacted_revision = Gauge(
+            "acmezone_registry_feed_compacted_revision",
+            "Feed revisions up to this one have been compacted away.",
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "acmezone_registry_http_requests_total",
+            "acme-dns HTTP API requests, by route and status code.",
+            ("route", "status"),
+            registry=registry,
+        )
+        self.http_request_seconds = Histogram(
+            "acmezone_registry_http_request_duration_seconds",
+            "acme-dns HTTP API request duration, by route.",
+            ("route",),
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        for operation in TXT_OPERATIONS:
+            for result in TXT_RESULTS:
+                self.txt_updates.labels(operation, result)
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason)
+        for route in HTTP_ROUTES:
+            self.http_request_seconds.labels(route)

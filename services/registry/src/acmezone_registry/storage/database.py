@@ -1,0 +1,110 @@
+"""Database engines for SQLite and PostgreSQL, with the transaction behaviour the feed needs.
+
+Writers are serialised: every record-changing transaction locks the single `feed_state` row
+(PostgreSQL `SELECT ... FOR UPDATE`; SQLite `BEGIN IMMEDIATE`), so revisions commit in the order
+they are handed out and a watcher reading `revision > n` can never skip one.
+
+SQLite gets two engines: writers open with `BEGIN IMMEDIATE` (taking the write lock up front
+instead of failing with SQLITE_BUSY when a reader upgrades), readers with plain `BEGIN`. WAL mode
+lets readers proceed while a writer commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import URL, event, make_url
+from sqlalchemy.engine import Engine, create_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+logger = logging.getLogger(__name__)
+
+_SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+
+class Database:
+    """Opens the engines for one database URL and hands out sessions."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
+        self.url = parsed
+        if self.is_sqlite:
+            database = parsed.database or ""
+            if not database or database == ":memory:":
+                raise ValueError("SQLite needs a file path: the feed is shared through the file")
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self._writer = self._sqlite_engine(begin="BEGIN IMMEDIATE")
+            self._reader = self._sqlite_engine(begin="BEGIN")
+        else:
+            engine = create_async_engine(
+                parsed.set(drivername="postgresql+psycopg"),
+                pool_pre_ping=True,
+                pool_size=10,
+                max_overflow=10,
+            )
+            self._writer = self._reader = engine
+        self.writer = async_sessionmaker(self._writer, expire_on_commit=False)
+        self.reader = async_sessionmaker(self._reader, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for SQLite, False for PostgreSQL."""
+        return self.dialect == "sqlite"
+
+    def _sqlite_engine(self, *, begin: str) -> AsyncEngine:
+        engine = create_async_engine(self.url.set(drivername="sqlite+aiosqlite"))
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control away from the driver so BEGIN is ours to choose.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql(begin)
+
+        return engine
+
+    def sync_url(self) -> URL:
+        """The URL for synchronous tools (Alembic)."""
+        if self.is_sqlite:
+            return self.url.set(drivername="sqlite")
+        return self.url.set(drivername="postgresql+psycopg")
+
+    def libpq_conninfo(self) -> str:
+        """A libpq connection string for the LISTEN connection (PostgreSQL only)."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def create_sync_engine(self) -> Engine:
+        """A short-lived synchronous engine, for migrations."""
+        return create_engine(self.sync_url())
+
+    def writer_session(self) -> AsyncSession:
+        """A session whose transactions take the write lock (SQLite) up front."""
+        return self.writer()
+
+    def reader_session(self) -> AsyncSession:
+        """A session for reads."""
+        return self.reader()
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self._writer.dispose()
+        if self._reader is not self._writer:
+            await self._reader.dispose()

@@ -1,0 +1,39 @@
+"""Applying the Alembic migrations, at start or from `acmezone-registry migrate`.
+
+Replicas starting together on one PostgreSQL take a transaction-scoped advisory lock first, so
+exactly one applies the migrations and the others find them done.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+from acmezone_registry.storage.database import Database
+
+logger = logging.getLogger(__name__)
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_ADVISORY_LOCK_KEY = 0x61636D657A6F6E  # "acmezon"
+
+
+def upgrade(database: Database) -> None:
+    """Bring the schema to the newest revision (blocking; call via asyncio.to_thread)."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    engine = database.create_sync_engine()
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY}
+                )
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+    logger.info("database schema is current", extra={"dialect": database.dialect})

@@ -1,0 +1,521 @@
+"""The registry's storage API: every query the domain needs, named for its purpose.
+
+Each record-changing method runs in one transaction that (1) locks the feed_state row,
+(2) makes its change, (3) writes the resulting record sets to `record_changes` under the next
+revision, and (4) on PostgreSQL queues a NOTIFY that is delivered at commit. So a change and its
+feed entry are one atomic fact, and revisions commit strictly in order.
+
+Database failures (connection refused, timeouts) become `UnavailableError(STORAGE_UNAVAILABLE)`;
+integrity conflicts become domain errors; nothing half-writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, select, text, tuple_
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from acmezone_common.errors import AlreadyExistsError, OutOfRangeError, UnavailableError
+from acmezone_registry import errors
+from acmezone_registry.model import (
+    ChangeType,
+    FeedStatus,
+    RecordChange,
+    RecordSet,
+    Registration,
+    RegistrationChanges,
+    TxtRecord,
+    TxtValue,
+)
+from acmezone_registry.storage.database import Database
+from acmezone_registry.storage.tables import (
+    FeedStateRow,
+    RecordChangeRow,
+    RegistrationRow,
+    TxtValueRow,
+)
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "acmezone_feed"
+_FEED_STATE_ID = 1
+
+
+@dataclass(frozen=True)
+class NewRegistration:
+    """What the domain decided for a new registration; `subdomain` None means a random UUID."""
+
+    subdomain: str | None
+    username: str
+    password_hash: str
+    allowed_cidrs: tuple[str, ...]
+    description: str
+    max_txt_values: int
+
+
+@dataclass(frozen=True)
+class StoredRegistration:
+    """A registration together with its password hash, for authentication only."""
+
+    registration: Registration
+    password_hash: str
+
+
+@dataclass
+class _WriteTransaction:
+    """An open write transaction and the feed changes it will commit."""
+
+    session: AsyncSession
+    now: datetime
+    changes: list[tuple[ChangeType, RecordSet]] = field(default_factory=list)
+    revision: int = 0
+
+
+CommitListener = Callable[[int], None]
+
+
+class Repository:
+    """All registry reads and writes."""
+
+    def __init__(self, database: Database, zone: str) -> None:
+        self._db = database
+        self._zone = zone.rstrip(".").lower()
+        self._commit_listeners: list[CommitListener] = []
+
+    @property
+    def database(self) -> Database:
+        """The database this repository talks to."""
+        return self._db
+
+    def fqdn(self, subdomain: str) -> str:
+        """The owner name of a registration's records: `<subdomain>.<zone>.`."""
+        return f"{subdomain}.{self._zone}."
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call `listener(revision)` right after this process commits a new revision."""
+        self._commit_listeners.append(listener)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._db.reader_session() as session, session.begin():
+                yield session
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise _unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[_WriteTransaction]:
+        """A transaction holding the feed lock; its record changes get the next revision."""
+        tx: _WriteTransaction | None = None
+        try:
+            async with self._db.writer_session() as session, session.begin():
+                state = (
+                    await session.execute(
+                        select(FeedStateRow)
+                        .where(FeedStateRow.id == _FEED_STATE_ID)
+                        .with_for_update()
+                    )
+                ).scalar_one()
+                tx = _WriteTransaction(session=session, now=datetime.now(UTC))
+                yield tx
+                if tx.changes:
+                    state.revision += 1
+                    tx.revision = state.revision
+                    for seq, (change_type, record_set) in enumerate(tx.changes):
+                        session.add(
+                            RecordChangeRow(
+                                revision=tx.revision,
+                                seq=seq,
+                                change_type=change_type.value,
+                                fqdn=record_set.fqdn,
+                                txt_values=list(record_set.txt_values),
+                                commit_time=tx.now,
+                            )
+                        )
+                    if not self._db.is_sqlite:
+                        await session.execute(
+                            text("SELECT pg_notify(:channel, :payload)"),
+                            {"channel": NOTIFY_CHANNEL, "payload": str(tx.revision)},
+                        )
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            raise _unavailable(exc) from exc
+        if tx is not None and tx.revision:
+            for listener in self._commit_listeners:
+                listener(tx.revision)
+
+    async def _record_set(self, session: AsyncSession, subdomain: str) -> RecordSet:
+        values = await session.scalars(
+            select(TxtValueRow.value)
+            .where(TxtValueRow.subdomain == subdomain)
+            .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
+        )
+        return RecordSet(self.fqdn(subdomain), tuple(values))
+
+    async def _txt_record(self, session: AsyncSession, subdomain: str, revision: int) -> TxtRecord:
+        rows = await session.scalars(
+            select(TxtValueRow)
+            .where(TxtValueRow.subdomain == subdomain)
+            .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
+        )
+        values = tuple(TxtValue(r.value, r.create_time, r.expire_time) for r in rows)
+        return TxtRecord(subdomain, self.fqdn(subdomain), values, revision)
+
+    async def _current_revision(self, session: AsyncSession) -> int:
+        revision = await session.scalar(
+            select(FeedStateRow.revision).where(FeedStateRow.id == _FEED_STATE_ID)
+        )
+        return int(revision or 0)
+
+    def _to_registration(self, row: RegistrationRow) -> Registration:
+        return Registration(
+            subdomain=row.subdomain,
+            username=row.username,
+            fulldomain=f"{row.subdomain}.{self._zone}",
+            allowed_cidrs=tuple(row.allowed_cidrs),
+            description=row.description,
+            max_txt_values=row.max_txt_values,
+            create_time=row.create_time,
+            update_time=row.update_time,
+        )
+
+    def _stored(self, row: RegistrationRow) -> StoredRegistration:
+        return StoredRegistration(self._to_registration(row), row.password_hash)
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            async with self._reading() as session:
+                await session.execute(text("SELECT 1"))
+        except UnavailableError:
+            return False
+        return True
+
+    # -- registrations ------------------------------------------------------------------------
+
+    async def create_registration(self, new: NewRegistration) -> Registration:
+        """Insert a registration; its name starts existing (with no values) in the feed."""
+        subdomain = new.subdomain or str(uuid.uuid4())
+        try:
+            async with self._writing() as tx:
+                taken = await tx.session.get(RegistrationRow, subdomain)
+                if taken is not None:
+                    raise _subdomain_taken(subdomain)
+                row = RegistrationRow(
+                    subdomain=subdomain,
+                    username=new.username,
+                    password_hash=new.password_hash,
+                    allowed_cidrs=list(new.allowed_cidrs),
+                    description=new.description,
+                    max_txt_values=new.max_txt_values,
+                    create_time=tx.now,
+                    update_time=tx.now,
+                )
+                tx.session.add(row)
+                await tx.session.flush()
+                tx.changes.append((ChangeType.PUT, RecordSet(self.fqdn(subdomain), ())))
+                return self._to_registration(row)
+        except IntegrityError as exc:
+            # Another replica took the label between our check and our insert.
+            raise _subdomain_taken(subdomain) from exc
+
+    async def get_registration(self, subdomain: str) -> StoredRegistration | None:
+        """A registration by subdomain, or None."""
+        async with self._reading() as session:
+            row = await session.get(RegistrationRow, subdomain)
+            return self._stored(row) if row else None
+
+    async def get_registration_by_username(self, username: str) -> StoredRegistration | None:
+        """A registration by username, or None."""
+        async with self._reading() as session:
+            row = await session.scalar(
+                select(RegistrationRow).where(RegistrationRow.username == username)
+            )
+            return self._stored(row) if row else None
+
+    async def list_registrations(
+        self, *, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Registration]:
+        """Registrations ordered by (create_time, subdomain), strictly after the given key."""
+        query = select(RegistrationRow).order_by(
+            RegistrationRow.create_time, RegistrationRow.subdomain
+        )
+        if after is not None:
+            query = query.where(
+                tuple_(RegistrationRow.create_time, RegistrationRow.subdomain) > tuple_(*after)
+            )
+        async with self._reading() as session:
+            rows = await session.scalars(query.limit(limit))
+            return [self._to_registration(row) for row in rows]
+
+    async def count_registrations(self) -> int:
+        """How many registrations are stored."""
+        async with self._reading() as session:
+            return int(await session.scalar(select(func.count()).select_from(RegistrationRow)) or 0)
+
+    async def update_registration(
+        self, subdomain: str, changes: RegistrationChanges
+    ) -> Registration:
+        """Apply validated changes; lowering max_txt_values drops the oldest extra values."""
+        async with self._writing() as tx:
+            row = await tx.session.get(RegistrationRow, subdomain)
+            if row is None:
+                raise errors.registration_not_found(subdomain)
+            if changes.allowed_cidrs is not None:
+                row.allowed_cidrs = list(changes.allowed_cidrs)
+            if changes.description is not None:
+                row.description = changes.description
+            if changes.max_txt_values is not None:
+                row.max_txt_values = changes.max_txt_values
+                if await self._trim_values(tx.session, subdomain, row.max_txt_values):
+                    tx.changes.append(
+                        (ChangeType.PUT, await self._record_set(tx.session, subdomain))
+                    )
+            row.update_time = tx.now
+            return self._to_registration(row)
+
+    async def delete_registration(self, subdomain: str) -> None:
+        """Delete a registration and its values; its name stops existing in the feed."""
+        async with self._writing() as tx:
+            row = await tx.session.get(RegistrationRow, subdomain)
+            if row is None:
+                raise errors.registration_not_found(subdomain)
+            await tx.session.execute(delete(TxtValueRow).where(TxtValueRow.subdomain == subdomain))
+            await tx.session.delete(row)
+            tx.changes.append((ChangeType.DELETE, RecordSet(self.fqdn(subdomain), ())))
+
+    async def set_password_hash(self, subdomain: str, password_hash: str) -> Registration:
+        """Replace a registration's password hash."""
+        async with self._writing() as tx:
+            row = await tx.session.get(RegistrationRow, subdomain)
+            if row is None:
+                raise errors.registration_not_found(subdomain)
+            row.password_hash = password_hash
+            row.update_time = tx.now
+            return self._to_registration(row)
+
+    # -- TXT values ---------------------------------------------------------------------------
+
+    async def get_txt_record(self, subdomain: str) -> TxtRecord:
+        """The values of a registration, newest first, with the revision they are current at."""
+        async with self._reading() as session:
+            if await session.get(RegistrationRow, subdomain) is None:
+                raise errors.registration_not_found(subdomain)
+            revision = await self._current_revision(session)
+            return await self._txt_record(session, subdomain, revision)
+
+    async def add_txt_value(
+        self, subdomain: str, value: str, *, now: datetime, expire_time: datetime | None
+    ) -> TxtRecord:
+        """Publish `value` newest first, keeping the registration's latest max_txt_values.
+
+        Re-adding a published value only refreshes its expiry: no new revision.
+        """
+        async with self._writing() as tx:
+            row = await tx.session.get(RegistrationRow, subdomain)
+            if row is None:
+                raise errors.registration_not_found(subdomain)
+            existing = await tx.session.scalar(
+                select(TxtValueRow).where(
+                    TxtValueRow.subdomain == subdomain, TxtValueRow.value == value
+                )
+            )
+            if existing is not None:
+                existing.expire_time = expire_time
+            else:
+                tx.session.add(
+                    TxtValueRow(
+                        subdomain=subdomain, value=value, create_time=now, expire_time=expire_time
+                    )
+                )
+                await tx.session.flush()
+                await self._trim_values(tx.session, subdomain, row.max_txt_values)
+                tx.changes.append((ChangeType.PUT, await self._record_set(tx.session, subdomain)))
+            revision = await self._current_revision(tx.session) + (1 if tx.changes else 0)
+            return await self._txt_record(tx.session, subdomain, revision)
+
+    async def remove_txt_values(self, subdomain: str, value: str | None) -> TxtRecord:
+        """Remove one value, or every value when `value` is None. Removing nothing is no change."""
+        async with self._writing() as tx:
+            if await tx.session.get(RegistrationRow, subdomain) is None:
+                raise errors.registration_not_found(subdomain)
+            statement = delete(TxtValueRow).where(TxtValueRow.subdomain == subdomain)
+            if value is not None:
+                statement = statement.where(TxtValueRow.value == value)
+            result = await tx.session.execute(statement)
+            if getattr(result, "rowcount", 0):
+                tx.changes.append((ChangeType.PUT, await self._record_set(tx.session, subdomain)))
+            revision = await self._current_revision(tx.session) + (1 if tx.changes else 0)
+            return await self._txt_record(tx.session, subdomain, revision)
+
+    async def _trim_values(self, session: AsyncSession, subdomain: str, keep: int) -> bool:
+        """Delete all but the newest `keep` values; True when anything was deleted."""
+        ids = list(
+            await session.scalars(
+                select(TxtValueRow.id)
+                .where(TxtValueRow.subdomain == subdomain)
+                .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
+                .offset(keep)
+            )
+        )
+        if ids:
+            await session.execute(delete(TxtValueRow).where(TxtValueRow.id.in_(ids)))
+        return bool(ids)
+
+    async def expire_txt_values(self, now: datetime) -> int:
+        """Remove every value whose expire_time has passed; all in one revision. Returns how
+        many values were removed."""
+        async with self._writing() as tx:
+            expired = list(
+                await tx.session.execute(
+                    select(TxtValueRow.id, TxtValueRow.subdomain).where(
+                        TxtValueRow.expire_time.is_not(None), TxtValueRow.expire_time <= now
+                    )
+                )
+            )
+            if not expired:
+                return 0
+            await tx.session.execute(
+                delete(TxtValueRow).where(TxtValueRow.id.in_([row.id for row in expired]))
+            )
+            for subdomain in sorted({row.subdomain for row in expired}):
+                tx.changes.append((ChangeType.PUT, await self._record_set(tx.session, subdomain)))
+            return len(expired)
+
+    # -- feed ---------------------------------------------------------------------------------
+
+    async def feed_status(self) -> FeedStatus:
+        """The feed's identity and current revision bounds."""
+        async with self._reading() as session:
+            state = (
+                await session.execute(select(FeedStateRow).where(FeedStateRow.id == _FEED_STATE_ID))
+            ).scalar_one()
+            return FeedStatus(
+                state.feed_id, state.revision, state.compacted_revision, self._zone + "."
+            )
+
+    async def snapshot(self) -> tuple[int, list[RecordSet]]:
+        """Every record set and the revision they are consistent at.
+
+        Read in one transaction, then checked: if the revision moved while reading (possible
+        under PostgreSQL's READ COMMITTED), read again; after a few tries, read under the feed
+        lock, which holds writers back for the duration.
+        """
+        for _ in range(3):
+            async with self._reading() as session:
+                before = await self._current_revision(session)
+                record_sets = await self._all_record_sets(session)
+                if await self._current_revision(session) == before:
+                    return before, record_sets
+        async with self._writing() as tx:
+            revision = await self._current_revision(tx.session)
+            return revision, await self._all_record_sets(tx.session)
+
+    async def _all_record_sets(self, session: AsyncSession) -> list[RecordSet]:
+        subdomains = list(
+            await session.scalars(
+                select(RegistrationRow.subdomain).order_by(RegistrationRow.subdomain)
+            )
+        )
+        values: dict[str, list[str]] = {s: [] for s in subdomains}
+        rows = await session.execute(
+            select(TxtValueRow.subdomain, TxtValueRow.value).order_by(
+                TxtValueRow.subdomain, TxtValueRow.create_time.desc(), TxtValueRow.id.desc()
+            )
+        )
+        for subdomain, value in rows:
+            if subdomain in values:
+                values[subdomain].append(value)
+        return [RecordSet(self.fqdn(s), tuple(v)) for s, v in values.items()]
+
+    async def changes_since(self, start_revision: int, max_revisions: int) -> list[RecordChange]:
+        """The changes of revisions start_revision .. start_revision + max_revisions - 1.
+
+        The rows are read before the compaction mark: if compaction has reached start_revision
+        by then, rows may be missing, so the caller must re-list (OUT_OF_RANGE).
+        """
+        async with self._reading() as session:
+            rows = list(
+                await session.scalars(
+                    select(RecordChangeRow)
+                    .where(
+                        RecordChangeRow.revision >= start_revision,
+                        RecordChangeRow.revision < start_revision + max_revisions,
+                    )
+                    .order_by(RecordChangeRow.revision, RecordChangeRow.seq)
+                )
+            )
+            compacted = await session.scalar(
+                select(FeedStateRow.compacted_revision).where(FeedStateRow.id == _FEED_STATE_ID)
+            )
+        if compacted is not None and start_revision <= compacted:
+            raise OutOfRangeError(
+                errors.REVISION_COMPACTED,
+                f"revision {start_revision} has been compacted (history starts after "
+                f"{compacted}); start again from revision 0",
+                metadata={"compacted_revision": str(compacted)},
+            )
+        return [
+            RecordChange(
+                revision=row.revision,
+                type=ChangeType(row.change_type),
+                record_set=RecordSet(row.fqdn, tuple(row.txt_values)),
+                commit_time=row.commit_time,
+            )
+            for row in rows
+        ]
+
+    async def compact(self, keep_revisions: int) -> int:
+        """Drop feed history older than the latest `keep_revisions`; returns the new mark."""
+        async with self._writing() as tx:
+            state = await tx.session.get(FeedStateRow, _FEED_STATE_ID)
+            assert state is not None
+            mark = state.revision - keep_revisions
+            if mark <= state.compacted_revision:
+                return state.compacted_revision
+            await tx.session.execute(
+                delete(RecordChangeRow).where(RecordChangeRow.revision <= mark)
+            )
+            state.compacted_revision = mark
+            return mark
+
+
+def _unavailable(exc: Exception) -> UnavailableError:
+    logger.warning("database unavailable", extra={"error": str(exc).splitlines()[0]})
+    return UnavailableError(errors.STORAGE_UNAVAILABLE, "the registry database is unavailable")
+
+
+def _subdomain_taken(subdomain: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        errors.SUBDOMAIN_TAKEN,
+        f"subdomain {subdomain!r} is already registered",
+        metadata={"subdomain": subdomain},
+    )
+
+
+def record_sets_by_name(record_sets: Iterable[RecordSet]) -> dict[str, RecordSet]:
+    """Index record sets by owner name (for tests and tools comparing states)."""
+    return {record_set.fqdn: record_set for record_set in record_sets}
+
+
+__all__: Sequence[str] = (
+    "NOTIFY_CHANNEL",
+    "NewRegistration",
+    "Repository",
+    "StoredRegistration",
+    "record_sets_by_name",
+)

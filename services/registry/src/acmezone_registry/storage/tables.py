@@ -1,0 +1,104 @@
+"""The registry schema as SQLAlchemy 2.0 typed ORM classes. Alembic migrations mirror it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the registry schema."""
+
+
+class FeedStateRow(Base):
+    """The single row (id 1) holding the feed's identity and revision counters. Every writer
+    locks it, which serialises revisions."""
+
+    __tablename__ = "feed_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feed_id: Mapped[str] = mapped_column(String(36))
+    revision: Mapped[int] = mapped_column(BigInteger)
+    compacted_revision: Mapped[int] = mapped_column(BigInteger)
+
+
+class RegistrationRow(Base):
+    """One registration; the password only as its hash."""
+
+    __tablename__ = "registrations"
+    __table_args__ = (Index("ix_registrations_create_time_subdomain", "create_time", "subdomain"),)
+
+    subdomain: Mapped[str] = mapped_column(String(63), primary_key=True)
+    username: Mapped[str] = mapped_column(String(36), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    allowed_cidrs: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(String(256))
+    max_txt_values: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TxtValueRow(Base):
+    """One published TXT value of a registration."""
+
+    __tablename__ = "txt_values"
+    __table_args__ = (
+        UniqueConstraint("subdomain", "value", name="uq_txt_values_subdomain_value"),
+        Index("ix_txt_values_expire_time", "expire_time"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subdomain: Mapped[str] = mapped_column(
+        String(63), ForeignKey("registrations.subdomain", ondelete="CASCADE")
+    )
+    value: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class RecordChangeRow(Base):
+    """One change of the record feed; all rows of a transaction share its revision."""
+
+    __tablename__ = "record_changes"
+
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    change_type: Mapped[str] = mapped_column(String(8))
+    fqdn: Mapped[str] = mapped_column(String(255))
+    txt_values: Mapped[list[str]] = mapped_column(JSON)
+    commit_time: Mapped[datetime] = mapped_column(UTCDateTime())

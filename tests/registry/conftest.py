@@ -1,0 +1,68 @@
+"""Registry fixtures: a migrated repository and the domain objects over it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.registrations import RegistrationPolicy, Registrations
+from acmezone_registry.storage import migrate
+from acmezone_registry.storage.database import Database
+from acmezone_registry.storage.repository import Repository
+
+ZONE = "acme.example.test"
+FAST_SCRYPT_N = 1024
+
+
+@dataclass
+class Stack:
+    """A migrated database with the repository and domain objects on top."""
+
+    database: Database
+    repository: Repository
+    registrations: Registrations
+    metrics: RegistryMetrics
+
+
+async def open_stack(
+    url: str,
+    metrics_registry: CollectorRegistry | None = None,
+    *,
+    operator_token: str | None = None,
+    lifetime: timedelta | None = None,
+) -> Stack:
+    """Open (and migrate) a database and build the registry domain over it."""
+    database = Database(url)
+    await asyncio.to_thread(migrate.upgrade, database)
+    repository = Repository(database, ZONE)
+    metrics = RegistryMetrics(metrics_registry or CollectorRegistry())
+    registrations = Registrations(
+        repository,
+        RegistrationPolicy(
+            zone=ZONE,
+            operator_token=operator_token,
+            reserved_subdomains=("ns",),
+            default_max_txt_values=2,
+            strict_txt_values=True,
+            txt_value_lifetime=lifetime,
+            password_scrypt_n=FAST_SCRYPT_N,
+        ),
+        metrics,
+    )
+    return Stack(database, repository, registrations, metrics)
+
+
+@pytest.fixture
+async def stack(database_url: str, metrics_registry: CollectorRegistry) -> AsyncIterator[Stack]:
+    """A registry domain over a fresh database (SQLite and PostgreSQL)."""
+    opened = await open_stack(database_url, metrics_registry)
+    try:
+        yield opened
+    finally:
+        await opened.database.dispose()
