@@ -16,7 +16,6 @@ acme-dns, so these rules follow what acme-dns does rather than what would be tid
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -39,7 +38,7 @@ STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL_ERROR = "internal_error"
 
 
-class MalformedBody(ValueError):
+class MalformedBodyError(ValueError):
     """The request body is not the JSON acme-dns expects."""
 
 
@@ -59,7 +58,7 @@ class UpdateRequest:
 
 
 def _reject_constant(name: str) -> object:
-    raise MalformedBody(f"{name} is not JSON")
+    raise MalformedBodyError(f"{name} is not JSON")
 
 
 def _object(body: bytes) -> dict[str, object] | None:
@@ -71,10 +70,10 @@ def _object(body: bytes) -> dict[str, object] | None:
             parse_constant=_reject_constant,
         )
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise MalformedBody(str(exc)) from None
+        raise MalformedBodyError(str(exc)) from None
     if value is None or isinstance(value, dict):
         return value
-    raise MalformedBody("the body must be a JSON object")
+    raise MalformedBodyError("the body must be a JSON object")
 
 
 def parse_register(body: bytes) -> RegisterRequest:
@@ -86,7 +85,7 @@ def parse_register(body: bytes) -> RegisterRequest:
     if allowfrom is None:
         return RegisterRequest()
     if not isinstance(allowfrom, list) or not all(isinstance(item, str) for item in allowfrom):
-        raise MalformedBody("allowfrom must be a list of strings")
+        raise MalformedBodyError("allowfrom must be a list of strings")
     return RegisterRequest(tuple(allowfrom))
 
 
@@ -94,7 +93,7 @@ def parse_update(body: bytes) -> UpdateRequest:
     """An /update body: an object with `subdomain` and `txt` strings."""
     fields = _object(body)
     if fields is None:
-        raise MalformedBody("the body must be a JSON object")
+        raise MalformedBodyError("the body must be a JSON object")
     subdomain = fields.get("subdomain")
     txt = fields.get("txt")
     return UpdateRequest(
@@ -128,8 +127,3 @@ def registered(registration: Registration, password: str) -> web.Response:
 def updated(txt: str) -> web.Response:
     """200 `{"txt": "<value>"}`, spaced exactly as acme-dns writes it."""
     return respond(200, ('{"txt": ' + json.dumps(txt) + "}").encode())
-
-
-def allowed_methods(methods: Sequence[str]) -> dict[str, str]:
-    """The Allow header of a 405 answer."""
-    return {"Allow": ", ".join(methods)}
