@@ -79,9 +79,10 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self._services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        port = self._server.add_insecure_port(str(self._address))
-        if port == 0:
-            raise OSError(f"gRPC server could not bind {self._address}")
+        try:
+            port = self._server.add_insecure_port(str(self._address))
+        except RuntimeError as exc:  # grpc's way of saying "address in use" and the like
+            raise OSError(f"gRPC server could not bind {self._address}: {exc}") from exc
         await self._server.start()
         self._metrics.initialise(self._methods)
         self._bound = self._address.with_port(port)

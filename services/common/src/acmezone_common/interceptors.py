@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not subscriptable
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
 
 
 def rpc_type(handler: Handler) -> str:

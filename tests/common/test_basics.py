@@ -1,0 +1,53 @@
+"""Addresses, settings and log formatting."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from acmezone_common.addresses import HostPort
+from acmezone_common.logs import JsonFormatter, TextFormatter
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "back"),
+    [
+        ("127.0.0.1:53", "127.0.0.1", 53, "127.0.0.1:53"),
+        ("[::1]:5353", "::1", 5353, "[::1]:5353"),
+        ("localhost:0", "localhost", 0, "localhost:0"),
+        (":8053", "0.0.0.0", 8053, "0.0.0.0:8053"),
+    ],
+)
+def test_host_port_round_trip(text: str, host: str, port: int, back: str) -> None:
+    parsed = HostPort.parse(text)
+    assert (parsed.host, parsed.port, str(parsed)) == (host, port, back)
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "::1:53", "[::1]53", "[nope]:53", "h:70000", "h:x"])
+def test_host_port_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        HostPort.parse(text)
+
+
+def _record(**extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("acmezone.test", logging.INFO, __file__, 1, "hello %s", ("x",), None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_json_log_lines_carry_extras() -> None:
+    line = JsonFormatter().format(_record(subdomain="abc", count=3))
+    payload = json.loads(line)
+    assert payload["message"] == "hello x"
+    assert payload["level"] == "INFO"
+    assert payload["logger"] == "acmezone.test"
+    assert (payload["subdomain"], payload["count"]) == ("abc", 3)
+    assert "\n" not in line
+
+
+def test_text_log_lines_append_extras() -> None:
+    line = TextFormatter().format(_record(subdomain="abc"))
+    assert line.endswith("acmezone.test: hello x subdomain=abc")
