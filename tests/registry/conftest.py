@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from acmezone_registry.app import RegistryApp
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
+from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
@@ -66,3 +71,32 @@ async def stack(database_url: str, metrics_registry: CollectorRegistry) -> Async
         yield opened
     finally:
         await opened.database.dispose()
+
+
+def registry_settings(data_dir: Path, **overrides: Any) -> RegistrySettings:
+    """Settings for an in-process registry on free loopback ports, with fast password hashing."""
+    values: dict[str, Any] = {
+        "grpc_address": "127.0.0.1:0",
+        "http_address": "127.0.0.1:0",
+        "metrics_address": "127.0.0.1:0",
+        "database_url": f"sqlite:///{data_dir}/registry.db",
+        "zone": ZONE,
+        "password_scrypt_n": FAST_SCRYPT_N,
+    }
+    values.update(overrides)
+    return RegistrySettings(**values)
+
+
+@asynccontextmanager
+async def running_registry(
+    data_dir: Path, metrics_registry: CollectorRegistry | None = None, **overrides: Any
+) -> AsyncIterator[RegistryApp]:
+    """A whole registry (gRPC, HTTP, metrics ports) started in this process, always stopped."""
+    app = RegistryApp(
+        registry_settings(data_dir, **overrides), metrics_registry or CollectorRegistry()
+    )
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=0)
