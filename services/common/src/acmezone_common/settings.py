@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import BeforeValidator, Field, PlainSerializer
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, NoDecode
 
 from acmezone_common.addresses import HostPort
 from acmezone_common.logs import LogFormat
@@ -24,7 +24,7 @@ def _parse_host_port(value: object) -> HostPort:
     return HostPort.parse(value)
 
 
-Address = Annotated[HostPort, BeforeValidator(_parse_host_port), PlainSerializer(str)]
+Address = Annotated[HostPort, NoDecode, BeforeValidator(_parse_host_port), PlainSerializer(str)]
 """A `host:port` setting, parsed into a `HostPort`."""
 
 

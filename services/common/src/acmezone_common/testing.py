@@ -42,3 +42,87 @@ def error_info_reason(error: grpc.aio.AioRpcError) -> str | None:
             detail.Unpack(info)
             return str(info.reason)
     return None
+
+
+def free_port(host: str = "127.0.0.1", kind: int = 1) -> int:
+    """A port that was free a moment ago (kind 1 = TCP, 2 = UDP), for servers in subprocesses,
+    which cannot report a port-0 choice back. Prefer port 0 for in-process servers."""
+    import socket
+
+    sock_type = socket.SOCK_STREAM if kind == 1 else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, sock_type) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServiceProcess:
+    """A service command run as a child process (real process, real signals), for tests.
+
+    Output goes to a log file so a failing test can show it; `stop` sends SIGTERM and waits,
+    as Kubernetes does, and returns the exit status.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: str) -> None:
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start the process (appending to its log)."""
+        import os
+
+        log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child process
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.argv, env={**os.environ, **self.env}, stdout=log, stderr=log
+            )
+        finally:
+            log.close()
+
+    @property
+    def running(self) -> bool:
+        """True while the process has not exited."""
+        return self._process is not None and self._process.returncode is None
+
+    def log(self) -> str:
+        """Everything the process has written so far."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    async def wait_for_serving(self, target: str, within: float = 30.0) -> None:
+        """Wait until the process's gRPC server at `target` is SERVING; fail fast, with the log,
+        if the process exits first."""
+        waiting = asyncio.ensure_future(wait_for_serving(target, within=within))
+        while not waiting.done():
+            if not self.running:
+                waiting.cancel()
+                raise RuntimeError(f"{self.argv[0]} exited early:\n{self.log()}")
+            await asyncio.sleep(0.05)
+        try:
+            waiting.result()
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\n{self.log()}") from exc
+
+    async def stop(self, within: float = 20.0) -> int | None:
+        """SIGTERM, wait up to `within` seconds, then SIGKILL; returns the exit status."""
+        import signal
+
+        process = self._process
+        if process is None:
+            return None
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), within)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        return process.returncode
+
+    async def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()

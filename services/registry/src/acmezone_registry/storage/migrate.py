@@ -23,6 +23,7 @@ _ADVISORY_LOCK_KEY = 0x61636D657A6F6E  # "acmezon"
 
 def upgrade(database: Database) -> None:
     """Bring the schema to the newest revision (blocking; call via asyncio.to_thread)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one summary line below is enough
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     engine = database.create_sync_engine()
