@@ -72,9 +72,10 @@ async def register(replica: Replica) -> dict[str, str]:
 async def update(replica: Replica, account: dict[str, str], txt: str) -> None:
     headers = {"X-Api-User": account["username"], "X-Api-Key": account["password"]}
     payload = {"subdomain": account["subdomain"], "txt": txt}
-    async with aiohttp.ClientSession() as http, http.post(
-        f"http://{replica.http}/update", json=payload, headers=headers
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://{replica.http}/update", json=payload, headers=headers) as resp,
+    ):
         assert resp.status == 200, await resp.text()
 
 
