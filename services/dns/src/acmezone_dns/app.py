@@ -1,0 +1,126 @@
+"""Composition root: builds every dns object from settings and wires them together.
+
+Tests build a `DnsApp` from their own settings and `CollectorRegistry` and get a complete server
+on real ports; with port 0 each DNS address gets one free port shared by its UDP and TCP
+listeners, as resolvers expect.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from prometheus_client import CollectorRegistry
+
+from acmezone.dns.v1 import zone_service_pb2, zone_service_pb2_grpc
+from acmezone_common.addresses import HostPort
+from acmezone_common.grpc_server import GrpcServer
+from acmezone_common.metrics import MetricsServer
+from acmezone_dns import metrics
+from acmezone_dns.feed_client import FeedClient
+from acmezone_dns.inspection import ZoneInspector
+from acmezone_dns.responder import Responder
+from acmezone_dns.servicer import ZoneServicer
+from acmezone_dns.settings import DnsSettings
+from acmezone_dns.static_zones import load_static_zones
+from acmezone_dns.store import ZoneStore
+from acmezone_dns.tcp_server import TcpServer
+from acmezone_dns.udp_server import UdpServer
+
+logger = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "dns.acmezone.dev"
+ZONE_SERVICE = zone_service_pb2.DESCRIPTOR.services_by_name["ZoneService"]
+
+
+class DnsApp:
+    """The whole dns service: zone store, DNS listeners, feed client, gRPC API, metrics."""
+
+    def __init__(self, settings: DnsSettings, metrics_registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.store = ZoneStore(
+            load_static_zones(settings), feed_zone=settings.zone, txt_ttl=settings.txt_ttl
+        )
+        self.stats = metrics.QueryStats()
+        self.feed_metrics = metrics.FeedMetrics()
+        metrics.register(
+            metrics_registry,
+            self.stats,
+            self.feed_metrics,
+            lambda: self.store.snapshot.record_count,
+        )
+        self.responder = Responder(self.store, self.stats, edns_udp_size=settings.edns_udp_size)
+        self.grpc = GrpcServer(
+            settings.grpc_address, registry=metrics_registry, error_domain=ERROR_DOMAIN
+        )
+        self.feed = FeedClient(
+            settings.registry_target,
+            self.store,
+            self.feed_metrics,
+            zone=settings.zone,
+            backoff_initial=settings.feed_backoff_initial_seconds,
+            backoff_max=settings.feed_backoff_max_seconds,
+            on_first_snapshot=self._ready,
+        )
+        inspector = ZoneInspector(self.store, self.feed, edns_udp_size=settings.edns_udp_size)
+        self.grpc.add_service(
+            ZONE_SERVICE,
+            partial(
+                zone_service_pb2_grpc.add_ZoneServiceServicer_to_server, ZoneServicer(inspector)
+            ),
+        )
+        self.metrics_server = MetricsServer(settings.metrics_address, metrics_registry)
+        self.udp: list[UdpServer] = []
+        self.tcp: list[TcpServer] = []
+        self.dns_addresses: list[HostPort] = list(settings.dns_addresses)
+        self.grpc_address: HostPort = settings.grpc_address
+        self.metrics_address: HostPort = settings.metrics_address
+
+    async def start(self) -> None:
+        """Listen for DNS (answering static zones at once, the feed zone SERVFAIL until the
+        first snapshot), start the API NOT_SERVING, then follow the feed."""
+        bound: list[HostPort] = []
+        for address in self.settings.dns_addresses:
+            udp = UdpServer(address, self.responder, self.stats)
+            self.udp.append(udp)
+            udp_address = await udp.start()
+            tcp = TcpServer(
+                udp_address,
+                self.responder,
+                self.stats,
+                idle_timeout=self.settings.tcp_idle_timeout_seconds,
+                max_connections=self.settings.tcp_max_connections,
+            )
+            self.tcp.append(tcp)
+            await tcp.start()
+            bound.append(udp_address)
+        self.dns_addresses = bound
+        self.metrics_address = self.metrics_server.start()
+        self.grpc_address = await self.grpc.start(serving=False)
+        await self.feed.start()
+        logger.info(
+            "dns serving",
+            extra={
+                "dns": ",".join(map(str, bound)),
+                "grpc": str(self.grpc_address),
+                "zone": self.settings.zone,
+                "registry": self.settings.registry_target,
+            },
+        )
+
+    async def _ready(self) -> None:
+        """The first snapshot is in: the challenge zone can answer, report SERVING."""
+        for service in ("", ZONE_SERVICE.full_name):
+            await self.grpc.set_serving(service, True)
+        logger.info("first feed snapshot applied, serving", extra={"zone": self.settings.zone})
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING, stop the feed, drain the API within `grace`, close every listener."""
+        await self.grpc.health.enter_graceful_shutdown()
+        await self.feed.stop()
+        await self.grpc.stop(grace)
+        for tcp in self.tcp:
+            await tcp.stop()
+        for udp in self.udp:
+            await udp.stop()
+        self.metrics_server.stop()

@@ -1,0 +1,236 @@
+"""Turns one DNS query message into its response bytes: a fast path for ordinary questions and a
+slow, thorough path for everything else.
+
+The fast path handles a standard query (opcode QUERY, one question, class IN, no EDNS or a plain
+EDNS(0) OPT) with a dict lookup on the lower-cased question bytes and a splice of the pre-packed
+answer behind the query's own ID, RD/CD bits and question (see `wire`). It costs about a
+microsecond; parsing and packing with a DNS library costs about 70. Anything the fast path does
+not recognise exactly goes to the slow path, which parses with dnslib and answers every case
+correctly: FORMERR, NOTIMP, BADVERS, REFUSED for AXFR/IXFR and foreign classes, truncation
+(TC) when an answer does not fit the UDP size. Both paths take their answers from
+`ZoneView.resolve`, so they agree byte for byte.
+
+Nothing here raises on bad input: a message the slow path cannot parse gets FORMERR, and one too
+short to carry an ID, or that is itself a response, gets no answer at all.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dnslib
+
+from acmezone_dns.metrics import (
+    QTYPE_INDEX,
+    QTYPE_OTHER,
+    RCODE_SLOTS,
+    TCP_OFFSET,
+    QueryStats,
+    qtype_index,
+    slot,
+)
+from acmezone_dns.store import Snapshot, ZoneStore
+from acmezone_dns.wire import AA, TC, Packed, header_only, opt_record, pack_answer, splice
+from acmezone_dns.zone import BADVERS, FORMERR, NOTIMP, REFUSED
+
+logger = logging.getLogger(__name__)
+
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
+_NO_ADDITIONAL = b"\x00\x00"
+_ONE_ADDITIONAL = b"\x00\x01"
+_OPT_TYPE = b"\x00\x29"
+_CLASS_IN = b"\x00\x01"
+_OPT_LEN = 11
+_PLAIN_UDP_SIZE = 512
+_TCP_SIZE = 65535
+
+_TYPE_OPT, _TYPE_TKEY, _TYPE_TSIG = 41, 249, 250
+_TYPE_IXFR, _TYPE_AXFR, _TYPE_MAILB, _TYPE_MAILA = 251, 252, 253, 254
+_CLASS_ANY = 255
+_SLOW_QTYPES = frozenset(
+    {_TYPE_OPT, _TYPE_TKEY, _TYPE_TSIG, _TYPE_IXFR, _TYPE_AXFR, _TYPE_MAILB, _TYPE_MAILA}
+)
+
+
+def question_end(data: bytes) -> int:
+    """The offset just past the first question (name, type, class), or -1 when the name is not a
+    plain sequence of labels of at most 63 bytes ending inside the message (compression
+    pointers can only point backwards into the header there, so they are malformed too)."""
+    i = 12
+    n = len(data)
+    while i < n:
+        length = data[i]
+        if length == 0:
+            return i + 5 if i + 5 <= n else -1
+        if length > 63:
+            return -1
+        i += length + 1
+    return -1
+
+
+class Responder:
+    """Answers DNS messages from the store's current snapshot; counts into `stats`."""
+
+    def __init__(self, store: ZoneStore, stats: QueryStats, *, edns_udp_size: int) -> None:
+        self._store = store
+        self._stats = stats
+        self._counts = stats.counts
+        self._udp_size = edns_udp_size
+        self._opt = opt_record(edns_udp_size, do=False)
+        self._opt_do = opt_record(edns_udp_size, do=True)
+
+    def answer_udp(self, data: bytes) -> bytes | None:
+        """The response to a UDP query, or None when none must be sent."""
+        return self.answer(data, tcp=False)
+
+    def answer_tcp(self, data: bytes) -> bytes | None:
+        """The response to a query read from a TCP stream (without its length prefix)."""
+        return self.answer(data, tcp=True)
+
+    def answer(self, data: bytes, *, tcp: bool) -> bytes | None:
+        """The hot path: pre-packed answers for plain queries, the slow path for the rest."""
+        snapshot = self._store.snapshot
+        n = len(data)
+        if n < 17 or data[2] & 0xF8 or data[4:10] != _ONE_QUESTION:
+            return self._slow(data, snapshot, tcp)
+        end = data.find(0, 12)
+        qend = end + 5
+        if end < 0 or qend > n:
+            return self._slow(data, snapshot, tcp)
+        additional = data[10:12]
+        if additional == _NO_ADDITIONAL:
+            if qend != n:
+                return self._slow(data, snapshot, tcp)
+            opt = None
+            limit = _TCP_SIZE if tcp else _PLAIN_UDP_SIZE
+        elif additional == _ONE_ADDITIONAL:
+            if (
+                n < qend + _OPT_LEN
+                or data[qend]
+                or data[qend + 1 : qend + 3] != _OPT_TYPE
+                or data[qend + 6]
+                or qend + _OPT_LEN + int.from_bytes(data[qend + 9 : qend + 11], "big") != n
+            ):
+                return self._slow(data, snapshot, tcp)
+            opt = self._opt_do if data[qend + 7] & 0x80 else self._opt
+            if tcp:
+                limit = _TCP_SIZE
+            else:
+                limit = min(
+                    max(int.from_bytes(data[qend + 3 : qend + 5], "big"), _PLAIN_UDP_SIZE),
+                    self._udp_size,
+                )
+        else:
+            return self._slow(data, snapshot, tcp)
+        packed = snapshot.answers.get(data[12 : end + 1].lower() + data[end + 1 : qend])
+        if packed is None:
+            return self._not_prepacked(data, snapshot, tcp, qend, opt, limit)
+        if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+            return self._slow(data, snapshot, tcp)
+        self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
+        return splice(packed, data, qend, opt)
+
+    def _not_prepacked(
+        self,
+        data: bytes,
+        snapshot: Snapshot,
+        tcp: bool,
+        qend: int,
+        opt: bytes | None,
+        limit: int,
+    ) -> bytes | None:
+        """A plain query with no exact pre-packed answer: a type the name lacks (NODATA or
+        the CNAME chain), a name that does not exist, or one outside our zones."""
+        if question_end(data) != qend:
+            return self._slow(data, snapshot, tcp)
+        qtype = int.from_bytes(data[qend - 4 : qend - 2], "big")
+        if data[qend - 2 : qend] != _CLASS_IN or qtype in _SLOW_QTYPES:
+            return self._slow(data, snapshot, tcp)
+        name = data[12 : qend - 4].lower()
+        packed = snapshot.defaults.get(name)
+        if packed is None:
+            packed = snapshot.refused
+            i = 0
+            while name[i]:
+                fallback = snapshot.fallbacks.get(name[i:])
+                if fallback is not None:
+                    packed = fallback
+                    break
+                i += name[i] + 1
+        if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+            return self._slow(data, snapshot, tcp)
+        self._count(packed.stat + QTYPE_INDEX.get(qtype, QTYPE_OTHER) * RCODE_SLOTS, tcp)
+        return splice(packed, data, qend, opt)
+
+    def _count(self, counter_slot: int, tcp: bool) -> None:
+        self._counts[counter_slot + (TCP_OFFSET if tcp else 0)] += 1
+
+    def _slow(self, data: bytes, snapshot: Snapshot, tcp: bool) -> bytes | None:
+        """Everything that is not a plain query, parsed with dnslib and answered to the letter."""
+        if len(data) < 12 or data[2] & 0x80:
+            # No room for an ID, or a response: answering could start a packet loop.
+            self._stats.dropped += 1
+            return None
+        if (data[2] >> 3) & 0xF:
+            self._count(slot(QTYPE_OTHER, NOTIMP), tcp)
+            return header_only(data, NOTIMP)
+        try:
+            record = dnslib.DNSRecord.parse(data)
+        except Exception:  # dnslib raises a handful of types on garbage; all mean FORMERR
+            return self._formerr(data, tcp)
+        header = record.header
+        qend = question_end(data)
+        if header.q != 1 or header.a or header.auth or qend < 0:
+            return self._formerr(data, tcp)
+        opts = [rr for rr in record.ar if rr.rtype == _TYPE_OPT]
+        opt: bytes | None = None
+        limit = _TCP_SIZE if tcp else _PLAIN_UDP_SIZE
+        if opts:
+            if len(opts) > 1 or str(opts[0].rname) not in ("", "."):
+                return self._formerr(data, tcp)
+            ttl = int(opts[0].ttl)
+            do = bool(ttl & 0x8000)
+            if (ttl >> 16) & 0xFF:
+                # RFC 6891 section 6.1.3: BADVERS, with our highest version (0) in the OPT.
+                self._count(slot(QTYPE_OTHER, BADVERS), tcp)
+                return splice(
+                    Packed(0, 0, 0, 0, 0, b""),
+                    data,
+                    qend,
+                    opt_record(self._udp_size, do=do, ext_rcode=BADVERS >> 4),
+                )
+            opt = self._opt_do if do else self._opt
+            if not tcp:
+                limit = min(max(int(opts[0].rclass), _PLAIN_UDP_SIZE), self._udp_size)
+        qtype = int.from_bytes(data[qend - 4 : qend - 2], "big")
+        qclass = int.from_bytes(data[qend - 2 : qend], "big")
+        qtype_idx = qtype_index(qtype)
+        if qtype in (_TYPE_OPT, _TYPE_TKEY, _TYPE_TSIG):
+            return self._formerr(data, tcp, qtype_idx)
+        if qtype in (_TYPE_MAILA, _TYPE_MAILB):
+            packed = Packed(0, NOTIMP, 0, 0, 0, b"")
+        elif qclass not in (1, _CLASS_ANY) or qtype in (_TYPE_AXFR, _TYPE_IXFR):
+            # Zone transfers are refused (RFC 5936 section 4.2); so are other classes.
+            packed = Packed(0, REFUSED, 0, 0, 0, b"")
+        else:
+            qname = data[12 : qend - 4].lower()
+            resolution = snapshot.view.resolve(qname, qtype)
+            packed = pack_answer(
+                resolution.rcode,
+                resolution.authoritative,
+                resolution.answer,
+                resolution.authority,
+                resolution.additional,
+                qname=qname,
+            )
+            if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+                # RFC 2181 section 9: set TC and send what fits; we send no records at all,
+                # and the resolver asks again over TCP.
+                flags = TC | (AA if resolution.authoritative else 0)
+                packed = Packed(flags, resolution.rcode, 0, 0, 0, b"")
+        self._count(slot(qtype_idx, packed.rcode), tcp)
+        return splice(packed, data, qend, opt)
+
+    def _formerr(self, data: bytes, tcp: bool, qtype_idx: int = QTYPE_OTHER) -> bytes:
+        self._count(slot(qtype_idx, FORMERR), tcp)
+        return header_only(data, FORMERR)

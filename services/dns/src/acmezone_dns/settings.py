@@ -1,0 +1,166 @@
+"""The dns service's settings, from `ACMEZONE_DNS_*` environment variables or a `.env` file.
+
+Lists (listen addresses, name servers, static records, zone files) may be given as JSON arrays or
+as comma-separated text, e.g. `ACMEZONE_DNS_DNS_ADDRESSES=127.0.0.1:5353,[::1]:5353`; static
+records hold spaces and quotes, so give those as a JSON array.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from acmezone_common.addresses import HostPort
+from acmezone_common.settings import Address, ServiceSettings
+
+
+def _split_list(value: object) -> object:
+    """Accept `a,b,c` as well as a JSON array or a Python list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _normalise_name(value: str) -> str:
+    """Lower-case, fully qualified (trailing dot) domain name."""
+    name = value.strip().lower()
+    if not name or name == ".":
+        raise ValueError("a domain name is required")
+    return name if name.endswith(".") else name + "."
+
+
+AddressList = Annotated[list[Address], NoDecode, BeforeValidator(_split_list)]
+TextList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+
+class DnsSettings(ServiceSettings):
+    """Everything the dns service can be told; defaults run it locally next to the registry."""
+
+    model_config = SettingsConfigDict(env_prefix="ACMEZONE_DNS_", env_file=".env", extra="ignore")
+
+    grpc_address: Address = Field(
+        default=HostPort("127.0.0.1", 50052), description="Where the ZoneService gRPC API listens."
+    )
+    metrics_address: Address = Field(
+        default=HostPort("127.0.0.1", 9102), description="Where Prometheus scrapes /metrics."
+    )
+    dns_addresses: AddressList = Field(
+        default=[HostPort("127.0.0.1", 5353)],
+        min_length=1,
+        description="Where DNS listens, UDP and TCP on each: `127.0.0.1:53`, `[::]:53`, ...",
+    )
+    registry_target: str = Field(
+        default="127.0.0.1:50051",
+        description="The registry's gRPC address (a grpc target) to stream the record feed from.",
+    )
+    zone: str = Field(
+        default="acme.example.test", description="The challenge zone the registry allocates in."
+    )
+    ns_names: TextList = Field(
+        default=["ns1.acme.example.test"],
+        min_length=1,
+        description="The zone's name servers (NS records at the apex).",
+    )
+    ns_addresses: TextList = Field(
+        default=["127.0.0.1"],
+        description="IPv4/IPv6 addresses served as A/AAAA for every NS name inside the zone.",
+    )
+    soa_mname: str | None = Field(
+        default=None, description="SOA primary name server; the first NS name when unset."
+    )
+    soa_rname: str | None = Field(
+        default=None,
+        description="SOA mailbox as a domain name (`hostmaster.zone.`); `hostmaster.<zone>` "
+        "when unset.",
+    )
+    soa_serial: int = Field(
+        default=1,
+        ge=0,
+        lt=2**32,
+        description="SOA serial. Fixed: the server does no zone transfers, and a serial that "
+        "moved with every revision would force re-packing every negative answer.",
+    )
+    soa_refresh: int = Field(default=3600, ge=0, description="SOA refresh, seconds.")
+    soa_retry: int = Field(default=600, ge=0, description="SOA retry, seconds.")
+    soa_expire: int = Field(default=86400, ge=0, description="SOA expire, seconds.")
+    soa_minimum: int = Field(
+        default=60,
+        ge=0,
+        description="SOA minimum: the negative-caching TTL of NXDOMAIN/NODATA answers, seconds. "
+        "Short, so a fresh challenge is never hidden by a cached NXDOMAIN.",
+    )
+    soa_ttl: int = Field(default=60, ge=0, description="TTL of the SOA record, seconds.")
+    ns_ttl: int = Field(default=3600, ge=0, description="TTL of NS and name server A/AAAA.")
+    txt_ttl: int = Field(default=1, ge=0, description="TTL of the TXT records from the feed.")
+    static_ttl: int = Field(
+        default=300, ge=0, description="Default TTL of static records that give none."
+    )
+    static_records: TextList = Field(
+        default=[],
+        description="Extra records of the challenge zone in zone-file syntax, relative to it, "
+        'e.g. `@ CAA 0 issue "letsencrypt.org"` (JSON array).',
+    )
+    zone_files: TextList = Field(
+        default=[],
+        description="RFC 1035 zone files of extra static zones; each needs $ORIGIN, SOA and NS.",
+    )
+    edns_udp_size: int = Field(
+        default=1232,
+        ge=512,
+        le=4096,
+        description="The EDNS UDP payload size advertised and honoured, bytes.",
+    )
+    tcp_idle_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Close TCP connections idle this long (RFC 7766)."
+    )
+    tcp_max_connections: int = Field(
+        default=256, ge=1, description="TCP connections served at once; more are closed."
+    )
+    feed_backoff_initial_seconds: float = Field(
+        default=0.1, gt=0, description="First delay before reconnecting to the feed."
+    )
+    feed_backoff_max_seconds: float = Field(
+        default=5.0, gt=0, description="Longest delay between feed reconnection attempts."
+    )
+
+    @field_validator("zone", "soa_mname", "soa_rname")
+    @classmethod
+    def _fqdn(cls, value: str | None) -> str | None:
+        return None if value is None else _normalise_name(value)
+
+    @field_validator("ns_names")
+    @classmethod
+    def _fqdns(cls, value: list[str]) -> list[str]:
+        return [_normalise_name(v) for v in value]
+
+    @field_validator("ns_addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(v)) for v in value]
+
+    @field_validator("zone_files")
+    @classmethod
+    def _files(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not Path(path).is_file():
+                raise ValueError(f"zone file {path!r} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_from_zone(self) -> DnsSettings:
+        if self.soa_mname is None:
+            self.soa_mname = self.ns_names[0]
+        if self.soa_rname is None:
+            self.soa_rname = "hostmaster." + self.zone
+        if self.feed_backoff_max_seconds < self.feed_backoff_initial_seconds:
+            raise ValueError("feed_backoff_max_seconds must be >= feed_backoff_initial_seconds")
+        return self

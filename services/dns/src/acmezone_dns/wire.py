@@ -1,0 +1,165 @@
+"""DNS wire encoding of answers as position-independent, pre-packed bytes.
+
+A `Packed` answer holds everything of a response except the parts that come from the query: the
+ID, the RD and CD bits, and the question section. The question always sits at offset 12, so the
+only compression pointers a body contains point into the question (the owner name equal to the
+question name, or a label suffix of it); every other name is written in full. Splicing the
+query's own question bytes in front of the body therefore keeps the pointers valid and echoes the
+question exactly as received, mixed 0x20 case included. Record data comes from dnspython's
+uncompressed `to_wire`, so fast and slow paths send identical bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+
+import dns.rdataset
+
+# Header flag bits (RFC 1035 section 4.1.1), as one 16-bit word.
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+CD = 0x0010
+
+TYPE_OPT = 41
+PTR_QUESTION = 0xC00C  # a compression pointer to the question name at offset 12
+
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_CLASS_IN = 1
+
+Section = Sequence[tuple[bytes, dns.rdataset.Rdataset]]
+"""(owner name as lower-case wire bytes, rdataset) pairs, in section order."""
+
+
+class Packed:
+    """A response minus ID, RD/CD and question: ready to splice behind any matching query.
+
+    `flags[i]` are the two flag bytes for `i = RD | CD << 1` copied from the query; `counts` and
+    `counts_edns` are QD..AR counts (QD is always 1; AR counts the OPT record in the EDNS one);
+    `size` is the length of the body; `rcode` is the header rcode and `stat` the metrics slot.
+    """
+
+    __slots__ = ("body", "counts", "counts_edns", "flags", "rcode", "size", "stat")
+
+    def __init__(self, flags: int, rcode: int, an: int, ns: int, ar: int, body: bytes) -> None:
+        base = QR | flags | rcode
+        self.flags: tuple[bytes, bytes, bytes, bytes] = (
+            base.to_bytes(2, "big"),
+            (base | RD).to_bytes(2, "big"),
+            (base | CD).to_bytes(2, "big"),
+            (base | RD | CD).to_bytes(2, "big"),
+        )
+        self.rcode = rcode
+        self.counts = struct.pack("!HHHH", 1, an, ns, ar)
+        self.counts_edns = struct.pack("!HHHH", 1, an, ns, ar + 1)
+        self.body = body
+        self.size = len(body)
+        self.stat = 0
+
+    def __repr__(self) -> str:
+        return f"Packed(rcode={self.rcode}, size={self.size})"
+
+
+def label_offsets(name_wire: bytes) -> list[int]:
+    """Offsets of every label of an uncompressed wire name (the root's too)."""
+    offsets = []
+    i = 0
+    while True:
+        offsets.append(i)
+        length = name_wire[i]
+        if length == 0:
+            return offsets
+        i += length + 1
+
+
+def name_suffixes(name_wire: bytes) -> list[bytes]:
+    """The name and each of its ancestors, longest first, as wire bytes (root excluded)."""
+    return [name_wire[i:] for i in label_offsets(name_wire)[:-1]]
+
+
+def encode_owner(owner: bytes, qname: bytes | None) -> bytes:
+    """An owner name, as a pointer into the question when it is the question name or a suffix of
+    it, else in full. With `qname` None nothing is compressed (a name-independent body)."""
+    if qname is not None:
+        if owner == qname:
+            return PTR_QUESTION.to_bytes(2, "big")
+        if len(owner) < len(qname) and qname.endswith(owner):
+            offset = len(qname) - len(owner)
+            if offset in label_offsets(qname):
+                return (0xC000 | (12 + offset)).to_bytes(2, "big")
+    return owner
+
+
+def encode_section(
+    section: Iterable[tuple[bytes, dns.rdataset.Rdataset]], qname: bytes | None
+) -> tuple[bytes, int]:
+    """Encode RRsets; returns the bytes and the number of records."""
+    parts: list[bytes] = []
+    count = 0
+    for owner, rdataset in section:
+        name = encode_owner(owner, qname)
+        for rdata in rdataset:
+            data = rdata.to_wire()
+            parts.append(name)
+            parts.append(_RR_FIXED.pack(rdataset.rdtype, _CLASS_IN, rdataset.ttl, len(data)))
+            parts.append(data)
+            count += 1
+    return b"".join(parts), count
+
+
+def pack_answer(
+    rcode: int,
+    authoritative: bool,
+    answer: Section,
+    authority: Section,
+    additional: Section,
+    qname: bytes | None,
+) -> Packed:
+    """Pre-pack a response for question name `qname` (lower-case wire), or a name-independent
+    one when `qname` is None."""
+    an_bytes, an = encode_section(answer, qname)
+    ns_bytes, ns = encode_section(authority, qname)
+    ar_bytes, ar = encode_section(additional, qname)
+    return Packed(AA if authoritative else 0, rcode, an, ns, ar, an_bytes + ns_bytes + ar_bytes)
+
+
+def opt_record(udp_size: int, do: bool, ext_rcode: int = 0) -> bytes:
+    """Our EDNS(0) OPT pseudo-record (RFC 6891): no options, version 0, DO echoed."""
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + _RR_FIXED.pack(TYPE_OPT, udp_size, ttl, 0)
+
+
+def splice(packed: Packed, query: bytes, question_end: int, opt: bytes | None) -> bytes:
+    """The full response to `query`: its ID, RD/CD bits and question, then the packed body."""
+    flag_index = (query[2] & 1) | ((query[3] & 0x10) >> 3)
+    if opt is None:
+        return b"".join(
+            (
+                query[:2],
+                packed.flags[flag_index],
+                packed.counts,
+                query[12:question_end],
+                packed.body,
+            )
+        )
+    return b"".join(
+        (
+            query[:2],
+            packed.flags[flag_index],
+            packed.counts_edns,
+            query[12:question_end],
+            packed.body,
+            opt,
+        )
+    )
+
+
+def header_only(query: bytes, rcode: int, *, with_question_end: int | None = None) -> bytes:
+    """A response carrying only a header (and the question when its end is given): FORMERR,
+    NOTIMP and friends. The opcode and RD are copied from the query."""
+    flags = QR | ((query[2] & 0x79) << 8) | (rcode & 0xF)
+    if with_question_end is None:
+        return query[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
+    return query[:2] + struct.pack("!HHHHH", flags, 1, 0, 0, 0) + query[12:with_question_end]
