@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -24,6 +24,7 @@ from acmezone_registry.access import ClientAddressResolver
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.http_api import HttpApi
 from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.registrations import Registrations
 from tests.registry.conftest import ZONE, running_registry
 from tests.registry.values import acme_digest
 
@@ -482,6 +483,30 @@ async def test_health_is_503_json_when_storage_is_down(
                 assert await response.read() == b'{"error": "storage_unavailable"}'
         finally:
             await api.stop()
+
+
+async def test_a_crash_is_a_logged_500_with_a_json_body(
+    session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def healthy() -> bool:
+        return True
+
+    broken = HttpApi(
+        cast(Registrations, object()),  # every use case call fails with AttributeError
+        ClientAddressResolver([]),
+        RegistryMetrics(CollectorRegistry()),
+        max_body_bytes=MAX_BODY,
+        storage_ok=healthy,
+    )
+    address = await broken.start(HostPort("127.0.0.1", 0))
+    try:
+        async with session.post(f"http://{address}/register") as response:
+            assert response.status == 500
+            assert response.headers["Content-Type"] == "application/json"
+            assert await response.read() == b'{"error": "internal_error"}'
+    finally:
+        await broken.stop()
+    assert any(r.exc_info and r.levelname == "ERROR" for r in caplog.records)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import pytest_asyncio
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
 
 from acmezone.registry.v1 import record_feed_service_pb2 as feed_pb
 from acmezone.registry.v1 import record_feed_service_pb2_grpc as feed_grpc
@@ -777,8 +778,9 @@ async def test_feed_status(api: Api) -> None:
 
 
 async def test_watch_sends_snapshot_then_live_changes_then_bookmarks(tmp_path: Any) -> None:
+    metrics = CollectorRegistry()
     async with (
-        running_registry(tmp_path, feed_bookmark_interval_seconds=0.2) as app,
+        running_registry(tmp_path, metrics, feed_bookmark_interval_seconds=0.2) as app,
         connect(app) as fresh,
     ):
         created = await create(fresh)
@@ -838,7 +840,14 @@ async def test_watch_sends_snapshot_then_live_changes_then_bookmarks(tmp_path: A
         )
         message = await next_message(resumed)
         assert [c.type for c in message.changes.changes] == [feed_pb.CHANGE_TYPE_DELETE]
+        assert metrics.get_sample_value("acmezone_registry_feed_watchers") == 1
         resumed.cancel()
+        # A cancelled watch releases the feed at once.
+        for _ in range(100):
+            if metrics.get_sample_value("acmezone_registry_feed_watchers") == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert metrics.get_sample_value("acmezone_registry_feed_watchers") == 0
 
 
 @pytest.mark.parametrize(
