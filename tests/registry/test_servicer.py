@@ -127,7 +127,7 @@ async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
 
 def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
     """The fields of the BadRequest detail an INVALID_ARGUMENT carries."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     fields: list[str] = []
     for detail in status.details:
@@ -213,7 +213,7 @@ async def test_peer_address_reads_grpc_peer_strings(peer: str, expected: str | N
 
 async def test_caller_takes_credentials_and_ignores_forwarded_for_from_untrusted_peers() -> None:
     resolver = ClientAddressResolver(["10.0.0.0/8"])
-    metadata = [
+    metadata: list[tuple[str, str | bytes]] = [
         ("authorization", "Bearer  tok "),
         ("x-api-user", "user"),
         ("x-api-key", "key"),
