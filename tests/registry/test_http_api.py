@@ -444,6 +444,38 @@ async def test_allowfrom_honours_forwarded_for_from_trusted_proxies(proxied: Cli
     assert await proxied.values(account) == [value]
 
 
+async def test_allowfrom_matches_ipv6_peers(
+    open_app: RegistryApp, session: aiohttp.ClientSession
+) -> None:
+    async def healthy() -> bool:
+        return True
+
+    api = HttpApi(
+        open_app.registrations,
+        ClientAddressResolver([]),
+        RegistryMetrics(CollectorRegistry()),
+        max_body_bytes=MAX_BODY,
+        storage_ok=healthy,
+    )
+    try:
+        address = await api.start(HostPort("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        client = Client(open_app, session)
+        v6_only = await client.account(["::1/128"])
+        v4_only = await client.account(["127.0.0.1/32"])
+        for account, status in [(v6_only, 200), (v4_only, 401)]:
+            body = json.dumps({"subdomain": account["subdomain"], "txt": acme_digest("v6")})
+            headers = {"X-Api-User": account["username"], "X-Api-Key": account["password"]}
+            async with session.post(f"http://{address}/update", data=body, headers=headers) as r:
+                assert r.status == status
+    finally:
+        await api.stop()
+    assert await client.values(v6_only) == [acme_digest("v6")]
+    assert await client.values(v4_only) == []
+
+
 # -- /health, unknown routes, metrics -------------------------------------------------------
 
 
