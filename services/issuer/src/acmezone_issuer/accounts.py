@@ -1,0 +1,144 @@
+"""ACME accounts: validating a request, generating and sealing the key, registering at the CA.
+
+Also hands out one `AcmeClient` per account, so the reconciler and the servicer share nonces and
+the cached directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from acmezone_common.errors import FailedPreconditionError, InvalidArgumentError
+from acmezone_issuer.acme_client import AcmeClient, register_account
+from acmezone_issuer.errors import AcmeProblemError, AcmeUnavailableError
+from acmezone_issuer.keys import KEY_TYPES, KeySealer, generate_key
+from acmezone_issuer.metrics import IssuerMetrics
+from acmezone_issuer.names import check_emails, check_id
+from acmezone_issuer.store import AccountRow, Store, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+class AccountManager:
+    """Creates accounts and builds ACME clients for them."""
+
+    def __init__(
+        self,
+        store: Store,
+        sealer: KeySealer,
+        metrics: IssuerMetrics,
+        *,
+        default_directory_url: str,
+        ca_bundle: Path | None,
+    ) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._metrics = metrics
+        self._default_directory_url = default_directory_url
+        self._ca_bundle = ca_bundle
+        self._clients: dict[str, AcmeClient] = {}
+
+    async def create(
+        self,
+        *,
+        account_id: str,
+        directory_url: str,
+        emails: list[str],
+        terms_agreed: bool,
+        key_type: str,
+        eab_key_id: str,
+        eab_hmac_key: str,
+    ) -> AccountRow:
+        """Validate, generate a key, register at the CA, and store the sealed key."""
+        if account_id:
+            check_id(account_id, "account_id")
+        else:
+            account_id = "acct-" + secrets.token_hex(4)
+        directory_url = directory_url or self._default_directory_url
+        parts = urlsplit(directory_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InvalidArgumentError(
+                "INVALID_DIRECTORY_URL",
+                f"{directory_url!r} is not an https URL",
+                field="account.directory_url",
+            )
+        emails = check_emails(emails, "account.contact_emails")
+        if key_type not in KEY_TYPES:
+            raise InvalidArgumentError(
+                "INVALID_KEY_TYPE", f"unknown key type {key_type!r}", field="account.key_type"
+            )
+        if bool(eab_key_id) != bool(eab_hmac_key):
+            raise InvalidArgumentError(
+                "INVALID_EXTERNAL_ACCOUNT_BINDING",
+                "an External Account Binding needs both key_id and hmac_key",
+                field="account.external_account_binding",
+            )
+        if not terms_agreed:
+            raise InvalidArgumentError(
+                "TERMS_NOT_AGREED",
+                "the ACME server's terms of service must be agreed to",
+                field="account.terms_of_service_agreed",
+            )
+        key = generate_key(key_type)
+        try:
+            registration = await register_account(
+                directory_url,
+                key,
+                emails=emails,
+                terms_agreed=terms_agreed,
+                eab_key_id=eab_key_id,
+                eab_hmac_key=eab_hmac_key,
+                metrics=self._metrics,
+                ca_bundle=self._ca_bundle,
+            )
+        except AcmeUnavailableError as exc:
+            from acmezone_common.errors import UnavailableError
+
+            raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
+        except AcmeProblemError as exc:
+            reason = (
+                "EXTERNAL_ACCOUNT_BINDING_REQUIRED"
+                if exc.problem_type.endswith("externalAccountRequired")
+                else "ACME_REGISTRATION_REJECTED"
+            )
+            raise FailedPreconditionError(
+                reason,
+                f"the ACME server refused the account: {exc.message}",
+                metadata={"acme_problem_type": exc.problem_type},
+            ) from exc
+        row = AccountRow(
+            id=account_id,
+            directory_url=directory_url,
+            contact_emails=emails,
+            terms_agreed=terms_agreed,
+            terms_url=registration.terms_url,
+            eab_key_id=eab_key_id,
+            key_type=key_type,
+            sealed_key=self._sealer.seal_key(key, f"account/{account_id}"),
+            account_url=registration.account_url,
+            status=registration.status,
+            create_time=utcnow(),
+        )
+        logger.info(
+            "account registered",
+            extra={"account": account_id, "directory": directory_url, "url": row.account_url},
+        )
+        return await self._store.insert_account(row)
+
+    def client_for(self, account: AccountRow) -> AcmeClient:
+        """The (cached) ACME client of an account."""
+        client = self._clients.get(account.id)
+        if client is None:
+            key = self._sealer.open_key(account.sealed_key, f"account/{account.id}")
+            client = AcmeClient(
+                account.directory_url, key, account.account_url, self._metrics, self._ca_bundle
+            )
+            self._clients[account.id] = client
+        return client
+
+    def forget(self, account_id: str) -> None:
+        """Drop a deleted account's client."""
+        self._clients.pop(account_id, None)

@@ -1,0 +1,1 @@
+"""`acmezone`: the operator command line over the issuer, registry and dns gRPC APIs."""

@@ -1,0 +1,10 @@
+"""Placeholder entry point; the commands live in `acmezone_issuer.cli.commands`."""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    """Run the CLI."""
+    from acmezone_issuer.cli.commands import main as run
+
+    raise SystemExit(run())

@@ -1,0 +1,231 @@
+"""A local Pebble ACME CA for development and tests (Debian package `pebble`).
+
+Debian ships the binary without Pebble's test TLS certificates, so this module makes a throwaway
+CA and a `127.0.0.1`/`localhost` certificate for Pebble's HTTPS listener, writes Pebble's JSON
+config, starts it with the given DNS server, and waits until the directory answers. The issuer
+then trusts `ca_bundle` through its `acme_ca_bundle` setting.
+
+Only for loopback use: never point anything but a test or a `make run` issuer at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (Pebble's config needs explicit ports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_tls_material(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a localhost/127.0.0.1 server certificate: (ca.pem, cert.pem, key.pem)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acmezone dev pebble TLS CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+class LocalPebble:
+    """One Pebble process on loopback ports, configured for fast, deterministic tests."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        dns_server: str | None,
+        http01_port: int,
+        listen_port: int = 0,
+        eab_keys: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        binary: str = "pebble",
+    ) -> None:
+        self.workdir = workdir
+        self._dns_server = dns_server
+        self._http01_port = http01_port
+        self.listen_port = listen_port or free_port()
+        self.management_port = free_port()
+        self._eab_keys = eab_keys
+        self._extra_env = extra_env or {}
+        self._binary = binary
+        self._process: subprocess.Popen[bytes] | None = None
+        self.ca_bundle = workdir / "tls" / "ca.pem"
+
+    @property
+    def directory_url(self) -> str:
+        """The ACME directory URL."""
+        return f"https://127.0.0.1:{self.listen_port}/dir"
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_bundle))
+
+    def start(self) -> None:
+        """Write config and TLS material, start Pebble, wait until its directory answers."""
+        binary = shutil.which(self._binary)
+        if binary is None:
+            raise FileNotFoundError(f"{self._binary} not found (Debian package `pebble`)")
+        _, cert, key = write_tls_material(self.workdir / "tls")
+        config = {
+            "pebble": {
+                "listenAddress": f"127.0.0.1:{self.listen_port}",
+                "managementListenAddress": f"127.0.0.1:{self.management_port}",
+                "certificate": str(cert),
+                "privateKey": str(key),
+                "httpPort": self._http01_port,
+                "tlsPort": free_port(),
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": bool(self._eab_keys),
+                "externalAccountMACKeys": self._eab_keys or {},
+            }
+        }
+        config_path = self.workdir / "pebble-config.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        command = [binary, "-config", str(config_path)]
+        if self._dns_server:
+            command += ["-dnsserver", self._dns_server]
+        env = {
+            **os.environ,
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+            **self._extra_env,
+        }
+        with (self.workdir / "pebble.log").open("wb") as log:
+            self._process = subprocess.Popen(  # noqa: S603 - fixed binary, our arguments
+                command, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        context = self._ssl_context()
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"pebble exited: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(  # noqa: S310 - https on loopback
+                    self.directory_url, context=context, timeout=1
+                ) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"pebble not ready: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of Pebble's log, for failure messages."""
+        path = self.workdir / "pebble.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def root_pem(self) -> str:
+        """Pebble's (per-run) issuing root, to verify issued chains against."""
+        url = f"https://127.0.0.1:{self.management_port}/roots/0"
+        with urllib.request.urlopen(url, context=self._ssl_context(), timeout=5) as response:
+            return str(response.read().decode())
+
+    def cert_status(self, serial_hex: str) -> dict[str, object]:
+        """Pebble's view of a certificate (`Status`: Valid or Revoked)."""
+        url = f"https://127.0.0.1:{self.management_port}/cert-status-by-serial/{serial_hex}"
+        with urllib.request.urlopen(url, context=self._ssl_context(), timeout=5) as response:
+            result: dict[str, object] = json.loads(response.read())
+            return result
+
+    def stop(self) -> None:
+        """Terminate Pebble."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    async def astart(self) -> None:
+        """`start` in a worker thread, for asyncio callers."""
+        await asyncio.to_thread(self.start)

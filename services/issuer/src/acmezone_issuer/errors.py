@@ -1,0 +1,75 @@
+"""The issuer's errors: request errors for callers, and issuance failures for the state machine.
+
+Request errors reuse `acmezone_common.errors` so the shared interceptor turns them into statuses
+with ErrorInfo. Issuance failures never reach a caller directly: the reconciler records them in
+the certificate's `last_failure` and retries with backoff. The hierarchy::
+
+    AcmezoneError (acmezone_common.errors)      request errors, mapped to gRPC statuses
+    IssuanceError                               an attempt failed; `reason` names why
+    ├── AcmeProblemError                        the CA answered with a problem document
+    │   └── ValidationFailedError               the CA could not validate a challenge
+    ├── AcmeUnavailableError                    the CA could not be reached
+    ├── RegistryError                           the registry refused or was unreachable
+    └── PropagationTimeoutError                 the dns service never answered the TXT value
+"""
+
+from __future__ import annotations
+
+ERROR_DOMAIN = "issuer.acmezone.dev"
+
+
+class IssuanceError(Exception):
+    """One issuance attempt failed; retried later with backoff.
+
+    `reason` is the stable UPPER_SNAKE value shown in `Failure.reason`; `message` is the whole
+    story for people, including the CA's problem document when there is one.
+    """
+
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, *, problem_type: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.problem_type = problem_type
+
+
+class AcmeProblemError(IssuanceError):
+    """The CA refused a request with an RFC 7807 problem document."""
+
+    reason = "ACME_ERROR"
+
+
+class ValidationFailedError(AcmeProblemError):
+    """The CA tried a challenge and it failed (wrong TXT value, unreachable HTTP port, ...)."""
+
+    reason = "VALIDATION_FAILED"
+
+
+class OrderInvalidError(AcmeProblemError):
+    """The CA marked the order invalid."""
+
+    reason = "ORDER_INVALID"
+
+
+class AcmeUnavailableError(IssuanceError):
+    """The CA did not answer (connection refused, timeout, 5xx)."""
+
+    reason = "ACME_SERVER_UNAVAILABLE"
+
+
+class RegistryError(IssuanceError):
+    """The registry refused a call or could not be reached."""
+
+    reason = "REGISTRY_ERROR"
+
+
+class PropagationTimeoutError(IssuanceError):
+    """The published TXT values were not answered by DNS in time."""
+
+    reason = "PROPAGATION_TIMEOUT"
+
+
+class OrderTimeoutError(IssuanceError):
+    """The CA did not finish validating or issuing within the configured time."""
+
+    reason = "TIMEOUT"

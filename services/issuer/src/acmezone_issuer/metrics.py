@@ -1,0 +1,111 @@
+"""The issuer's Prometheus series, registered against the registry the composition root passes.
+
+Names follow `acmezone_issuer_<thing>_<unit>`; labels are bounded: states, stages, reasons and
+ACME endpoint names are fixed sets. The per-certificate expiry gauge is labelled by certificate
+name as cert-manager's `certmanager_certificate_expiration_timestamp_seconds` is: one series per
+certificate resource, which operators create deliberately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STATES = (
+    "pending",
+    "waiting_for_delegation",
+    "issuing",
+    "issued",
+    "renewing",
+    "failed",
+    "revoked",
+)
+FAILURE_REASONS = (
+    "ACME_ERROR",
+    "VALIDATION_FAILED",
+    "ORDER_INVALID",
+    "ACME_SERVER_UNAVAILABLE",
+    "REGISTRY_ERROR",
+    "PROPAGATION_TIMEOUT",
+    "TIMEOUT",
+    "INTERNAL",
+)
+ACME_ENDPOINTS = (
+    "directory",
+    "newNonce",
+    "newAccount",
+    "newOrder",
+    "order",
+    "authorization",
+    "challenge",
+    "finalize",
+    "certificate",
+    "renewalInfo",
+    "revokeCert",
+)
+
+# Issuance takes seconds against Pebble and minutes against a busy CA.
+_DURATION_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+
+class IssuerMetrics:
+    """Every `acmezone_issuer_*` collector."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.certificates = Gauge(
+            "acmezone_issuer_certificates",
+            "Certificates by state.",
+            ("state",),
+            registry=registry,
+        )
+        self.attempts = Counter(
+            "acmezone_issuer_issuance_attempts_total",
+            "Issuance attempts started (first issuance and renewals).",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "acmezone_issuer_issuance_failures_total",
+            "Issuance attempts that failed, by reason.",
+            ("reason",),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "acmezone_issuer_issuance_duration_seconds",
+            "Time from placing an order to storing the issued chain.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.acme_requests = Counter(
+            "acmezone_issuer_acme_requests_total",
+            "HTTP requests to ACME servers by endpoint and HTTP status (`error` when no answer).",
+            ("endpoint", "status"),
+            registry=registry,
+        )
+        self.expiry = Gauge(
+            "acmezone_issuer_certificate_expiration_timestamp_seconds",
+            "The notAfter of each certificate's issued chain, as Unix time.",
+            ("certificate",),
+            registry=registry,
+        )
+        self.renewal = Gauge(
+            "acmezone_issuer_certificate_renewal_timestamp_seconds",
+            "When each certificate is planned to be renewed, as Unix time.",
+            ("certificate",),
+            registry=registry,
+        )
+        for state in STATES:
+            self.certificates.labels(state)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason)
+
+    def set_state_counts(self, counts: dict[str, int]) -> None:
+        """Replace the by-state gauge with fresh counts (states absent from `counts` are 0)."""
+        for state in STATES:
+            self.certificates.labels(state).set(counts.get(state, 0))
+
+    def forget_certificate(self, certificate: str) -> None:
+        """Drop a deleted certificate's series."""
+        for gauge in (self.expiry, self.renewal):
+            with contextlib.suppress(KeyError):
+                gauge.remove(certificate)

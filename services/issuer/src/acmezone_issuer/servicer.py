@@ -1,0 +1,437 @@
+"""gRPC servicers: translate protobuf to domain calls and domain rows back to protobuf.
+
+Nothing here decides anything about ACME; errors are the domain's `AcmezoneError`s, which the
+shared interceptor turns into statuses with ErrorInfo.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+from typing_extensions import override
+
+from acmezone.issuer.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    certificate_service_pb2,
+    certificate_service_pb2_grpc,
+)
+from acmezone_common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+)
+from acmezone_issuer.accounts import AccountManager
+from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
+from acmezone_issuer.errors import IssuanceError
+from acmezone_issuer.events import CertificateEvents
+from acmezone_issuer.names import dns_name_problem, parse_name
+from acmezone_issuer.solvers.dns01 import Dns01Solver
+from acmezone_issuer.store import (
+    AccountRow,
+    CertificateRow,
+    Store,
+    decode_page_token,
+    encode_page_token,
+    page_limit,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_KEY_TYPES = {
+    account_service_pb2.KEY_TYPE_ECDSA_P256: "ecdsa-p256",
+    account_service_pb2.KEY_TYPE_ECDSA_P384: "ecdsa-p384",
+    account_service_pb2.KEY_TYPE_RSA_2048: "rsa-2048",
+    account_service_pb2.KEY_TYPE_RSA_4096: "rsa-4096",
+}
+_KEY_TYPE_ENUM = {v: k for k, v in _KEY_TYPES.items()}
+_CHALLENGES = {
+    certificate_service_pb2.CHALLENGE_TYPE_DNS_01: "dns-01",
+    certificate_service_pb2.CHALLENGE_TYPE_HTTP_01: "http-01",
+}
+_CHALLENGE_ENUM = {v: k for k, v in _CHALLENGES.items()}
+_ACCOUNT_STATUS = {
+    "valid": account_service_pb2.ACCOUNT_STATUS_VALID,
+    "deactivated": account_service_pb2.ACCOUNT_STATUS_DEACTIVATED,
+    "revoked": account_service_pb2.ACCOUNT_STATUS_REVOKED,
+}
+_REVOCATION = {
+    certificate_service_pb2.REVOCATION_REASON_NONE_GIVEN: "none_given",
+    certificate_service_pb2.REVOCATION_REASON_KEY_COMPROMISE: "key_compromise",
+    certificate_service_pb2.REVOCATION_REASON_AFFILIATION_CHANGED: "affiliation_changed",
+    certificate_service_pb2.REVOCATION_REASON_SUPERSEDED: "superseded",
+    certificate_service_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION: "cessation_of_operation",
+}
+_CONDITION_STATUS = {
+    "True": certificate_service_pb2.CONDITION_STATUS_TRUE,
+    "False": certificate_service_pb2.CONDITION_STATUS_FALSE,
+}
+_WATCH_RECHECK_SECONDS = 1.0
+
+
+def _timestamp(value: datetime | str | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _enum_by_name(enum: Any, prefix: str, value: str) -> Any:
+    if not value:
+        return 0
+    return enum.Value(f"{prefix}_{value.upper()}")
+
+
+class Authorizer:
+    """Checks `authorization: Bearer <operator token>` when a token is configured."""
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token.encode() if token else None
+
+    @property
+    def configured(self) -> bool:
+        """Whether an operator token is configured."""
+        return self._token is not None
+
+    def check(self, context: Context) -> None:
+        """Raise UNAUTHENTICATED unless the call carries the token (or none is configured)."""
+        if self._token is None:
+            return
+        presented = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                presented = value
+        if not presented:
+            raise UnauthenticatedError(
+                "OPERATOR_TOKEN_REQUIRED", "this issuer needs `authorization: Bearer <token>`"
+            )
+        scheme, _, token = presented.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self._token
+        ):
+            raise UnauthenticatedError("OPERATOR_TOKEN_INVALID", "the operator token is wrong")
+
+
+def account_to_proto(row: AccountRow) -> account_service_pb2.Account:
+    """The Account message for a stored account (no secrets)."""
+    account = account_service_pb2.Account(
+        name=f"accounts/{row.id}",
+        directory_url=row.directory_url,
+        contact_emails=row.contact_emails,
+        terms_of_service_agreed=row.terms_agreed,
+        terms_of_service_url=row.terms_url,
+        key_type=_KEY_TYPE_ENUM[row.key_type],
+        account_url=row.account_url,
+        status=_ACCOUNT_STATUS.get(row.status, account_service_pb2.ACCOUNT_STATUS_UNSPECIFIED),
+        create_time=_timestamp(row.create_time),
+    )
+    if row.eab_key_id:
+        account.external_account_binding.key_id = row.eab_key_id
+    return account
+
+
+def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certificate:
+    """The Certificate message for a stored certificate (no key material)."""
+    pb = certificate_service_pb2
+    cert = pb.Certificate(
+        name=f"certificates/{row.id}",
+        dns_names=row.dns_names,
+        account=f"accounts/{row.account_id}",
+        key_type=_KEY_TYPE_ENUM[row.key_type],
+        profile=row.profile,
+        challenge_type=_CHALLENGE_ENUM[row.challenge_type],
+        state=_enum_by_name(pb.State, "STATE", row.state),
+        stage=_enum_by_name(pb.Stage, "STAGE", row.stage),
+        failed_attempts=row.failed_attempts,
+        next_attempt_time=_timestamp(row.next_attempt_time),
+        order_url=row.order_url,
+        serial_number=row.serial_number,
+        not_before_time=_timestamp(row.not_before),
+        not_after_time=_timestamp(row.not_after),
+        renewal_time=_timestamp(row.renewal_time),
+        renewal_time_source=row.renewal_source,
+        issue_time=_timestamp(row.issue_time),
+        revoke_time=_timestamp(row.revoke_time),
+        revision=row.revision,
+        create_time=_timestamp(row.create_time),
+        update_time=_timestamp(row.update_time),
+    )
+    for condition in row.conditions or []:
+        cert.conditions.append(
+            pb.Condition(
+                type=condition["type"],
+                status=_CONDITION_STATUS.get(condition["status"], pb.CONDITION_STATUS_UNKNOWN),
+                reason=condition["reason"],
+                message=condition["message"],
+                last_transition_time=_timestamp(condition["last_transition_time"]),
+            )
+        )
+    for delegation in row.delegations or []:
+        cert.delegations.append(
+            pb.Delegation(
+                domain=delegation["domain"],
+                cname_name=delegation["cname_name"],
+                cname_target=delegation["cname_target"],
+                ready=delegation["ready"],
+                detail=delegation["detail"],
+                check_time=_timestamp(delegation["check_time"]),
+            )
+        )
+    if row.last_failure:
+        failure = row.last_failure
+        cert.last_failure.CopyFrom(
+            pb.Failure(
+                time=_timestamp(failure["time"]),
+                stage=_enum_by_name(pb.Stage, "STAGE", failure.get("stage", "")),
+                reason=failure["reason"],
+                message=failure["message"],
+                acme_problem_type=failure.get("acme_problem_type", ""),
+            )
+        )
+    return cert
+
+
+class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
+    """acmezone.issuer.v1.AccountService."""
+
+    def __init__(self, store: Store, accounts: AccountManager, auth: Authorizer) -> None:
+        self._store = store
+        self._accounts = accounts
+        self._auth = auth
+
+    @override
+    async def CreateAccount(
+        self, request: account_service_pb2.CreateAccountRequest, context: Context
+    ) -> account_service_pb2.Account:
+        self._auth.check(context)
+        account = request.account
+        key_type = (
+            "ecdsa-p256"
+            if account.key_type == account_service_pb2.KEY_TYPE_UNSPECIFIED
+            else _KEY_TYPES.get(account.key_type)
+        )
+        if key_type is None:
+            raise InvalidArgumentError(
+                "INVALID_KEY_TYPE", f"unknown key type {account.key_type}", field="account.key_type"
+            )
+        row = await self._accounts.create(
+            account_id=request.account_id,
+            directory_url=account.directory_url,
+            emails=list(account.contact_emails),
+            terms_agreed=account.terms_of_service_agreed,
+            key_type=key_type,
+            eab_key_id=account.external_account_binding.key_id,
+            eab_hmac_key=account.external_account_binding.hmac_key,
+        )
+        return account_to_proto(row)
+
+    @override
+    async def GetAccount(
+        self, request: account_service_pb2.GetAccountRequest, context: Context
+    ) -> account_service_pb2.Account:
+        self._auth.check(context)
+        account_id = parse_name(request.name, "accounts", "name")
+        return account_to_proto(await self._store.get_account(account_id))
+
+    @override
+    async def ListAccounts(
+        self, request: account_service_pb2.ListAccountsRequest, context: Context
+    ) -> account_service_pb2.ListAccountsResponse:
+        self._auth.check(context)
+        limit = page_limit(request.page_size)
+        rows, last = await self._store.list_accounts(decode_page_token(request.page_token), limit)
+        return account_service_pb2.ListAccountsResponse(
+            accounts=[account_to_proto(r) for r in rows],
+            next_page_token=encode_page_token(last) if last else "",
+        )
+
+    @override
+    async def DeleteAccount(
+        self, request: account_service_pb2.DeleteAccountRequest, context: Context
+    ) -> empty_pb2.Empty:
+        self._auth.check(context)
+        account_id = parse_name(request.name, "accounts", "name")
+        await self._store.delete_account(account_id)
+        self._accounts.forget(account_id)
+        return empty_pb2.Empty()
+
+
+class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceServicer):
+    """acmezone.issuer.v1.CertificateService."""
+
+    def __init__(
+        self,
+        store: Store,
+        certificates: CertificateManager,
+        dns01: Dns01Solver,
+        events: CertificateEvents,
+        auth: Authorizer,
+    ) -> None:
+        self._store = store
+        self._certificates = certificates
+        self._dns01 = dns01
+        self._events = events
+        self._auth = auth
+
+    @override
+    async def CreateCertificate(
+        self, request: certificate_service_pb2.CreateCertificateRequest, context: Context
+    ) -> certificate_service_pb2.Certificate:
+        self._auth.check(context)
+        cert = request.certificate
+        account_id: str | None
+        try:
+            account_id = parse_name(cert.account, "accounts", "certificate.account")
+        except InvalidArgumentError:
+            account_id = None
+        key_type = (
+            "ecdsa-p256"
+            if cert.key_type == account_service_pb2.KEY_TYPE_UNSPECIFIED
+            else _KEY_TYPES.get(cert.key_type, f"unknown({cert.key_type})")
+        )
+        challenge = (
+            "dns-01"
+            if cert.challenge_type == certificate_service_pb2.CHALLENGE_TYPE_UNSPECIFIED
+            else _CHALLENGES.get(cert.challenge_type, f"unknown({cert.challenge_type})")
+        )
+        row = await self._certificates.create(
+            certificate_id=request.certificate_id,
+            dns_names=list(cert.dns_names),
+            account_id=account_id,
+            key_type=key_type,
+            challenge_type=challenge,
+            profile=cert.profile,
+        )
+        return certificate_to_proto(row)
+
+    @override
+    async def GetCertificate(
+        self, request: certificate_service_pb2.GetCertificateRequest, context: Context
+    ) -> certificate_service_pb2.Certificate:
+        self._auth.check(context)
+        certificate_id = parse_name(request.name, "certificates", "name")
+        return certificate_to_proto(await self._store.get_certificate(certificate_id))
+
+    @override
+    async def ListCertificates(
+        self, request: certificate_service_pb2.ListCertificatesRequest, context: Context
+    ) -> certificate_service_pb2.ListCertificatesResponse:
+        self._auth.check(context)
+        limit = page_limit(request.page_size)
+        rows, last = await self._store.list_certificates(
+            decode_page_token(request.page_token), limit
+        )
+        return certificate_service_pb2.ListCertificatesResponse(
+            certificates=[certificate_to_proto(r) for r in rows],
+            next_page_token=encode_page_token(last) if last else "",
+        )
+
+    @override
+    async def DeleteCertificate(
+        self, request: certificate_service_pb2.DeleteCertificateRequest, context: Context
+    ) -> empty_pb2.Empty:
+        self._auth.check(context)
+        await self._certificates.delete(parse_name(request.name, "certificates", "name"))
+        return empty_pb2.Empty()
+
+    @override
+    async def RenewCertificate(
+        self, request: certificate_service_pb2.RenewCertificateRequest, context: Context
+    ) -> certificate_service_pb2.Certificate:
+        self._auth.check(context)
+        row = await self._certificates.renew(parse_name(request.name, "certificates", "name"))
+        return certificate_to_proto(row)
+
+    @override
+    async def RevokeCertificate(
+        self, request: certificate_service_pb2.RevokeCertificateRequest, context: Context
+    ) -> certificate_service_pb2.Certificate:
+        self._auth.check(context)
+        certificate_id = parse_name(request.name, "certificates", "name")
+        reason = _REVOCATION.get(request.reason)
+        if reason is None:
+            raise InvalidArgumentError(
+                "INVALID_REVOCATION_REASON", "a revocation reason is required", field="reason"
+            )
+        row = await self._certificates.revoke(certificate_id, REVOCATION_REASONS[reason])
+        return certificate_to_proto(row)
+
+    @override
+    async def WatchCertificate(
+        self, request: certificate_service_pb2.WatchCertificateRequest, context: Context
+    ) -> AsyncIterator[certificate_service_pb2.WatchCertificateResponse]:
+        self._auth.check(context)
+        certificate_id = parse_name(request.name, "certificates", "name")
+        last_revision = -1
+        while True:
+            row = await self._store.find_certificate(certificate_id)
+            if row is None:
+                raise NotFoundError(
+                    "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
+                )
+            if row.revision != last_revision:
+                last_revision = row.revision
+                yield certificate_service_pb2.WatchCertificateResponse(
+                    certificate=certificate_to_proto(row)
+                )
+            await self._events.wait(_WATCH_RECHECK_SECONDS)
+
+    @override
+    async def ExportCertificate(
+        self, request: certificate_service_pb2.ExportCertificateRequest, context: Context
+    ) -> certificate_service_pb2.CertificateBundle:
+        if not self._auth.configured:
+            raise FailedPreconditionError(
+                "EXPORT_DISABLED",
+                "exporting private keys needs an operator token configured on the issuer",
+            )
+        self._auth.check(context)
+        certificate_id = parse_name(request.name, "certificates", "name")
+        row, key_pem = await self._certificates.export(certificate_id)
+        logger.info("certificate exported", extra={"certificate": certificate_id})
+        return certificate_service_pb2.CertificateBundle(
+            name=f"certificates/{certificate_id}",
+            certificate_chain_pem=row.chain_pem,
+            private_key_pem=key_pem,
+            not_after_time=_timestamp(row.not_after),
+        )
+
+    @override
+    async def CheckDelegation(
+        self, request: certificate_service_pb2.CheckDelegationRequest, context: Context
+    ) -> certificate_service_pb2.Delegation:
+        self._auth.check(context)
+        domain = request.domain.strip().lower().rstrip(".")
+        domain = domain[2:] if domain.startswith("*.") else domain
+        problem = dns_name_problem(domain)
+        if problem is not None:
+            raise InvalidArgumentError(
+                "INVALID_DOMAIN", f"{request.domain!r}: {problem}", field="domain"
+            )
+        try:
+            check = await self._dns01.check(domain)
+        except IssuanceError as exc:
+            from acmezone_common.errors import UnavailableError
+
+            raise UnavailableError("REGISTRY_UNAVAILABLE", exc.message) from exc
+        return certificate_service_pb2.Delegation(
+            domain=check.domain,
+            cname_name=check.cname_name,
+            cname_target=check.cname_target,
+            ready=check.ready,
+            detail=check.detail,
+            check_time=_timestamp(utcnow()),
+        )

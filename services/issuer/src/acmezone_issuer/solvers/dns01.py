@@ -1,0 +1,249 @@
+"""DNS-01 through delegation: registry registrations, CNAME checks, TXT values, propagation.
+
+For each base domain the issuer creates one registry registration the first time it is needed and
+keeps it (sealed password in the store), so the `_acme-challenge` CNAME a domain owner adds once
+stays valid for every renewal. Before an order is placed every CNAME is checked through the
+configured resolver; after TXT values are set, the same resolver must answer them before the CA is
+told to look, so the CA never sees a missing value.
+
+Talks to the registry only through its gRPC stubs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import dns.asyncquery
+import dns.asyncresolver
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import grpc
+
+from acmezone.registry.v1 import (
+    registration_service_pb2,
+    registration_service_pb2_grpc,
+    txt_record_service_pb2,
+    txt_record_service_pb2_grpc,
+)
+from acmezone_common.addresses import HostPort
+from acmezone_issuer.errors import PropagationTimeoutError, RegistryError
+from acmezone_issuer.keys import KeySealer
+from acmezone_issuer.store import DelegationRow, Store, utcnow
+
+logger = logging.getLogger(__name__)
+
+_RPC_TIMEOUT = 10.0
+_DNS_TIMEOUT = 2.0
+# Enough for the apex and the wildcard of one domain in two overlapping orders.
+_MAX_TXT_VALUES = 4
+
+
+@dataclass(frozen=True)
+class CnameCheck:
+    """The outcome of checking one `_acme-challenge` CNAME."""
+
+    domain: str
+    cname_name: str
+    cname_target: str
+    ready: bool
+    detail: str
+
+
+class Resolver:
+    """Asks one DNS server (the configured resolver) or the system resolver."""
+
+    def __init__(self, server: str) -> None:
+        self._server = HostPort.parse(server) if server else None
+
+    async def query(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+        """One query; TCP retry when the UDP answer is truncated."""
+        if self._server is None:
+            resolver = dns.asyncresolver.Resolver()
+            answer = await resolver.resolve(name, rdtype, raise_on_no_answer=False)
+            assert answer.response is not None
+            return answer.response
+        request = dns.message.make_query(name, rdtype)
+        response = await dns.asyncquery.udp(
+            request, self._server.host, port=self._server.port, timeout=_DNS_TIMEOUT
+        )
+        if response.flags & dns.flags.TC:
+            response = await dns.asyncquery.tcp(
+                request, self._server.host, port=self._server.port, timeout=_DNS_TIMEOUT
+            )
+        return response
+
+    async def cname_of(self, name: str) -> tuple[str | None, str]:
+        """(the CNAME target of `name` or None, what was seen, for people)."""
+        try:
+            response = await self.query(name, dns.rdatatype.CNAME)
+        except (dns.exception.DNSException, OSError) as exc:
+            return None, f"DNS query failed: {exc}"
+        if response.rcode() != dns.rcode.NOERROR:
+            return None, dns.rcode.to_text(response.rcode())
+        qname = dns.name.from_text(name)
+        for rrset in response.answer:
+            if rrset.name == qname and rrset.rdtype == dns.rdatatype.CNAME:
+                target = rrset[0].target.to_text(omit_final_dot=True).lower()
+                return target, f"CNAME points to {target}"
+        return None, "no CNAME record"
+
+    async def txt_values(self, name: str) -> set[str]:
+        """Every TXT string at `name` (following CNAMEs the server includes)."""
+        response = await self.query(name, dns.rdatatype.TXT)
+        values: set[str] = set()
+        for rrset in response.answer:
+            if rrset.rdtype == dns.rdatatype.TXT:
+                for rdata in rrset:
+                    values.add(b"".join(rdata.strings).decode())
+        return values
+
+
+class Dns01Solver:
+    """Delegations, CNAME checks and TXT values for DNS-01."""
+
+    def __init__(
+        self,
+        store: Store,
+        sealer: KeySealer,
+        registry_channel: grpc.aio.Channel,
+        resolver: Resolver,
+        *,
+        registry_token: str | None,
+        propagation_timeout: float,
+    ) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._registrations = registration_service_pb2_grpc.RegistrationServiceStub(
+            registry_channel
+        )
+        self._txt = txt_record_service_pb2_grpc.TxtRecordServiceStub(registry_channel)
+        self._resolver = resolver
+        self._registry_token = registry_token
+        self._propagation_timeout = propagation_timeout
+        self._create_lock = asyncio.Lock()
+
+    async def delegation(self, domain: str) -> DelegationRow:
+        """The registration for a base domain, created at the registry the first time."""
+        existing = await self._store.get_delegation(domain)
+        if existing is not None:
+            return existing
+        async with self._create_lock:
+            existing = await self._store.get_delegation(domain)
+            if existing is not None:
+                return existing
+            metadata = (
+                (("authorization", f"Bearer {self._registry_token}"),)
+                if self._registry_token
+                else ()
+            )
+            request = registration_service_pb2.CreateRegistrationRequest(
+                registration=registration_service_pb2.Registration(
+                    description=f"acmezone issuer: _acme-challenge.{domain}",
+                    max_txt_values=_MAX_TXT_VALUES,
+                )
+            )
+            try:
+                created = await self._registrations.CreateRegistration(
+                    request, metadata=metadata, timeout=_RPC_TIMEOUT
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise RegistryError(
+                    f"registry CreateRegistration failed: {exc.code().name}: {exc.details()}"
+                ) from exc
+            row = DelegationRow(
+                domain=domain,
+                registration_name=created.name,
+                username=created.username,
+                sealed_password=self._sealer.seal(
+                    created.password.encode(), f"delegation/{domain}"
+                ),
+                fulldomain=created.fulldomain.lower().rstrip("."),
+                create_time=utcnow(),
+            )
+            logger.info(
+                "registration created for domain",
+                extra={"domain": domain, "registration": created.name},
+            )
+            return await self._store.insert_delegation(row)
+
+    async def check(self, domain: str) -> CnameCheck:
+        """Whether `_acme-challenge.<domain>` is a CNAME to the domain's registration."""
+        delegation = await self.delegation(domain)
+        cname_name = f"_acme-challenge.{domain}"
+        target, detail = await self._resolver.cname_of(cname_name)
+        ready = target == delegation.fulldomain
+        return CnameCheck(
+            domain=domain,
+            cname_name=cname_name,
+            cname_target=delegation.fulldomain,
+            ready=ready,
+            detail="" if ready else detail,
+        )
+
+    def _credentials(self, delegation: DelegationRow) -> tuple[tuple[str, str], ...]:
+        password = self._sealer.open(
+            delegation.sealed_password, f"delegation/{delegation.domain}"
+        ).decode()
+        return (("x-api-user", delegation.username), ("x-api-key", password))
+
+    async def present(self, delegation: DelegationRow, value: str) -> None:
+        """Publish one TXT value at the registration's fulldomain."""
+        try:
+            await self._txt.AddTxtValue(
+                txt_record_service_pb2.AddTxtValueRequest(
+                    name=f"{delegation.registration_name}/txtRecord", value=value
+                ),
+                metadata=self._credentials(delegation),
+                timeout=_RPC_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise RegistryError(
+                f"registry AddTxtValue failed: {exc.code().name}: {exc.details()}"
+            ) from exc
+
+    async def cleanup(self, delegation: DelegationRow, value: str) -> None:
+        """Withdraw one TXT value; failures are logged, not raised (the registry ages them)."""
+        try:
+            await self._txt.RemoveTxtValue(
+                txt_record_service_pb2.RemoveTxtValueRequest(
+                    name=f"{delegation.registration_name}/txtRecord", value=value
+                ),
+                metadata=self._credentials(delegation),
+                timeout=_RPC_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            logger.warning(
+                "could not remove TXT value",
+                extra={"domain": delegation.domain, "code": exc.code().name},
+            )
+
+    async def wait_propagated(self, expected: dict[str, set[str]]) -> None:
+        """Wait until the resolver answers every value at every fulldomain."""
+        deadline = time.monotonic() + self._propagation_timeout
+        missing: dict[str, set[str]] = dict(expected)
+        delay = 0.05
+        while True:
+            for fulldomain, values in list(missing.items()):
+                try:
+                    seen = await self._resolver.txt_values(fulldomain)
+                except (dns.exception.DNSException, OSError):
+                    seen = set()
+                if values <= seen:
+                    del missing[fulldomain]
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join(sorted(missing))
+                raise PropagationTimeoutError(
+                    f"DNS did not answer the TXT values at {names} within "
+                    f"{self._propagation_timeout:.0f}s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

@@ -1,0 +1,71 @@
+"""HTTP-01: serve `/.well-known/acme-challenge/<token>` on the issuer's own HTTP port.
+
+Tokens live in memory for the duration of an order; after a restart the reconciler presents the
+pending ones again before it answers anything, so a resumed order still validates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from acmezone_common.addresses import HostPort
+
+logger = logging.getLogger(__name__)
+
+PATH_PREFIX = "/.well-known/acme-challenge/"
+
+
+class Http01Solver:
+    """A tiny aiohttp server answering key authorizations by token."""
+
+    def __init__(self, address: HostPort) -> None:
+        self._address = address
+        self._tokens: dict[str, str] = {}
+        self._runner: web.AppRunner | None = None
+        self._bound: HostPort | None = None
+
+    @property
+    def address(self) -> HostPort:
+        """The bound address once started."""
+        return self._bound or self._address
+
+    async def start(self) -> HostPort:
+        """Bind and serve."""
+        app = web.Application()
+        app.router.add_get(PATH_PREFIX + "{token}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._address.host, self._address.port)
+        await site.start()
+        self._runner = runner
+        port = self._address.port
+        server = site._server
+        if isinstance(server, asyncio.Server) and server.sockets:
+            port = server.sockets[0].getsockname()[1]
+        self._bound = self._address.with_port(port)
+        logger.info("HTTP-01 listening", extra={"address": str(self._bound)})
+        return self._bound
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def present(self, token: str, key_authorization: str) -> None:
+        """Answer `token` with `key_authorization` from now on."""
+        self._tokens[token] = key_authorization
+
+    def cleanup(self, token: str) -> None:
+        """Stop answering `token`."""
+        self._tokens.pop(token, None)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        value = self._tokens.get(token)
+        if value is None:
+            return web.Response(status=404, text="unknown token\n")
+        return web.Response(text=value, content_type="application/octet-stream")

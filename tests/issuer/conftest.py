@@ -1,0 +1,236 @@
+"""Issuer fixtures: a real Pebble CA, a real DNS server for it, and issuers in-process.
+
+Pebble (Debian package) runs once per session on loopback ports. For HTTP-01 it resolves every
+name to 127.0.0.1 through pebble-challtestsrv (same package), and validates on the fixed HTTP-01
+port every in-process issuer of the session binds in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from acmezone.issuer.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    certificate_service_pb2,
+    certificate_service_pb2_grpc,
+)
+from acmezone_issuer.app import IssuerApp
+from acmezone_issuer.devpebble import LocalPebble, free_port
+from acmezone_issuer.settings import IssuerSettings
+
+OPERATOR_TOKEN = "issuer-test-token"
+AUTH = (("authorization", f"Bearer {OPERATOR_TOKEN}"),)
+ENCRYPTION_KEY = "q1IVjA1Fz3bmv8-fFjGJ0Lb8w-hO6bbGzsDMCFo6s1Q"
+EAB_KID = "kid-1"
+EAB_HMAC = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+
+
+@dataclass
+class CA:
+    """A running Pebble and what an issuer needs to use it."""
+
+    pebble: LocalPebble
+    http01_port: int
+
+    @property
+    def directory_url(self) -> str:
+        return self.pebble.directory_url
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.pebble.ca_bundle
+
+
+def _start_challtestsrv(port: int, management: int, log: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("pebble-challtestsrv")
+    if binary is None:
+        pytest.fail("pebble-challtestsrv missing: run `make system-deps`")
+    with log.open("wb") as output:
+        process = _popen(binary, port, management, output)
+    time.sleep(0.3)
+    if process.poll() is not None:
+        pytest.fail(f"pebble-challtestsrv exited: {log.read_text()}")
+    return process
+
+
+def _popen(binary: str, port: int, management: int, output: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            binary,
+            "-dns01",
+            f"127.0.0.1:{port}",
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-management",
+            f"127.0.0.1:{management}",
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+        ],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture(scope="session")
+def fake_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """pebble-challtestsrv answering A 127.0.0.1 for every name: `127.0.0.1:<port>`."""
+    port = free_port()
+    process = _start_challtestsrv(port, free_port(), tmp_path_factory.mktemp("dns") / "log")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: str) -> Iterator[CA]:
+    """One Pebble for the session; HTTP-01 validations go to `http01_port` on 127.0.0.1."""
+    http01_port = free_port()
+    pebble = LocalPebble(
+        tmp_path_factory.mktemp("pebble"), dns_server=fake_dns, http01_port=http01_port
+    )
+    pebble.start()
+    try:
+        yield CA(pebble, http01_port)
+    finally:
+        pebble.stop()
+
+
+@pytest.fixture(scope="session")
+def eab_ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: str) -> Iterator[CA]:
+    """A Pebble that requires External Account Binding (kid-1 / its HMAC key)."""
+    pebble = LocalPebble(
+        tmp_path_factory.mktemp("pebble-eab"),
+        dns_server=fake_dns,
+        http01_port=free_port(),
+        eab_keys={EAB_KID: EAB_HMAC},
+    )
+    pebble.start()
+    try:
+        yield CA(pebble, 0)
+    finally:
+        pebble.stop()
+
+
+def issuer_settings(data_dir: Path, ca: CA, **overrides: Any) -> IssuerSettings:
+    """Settings for an in-process issuer on loopback ports with fast timings."""
+    values: dict[str, Any] = {
+        "grpc_address": "127.0.0.1:0",
+        "metrics_address": "127.0.0.1:0",
+        "http01_address": f"127.0.0.1:{ca.http01_port}",
+        "data_dir": data_dir,
+        "encryption_key": ENCRYPTION_KEY,
+        "operator_token": OPERATOR_TOKEN,
+        "default_directory_url": ca.directory_url,
+        "acme_ca_bundle": ca.ca_bundle,
+        "registry_address": "127.0.0.1:1",
+        "reconcile_interval_seconds": 0.5,
+        "delegation_recheck_seconds": 0.5,
+        "retry_base_seconds": 1.0,
+        "retry_max_seconds": 5.0,
+        "propagation_timeout_seconds": 10.0,
+        "validation_timeout_seconds": 60.0,
+    }
+    values.update(overrides)
+    return IssuerSettings(**values)
+
+
+@dataclass
+class Client:
+    """Stubs on one channel to a running issuer."""
+
+    app: IssuerApp
+    accounts: account_service_pb2_grpc.AccountServiceStub
+    certificates: certificate_service_pb2_grpc.CertificateServiceStub
+
+    async def create_account(self, **fields: Any) -> account_service_pb2.Account:
+        account = account_service_pb2.Account(terms_of_service_agreed=True, **fields)
+        return await self.accounts.CreateAccount(
+            account_service_pb2.CreateAccountRequest(account=account), metadata=AUTH
+        )
+
+    async def create_certificate(
+        self, certificate_id: str = "", **fields: Any
+    ) -> certificate_service_pb2.Certificate:
+        return await self.certificates.CreateCertificate(
+            certificate_service_pb2.CreateCertificateRequest(
+                certificate=certificate_service_pb2.Certificate(**fields),
+                certificate_id=certificate_id,
+            ),
+            metadata=AUTH,
+        )
+
+    async def get(self, name: str) -> certificate_service_pb2.Certificate:
+        return await self.certificates.GetCertificate(
+            certificate_service_pb2.GetCertificateRequest(name=name), metadata=AUTH
+        )
+
+    async def wait_for(
+        self, name: str, predicate: Any, within: float = 60.0
+    ) -> certificate_service_pb2.Certificate:
+        """Watch a certificate until `predicate(cert)` holds; fail with its last state."""
+        last: certificate_service_pb2.Certificate | None = None
+
+        async def follow() -> certificate_service_pb2.Certificate:
+            nonlocal last
+            stream = self.certificates.WatchCertificate(
+                certificate_service_pb2.WatchCertificateRequest(name=name), metadata=AUTH
+            )
+            async for message in stream:
+                last = message.certificate
+                if predicate(last):
+                    stream.cancel()
+                    return last
+            raise AssertionError("watch ended")
+
+        try:
+            return await asyncio.wait_for(follow(), within)
+        except TimeoutError:
+            raise AssertionError(f"condition not reached; last state: {last}") from None
+
+
+@asynccontextmanager
+async def running_issuer(
+    data_dir: Path, ca: CA, metrics_registry: CollectorRegistry | None = None, **overrides: Any
+) -> AsyncIterator[Client]:
+    """A whole issuer started in this process, with stubs; always stopped."""
+    app = IssuerApp(
+        issuer_settings(data_dir, ca, **overrides),
+        metrics_registry=metrics_registry or CollectorRegistry(),
+    )
+    await app.start()
+    channel = grpc.aio.insecure_channel(app.grpc_address)
+    try:
+        yield Client(
+            app,
+            account_service_pb2_grpc.AccountServiceStub(channel),
+            certificate_service_pb2_grpc.CertificateServiceStub(channel),
+        )
+    finally:
+        await channel.close()
+        await app.stop(grace=0)
+
+
+def state_name(cert: certificate_service_pb2.Certificate) -> str:
+    """`STATE_ISSUED` etc."""
+    return certificate_service_pb2.State.Name(cert.state)
