@@ -236,6 +236,10 @@ class FeedClient:
         if revision == applied:
             return
         self._store.apply_changes(pending, revision)
+        logger.debug(
+            "feed changes applied",
+            extra={"revision": revision, "changes": [(c.fqdn, c.values) for c in pending]},
+        )
         self._metrics.revision = revision
         self._metrics.changes_applied += len(pending)
 

@@ -31,6 +31,7 @@ from acmezone_dns.zone import ZoneInfo, ZoneSource, wire_key
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+_TOKEN_PREFIX = "after"  # noqa: S105 (a page-token marker, not a secret)
 
 
 @dataclass(frozen=True)
@@ -111,18 +112,23 @@ class ZoneInspector:
         after = ""
         if page_token:
             try:
-                after = base64.urlsafe_b64decode(page_token.encode()).decode()
+                decoded = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True)
+                prefix, _, after = decoded.decode().partition(":")
             except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
                 raise InvalidArgumentError(
                     "INVALID_PAGE_TOKEN", "page_token is not one we issued", field="page_token"
                 ) from exc
+            if prefix != _TOKEN_PREFIX:
+                raise InvalidArgumentError(
+                    "INVALID_PAGE_TOKEN", "page_token is not one we issued", field="page_token"
+                )
         zones = self._store.snapshot.view.zones
         ordered = sorted(zones.items(), key=lambda item: item[1].name.to_text())
         remaining = [(k, z) for k, z in ordered if z.name.to_text() > after]
         page = [self._status(k, z) for k, z in remaining[:size]]
         token = ""
         if len(remaining) > size:
-            token = base64.urlsafe_b64encode(page[-1].apex.encode()).decode()
+            token = base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}:{page[-1].apex}".encode()).decode()
         return ZonePage(page, token)
 
     def lookup(self, domain_name: str, record_type: str) -> LookupResult:
