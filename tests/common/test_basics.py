@@ -51,3 +51,23 @@ def test_json_log_lines_carry_extras() -> None:
 def test_text_log_lines_append_extras() -> None:
     line = TextFormatter().format(_record(subdomain="abc"))
     assert line.endswith("acmezone.test: hello x subdomain=abc")
+
+
+def test_metrics_server_serves_and_stops_quickly() -> None:
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from acmezone_common.metrics import MetricsServer
+
+    registry = CollectorRegistry()
+    Counter("acmezone_test_things_total", "Things.", registry=registry).inc(3)
+    for host in ("127.0.0.1", "::1"):
+        server = MetricsServer(HostPort(host, 0), registry)
+        bound = server.start()
+        url = f"http://{bound}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
+            assert "acmezone_test_things_total 3.0" in response.read().decode()
+        server.stop()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback URL

@@ -100,6 +100,14 @@ async def test_txt_values_newest_first_keep_latest_n_and_idempotent(stack: Stack
     assert [v.value for v in removed.values] == [c]
     unchanged = await stack.registrations.remove_txt_value(me, sub, b)
     assert unchanged.revision == removed.revision
+    for garbage in ("nul\x00byte" + "x" * 33, "x" * 300):
+        with pytest.raises(InvalidArgumentError) as refused:
+            await stack.registrations.remove_txt_value(me, sub, garbage)
+        assert refused.value.reason == errors.INVALID_TXT_VALUE
+    nul_user = Caller(address=None, username="\x00" * 36, password="x" * 40)
+    with pytest.raises(UnauthenticatedError) as nul_login:
+        await stack.registrations.add_txt_value(nul_user, sub, a)
+    assert nul_login.value.reason == errors.CREDENTIALS_INVALID
     cleared = await stack.registrations.clear_txt_values(me, sub)
     assert cleared.values == ()
     changes = await stack.repository.changes_since(1, 100)

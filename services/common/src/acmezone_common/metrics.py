@@ -8,11 +8,13 @@ series use the names and labels of go-grpc-prometheus, so existing dashboards an
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterable
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 
 from acmezone_common.addresses import HostPort
 
@@ -86,11 +88,24 @@ class GrpcServerMetrics:
                 self.handled.labels(grpc_type, service, method, code)
 
 
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        """Scrapes every few seconds are not news."""
+
+
 class MetricsServer:
     """Serves a registry's /metrics over HTTP on its own port, in a daemon thread.
 
-    prometheus_client's server is a small threaded WSGI server: scraping never touches the asyncio
-    loop that answers gRPC and DNS.
+    A small threaded WSGI server: scraping never touches the asyncio loop that answers gRPC and
+    DNS. It polls for shutdown every 50 ms, so stopping a service is quick.
     """
 
     def __init__(self, address: HostPort, registry: CollectorRegistry) -> None:
@@ -101,9 +116,18 @@ class MetricsServer:
 
     def start(self) -> HostPort:
         """Bind and start serving; returns the bound address (useful with port 0)."""
-        server, thread = start_http_server(
-            self._address.port, addr=self._address.host, registry=self._registry
+        server_class = _ThreadingWSGIServer6 if ":" in self._address.host else _ThreadingWSGIServer
+        server = make_server(
+            self._address.host,
+            self._address.port,
+            make_wsgi_app(self._registry),
+            server_class,
+            handler_class=_QuietHandler,
         )
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
         self._server, self._thread = server, thread
         bound = self._address.with_port(server.server_port)
         logger.info("metrics listening", extra={"address": str(bound)})

@@ -32,6 +32,15 @@ def new_username() -> str:
     return str(uuid.uuid4())
 
 
+def plausible_username(username: str) -> bool:
+    """True when `username` has the shape of a UUID; anything else cannot exist and is not
+    worth a database lookup (and may hold bytes a database refuses, such as NUL)."""
+    try:
+        return str(uuid.UUID(username)) == username.lower() and len(username) == 36
+    except ValueError:
+        return False
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 

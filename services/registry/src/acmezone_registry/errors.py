@@ -5,12 +5,15 @@ reasons below (the same list stands in the header of each proto file)::
 
     InvalidArgumentError   INVALID_NAME, INVALID_SUBDOMAIN, INVALID_CIDR, INVALID_DESCRIPTION,
                            INVALID_MAX_TXT_VALUES, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN,
-                           INVALID_UPDATE_MASK, INVALID_TXT_VALUE, INVALID_START_REVISION
+                           INVALID_UPDATE_MASK, INVALID_TXT_VALUE, INVALID_START_REVISION,
+                           INVALID_TSIG_KEY_ID, INVALID_TSIG_ALGORITHM, INVALID_DNS_MESSAGE,
+                           INVALID_CLIENT_ADDRESS
     UnauthenticatedError   OPERATOR_TOKEN_REQUIRED, OPERATOR_TOKEN_INVALID,
                            CREDENTIALS_REQUIRED, CREDENTIALS_INVALID
     PermissionDeniedError  SOURCE_ADDRESS_NOT_ALLOWED, SUBDOMAIN_MISMATCH
-    NotFoundError          REGISTRATION_NOT_FOUND
-    AlreadyExistsError     SUBDOMAIN_TAKEN
+    NotFoundError          REGISTRATION_NOT_FOUND, TSIG_KEY_NOT_FOUND
+    AlreadyExistsError     SUBDOMAIN_TAKEN, TSIG_KEY_EXISTS
+    ResourceExhaustedError TOO_MANY_TSIG_KEYS
     OutOfRangeError        REVISION_COMPACTED, REVISION_IN_FUTURE, FEED_ID_MISMATCH
     UnavailableError       STORAGE_UNAVAILABLE, SHUTTING_DOWN
 """
@@ -31,6 +34,13 @@ INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
 INVALID_UPDATE_MASK = "INVALID_UPDATE_MASK"
 INVALID_TXT_VALUE = "INVALID_TXT_VALUE"
 INVALID_START_REVISION = "INVALID_START_REVISION"
+INVALID_TSIG_KEY_ID = "INVALID_TSIG_KEY_ID"
+INVALID_TSIG_ALGORITHM = "INVALID_TSIG_ALGORITHM"
+INVALID_DNS_MESSAGE = "INVALID_DNS_MESSAGE"
+INVALID_CLIENT_ADDRESS = "INVALID_CLIENT_ADDRESS"
+TSIG_KEY_NOT_FOUND = "TSIG_KEY_NOT_FOUND"
+TSIG_KEY_EXISTS = "TSIG_KEY_EXISTS"
+TOO_MANY_TSIG_KEYS = "TOO_MANY_TSIG_KEYS"
 OPERATOR_TOKEN_REQUIRED = "OPERATOR_TOKEN_REQUIRED"
 OPERATOR_TOKEN_INVALID = "OPERATOR_TOKEN_INVALID"
 CREDENTIALS_REQUIRED = "CREDENTIALS_REQUIRED"
@@ -52,4 +62,13 @@ def registration_not_found(subdomain: str) -> NotFoundError:
         REGISTRATION_NOT_FOUND,
         f"registration {subdomain!r} does not exist",
         metadata={"subdomain": subdomain},
+    )
+
+
+def tsig_key_not_found(subdomain: str, key_id: str) -> NotFoundError:
+    """The error for a TSIG key that does not exist."""
+    return NotFoundError(
+        TSIG_KEY_NOT_FOUND,
+        f"TSIG key {key_id!r} of registration {subdomain!r} does not exist",
+        metadata={"subdomain": subdomain, "tsig_key_id": key_id},
     )

@@ -128,3 +128,84 @@ class Bookmark:
 
 
 WatchEvent = SnapshotPart | ChangeBatch | Bookmark
+
+
+ALIAS_OWNER = "_acme-challenge"
+"""The one extra owner name a registration has: `_acme-challenge.<fulldomain>`, written only by
+RFC 2136 updates (clients that follow the CNAME, or use acme.sh's --challenge-alias, put the
+record there)."""
+
+
+@dataclass(frozen=True)
+class TsigKeyInfo:
+    """A TSIG key without its secret."""
+
+    subdomain: str
+    key_id: str
+    key_name: str
+    algorithm: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class TsigKeyWithSecret:
+    """A TSIG key with its base64 secret (create response, and signature checks)."""
+
+    key: TsigKeyInfo
+    secret: str
+
+
+class PrerequisiteKind(enum.Enum):
+    """RFC 2136 section 2.4 prerequisite kinds."""
+
+    NAME_IN_USE = "NAME_IN_USE"
+    NAME_NOT_IN_USE = "NAME_NOT_IN_USE"
+    RRSET_EXISTS = "RRSET_EXISTS"
+    RRSET_DOES_NOT_EXIST = "RRSET_DOES_NOT_EXIST"
+    RRSET_EQUALS = "RRSET_EQUALS"
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """One prerequisite on a registration's owner name ("" or ALIAS_OWNER). `is_txt` False means
+    the prerequisite is about another type, of which these names never hold any records."""
+
+    kind: PrerequisiteKind
+    owner: str
+    is_txt: bool = True
+    values: frozenset[str] = frozenset()
+
+
+class UpdateKind(enum.Enum):
+    """RFC 2136 section 2.5 update kinds, as they apply to TXT-only names."""
+
+    ADD = "ADD"
+    DELETE_RRSET = "DELETE_RRSET"
+    DELETE_VALUE = "DELETE_VALUE"
+
+
+@dataclass(frozen=True)
+class UpdateOperation:
+    """One change at a registration's owner name; `value` is None for DELETE_RRSET."""
+
+    kind: UpdateKind
+    owner: str
+    value: str | None = None
+
+
+class PrerequisiteFailure(enum.Enum):
+    """The response codes of failed prerequisites (RFC 2136 section 3.2)."""
+
+    YXDOMAIN = "YXDOMAIN"
+    NXDOMAIN = "NXDOMAIN"
+    YXRRSET = "YXRRSET"
+    NXRRSET = "NXRRSET"
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """What applying an update did: a prerequisite failure (nothing changed), or the revision
+    holding the change (0 when the update changed nothing)."""
+
+    failure: PrerequisiteFailure | None
+    revision: int

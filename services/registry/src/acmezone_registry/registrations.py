@@ -1,14 +1,7 @@
 """The registry's use cases: registrations and their TXT values, with who-may-do-what.
 
-Both front ends (gRPC servicer, acme-dns HTTP API) call these methods with a `Caller`; the
-rules live here once:
-
-- Management (create, list, update): the operator token when one is configured; open otherwise.
-- Get, rotate password, delete: the operator rule above, or the registration's own credentials.
-- TXT values: the registration's own credentials, from an address inside its allowed CIDRs.
-
-Unknown usernames cost the same scrypt time as known ones, so response time does not reveal
-which usernames exist.
+Both front ends (gRPC servicer, acme-dns HTTP API) call these methods with a `Caller`; who may
+do what is decided by `authorization.Authorizer`, the same for every use case.
 """
 
 from __future__ import annotations
@@ -22,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from acmezone_common.errors import InvalidArgumentError, PermissionDeniedError, UnauthenticatedError
+from acmezone_common.errors import InvalidArgumentError
 from acmezone_registry import credentials, errors, validation
-from acmezone_registry.access import Caller, address_allowed
+from acmezone_registry.access import Caller
+from acmezone_registry.authorization import Authorizer
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.model import (
     IssuedCredentials,
@@ -33,7 +27,7 @@ from acmezone_registry.model import (
     RegistrationPage,
     TxtRecord,
 )
-from acmezone_registry.storage.repository import NewRegistration, Repository, StoredRegistration
+from acmezone_registry.storage.repository import NewRegistration, Repository
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +54,11 @@ class Registrations:
         self._repository = repository
         self._policy = policy
         self._metrics = metrics
-        # A hash to verify against when the username is unknown: equal timing for both paths.
-        self._decoy_hash = credentials.hash_password(
-            credentials.new_password(), n=policy.password_scrypt_n
+        self.authorizer = Authorizer(
+            repository,
+            metrics,
+            operator_token=policy.operator_token,
+            password_scrypt_n=policy.password_scrypt_n,
         )
 
     # -- management ---------------------------------------------------------------------------
@@ -77,7 +73,7 @@ class Registrations:
         subdomain: str | None = None,
     ) -> IssuedCredentials:
         """Create a registration with fresh credentials; the password is returned only here."""
-        self._require_operator(caller)
+        self.authorizer.require_operator(caller)
         label = (
             validation.subdomain_label(
                 subdomain, field="registration_id", reserved=self._policy.reserved_subdomains
@@ -115,12 +111,12 @@ class Registrations:
 
     async def get(self, caller: Caller, subdomain: str) -> Registration:
         """One registration, for the operator or the registration itself."""
-        stored = await self._authorize_self_or_operator(caller, subdomain)
+        stored = await self.authorizer.self_or_operator(caller, subdomain)
         return stored.registration
 
     async def list(self, caller: Caller, *, page_size: int, page_token: str) -> RegistrationPage:
         """A page of registrations, oldest first."""
-        self._require_operator(caller)
+        self.authorizer.require_operator(caller)
         size = validation.page_size(page_size)
         after = _decode_page_token(page_token)
         rows = await self._repository.list_registrations(after=after, limit=size + 1)
@@ -133,8 +129,8 @@ class Registrations:
         self, caller: Caller, subdomain: str, changes: RegistrationChanges
     ) -> Registration:
         """Change description, allowed CIDRs or max TXT values; validated before any write."""
-        self._require_operator(caller)
-        label = self._existing_label(subdomain)
+        self.authorizer.require_operator(caller)
+        label = self.authorizer.existing_label(subdomain)
         checked = RegistrationChanges(
             allowed_cidrs=None
             if changes.allowed_cidrs is None
@@ -154,14 +150,14 @@ class Registrations:
 
     async def delete(self, caller: Caller, subdomain: str) -> None:
         """Delete a registration and its values."""
-        stored = await self._authorize_self_or_operator(caller, subdomain)
+        stored = await self.authorizer.self_or_operator(caller, subdomain)
         await self._repository.delete_registration(stored.registration.subdomain)
         self._metrics.registrations_deleted.inc()
         logger.info("registration deleted", extra={"subdomain": stored.registration.subdomain})
 
     async def rotate_password(self, caller: Caller, subdomain: str) -> IssuedCredentials:
         """Replace the password; the old one stops working with this commit."""
-        stored = await self._authorize_self_or_operator(caller, subdomain)
+        stored = await self.authorizer.self_or_operator(caller, subdomain)
         password = credentials.new_password()
         password_hash = await asyncio.to_thread(
             credentials.hash_password, password, n=self._policy.password_scrypt_n
@@ -176,12 +172,12 @@ class Registrations:
 
     async def get_txt_record(self, caller: Caller, subdomain: str) -> TxtRecord:
         """The values currently published for the caller's own registration."""
-        stored = await self._authorize_owner(caller, subdomain, operation="get")
+        stored = await self.authorizer.owner(caller, subdomain, operation="get")
         return await self._repository.get_txt_record(stored.registration.subdomain)
 
     async def add_txt_value(self, caller: Caller, subdomain: str, value: str) -> TxtRecord:
         """Publish a value (newest first, dropping the oldest beyond the registration's limit)."""
-        stored = await self._authorize_owner(caller, subdomain, operation="add")
+        stored = await self.authorizer.owner(caller, subdomain, operation="add")
         try:
             checked = validation.txt_value(
                 value, field="value", strict=self._policy.strict_txt_values
@@ -202,105 +198,20 @@ class Registrations:
 
     async def remove_txt_value(self, caller: Caller, subdomain: str, value: str) -> TxtRecord:
         """Stop publishing one value (a no-op when it is not published)."""
-        stored = await self._authorize_owner(caller, subdomain, operation="remove")
-        record = await self._repository.remove_txt_values(stored.registration.subdomain, value)
+        stored = await self.authorizer.owner(caller, subdomain, operation="remove")
+        # Same rule as for adding: a value that could never have been published is an error,
+        # not something to look up (and a NUL byte must never reach the database).
+        checked = validation.txt_value(value, field="value", strict=self._policy.strict_txt_values)
+        record = await self._repository.remove_txt_values(stored.registration.subdomain, checked)
         self._metrics.txt_updates.labels("remove", "ok").inc()
         return record
 
     async def clear_txt_values(self, caller: Caller, subdomain: str) -> TxtRecord:
         """Stop publishing every value of the registration."""
-        stored = await self._authorize_owner(caller, subdomain, operation="clear")
+        stored = await self.authorizer.owner(caller, subdomain, operation="clear")
         record = await self._repository.remove_txt_values(stored.registration.subdomain, None)
         self._metrics.txt_updates.labels("clear", "ok").inc()
         return record
-
-    # -- authorization ------------------------------------------------------------------------
-
-    def _existing_label(self, subdomain: str) -> str:
-        """A syntactically valid label; anything else cannot name a registration."""
-        return validation.subdomain_label(subdomain, field="name")
-
-    def _operator_check(self, caller: Caller) -> UnauthenticatedError | None:
-        """None when the caller passes the operator rule, else the error to raise."""
-        expected = self._policy.operator_token
-        if expected is None:
-            return None
-        if not caller.operator_token:
-            return UnauthenticatedError(
-                errors.OPERATOR_TOKEN_REQUIRED,
-                "this registry requires the operator token (authorization: Bearer <token>)",
-            )
-        if not credentials.tokens_equal(caller.operator_token, expected):
-            return UnauthenticatedError(
-                errors.OPERATOR_TOKEN_INVALID, "operator token is not valid"
-            )
-        return None
-
-    def _require_operator(self, caller: Caller) -> None:
-        failure = self._operator_check(caller)
-        if failure is not None:
-            self._metrics.auth_failures.labels(failure.reason.lower()).inc()
-            raise failure
-
-    async def _authorize_self_or_operator(
-        self, caller: Caller, subdomain: str
-    ) -> StoredRegistration:
-        label = self._existing_label(subdomain)
-        if caller.username is not None or caller.password is not None:
-            return await self._authorize_owner(caller, label, operation=None)
-        self._require_operator(caller)
-        stored = await self._repository.get_registration(label)
-        if stored is None:
-            raise errors.registration_not_found(label)
-        return stored
-
-    async def _authorize_owner(
-        self, caller: Caller, subdomain: str, *, operation: str | None
-    ) -> StoredRegistration:
-        """The caller's own registration, after checking credentials, ownership and source."""
-        label = self._existing_label(subdomain)
-
-        def deny(error: UnauthenticatedError | PermissionDeniedError) -> None:
-            self._metrics.auth_failures.labels(error.reason.lower()).inc()
-            if operation is not None:
-                self._metrics.txt_updates.labels(operation, "denied").inc()
-            raise error
-
-        if not caller.username or not caller.password:
-            deny(
-                UnauthenticatedError(
-                    errors.CREDENTIALS_REQUIRED,
-                    "the registration's username and password are required "
-                    "(x-api-user and x-api-key)",
-                )
-            )
-        assert caller.username is not None
-        assert caller.password is not None
-        stored = await self._repository.get_registration_by_username(caller.username)
-        valid = await asyncio.to_thread(
-            credentials.verify_password,
-            caller.password,
-            stored.password_hash if stored else self._decoy_hash,
-        )
-        if stored is None or not valid:
-            deny(UnauthenticatedError(errors.CREDENTIALS_INVALID, "username or password is wrong"))
-        assert stored is not None
-        if stored.registration.subdomain != label:
-            deny(
-                PermissionDeniedError(
-                    errors.SUBDOMAIN_MISMATCH,
-                    f"these credentials do not belong to subdomain {label!r}",
-                )
-            )
-        if not address_allowed(caller.address, stored.registration.allowed_cidrs):
-            deny(
-                PermissionDeniedError(
-                    errors.SOURCE_ADDRESS_NOT_ALLOWED,
-                    f"source address {caller.address} is not in the registration's allowed CIDRs",
-                    metadata={"source_address": str(caller.address)},
-                )
-            )
-        return stored
 
 
 def _encode_page_token(last: Registration) -> str:

@@ -22,23 +22,39 @@ from sqlalchemy import delete, func, select, text, tuple_
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from acmezone_common.errors import AlreadyExistsError, OutOfRangeError, UnavailableError
+from acmezone_common.errors import (
+    AlreadyExistsError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from acmezone_registry import errors
 from acmezone_registry.model import (
+    ALIAS_OWNER,
     ChangeType,
     FeedStatus,
+    Prerequisite,
+    PrerequisiteFailure,
+    PrerequisiteKind,
     RecordChange,
     RecordSet,
     Registration,
     RegistrationChanges,
+    TsigKeyInfo,
+    TsigKeyWithSecret,
     TxtRecord,
     TxtValue,
+    UpdateKind,
+    UpdateOperation,
+    UpdateOutcome,
 )
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.tables import (
     FeedStateRow,
     RecordChangeRow,
     RegistrationRow,
+    TsigKeyRow,
+    TsigReplayGuardRow,
     TxtValueRow,
 )
 
@@ -94,9 +110,10 @@ class Repository:
         """The database this repository talks to."""
         return self._db
 
-    def fqdn(self, subdomain: str) -> str:
-        """The owner name of a registration's records: `<subdomain>.<zone>.`."""
-        return f"{subdomain}.{self._zone}."
+    def fqdn(self, subdomain: str, owner: str = "") -> str:
+        """The owner name of a registration's records: `[<owner>.]<subdomain>.<zone>.`."""
+        prefix = f"{owner}." if owner else ""
+        return f"{prefix}{subdomain}.{self._zone}."
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call `listener(revision)` right after this process commits a new revision."""
@@ -156,18 +173,34 @@ class Repository:
             for listener in self._commit_listeners:
                 listener(tx.revision)
 
-    async def _record_set(self, session: AsyncSession, subdomain: str) -> RecordSet:
-        values = await session.scalars(
-            select(TxtValueRow.value)
-            .where(TxtValueRow.subdomain == subdomain)
-            .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
+    async def _values(self, session: AsyncSession, subdomain: str, owner: str = "") -> list[str]:
+        """The values at one owner name, newest first."""
+        return list(
+            await session.scalars(
+                select(TxtValueRow.value)
+                .where(TxtValueRow.subdomain == subdomain, TxtValueRow.owner == owner)
+                .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
+            )
         )
-        return RecordSet(self.fqdn(subdomain), tuple(values))
+
+    async def _record_set(self, session: AsyncSession, subdomain: str) -> RecordSet:
+        return RecordSet(self.fqdn(subdomain), tuple(await self._values(session, subdomain)))
+
+    async def _owner_change(
+        self, session: AsyncSession, subdomain: str, owner: str
+    ) -> tuple[ChangeType, RecordSet]:
+        """The feed change for one owner name's current values. The fulldomain always exists
+        (NODATA when empty); the alias name exists only while it holds values."""
+        values = tuple(await self._values(session, subdomain, owner))
+        record_set = RecordSet(self.fqdn(subdomain, owner), values)
+        if owner and not values:
+            return ChangeType.DELETE, record_set
+        return ChangeType.PUT, record_set
 
     async def _txt_record(self, session: AsyncSession, subdomain: str, revision: int) -> TxtRecord:
         rows = await session.scalars(
             select(TxtValueRow)
-            .where(TxtValueRow.subdomain == subdomain)
+            .where(TxtValueRow.subdomain == subdomain, TxtValueRow.owner == "")
             .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
         )
         values = tuple(TxtValue(r.value, r.create_time, r.expire_time) for r in rows)
@@ -281,10 +314,9 @@ class Repository:
                 row.description = changes.description
             if changes.max_txt_values is not None:
                 row.max_txt_values = changes.max_txt_values
-                if await self._trim_values(tx.session, subdomain, row.max_txt_values):
-                    tx.changes.append(
-                        (ChangeType.PUT, await self._record_set(tx.session, subdomain))
-                    )
+                for owner in ("", ALIAS_OWNER):
+                    if await self._trim_values(tx.session, subdomain, row.max_txt_values, owner):
+                        tx.changes.append(await self._owner_change(tx.session, subdomain, owner))
             row.update_time = tx.now
             return self._to_registration(row)
 
@@ -294,9 +326,15 @@ class Repository:
             row = await tx.session.get(RegistrationRow, subdomain)
             if row is None:
                 raise errors.registration_not_found(subdomain)
+            alias_in_use = bool(await self._values(tx.session, subdomain, ALIAS_OWNER))
             await tx.session.execute(delete(TxtValueRow).where(TxtValueRow.subdomain == subdomain))
+            await tx.session.execute(delete(TsigKeyRow).where(TsigKeyRow.subdomain == subdomain))
             await tx.session.delete(row)
             tx.changes.append((ChangeType.DELETE, RecordSet(self.fqdn(subdomain), ())))
+            if alias_in_use:
+                tx.changes.append(
+                    (ChangeType.DELETE, RecordSet(self.fqdn(subdomain, ALIAS_OWNER), ()))
+                )
 
     async def set_password_hash(self, subdomain: str, password_hash: str) -> Registration:
         """Replace a registration's password hash."""
@@ -331,7 +369,9 @@ class Repository:
                 raise errors.registration_not_found(subdomain)
             existing = await tx.session.scalar(
                 select(TxtValueRow).where(
-                    TxtValueRow.subdomain == subdomain, TxtValueRow.value == value
+                    TxtValueRow.subdomain == subdomain,
+                    TxtValueRow.owner == "",
+                    TxtValueRow.value == value,
                 )
             )
             if existing is not None:
@@ -353,7 +393,9 @@ class Repository:
         async with self._writing() as tx:
             if await tx.session.get(RegistrationRow, subdomain) is None:
                 raise errors.registration_not_found(subdomain)
-            statement = delete(TxtValueRow).where(TxtValueRow.subdomain == subdomain)
+            statement = delete(TxtValueRow).where(
+                TxtValueRow.subdomain == subdomain, TxtValueRow.owner == ""
+            )
             if value is not None:
                 statement = statement.where(TxtValueRow.value == value)
             result = await tx.session.execute(statement)
@@ -362,12 +404,14 @@ class Repository:
             revision = await self._current_revision(tx.session) + (1 if tx.changes else 0)
             return await self._txt_record(tx.session, subdomain, revision)
 
-    async def _trim_values(self, session: AsyncSession, subdomain: str, keep: int) -> bool:
-        """Delete all but the newest `keep` values; True when anything was deleted."""
+    async def _trim_values(
+        self, session: AsyncSession, subdomain: str, keep: int, owner: str = ""
+    ) -> bool:
+        """Delete all but the newest `keep` values at one owner; True when any were deleted."""
         ids = list(
             await session.scalars(
                 select(TxtValueRow.id)
-                .where(TxtValueRow.subdomain == subdomain)
+                .where(TxtValueRow.subdomain == subdomain, TxtValueRow.owner == owner)
                 .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
                 .offset(keep)
             )
@@ -382,7 +426,7 @@ class Repository:
         async with self._writing() as tx:
             expired = list(
                 await tx.session.execute(
-                    select(TxtValueRow.id, TxtValueRow.subdomain).where(
+                    select(TxtValueRow.id, TxtValueRow.subdomain, TxtValueRow.owner).where(
                         TxtValueRow.expire_time.is_not(None), TxtValueRow.expire_time <= now
                     )
                 )
@@ -392,8 +436,8 @@ class Repository:
             await tx.session.execute(
                 delete(TxtValueRow).where(TxtValueRow.id.in_([row.id for row in expired]))
             )
-            for subdomain in sorted({row.subdomain for row in expired}):
-                tx.changes.append((ChangeType.PUT, await self._record_set(tx.session, subdomain)))
+            for subdomain, owner in sorted({(row.subdomain, row.owner) for row in expired}):
+                tx.changes.append(await self._owner_change(tx.session, subdomain, owner))
             return len(expired)
 
     # -- feed ---------------------------------------------------------------------------------
@@ -431,16 +475,19 @@ class Repository:
                 select(RegistrationRow.subdomain).order_by(RegistrationRow.subdomain)
             )
         )
-        values: dict[str, list[str]] = {s: [] for s in subdomains}
+        values: dict[tuple[str, str], list[str]] = {(s, ""): [] for s in subdomains}
         rows = await session.execute(
-            select(TxtValueRow.subdomain, TxtValueRow.value).order_by(
-                TxtValueRow.subdomain, TxtValueRow.create_time.desc(), TxtValueRow.id.desc()
+            select(TxtValueRow.subdomain, TxtValueRow.owner, TxtValueRow.value).order_by(
+                TxtValueRow.subdomain,
+                TxtValueRow.owner,
+                TxtValueRow.create_time.desc(),
+                TxtValueRow.id.desc(),
             )
         )
-        for subdomain, value in rows:
-            if subdomain in values:
-                values[subdomain].append(value)
-        return [RecordSet(self.fqdn(s), tuple(v)) for s, v in values.items()]
+        for subdomain, owner, value in rows:
+            if (subdomain, "") in values:
+                values.setdefault((subdomain, owner), []).append(value)
+        return [RecordSet(self.fqdn(s, o), tuple(v)) for (s, o), v in values.items()]
 
     async def changes_since(self, start_revision: int, max_revisions: int) -> list[RecordChange]:
         """The changes of revisions start_revision .. start_revision + max_revisions - 1.
@@ -493,10 +540,196 @@ class Repository:
             state.compacted_revision = mark
             return mark
 
+    # -- TSIG keys ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _tsig_info(row: TsigKeyRow) -> TsigKeyInfo:
+        return TsigKeyInfo(row.subdomain, row.key_id, row.key_name, row.algorithm, row.create_time)
+
+    async def create_tsig_key(
+        self, subdomain: str, key_id: str, algorithm: str, secret: str, *, max_keys: int
+    ) -> TsigKeyInfo:
+        """Store a new key named `<key_id>.<fulldomain>.`."""
+        key_name = f"{key_id}.{subdomain}.{self._zone}."
+        try:
+            async with self._writing() as tx:
+                if await tx.session.get(RegistrationRow, subdomain) is None:
+                    raise errors.registration_not_found(subdomain)
+                count = await tx.session.scalar(
+                    select(func.count())
+                    .select_from(TsigKeyRow)
+                    .where(TsigKeyRow.subdomain == subdomain)
+                )
+                if (count or 0) >= max_keys:
+                    raise ResourceExhaustedError(
+                        errors.TOO_MANY_TSIG_KEYS,
+                        f"a registration has at most {max_keys} TSIG keys; delete one first",
+                    )
+                if await tx.session.get(TsigKeyRow, (subdomain, key_id)) is not None:
+                    raise _tsig_key_exists(key_id)
+                row = TsigKeyRow(
+                    subdomain=subdomain,
+                    key_id=key_id,
+                    key_name=key_name,
+                    algorithm=algorithm,
+                    secret=secret,
+                    create_time=tx.now,
+                )
+                tx.session.add(row)
+                await tx.session.flush()
+                return self._tsig_info(row)
+        except IntegrityError as exc:
+            raise _tsig_key_exists(key_id) from exc
+
+    async def get_tsig_key(self, subdomain: str, key_id: str) -> TsigKeyInfo:
+        """One key of a registration, without its secret."""
+        async with self._reading() as session:
+            row = await session.get(TsigKeyRow, (subdomain, key_id))
+            if row is None:
+                raise errors.tsig_key_not_found(subdomain, key_id)
+            return self._tsig_info(row)
+
+    async def list_tsig_keys(
+        self, subdomain: str, *, after: tuple[datetime, str] | None, limit: int
+    ) -> list[TsigKeyInfo]:
+        """A registration's keys ordered by (create_time, key_id), strictly after `after`."""
+        query = (
+            select(TsigKeyRow)
+            .where(TsigKeyRow.subdomain == subdomain)
+            .order_by(TsigKeyRow.create_time, TsigKeyRow.key_id)
+        )
+        if after is not None:
+            query = query.where(tuple_(TsigKeyRow.create_time, TsigKeyRow.key_id) > tuple_(*after))
+        async with self._reading() as session:
+            if await session.get(RegistrationRow, subdomain) is None:
+                raise errors.registration_not_found(subdomain)
+            return [self._tsig_info(row) for row in await session.scalars(query.limit(limit))]
+
+    async def delete_tsig_key(self, subdomain: str, key_id: str) -> None:
+        """Delete a key; it stops verifying with this commit."""
+        async with self._writing() as tx:
+            row = await tx.session.get(TsigKeyRow, (subdomain, key_id))
+            if row is None:
+                raise errors.tsig_key_not_found(subdomain, key_id)
+            await tx.session.delete(row)
+
+    async def find_tsig_key(
+        self, key_name: str
+    ) -> tuple[TsigKeyWithSecret, StoredRegistration] | None:
+        """A key by its DNS name (lower case, trailing dot) with its registration, or None."""
+        async with self._reading() as session:
+            row = await session.scalar(select(TsigKeyRow).where(TsigKeyRow.key_name == key_name))
+            if row is None:
+                return None
+            registration = await session.get(RegistrationRow, row.subdomain)
+            if registration is None:
+                return None
+            return TsigKeyWithSecret(self._tsig_info(row), row.secret), self._stored(registration)
+
+    # -- RFC 2136 updates ---------------------------------------------------------------------
+
+    async def apply_update(
+        self,
+        subdomain: str,
+        prerequisites: Sequence[Prerequisite],
+        operations: Sequence[UpdateOperation],
+        *,
+        replay_guard: tuple[str, datetime] | None,
+    ) -> UpdateOutcome | None:
+        """Check prerequisites and apply operations atomically, in one revision.
+
+        Returns None when `replay_guard` (the request MAC's digest and when its signature stops
+        being valid) was seen before: the message is a replay and nothing is done. Otherwise the
+        guard is recorded, even when a prerequisite fails, so the message cannot be replayed.
+        """
+        async with self._writing() as tx:
+            registration = await tx.session.get(RegistrationRow, subdomain)
+            if registration is None:
+                raise errors.registration_not_found(subdomain)
+            if replay_guard is not None:
+                digest, expire_time = replay_guard
+                if await tx.session.get(TsigReplayGuardRow, digest) is not None:
+                    return None
+                tx.session.add(TsigReplayGuardRow(mac_digest=digest, expire_time=expire_time))
+            before = {o: await self._values(tx.session, subdomain, o) for o in ("", ALIAS_OWNER)}
+            for prerequisite in prerequisites:
+                failure = _failed_prerequisite(prerequisite, before[prerequisite.owner])
+                if failure is not None:
+                    return UpdateOutcome(failure, 0)
+            for operation in operations:
+                await self._apply_operation(tx, subdomain, operation)
+            for owner, old_values in before.items():
+                await tx.session.flush()
+                await self._trim_values(tx.session, subdomain, registration.max_txt_values, owner)
+                if await self._values(tx.session, subdomain, owner) != old_values:
+                    tx.changes.append(await self._owner_change(tx.session, subdomain, owner))
+        return UpdateOutcome(None, tx.revision)
+
+    async def _apply_operation(
+        self, tx: _WriteTransaction, subdomain: str, operation: UpdateOperation
+    ) -> None:
+        where = (TxtValueRow.subdomain == subdomain, TxtValueRow.owner == operation.owner)
+        if operation.kind is UpdateKind.DELETE_RRSET:
+            await tx.session.execute(delete(TxtValueRow).where(*where))
+        elif operation.kind is UpdateKind.DELETE_VALUE:
+            await tx.session.execute(
+                delete(TxtValueRow).where(*where, TxtValueRow.value == operation.value)
+            )
+        else:
+            assert operation.value is not None
+            await tx.session.flush()
+            existing = await tx.session.scalar(
+                select(TxtValueRow).where(*where, TxtValueRow.value == operation.value)
+            )
+            if existing is None:
+                tx.session.add(
+                    TxtValueRow(
+                        subdomain=subdomain,
+                        owner=operation.owner,
+                        value=operation.value,
+                        create_time=tx.now,
+                        expire_time=None,
+                    )
+                )
+
+    async def purge_replay_guard(self, now: datetime) -> int:
+        """Forget MACs whose signatures have expired anyway; returns how many."""
+        async with self._writing() as tx:
+            result = await tx.session.execute(
+                delete(TsigReplayGuardRow).where(TsigReplayGuardRow.expire_time <= now)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _failed_prerequisite(
+    prerequisite: Prerequisite, values: Sequence[str]
+) -> PrerequisiteFailure | None:
+    """RFC 2136 section 3.2 for names that hold nothing but TXT records."""
+    txt = set(values) if prerequisite.is_txt else set()
+    in_use = bool(values)
+    kind = prerequisite.kind
+    if kind is PrerequisiteKind.NAME_IN_USE:
+        return None if in_use else PrerequisiteFailure.NXDOMAIN
+    if kind is PrerequisiteKind.NAME_NOT_IN_USE:
+        return PrerequisiteFailure.YXDOMAIN if in_use else None
+    if kind is PrerequisiteKind.RRSET_EXISTS:
+        return None if txt else PrerequisiteFailure.NXRRSET
+    if kind is PrerequisiteKind.RRSET_DOES_NOT_EXIST:
+        return PrerequisiteFailure.YXRRSET if txt else None
+    return None if txt and txt == set(prerequisite.values) else PrerequisiteFailure.NXRRSET
+
 
 def _unavailable(exc: Exception) -> UnavailableError:
     logger.warning("database unavailable", extra={"error": str(exc).splitlines()[0]})
     return UnavailableError(errors.STORAGE_UNAVAILABLE, "the registry database is unavailable")
+
+
+def _tsig_key_exists(key_id: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        errors.TSIG_KEY_EXISTS,
+        f"TSIG key {key_id!r} already exists for this registration",
+        metadata={"tsig_key_id": key_id},
+    )
 
 
 def _subdomain_taken(subdomain: str) -> AlreadyExistsError:

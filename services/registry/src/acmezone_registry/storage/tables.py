@@ -78,7 +78,7 @@ class TxtValueRow(Base):
 
     __tablename__ = "txt_values"
     __table_args__ = (
-        UniqueConstraint("subdomain", "value", name="uq_txt_values_subdomain_value"),
+        UniqueConstraint("subdomain", "owner", "value", name="uq_txt_values_subdomain_owner_value"),
         Index("ix_txt_values_expire_time", "expire_time"),
     )
 
@@ -86,6 +86,9 @@ class TxtValueRow(Base):
     subdomain: Mapped[str] = mapped_column(
         String(63), ForeignKey("registrations.subdomain", ondelete="CASCADE")
     )
+    # The owner name relative to the registration's fulldomain: "" for the fulldomain itself,
+    # "_acme-challenge" for `_acme-challenge.<fulldomain>` (written by RFC 2136 updates).
+    owner: Mapped[str] = mapped_column(String(32), server_default="")
     value: Mapped[str] = mapped_column(String(255))
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -102,3 +105,30 @@ class RecordChangeRow(Base):
     fqdn: Mapped[str] = mapped_column(String(255))
     txt_values: Mapped[list[str]] = mapped_column(JSON)
     commit_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TsigKeyRow(Base):
+    """A TSIG key of a registration. The secret must be usable for HMAC, so it is stored as is:
+    protect the database (and its backups) like the keys themselves."""
+
+    __tablename__ = "tsig_keys"
+
+    subdomain: Mapped[str] = mapped_column(
+        String(63), ForeignKey("registrations.subdomain", ondelete="CASCADE"), primary_key=True
+    )
+    key_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    key_name: Mapped[str] = mapped_column(String(255), unique=True)
+    algorithm: Mapped[str] = mapped_column(String(40))
+    secret: Mapped[str] = mapped_column(String(200))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TsigReplayGuardRow(Base):
+    """The MAC of every accepted signed update until its signature's time window closes: the
+    same signed message a second time is a replay."""
+
+    __tablename__ = "tsig_replay_guard"
+    __table_args__ = (Index("ix_tsig_replay_guard_expire_time", "expire_time"),)
+
+    mac_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expire_time: Mapped[datetime] = mapped_column(UTCDateTime())

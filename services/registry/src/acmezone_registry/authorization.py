@@ -1,0 +1,129 @@
+"""Who may do what, in one place for every use case and both front ends.
+
+- Management (create, list, update): the operator token when one is configured; open otherwise.
+- Reading, rotating, deleting one registration and managing its TSIG keys: the operator rule
+  above, or the registration's own credentials.
+- TXT values: the registration's own credentials, from an address inside its allowed CIDRs.
+
+Unknown usernames cost the same scrypt time as known ones, so response time does not reveal
+which usernames exist. Every refusal is counted by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from acmezone_common.errors import PermissionDeniedError, UnauthenticatedError
+from acmezone_registry import credentials, errors, validation
+from acmezone_registry.access import Caller, address_allowed
+from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.storage.repository import Repository, StoredRegistration
+
+
+class Authorizer:
+    """Checks callers against the operator token and registrations' credentials."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        metrics: RegistryMetrics,
+        *,
+        operator_token: str | None,
+        password_scrypt_n: int,
+    ) -> None:
+        self._repository = repository
+        self._metrics = metrics
+        self._operator_token = operator_token
+        # A hash to verify against when the username is unknown: equal timing for both paths.
+        self._decoy_hash = credentials.hash_password(
+            credentials.new_password(), n=password_scrypt_n
+        )
+
+    @staticmethod
+    def existing_label(subdomain: str) -> str:
+        """A syntactically valid label; anything else cannot name a registration."""
+        return validation.subdomain_label(subdomain, field="name")
+
+    def _operator_check(self, caller: Caller) -> UnauthenticatedError | None:
+        """None when the caller passes the operator rule, else the error to raise."""
+        expected = self._operator_token
+        if expected is None:
+            return None
+        if not caller.operator_token:
+            return UnauthenticatedError(
+                errors.OPERATOR_TOKEN_REQUIRED,
+                "this registry requires the operator token (authorization: Bearer <token>)",
+            )
+        if not credentials.tokens_equal(caller.operator_token, expected):
+            return UnauthenticatedError(
+                errors.OPERATOR_TOKEN_INVALID, "operator token is not valid"
+            )
+        return None
+
+    def require_operator(self, caller: Caller) -> None:
+        failure = self._operator_check(caller)
+        if failure is not None:
+            self._metrics.auth_failures.labels(failure.reason.lower()).inc()
+            raise failure
+
+    async def self_or_operator(self, caller: Caller, subdomain: str) -> StoredRegistration:
+        label = self.existing_label(subdomain)
+        if caller.username is not None or caller.password is not None:
+            return await self.owner(caller, label, operation=None)
+        self.require_operator(caller)
+        stored = await self._repository.get_registration(label)
+        if stored is None:
+            raise errors.registration_not_found(label)
+        return stored
+
+    async def owner(
+        self, caller: Caller, subdomain: str, *, operation: str | None
+    ) -> StoredRegistration:
+        """The caller's own registration, after checking credentials, ownership and source."""
+        label = self.existing_label(subdomain)
+
+        def deny(error: UnauthenticatedError | PermissionDeniedError) -> None:
+            self._metrics.auth_failures.labels(error.reason.lower()).inc()
+            if operation is not None:
+                self._metrics.txt_updates.labels(operation, "denied").inc()
+            raise error
+
+        if not caller.username or not caller.password:
+            deny(
+                UnauthenticatedError(
+                    errors.CREDENTIALS_REQUIRED,
+                    "the registration's username and password are required "
+                    "(x-api-user and x-api-key)",
+                )
+            )
+        assert caller.username is not None
+        assert caller.password is not None
+        stored = (
+            await self._repository.get_registration_by_username(caller.username)
+            if credentials.plausible_username(caller.username)
+            else None
+        )
+        valid = await asyncio.to_thread(
+            credentials.verify_password,
+            caller.password,
+            stored.password_hash if stored else self._decoy_hash,
+        )
+        if stored is None or not valid:
+            deny(UnauthenticatedError(errors.CREDENTIALS_INVALID, "username or password is wrong"))
+        assert stored is not None
+        if stored.registration.subdomain != label:
+            deny(
+                PermissionDeniedError(
+                    errors.SUBDOMAIN_MISMATCH,
+                    f"these credentials do not belong to subdomain {label!r}",
+                )
+            )
+        if not address_allowed(caller.address, stored.registration.allowed_cidrs):
+            deny(
+                PermissionDeniedError(
+                    errors.SOURCE_ADDRESS_NOT_ALLOWED,
+                    f"source address {caller.address} is not in the registration's allowed CIDRs",
+                    metadata={"source_address": str(caller.address)},
+                )
+            )
+        return stored
