@@ -1,0 +1,194 @@
+"""End-to-end fixtures: a real Pebble that resolves through our dns service, and the registry,
+dns and issuer services started together.
+
+Pebble and its ports are per session; the three services start per test in this process (fast,
+and each test gets its own databases), always on the same dns port Pebble was told about. The
+dev zone `example.test` is an RFC 1035 zone file the dns service loads; "adding a CNAME" is
+rewriting that file and restarting the dns service, as a domain owner's DNS would change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from acmezone.issuer.v1 import account_service_pb2_grpc, certificate_service_pb2_grpc
+from acmezone_dns.app import DnsApp
+from acmezone_dns.settings import DnsSettings
+from acmezone_issuer.app import IssuerApp
+from acmezone_issuer.devpebble import LocalPebble, free_port
+from acmezone_issuer.settings import IssuerSettings
+from acmezone_registry.app import RegistryApp
+from acmezone_registry.settings import RegistrySettings
+from tests.issuer.conftest import CA, ENCRYPTION_KEY, OPERATOR_TOKEN, Client
+
+CHALLENGE_ZONE = "acme.example.test"
+
+
+def zone_text(cnames: dict[str, str]) -> str:
+    """The dev zone `example.test` with `_acme-challenge` CNAMEs for the given names."""
+    lines = [
+        "$ORIGIN example.test.",
+        "$TTL 60",
+        "@ SOA ns1.acme.example.test. hostmaster.example.test. 1 3600 600 86400 1",
+        "@ NS ns1.acme.example.test.",
+        "@ A 127.0.0.1",
+    ]
+    for name, target in sorted(cnames.items()):
+        label = name.removesuffix(".example.test").removesuffix("example.test")
+        owner = "_acme-challenge" + (f".{label}" if label else "")
+        lines.append(f"{owner} CNAME {target}.")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Ports:
+    """Fixed loopback ports shared by Pebble and the services of every test."""
+
+    dns: int
+    http01: int
+
+
+@pytest.fixture(scope="session")
+def ports() -> Ports:
+    """Ports picked once, so Pebble's `-dnsserver` and `httpPort` stay right."""
+    return Ports(dns=free_port(), http01=free_port())
+
+
+@pytest.fixture(scope="session")
+def e2e_ca(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Iterator[CA]:
+    """Pebble resolving through the dns service's port."""
+    pebble = LocalPebble(
+        tmp_path_factory.mktemp("e2e-pebble"),
+        dns_server=f"127.0.0.1:{ports.dns}",
+        http01_port=ports.http01,
+    )
+    pebble.start()
+    try:
+        yield CA(pebble, ports.http01)
+    finally:
+        pebble.stop()
+
+
+@dataclass
+class System:
+    """Registry, dns and issuer running together, and a client for the issuer."""
+
+    workdir: Path
+    ports: Ports
+    registry: RegistryApp
+    issuer: IssuerApp
+    client: Client
+    metrics: CollectorRegistry
+    dns: DnsApp | None = None
+    cnames: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def zone_file(self) -> Path:
+        return self.workdir / "example.test.zone"
+
+    def dns_settings(self) -> DnsSettings:
+        return DnsSettings(
+            grpc_address="127.0.0.1:0",
+            metrics_address="127.0.0.1:0",
+            dns_addresses=[f"127.0.0.1:{self.ports.dns}"],
+            registry_target=str(self.registry.grpc_address),
+            zone=CHALLENGE_ZONE,
+            zone_files=[str(self.zone_file)],
+            txt_ttl=0,
+            soa_minimum=0,
+            feed_backoff_initial_seconds=0.05,
+            feed_backoff_max_seconds=0.5,
+        )
+
+    async def start_dns(self) -> None:
+        self.zone_file.write_text(zone_text(self.cnames))
+        self.dns = DnsApp(self.dns_settings(), CollectorRegistry())
+        await self.dns.start()
+
+    async def stop_dns(self) -> None:
+        if self.dns is not None:
+            await self.dns.stop(grace=0)
+            self.dns = None
+
+    async def add_cname(self, name: str, target: str) -> None:
+        """The domain owner adds `_acme-challenge.<name> CNAME <target>`."""
+        self.cnames[name] = target
+        await self.stop_dns()
+        await self.start_dns()
+
+
+def issuer_settings_for(
+    workdir: Path, ca: CA, registry: RegistryApp, ports: Ports, **extra: Any
+) -> IssuerSettings:
+    """Issuer settings pointing at the registry, the dns port and Pebble."""
+    values: dict[str, Any] = {
+        "grpc_address": "127.0.0.1:0",
+        "metrics_address": "127.0.0.1:0",
+        "http01_address": f"127.0.0.1:{ports.http01}",
+        "data_dir": workdir / "issuer",
+        "encryption_key": ENCRYPTION_KEY,
+        "operator_token": OPERATOR_TOKEN,
+        "default_directory_url": ca.directory_url,
+        "acme_ca_bundle": ca.ca_bundle,
+        "registry_address": str(registry.grpc_address),
+        "dns_resolver": f"127.0.0.1:{ports.dns}",
+        "reconcile_interval_seconds": 0.5,
+        "delegation_recheck_seconds": 0.3,
+        "retry_base_seconds": 30.0,
+        "retry_max_seconds": 60.0,
+        "propagation_timeout_seconds": 10.0,
+        "validation_timeout_seconds": 60.0,
+    }
+    values.update(extra)
+    return IssuerSettings(**values)
+
+
+@asynccontextmanager
+async def running_system(
+    workdir: Path, ca: CA, ports: Ports, metrics: CollectorRegistry, **issuer_extra: Any
+) -> AsyncIterator[System]:
+    """Registry, dns (with the dev zone) and issuer in this process; always stopped."""
+    registry = RegistryApp(
+        RegistrySettings(
+            grpc_address="127.0.0.1:0",
+            http_address="127.0.0.1:0",
+            metrics_address="127.0.0.1:0",
+            database_url=f"sqlite:///{workdir}/registry.db",
+            zone=CHALLENGE_ZONE,
+            password_scrypt_n=1024,
+        ),
+        CollectorRegistry(),
+    )
+    await registry.start()
+    issuer = IssuerApp(
+        issuer_settings_for(workdir, ca, registry, ports, **issuer_extra),
+        metrics_registry=metrics,
+    )
+    system: System | None = None
+    channel: grpc.aio.Channel | None = None
+    try:
+        await issuer.start()
+        channel = grpc.aio.insecure_channel(issuer.grpc_address)
+        client = Client(
+            issuer,
+            account_service_pb2_grpc.AccountServiceStub(channel),
+            certificate_service_pb2_grpc.CertificateServiceStub(channel),
+        )
+        system = System(workdir, ports, registry, issuer, client, metrics)
+        await system.start_dns()
+        yield system
+    finally:
+        if channel is not None:
+            await channel.close()
+        await issuer.stop(grace=0)
+        if system is not None:
+            await system.stop_dns()
+        await registry.stop(grace=0)
