@@ -78,6 +78,7 @@ class Responder:
         self._udp_size = edns_udp_size
         self._opt = opt_record(edns_udp_size, do=False)
         self._opt_do = opt_record(edns_udp_size, do=True)
+        self._edns: dict[bytes, tuple[bytes, int]] = {}
 
     def answer_udp(self, data: bytes) -> bytes | None:
         """The response to a UDP query, or None when none must be sent."""
@@ -104,31 +105,65 @@ class Responder:
             opt = None
             limit = _TCP_SIZE if tcp else _PLAIN_UDP_SIZE
         elif additional == _ONE_ADDITIONAL:
-            if (
-                n < qend + _OPT_LEN
-                or data[qend]
-                or data[qend + 1 : qend + 3] != _OPT_TYPE
-                or data[qend + 6]
-                or qend + _OPT_LEN + int.from_bytes(data[qend + 9 : qend + 11], "big") != n
-            ):
-                return self._slow(data, snapshot, tcp)
-            opt = self._opt_do if data[qend + 7] & 0x80 else self._opt
+            tail = data[qend:]
+            edns = self._edns.get(tail)
+            if edns is None:
+                edns = self._plain_opt(tail)
+                if edns is None:
+                    return self._slow(data, snapshot, tcp)
+            opt, limit = edns
             if tcp:
                 limit = _TCP_SIZE
-            else:
-                limit = min(
-                    max(int.from_bytes(data[qend + 3 : qend + 5], "big"), _PLAIN_UDP_SIZE),
-                    self._udp_size,
-                )
         else:
             return self._slow(data, snapshot, tcp)
         packed = snapshot.answers.get(data[12 : end + 1].lower() + data[end + 1 : qend])
         if packed is None:
             return self._not_prepacked(data, snapshot, tcp, qend, opt, limit)
-        if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+        if opt is None:
+            if qend + packed.size > limit:
+                return self._slow(data, snapshot, tcp)
+            self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
+            return b"".join(
+                (
+                    data[:2],
+                    packed.flags[(data[2] & 1) | ((data[3] & 0x10) >> 3)],
+                    packed.counts,
+                    data[12:qend],
+                    packed.body,
+                )
+            )
+        if qend + packed.size + _OPT_LEN > limit:
             return self._slow(data, snapshot, tcp)
         self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
-        return splice(packed, data, qend, opt)
+        return b"".join(
+            (
+                data[:2],
+                packed.flags[(data[2] & 1) | ((data[3] & 0x10) >> 3)],
+                packed.counts_edns,
+                data[12:qend],
+                packed.body,
+                opt,
+            )
+        )
+
+    def _plain_opt(self, tail: bytes) -> tuple[bytes, int] | None:
+        """Our OPT record and the UDP size limit for a query's additional section when it is
+        exactly one EDNS(0) OPT at the root (options ignored, as RFC 6891 allows); None
+        otherwise. Option-less OPTs are remembered: clients use a handful of sizes, and the
+        cache is bounded by the 2^16 sizes times the DO bit."""
+        if (
+            len(tail) < _OPT_LEN
+            or tail[0]
+            or tail[1:3] != _OPT_TYPE
+            or tail[6]
+            or _OPT_LEN + int.from_bytes(tail[9:11], "big") != len(tail)
+        ):
+            return None
+        opt = self._opt_do if tail[7] & 0x80 else self._opt
+        limit = min(max(int.from_bytes(tail[3:5], "big"), _PLAIN_UDP_SIZE), self._udp_size)
+        if len(tail) == _OPT_LEN and not tail[5] and not tail[7] & 0x7F and not tail[8]:
+            self._edns[tail] = (opt, limit)
+        return opt, limit
 
     def _not_prepacked(
         self,
@@ -141,22 +176,27 @@ class Responder:
     ) -> bytes | None:
         """A plain query with no exact pre-packed answer: a type the name lacks (NODATA or
         the CNAME chain), a name that does not exist, or one outside our zones."""
-        if question_end(data) != qend:
-            return self._slow(data, snapshot, tcp)
         qtype = int.from_bytes(data[qend - 4 : qend - 2], "big")
         if data[qend - 2 : qend] != _CLASS_IN or qtype in _SLOW_QTYPES:
             return self._slow(data, snapshot, tcp)
         name = data[12 : qend - 4].lower()
-        packed = snapshot.defaults.get(name)
-        if packed is None:
-            packed = snapshot.refused
+        found = snapshot.defaults.get(name)
+        if found is None:
+            # Walk the labels: this checks that the first zero byte really is the root label
+            # (not a zero inside a label) and finds the closest enclosing zone on the way.
+            fallbacks = snapshot.fallbacks
+            last = len(name) - 1
             i = 0
-            while name[i]:
-                fallback = snapshot.fallbacks.get(name[i:])
-                if fallback is not None:
-                    packed = fallback
-                    break
-                i += name[i] + 1
+            while i < last:
+                length = name[i]
+                if length > 63:
+                    return self._slow(data, snapshot, tcp)
+                if found is None:
+                    found = fallbacks.get(name[i:])
+                i += length + 1
+            if i != last:
+                return self._slow(data, snapshot, tcp)
+        packed = snapshot.refused if found is None else found
         if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
             return self._slow(data, snapshot, tcp)
         self._count(packed.stat + QTYPE_INDEX.get(qtype, QTYPE_OTHER) * RCODE_SLOTS, tcp)
