@@ -117,13 +117,15 @@ def ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: str) -> Iterator[CA]:
 
 
 @pytest.fixture(scope="session")
-def eab_ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: str) -> Iterator[CA]:
-    """A Pebble that requires External Account Binding (kid-1 / its HMAC key)."""
+def eab_ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: str, ca: CA) -> Iterator[CA]:
+    """A Pebble that requires External Account Binding (kid-1 / its HMAC key); it shares the
+    session CA's TLS material, so one `acme_ca_bundle` trusts both."""
     pebble = LocalPebble(
         tmp_path_factory.mktemp("pebble-eab"),
         dns_server=fake_dns,
         http01_port=free_port(),
         eab_keys={EAB_KID: EAB_HMAC},
+        tls_dir=ca.pebble.tls_dir,
     )
     pebble.start()
     try:

@@ -123,6 +123,7 @@ class LocalPebble:
         eab_keys: dict[str, str] | None = None,
         extra_env: dict[str, str] | None = None,
         binary: str = "pebble",
+        tls_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self._dns_server = dns_server
@@ -133,7 +134,8 @@ class LocalPebble:
         self._extra_env = extra_env or {}
         self._binary = binary
         self._process: subprocess.Popen[bytes] | None = None
-        self.ca_bundle = workdir / "tls" / "ca.pem"
+        self.tls_dir = tls_dir or workdir / "tls"
+        self.ca_bundle = self.tls_dir / "ca.pem"
 
     @property
     def directory_url(self) -> str:
@@ -148,7 +150,9 @@ class LocalPebble:
         binary = shutil.which(self._binary)
         if binary is None:
             raise FileNotFoundError(f"{self._binary} not found (Debian package `pebble`)")
-        _, cert, key = write_tls_material(self.workdir / "tls")
+        cert, key = self.tls_dir / "cert.pem", self.tls_dir / "key.pem"
+        if not (self.ca_bundle.exists() and cert.exists() and key.exists()):
+            write_tls_material(self.tls_dir)
         config = {
             "pebble": {
                 "listenAddress": f"127.0.0.1:{self.listen_port}",

@@ -1,0 +1,142 @@
+"""The store on SQLite and PostgreSQL: migrations, leases between replicas, paging, revisions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from acmezone_common.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
+from acmezone_issuer.store import (
+    AccountRow,
+    CertificateRow,
+    Store,
+    async_url,
+    decode_page_token,
+    encode_page_token,
+    migrate,
+    utcnow,
+)
+
+
+@pytest.fixture
+async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+    url = async_url(database_url, tmp_path)
+    await asyncio.to_thread(migrate, url)
+    await asyncio.to_thread(migrate, url)  # idempotent
+    opened = Store.open(url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def account(account_id: str = "acct") -> AccountRow:
+    return AccountRow(
+        id=account_id,
+        directory_url="https://ca.example/dir",
+        contact_emails=["a@example.com"],
+        terms_agreed=True,
+        terms_url="",
+        eab_key_id="",
+        key_type="ecdsa-p256",
+        sealed_key=b"sealed",
+        account_url="https://ca.example/acct/1",
+        status="valid",
+        create_time=utcnow(),
+    )
+
+
+def certificate(certificate_id: str, account_id: str = "acct") -> CertificateRow:
+    now = utcnow()
+    return CertificateRow(
+        id=certificate_id,
+        dns_names=[f"{certificate_id}.example.test"],
+        account_id=account_id,
+        key_type="ecdsa-p256",
+        profile="",
+        challenge_type="dns-01",
+        state="pending",
+        stage="",
+        conditions=[],
+        delegations=[],
+        failed_attempts=0,
+        next_attempt_time=now - timedelta(seconds=1),
+        order_url="",
+        chain_pem="",
+        serial_number="",
+        renewal_source="",
+        renew_requested=False,
+        revision=1,
+        lease_owner="",
+        create_time=now,
+        update_time=now,
+    )
+
+
+async def test_only_one_replica_holds_a_lease(store: Store) -> None:
+    await store.insert_account(account())
+    await store.insert_certificate(certificate("c1"))
+    results = await asyncio.gather(
+        *(store.acquire_lease("c1", f"replica-{i}", timedelta(seconds=30)) for i in range(8))
+    )
+    winners = [row.lease_owner for row in results if row is not None]
+    assert len(winners) == 1
+    winner = winners[0]
+    assert await store.due_certificates(utcnow(), 10) == []
+    # A loser's writes are refused; the winner's go through and bump the revision.
+    loser = "replica-0" if winner != "replica-0" else "replica-1"
+    assert await store.update_certificate("c1", lease_owner=loser, state="issuing") is None
+    updated = await store.update_certificate("c1", lease_owner=winner, state="issuing")
+    assert updated is not None
+    assert (updated.state, updated.revision) == ("issuing", 2)
+    assert await store.renew_lease("c1", winner, timedelta(seconds=30))
+    assert not await store.renew_lease("c1", loser, timedelta(seconds=30))
+    await store.release_lease("c1", winner)
+    assert await store.due_certificates(utcnow(), 10) == ["c1"]
+    assert await store.acquire_lease("c1", loser, timedelta(seconds=30)) is not None
+
+
+async def test_expired_lease_can_be_taken_over(store: Store) -> None:
+    await store.insert_account(account())
+    await store.insert_certificate(certificate("c1"))
+    assert await store.acquire_lease("c1", "dead", timedelta(milliseconds=10)) is not None
+    await asyncio.sleep(0.05)
+    taken = await store.acquire_lease("c1", "alive", timedelta(seconds=30))
+    assert taken is not None
+    assert taken.lease_owner == "alive"
+
+
+async def test_paging_counts_and_constraints(store: Store) -> None:
+    await store.insert_account(account())
+    with pytest.raises(AlreadyExistsError):
+        await store.insert_account(account())
+    for index in range(5):
+        await store.insert_certificate(certificate(f"c{index}"))
+    with pytest.raises(AlreadyExistsError):
+        await store.insert_certificate(certificate("c0"))
+    rows, last = await store.list_certificates(0, 3)
+    assert [r.id for r in rows] == ["c0", "c1", "c2"]
+    rows, last = await store.list_certificates(last, 3)
+    assert ([r.id for r in rows], last) == (["c3", "c4"], 0)
+    assert await store.count_certificates_by_state() == {"pending": 5}
+    with pytest.raises(FailedPreconditionError):
+        await store.delete_account("acct")
+    await store.record_order("c0", "https://ca.example/order/1")
+    assert [o.order_url for o in await store.orders_of("c0")] == ["https://ca.example/order/1"]
+    await store.delete_certificate("c0")
+    assert await store.orders_of("c0") == []
+    row = await store.get_certificate("c1")
+    assert row.next_attempt_time is not None
+    assert row.next_attempt_time.tzinfo is not None
+
+
+def test_page_tokens() -> None:
+    assert decode_page_token(encode_page_token(42)) == 42
+    assert decode_page_token("") == 0
+    for bad in ("x", "bm9wZQ", encode_page_token(1)[:-2] + "!!"):
+        with pytest.raises(InvalidArgumentError):
+            decode_page_token(bad)

@@ -1,0 +1,103 @@
+"""Keys sealed at rest, name validation, renewal and retry arithmetic."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidTag
+
+from acmezone_common.errors import InvalidArgumentError
+from acmezone_issuer.keys import KEY_TYPES, KeySealer, build_csr, generate_key, key_to_pem
+from acmezone_issuer.names import base_domain, dns_name_problem, normalise_dns_names
+from acmezone_issuer.renewal import lifetime_renewal_time, retry_delay
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES[:3])
+def test_keys_are_sealed_and_bound_to_their_row(key_type: str) -> None:
+    sealer = KeySealer(b"k" * 32)
+    key = generate_key(key_type)
+    sealed = sealer.seal_key(key, "certificate/a")
+    assert key_to_pem(key) not in sealed
+    assert b"PRIVATE KEY" not in sealed
+    assert key_to_pem(sealer.open_key(sealed, "certificate/a")) == key_to_pem(key)
+    with pytest.raises(InvalidTag):
+        sealer.open_key(sealed, "certificate/b")
+    with pytest.raises(InvalidTag):
+        KeySealer(b"x" * 32).open_key(sealed, "certificate/a")
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(InvalidTag):
+        sealer.open_key(tampered, "certificate/a")
+
+
+def test_generated_encryption_key_is_private_and_stable(tmp_path: Path) -> None:
+    first = KeySealer.from_setting(None, tmp_path / "data")
+    path = tmp_path / "data" / "encryption.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    sealed = first.seal(b"secret", "x")
+    assert KeySealer.from_setting(None, tmp_path / "data").open(sealed, "x") == b"secret"
+    with pytest.raises(ValueError, match="32 bytes"):
+        KeySealer.from_setting("c2hvcnQ", tmp_path)
+
+
+def test_csr_carries_every_name() -> None:
+    csr = x509.load_pem_x509_csr(build_csr(generate_key("ecdsa-p256"), ["*.a.test", "a.test"]))
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["*.a.test", "a.test"]
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("example.com", True),
+        ("*.example.com", True),
+        ("xn--bcher-kva.example", True),
+        ("*.com", False),
+        ("a.*.example.com", False),
+        ("*a.example.com", False),
+        ("com", False),
+        ("192.0.2.1", False),
+        ("under_score.example.com", False),
+        ("a..example.com", False),
+        ("x" * 64 + ".com", False),
+        (".".join(["a" * 60] * 5), False),
+    ],
+)
+def test_dns_names(name: str, ok: bool) -> None:
+    assert (dns_name_problem(name) is None) is ok
+
+
+def test_names_are_folded_and_checked_together() -> None:
+    assert normalise_dns_names(["WWW.Example.COM.", "*.example.com"], "f") == [
+        "www.example.com",
+        "*.example.com",
+    ]
+    with pytest.raises(InvalidArgumentError) as caught:
+        normalise_dns_names(["ok.example.com", "bad_.example.com", "ok.example.com"], "f")
+    assert [v.field for v in caught.value.field_violations] == ["f[1]", "f[2]"]
+    with pytest.raises(InvalidArgumentError, match="at most"):
+        normalise_dns_names([f"n{i}.example.com" for i in range(101)], "f")
+    assert base_domain("*.example.com") == "example.com"
+
+
+def test_renewal_at_two_thirds_with_bounded_jitter() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    end = start + timedelta(days=90)
+    rng = random.Random(7)
+    times = [lifetime_renewal_time(start, end, 0.05, rng) for _ in range(200)]
+    assert min(times) >= start + timedelta(days=60) - timedelta(days=4.5)
+    assert max(times) <= start + timedelta(days=60) + timedelta(days=4.5)
+    assert len(set(times)) > 100
+    assert lifetime_renewal_time(start, end, 0.0, rng) == start + timedelta(days=60)
+
+
+def test_retry_backoff_doubles_and_caps() -> None:
+    rng = random.Random(1)
+    ceilings = [retry_delay(n, 60, 3600, rng).total_seconds() for n in range(1, 12)]
+    assert 30 <= ceilings[0] <= 60
+    assert 60 <= ceilings[1] <= 120
+    assert 120 <= ceilings[2] <= 240
+    assert all(1800 <= c <= 3600 for c in ceilings[7:])
