@@ -15,10 +15,14 @@ from functools import partial
 from prometheus_client import CollectorRegistry
 
 from acmezone.registry.v1 import (
+    dns_update_service_pb2,
+    dns_update_service_pb2_grpc,
     record_feed_service_pb2,
     record_feed_service_pb2_grpc,
     registration_service_pb2,
     registration_service_pb2_grpc,
+    tsig_key_service_pb2,
+    tsig_key_service_pb2_grpc,
     txt_record_service_pb2,
     txt_record_service_pb2_grpc,
 )
@@ -26,6 +30,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
 from acmezone_registry.access import ClientAddressResolver
+from acmezone_registry.dns_updates import DnsUpdates
 from acmezone_registry.errors import ERROR_DOMAIN
 from acmezone_registry.feed import RecordFeed
 from acmezone_registry.http_api import HttpApi
@@ -37,6 +42,8 @@ from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
+from acmezone_registry.tsig_keys import TsigKeys
+from acmezone_registry.update_servicer import DnsUpdateServicer, TsigKeyServicer
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +109,27 @@ class RegistryApp:
             partial(
                 record_feed_service_pb2_grpc.add_RecordFeedServiceServicer_to_server,
                 RecordFeedServicer(self.feed),
+            ),
+        )
+        self.tsig_keys = TsigKeys(self.repository, self.registrations.authorizer, settings.zone)
+        self.dns_updates = DnsUpdates(
+            self.repository,
+            self.metrics,
+            zone=settings.zone,
+            strict_txt_values=settings.strict_txt_values,
+        )
+        self.grpc.add_service(
+            tsig_key_service_pb2.DESCRIPTOR.services_by_name["TsigKeyService"],
+            partial(
+                tsig_key_service_pb2_grpc.add_TsigKeyServiceServicer_to_server,
+                TsigKeyServicer(self.tsig_keys, resolver),
+            ),
+        )
+        self.grpc.add_service(
+            dns_update_service_pb2.DESCRIPTOR.services_by_name["DnsUpdateService"],
+            partial(
+                dns_update_service_pb2_grpc.add_DnsUpdateServiceServicer_to_server,
+                DnsUpdateServicer(self.dns_updates),
             ),
         )
         self.http = HttpApi(

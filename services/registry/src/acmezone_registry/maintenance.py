@@ -1,4 +1,5 @@
-"""Periodic upkeep: remove expired TXT values, compact feed history, refresh gauges.
+"""Periodic upkeep: remove expired TXT values, compact feed history, forget expired TSIG
+MACs, refresh gauges.
 
 Every replica runs it; each step is idempotent and runs under the feed lock, so replicas doing
 the same work at once only cost a little duplicated effort.
@@ -44,6 +45,9 @@ class Maintenance:
             if expired:
                 self._metrics.txt_values_expired.inc(expired)
                 logger.info("expired TXT values removed", extra={"count": expired})
+        self._metrics.replay_guard_purged.inc(
+            await self._repository.purge_replay_guard(datetime.now(UTC))
+        )
         mark = await self._repository.compact(self._retention)
         self._metrics.feed_compacted_revision.set(mark)
         self._metrics.registrations.set(await self._repository.count_registrations())

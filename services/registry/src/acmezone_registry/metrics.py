@@ -19,6 +19,18 @@ AUTH_FAILURE_REASONS = (
     "source_address_not_allowed",
 )
 HTTP_ROUTES = ("/register", "/update", "/health", "other")
+DNS_UPDATE_RCODES = (
+    "NOERROR",
+    "FORMERR",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "YXDOMAIN",
+    "YXRRSET",
+    "NXRRSET",
+    "NOTAUTH",
+    "NOTZONE",
+)
 
 
 class RegistryMetrics:
@@ -85,6 +97,19 @@ class RegistryMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=registry,
         )
+        self.dns_updates = Counter(
+            "acmezone_registry_dns_updates_total",
+            "RFC 2136 UPDATE messages processed, by response code.",
+            ("rcode",),
+            registry=registry,
+        )
+        self.replay_guard_purged = Counter(
+            "acmezone_registry_tsig_replay_guard_purged_total",
+            "Remembered TSIG MACs forgotten after their signatures expired.",
+            registry=registry,
+        )
+        for rcode in DNS_UPDATE_RCODES:
+            self.dns_updates.labels(rcode)
         for operation in TXT_OPERATIONS:
             for result in TXT_RESULTS:
                 self.txt_updates.labels(operation, result)
