@@ -27,7 +27,16 @@ from acmezone_issuer.devpebble import LocalPebble, free_port
 from acmezone_issuer.settings import IssuerSettings
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.settings import RegistrySettings
-from tests.issuer.conftest import CA, ENCRYPTION_KEY, OPERATOR_TOKEN, Client
+from tests.issuer.conftest import (
+    CA,
+    ENCRYPTION_KEY,
+    OPERATOR_TOKEN,
+    Client,
+    FakeDns,
+    fake_dns,
+)
+
+__all__ = ["fake_dns"]
 
 CHALLENGE_ZONE = "acme.example.test"
 
@@ -192,3 +201,23 @@ async def running_system(
         if system is not None:
             await system.stop_dns()
         await registry.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+def split_view_ca(
+    tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns, e2e_ca: CA
+) -> Iterator[CA]:
+    """A second Pebble that resolves through pebble-challtestsrv instead of our dns service, so
+    a test can make the CA see a different TXT value than the one the issuer published (as a
+    stale or split-horizon DNS would). It shares the e2e Pebble's TLS material."""
+    pebble = LocalPebble(
+        tmp_path_factory.mktemp("split-pebble"),
+        dns_server=fake_dns.address,
+        http01_port=free_port(),
+        tls_dir=e2e_ca.pebble.tls_dir,
+    )
+    pebble.start()
+    try:
+        yield CA(pebble, 0)
+    finally:
+        pebble.stop()

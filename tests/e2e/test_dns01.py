@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
 from tests.e2e.conftest import Ports, running_system
-from tests.issuer.conftest import AUTH, CA
+from tests.issuer.conftest import AUTH, CA, FakeDns
 
 
 async def _txt(port: int, name: str) -> list[str]:
@@ -91,3 +91,55 @@ async def test_wildcard_and_apex_wait_for_cname_then_issue(
         )
         assert renewed.delegations[0].cname_target == target
         assert len(await system.issuer.store.orders_of("wild")) == 2
+
+
+async def test_wrong_txt_value_fails_with_the_cas_error(
+    tmp_path: Path,
+    e2e_ca: CA,
+    split_view_ca: CA,
+    fake_dns: FakeDns,
+    ports: Ports,
+    metrics_registry: CollectorRegistry,
+) -> None:
+    async with running_system(tmp_path, e2e_ca, ports, metrics_registry) as system:
+        client = system.client
+        # CheckDelegation creates the registration and names the CNAME before any certificate.
+        delegation = await client.certificates.CheckDelegation(
+            pb.CheckDelegationRequest(domain="*.bad.example.test"), metadata=AUTH
+        )
+        assert (delegation.domain, delegation.cname_name, delegation.ready) == (
+            "bad.example.test",
+            "_acme-challenge.bad.example.test",
+            False,
+        )
+        await system.add_cname("bad.example.test", delegation.cname_target)
+        again = await client.certificates.CheckDelegation(
+            pb.CheckDelegationRequest(domain="bad.example.test"), metadata=AUTH
+        )
+        assert again.ready
+        assert again.cname_target == delegation.cname_target
+
+        # The CA's resolver sees a wrong value; ours sees the right one.
+        fake_dns.set_txt("_acme-challenge.bad.example.test.", "W" * 43)
+        account = await client.create_account(directory_url=split_view_ca.directory_url)
+        cert = await client.create_certificate(
+            "bad", dns_names=["bad.example.test"], account=account.name
+        )
+        failed = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_FAILED)
+        failure = failed.last_failure
+        assert failure.reason == "VALIDATION_FAILED"
+        assert failure.acme_problem_type == "urn:ietf:params:acme:error:unauthorized"
+        assert "Correct value not found for DNS challenge" in failure.message
+        assert failure.stage == pb.STAGE_VALIDATING
+        assert failed.failed_attempts == 1
+        assert failed.order_url == ""
+        assert failed.next_attempt_time.ToDatetime() > failed.update_time.ToDatetime()
+        ready = {c.type: c for c in failed.conditions}["Ready"]
+        assert ready.status == pb.CONDITION_STATUS_FALSE
+        assert "Correct value not found" in ready.message
+        assert (
+            metrics_registry.get_sample_value(
+                "acmezone_issuer_issuance_failures_total", {"reason": "VALIDATION_FAILED"}
+            )
+            == 1
+        )

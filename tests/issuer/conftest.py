@@ -8,9 +8,11 @@ port every in-process issuer of the session binds in turn.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -90,24 +92,41 @@ def _popen(binary: str, port: int, management: int, output: Any) -> subprocess.P
     )
 
 
+@dataclass
+class FakeDns:
+    """pebble-challtestsrv: `address` answers DNS, `management` takes its HTTP commands."""
+
+    address: str
+    management: str
+
+    def set_txt(self, name: str, value: str) -> None:
+        """Answer `value` for TXT queries of `name` (a fully qualified name)."""
+        body = json.dumps({"host": name, "value": value}).encode()
+        request = urllib.request.Request(
+            f"http://{self.management}/set-txt", data=body, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            assert response.status == 200
+
+
 @pytest.fixture(scope="session")
-def fake_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """pebble-challtestsrv answering A 127.0.0.1 for every name: `127.0.0.1:<port>`."""
-    port = free_port()
-    process = _start_challtestsrv(port, free_port(), tmp_path_factory.mktemp("dns") / "log")
+def fake_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeDns]:
+    """pebble-challtestsrv answering A 127.0.0.1 for every name."""
+    port, management = free_port(), free_port()
+    process = _start_challtestsrv(port, management, tmp_path_factory.mktemp("dns") / "log")
     try:
-        yield f"127.0.0.1:{port}"
+        yield FakeDns(f"127.0.0.1:{port}", f"127.0.0.1:{management}")
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
-def ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: str) -> Iterator[CA]:
+def ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns) -> Iterator[CA]:
     """One Pebble for the session; HTTP-01 validations go to `http01_port` on 127.0.0.1."""
     http01_port = free_port()
     pebble = LocalPebble(
-        tmp_path_factory.mktemp("pebble"), dns_server=fake_dns, http01_port=http01_port
+        tmp_path_factory.mktemp("pebble"), dns_server=fake_dns.address, http01_port=http01_port
     )
     pebble.start()
     try:
@@ -117,12 +136,12 @@ def ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: str) -> Iterator[CA]:
 
 
 @pytest.fixture(scope="session")
-def eab_ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: str, ca: CA) -> Iterator[CA]:
+def eab_ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns, ca: CA) -> Iterator[CA]:
     """A Pebble that requires External Account Binding (kid-1 / its HMAC key); it shares the
     session CA's TLS material, so one `acme_ca_bundle` trusts both."""
     pebble = LocalPebble(
         tmp_path_factory.mktemp("pebble-eab"),
-        dns_server=fake_dns,
+        dns_server=fake_dns.address,
         http01_port=free_port(),
         eab_keys={EAB_KID: EAB_HMAC},
         tls_dir=ca.pebble.tls_dir,
