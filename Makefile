@@ -9,6 +9,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 BUF_VERSION := 1.75.0
 BUF := .tools/node/node_modules/.bin/buf
+# The last released contract: `buf breaking` compares the protos against it (see protos/README.md).
+PROTO_RELEASE := releases/v0.1.0.binpb
+NODE_CLIENT := tests/clients/node
 PROTO_FILES := $(shell find protos -name '*.proto')
 GEN := gen/python
 SERVICES := common registry dns issuer
@@ -68,7 +71,11 @@ $(BUF):
 run: install system-deps
 	$(PY) tools/run_local.py
 
-test: install system-deps
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json
+	cd $(NODE_CLIENT) && npm install --silent
+	touch $@
+
+test: install system-deps $(BUF) $(NODE_CLIENT)/node_modules/.installed
 	$(PY) -m pytest
 
 test-fast: install
@@ -78,7 +85,7 @@ lint: install $(BUF)
 	$(VENV)/bin/ruff format --check services tests bench tools
 	$(VENV)/bin/ruff check services tests bench tools
 	$(VENV)/bin/mypy $(foreach d,$(SERVICE_DIRS),$(dir $(d))src) tools
-	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) lint && ../$(BUF) breaking --against $(PROTO_RELEASE)
 
 fmt: install
 	$(VENV)/bin/ruff format services tests bench tools
