@@ -1,8 +1,584 @@
-"""The `acmezone` commands (filled in below)."""
+"""The `acmezone` commands: thin gRPC clients of the issuer, registry and dns services.
+
+Every command prints for people by default and, with `--json`, one JSON document (protobuf's
+canonical JSON mapping) for scripts. `cert request` and `cert watch` follow a certificate live,
+printing each stage as it is reached and, while the issuer waits for delegation, the table of
+CNAMEs to add.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run one command."""
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from acmezone.dns.v1 import zone_service_pb2, zone_service_pb2_grpc
+from acmezone.issuer.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    certificate_service_pb2,
+    certificate_service_pb2_grpc,
+)
+from acmezone.registry.v1 import registration_service_pb2, registration_service_pb2_grpc
+from acmezone_issuer.cli import output
+from acmezone_issuer.cli.settings import CliSettings
+
+pb = certificate_service_pb2
+apb = account_service_pb2
+
+_KEY_TYPES = {
+    "ecdsa-p256": apb.KEY_TYPE_ECDSA_P256,
+    "ecdsa-p384": apb.KEY_TYPE_ECDSA_P384,
+    "rsa-2048": apb.KEY_TYPE_RSA_2048,
+    "rsa-4096": apb.KEY_TYPE_RSA_4096,
+}
+_REASONS = {
+    "unspecified": pb.REVOCATION_REASON_NONE_GIVEN,
+    "key-compromise": pb.REVOCATION_REASON_KEY_COMPROMISE,
+    "affiliation-changed": pb.REVOCATION_REASON_AFFILIATION_CHANGED,
+    "superseded": pb.REVOCATION_REASON_SUPERSEDED,
+    "cessation-of-operation": pb.REVOCATION_REASON_CESSATION_OF_OPERATION,
+}
+_TERMINAL = (pb.STATE_ISSUED, pb.STATE_FAILED, pb.STATE_REVOKED)
+
+
+class Cli:
+    """Shared state of one invocation: addresses, credentials, output mode."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.json: bool = args.json
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        if target not in self._channels:
+            self._channels[target] = grpc.aio.insecure_channel(target)
+        return self._channels[target]
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+    @property
+    def issuer_metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self.args.token
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    @property
+    def registry_metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self.args.registry_token
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    def accounts(self) -> account_service_pb2_grpc.AccountServiceAsyncStub:
+        return account_service_pb2_grpc.AccountServiceStub(self.channel(self.args.issuer))
+
+    def certificates(self) -> certificate_service_pb2_grpc.CertificateServiceAsyncStub:
+        return certificate_service_pb2_grpc.CertificateServiceStub(self.channel(self.args.issuer))
+
+    def registrations(self) -> registration_service_pb2_grpc.RegistrationServiceAsyncStub:
+        return registration_service_pb2_grpc.RegistrationServiceStub(
+            self.channel(self.args.registry)
+        )
+
+    def emit(self, message: Message | list[Message] | dict[str, Any], text: str) -> None:
+        """Print `text` for people, or the message(s) as JSON."""
+        if self.json:
+            if isinstance(message, Message):
+                data: Any = json_format.MessageToDict(message)
+            elif isinstance(message, list):
+                data = [json_format.MessageToDict(m) for m in message]
+            else:
+                data = message
+            print(json.dumps(data, indent=2, sort_keys=True), file=self.out)
+        else:
+            print(text, file=self.out)
+
+
+def _cert_name(value: str) -> str:
+    return value if value.startswith("certificates/") else f"certificates/{value}"
+
+
+def _account_name(value: str) -> str:
+    return value if value.startswith("accounts/") else f"accounts/{value}"
+
+
+def _registration_name(value: str) -> str:
+    return value if value.startswith("registrations/") else f"registrations/{value}"
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+async def cmd_status(cli: Cli) -> int:
+    rows = []
+    healthy = True
+    for service, target in (
+        ("registry", cli.args.registry),
+        ("dns", cli.args.dns),
+        ("issuer", cli.args.issuer),
+    ):
+        try:
+            reply = await health_pb2_grpc.HealthStub(cli.channel(target)).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.aio.AioRpcError as exc:
+            status = exc.code().name
+        healthy = healthy and status == "SERVING"
+        rows.append({"service": service, "address": target, "status": status})
+    zones: list[dict[str, Any]] = []
+    try:
+        reply = await zone_service_pb2_grpc.ZoneServiceStub(cli.channel(cli.args.dns)).ListZones(
+            zone_service_pb2.ListZonesRequest(), timeout=2
+        )
+        zones = [json_format.MessageToDict(z) for z in reply.zones]
+    except grpc.aio.AioRpcError:
+        pass
+    text = output.table(["SERVICE", "ADDRESS", "STATUS"], [list(r.values()) for r in rows])
+    if zones:
+        text += "\n\n" + output.table(
+            ["ZONE", "SOURCE", "RECORDS", "FEED"],
+            [
+                [
+                    z.get("name", ""),
+                    z.get("source", "").removeprefix("ZONE_SOURCE_").lower(),
+                    z.get("recordCount", "0"),
+                    z.get("feedState", "").removeprefix("FEED_STATE_").lower(),
+                ]
+                for z in zones
+            ],
+        )
+    cli.emit({"services": rows, "zones": zones}, text)
+    return 0 if healthy else 1
+
+
+# -- accounts --------------------------------------------------------------------------------
+
+
+async def cmd_account_create(cli: Cli) -> int:
+    a = cli.args
+    account = apb.Account(
+        directory_url=a.directory or "",
+        contact_emails=a.email or [],
+        terms_of_service_agreed=a.agree_tos,
+        key_type=_KEY_TYPES[a.key_type],
+    )
+    if a.eab_kid:
+        account.external_account_binding.key_id = a.eab_kid
+        account.external_account_binding.hmac_key = a.eab_hmac or ""
+    created = await cli.accounts().CreateAccount(
+        apb.CreateAccountRequest(account=account, account_id=a.id or ""),
+        metadata=cli.issuer_metadata,
+    )
+    cli.emit(created, output.account(created))
     return 0
+
+
+async def cmd_account_list(cli: Cli) -> int:
+    accounts: list[apb.Account] = []
+    token = ""
+    while True:
+        page = await cli.accounts().ListAccounts(
+            apb.ListAccountsRequest(page_size=100, page_token=token), metadata=cli.issuer_metadata
+        )
+        accounts += page.accounts
+        token = page.next_page_token
+        if not token:
+            break
+    rows = [
+        [a.name, a.directory_url, ",".join(a.contact_emails), apb.KeyType.Name(a.key_type)[9:]]
+        for a in accounts
+    ]
+    cli.emit(list(accounts), output.table(["NAME", "DIRECTORY", "CONTACT", "KEY"], rows))
+    return 0
+
+
+async def cmd_account_show(cli: Cli) -> int:
+    account = await cli.accounts().GetAccount(
+        apb.GetAccountRequest(name=_account_name(cli.args.name)), metadata=cli.issuer_metadata
+    )
+    cli.emit(account, output.account(account))
+    return 0
+
+
+async def cmd_account_delete(cli: Cli) -> int:
+    name = _account_name(cli.args.name)
+    await cli.accounts().DeleteAccount(
+        apb.DeleteAccountRequest(name=name), metadata=cli.issuer_metadata
+    )
+    cli.emit({"deleted": name}, f"deleted {name}")
+    return 0
+
+
+# -- certificates ----------------------------------------------------------------------------
+
+
+async def cmd_cert_request(cli: Cli) -> int:
+    a = cli.args
+    certificate = pb.Certificate(
+        dns_names=a.names,
+        account=_account_name(a.account),
+        key_type=_KEY_TYPES[a.key_type],
+        profile=a.profile or "",
+        challenge_type=pb.CHALLENGE_TYPE_HTTP_01 if a.http01 else pb.CHALLENGE_TYPE_DNS_01,
+    )
+    created = await cli.certificates().CreateCertificate(
+        pb.CreateCertificateRequest(certificate=certificate, certificate_id=a.id or ""),
+        metadata=cli.issuer_metadata,
+    )
+    if a.no_follow:
+        cli.emit(created, output.certificate(created))
+        return 0
+    if not cli.json:
+        print(f"requested {created.name} for {', '.join(created.dns_names)}", file=cli.out)
+    return await follow(cli, created.name, a.timeout)
+
+
+async def follow(cli: Cli, name: str, seconds: float, *, until_change: int = 0) -> int:
+    """Print each change of a certificate until it settles; exit 0 when issued."""
+    last_line = ""
+    last_cnames: list[tuple[str, str, bool]] = []
+    final: pb.Certificate | None = None
+
+    async def run() -> None:
+        nonlocal last_line, last_cnames, final
+        stream = cli.certificates().WatchCertificate(
+            pb.WatchCertificateRequest(name=name), metadata=cli.issuer_metadata
+        )
+        async for message in stream:
+            cert = message.certificate
+            final = cert
+            if not cli.json:
+                line = output.progress_line(cert)
+                if line != last_line:
+                    print(line, file=cli.out, flush=True)
+                    last_line = line
+                cnames = [(d.cname_name, d.cname_target, d.ready) for d in cert.delegations]
+                if cert.state == pb.STATE_WAITING_FOR_DELEGATION and cnames != last_cnames:
+                    print(output.cname_table(cert), file=cli.out, flush=True)
+                last_cnames = cnames
+            if cert.state in _TERMINAL and cert.revision > until_change and not cert.stage:
+                stream.cancel()
+                return
+
+    try:
+        await asyncio.wait_for(run(), seconds)
+    except TimeoutError:
+        if not cli.json:
+            print(
+                f"still not settled after {seconds:.0f}s; follow with `acmezone cert watch`",
+                file=cli.out,
+            )
+    if final is None:
+        return 1
+    if cli.json:
+        cli.emit(final, "")
+    elif final.state == pb.STATE_ISSUED:
+        print(output.certificate(final), file=cli.out)
+    elif final.state == pb.STATE_FAILED:
+        print(f"failed: {final.last_failure.message}", file=cli.out)
+    return 0 if final.state == pb.STATE_ISSUED else 1
+
+
+async def cmd_cert_watch(cli: Cli) -> int:
+    return await follow(cli, _cert_name(cli.args.name), cli.args.timeout)
+
+
+async def cmd_cert_list(cli: Cli) -> int:
+    certs: list[pb.Certificate] = []
+    token = ""
+    while True:
+        page = await cli.certificates().ListCertificates(
+            pb.ListCertificatesRequest(page_size=100, page_token=token),
+            metadata=cli.issuer_metadata,
+        )
+        certs += page.certificates
+        token = page.next_page_token
+        if not token:
+            break
+    rows = [
+        [
+            c.name,
+            output.state(c),
+            ",".join(c.dns_names),
+            output.when(c.not_after_time) if c.HasField("not_after_time") else "-",
+            output.when(c.renewal_time) if c.HasField("renewal_time") else "-",
+        ]
+        for c in certs
+    ]
+    cli.emit(list(certs), output.table(["NAME", "STATE", "NAMES", "EXPIRES", "RENEWS"], rows))
+    return 0
+
+
+async def cmd_cert_show(cli: Cli) -> int:
+    cert = await cli.certificates().GetCertificate(
+        pb.GetCertificateRequest(name=_cert_name(cli.args.name)), metadata=cli.issuer_metadata
+    )
+    cli.emit(cert, output.certificate(cert))
+    return 0
+
+
+async def cmd_cert_renew(cli: Cli) -> int:
+    name = _cert_name(cli.args.name)
+    cert = await cli.certificates().RenewCertificate(
+        pb.RenewCertificateRequest(name=name), metadata=cli.issuer_metadata
+    )
+    if not cli.args.follow:
+        cli.emit(cert, f"renewal of {name} requested")
+        return 0
+    return await follow(cli, name, cli.args.timeout, until_change=cert.revision)
+
+
+async def cmd_cert_revoke(cli: Cli) -> int:
+    cert = await cli.certificates().RevokeCertificate(
+        pb.RevokeCertificateRequest(
+            name=_cert_name(cli.args.name), reason=_REASONS[cli.args.reason]
+        ),
+        metadata=cli.issuer_metadata,
+    )
+    cli.emit(cert, output.certificate(cert))
+    return 0
+
+
+async def cmd_cert_delete(cli: Cli) -> int:
+    name = _cert_name(cli.args.name)
+    await cli.certificates().DeleteCertificate(
+        pb.DeleteCertificateRequest(name=name), metadata=cli.issuer_metadata
+    )
+    cli.emit({"deleted": name}, f"deleted {name}")
+    return 0
+
+
+async def cmd_cert_export(cli: Cli) -> int:
+    bundle = await cli.certificates().ExportCertificate(
+        pb.ExportCertificateRequest(name=_cert_name(cli.args.name)), metadata=cli.issuer_metadata
+    )
+    out_dir: Path | None = cli.args.out_dir
+    if out_dir is None:
+        cli.emit(bundle, bundle.certificate_chain_pem + bundle.private_key_pem)
+        return 0
+    chain, key = await asyncio.to_thread(write_bundle, out_dir, bundle)
+    cli.emit({"chain": str(chain), "key": str(key)}, f"wrote {chain} and {key} (mode 0600)")
+    return 0
+
+
+def write_bundle(out_dir: Path, bundle: pb.CertificateBundle) -> tuple[Path, Path]:
+    """Write fullchain.pem and privkey.pem (0600) into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chain = out_dir / "fullchain.pem"
+    key = out_dir / "privkey.pem"
+    chain.write_text(bundle.certificate_chain_pem)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(bundle.private_key_pem)
+    return chain, key
+
+
+async def cmd_delegation_check(cli: Cli) -> int:
+    delegation = await cli.certificates().CheckDelegation(
+        pb.CheckDelegationRequest(domain=cli.args.domain), metadata=cli.issuer_metadata
+    )
+    cli.emit(delegation, output.delegation(delegation))
+    return 0 if delegation.ready else 2
+
+
+# -- registrations ---------------------------------------------------------------------------
+
+
+async def cmd_registration_create(cli: Cli) -> int:
+    a = cli.args
+    created = await cli.registrations().CreateRegistration(
+        registration_service_pb2.CreateRegistrationRequest(
+            registration=registration_service_pb2.Registration(
+                allowed_cidrs=a.allow or [], description=a.description or ""
+            ),
+            registration_id=a.id or "",
+        ),
+        metadata=cli.registry_metadata,
+    )
+    cli.emit(created, output.registration(created, with_password=True))
+    return 0
+
+
+async def cmd_registration_list(cli: Cli) -> int:
+    found: list[registration_service_pb2.Registration] = []
+    token = ""
+    while True:
+        page = await cli.registrations().ListRegistrations(
+            registration_service_pb2.ListRegistrationsRequest(page_size=100, page_token=token),
+            metadata=cli.registry_metadata,
+        )
+        found += page.registrations
+        token = page.next_page_token
+        if not token:
+            break
+    rows = [
+        [r.name, r.fulldomain, ",".join(r.allowed_cidrs) or "any", r.description] for r in found
+    ]
+    cli.emit(list(found), output.table(["NAME", "FULLDOMAIN", "ALLOWED", "DESCRIPTION"], rows))
+    return 0
+
+
+async def cmd_registration_show(cli: Cli) -> int:
+    found = await cli.registrations().GetRegistration(
+        registration_service_pb2.GetRegistrationRequest(name=_registration_name(cli.args.name)),
+        metadata=cli.registry_metadata,
+    )
+    cli.emit(found, output.registration(found, with_password=False))
+    return 0
+
+
+async def cmd_registration_delete(cli: Cli) -> int:
+    name = _registration_name(cli.args.name)
+    await cli.registrations().DeleteRegistration(
+        registration_service_pb2.DeleteRegistrationRequest(name=name),
+        metadata=cli.registry_metadata,
+    )
+    cli.emit({"deleted": name}, f"deleted {name}")
+    return 0
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
+    """The argument parser, with defaults from `ACMEZONE_CLI_*`."""
+    parser = argparse.ArgumentParser(
+        prog="acmezone", description="Operate acmezone: certificates, accounts, delegations."
+    )
+    parser.add_argument("--issuer", default=settings.issuer, help="issuer gRPC address")
+    parser.add_argument("--registry", default=settings.registry, help="registry gRPC address")
+    parser.add_argument("--dns", default=settings.dns, help="dns gRPC address")
+    parser.add_argument(
+        "--token", default=settings.token_value(), help="issuer operator token (or env)"
+    )
+    parser.add_argument(
+        "--registry-token", default=settings.registry_token_value(), help="registry token"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("status", help="health of the three services").set_defaults(run=cmd_status)
+
+    account = sub.add_parser("account", help="ACME accounts").add_subparsers(
+        dest="sub", required=True
+    )
+    create = account.add_parser("create", help="register an ACME account")
+    create.add_argument("--id", help="account id (default: random)")
+    create.add_argument("--directory", help="ACME directory URL (default: the issuer's)")
+    create.add_argument("--email", action="append", help="contact e-mail (repeatable)")
+    create.add_argument("--agree-tos", action="store_true", help="agree to the CA's terms")
+    create.add_argument("--key-type", choices=sorted(_KEY_TYPES), default="ecdsa-p256")
+    create.add_argument("--eab-kid", help="External Account Binding key id")
+    create.add_argument("--eab-hmac", help="External Account Binding HMAC key (base64url)")
+    create.set_defaults(run=cmd_account_create)
+    account.add_parser("list", help="list accounts").set_defaults(run=cmd_account_list)
+    show = account.add_parser("show", help="show one account")
+    show.add_argument("name")
+    show.set_defaults(run=cmd_account_show)
+    delete = account.add_parser("delete", help="delete an account (not used by certificates)")
+    delete.add_argument("name")
+    delete.set_defaults(run=cmd_account_delete)
+
+    cert = sub.add_parser("cert", help="certificates").add_subparsers(dest="sub", required=True)
+    request = cert.add_parser("request", help="request a certificate and follow it live")
+    request.add_argument("names", nargs="+", help="DNS names, e.g. '*.example.test' example.test")
+    request.add_argument("--account", required=True, help="account id or name")
+    request.add_argument("--id", help="certificate id (default: random)")
+    request.add_argument("--http01", action="store_true", help="HTTP-01 instead of DNS-01")
+    request.add_argument("--key-type", choices=sorted(_KEY_TYPES), default="ecdsa-p256")
+    request.add_argument("--profile", help="ACME profile the CA offers")
+    request.add_argument("--no-follow", action="store_true", help="return at once")
+    request.add_argument("--timeout", type=float, default=600.0, help="seconds to follow")
+    request.set_defaults(run=cmd_cert_request)
+    cert.add_parser("list", help="list certificates").set_defaults(run=cmd_cert_list)
+    for verb, func, helptext in (
+        ("show", cmd_cert_show, "show one certificate"),
+        ("delete", cmd_cert_delete, "delete a certificate (does not revoke)"),
+    ):
+        command = cert.add_parser(verb, help=helptext)
+        command.add_argument("name")
+        command.set_defaults(run=func)
+    watch = cert.add_parser("watch", help="follow a certificate until it settles")
+    watch.add_argument("name")
+    watch.add_argument("--timeout", type=float, default=600.0)
+    watch.set_defaults(run=cmd_cert_watch)
+    renew = cert.add_parser("renew", help="renew now")
+    renew.add_argument("name")
+    renew.add_argument("--follow", action="store_true", help="follow until issued")
+    renew.add_argument("--timeout", type=float, default=600.0)
+    renew.set_defaults(run=cmd_cert_renew)
+    revoke = cert.add_parser("revoke", help="revoke at the CA and stop renewing")
+    revoke.add_argument("name")
+    revoke.add_argument("--reason", choices=sorted(_REASONS), default="unspecified")
+    revoke.set_defaults(run=cmd_cert_revoke)
+    export = cert.add_parser("export", help="chain and private key (needs the token)")
+    export.add_argument("name")
+    export.add_argument("--out-dir", type=Path, help="write fullchain.pem and privkey.pem here")
+    export.set_defaults(run=cmd_cert_export)
+
+    delegation = sub.add_parser("delegation", help="_acme-challenge CNAMEs").add_subparsers(
+        dest="sub", required=True
+    )
+    check = delegation.add_parser("check", help="the CNAME a domain needs, and whether it is set")
+    check.add_argument("domain")
+    check.set_defaults(run=cmd_delegation_check)
+
+    registration = sub.add_parser("registration", help="registry registrations").add_subparsers(
+        dest="sub", required=True
+    )
+    rcreate = registration.add_parser("create", help="create a registration")
+    rcreate.add_argument("--id", help="subdomain label (default: random UUID)")
+    rcreate.add_argument("--allow", action="append", help="allowed source CIDR (repeatable)")
+    rcreate.add_argument("--description")
+    rcreate.set_defaults(run=cmd_registration_create)
+    registration.add_parser("list", help="list registrations").set_defaults(
+        run=cmd_registration_list
+    )
+    for verb, func in (("show", cmd_registration_show), ("delete", cmd_registration_delete)):
+        command = registration.add_parser(verb)
+        command.add_argument("name")
+        command.set_defaults(run=func)
+    return parser
+
+
+async def run(argv: Sequence[str] | None, out: TextIO) -> int:
+    """Parse and run one command; gRPC errors become a message and exit status 1."""
+    args = build_parser(CliSettings()).parse_args(argv)
+    cli = Cli(args, out)
+    try:
+        result: int = await args.run(cli)
+        return result
+    except grpc.aio.AioRpcError as exc:
+        message = f"error: {exc.code().name}: {exc.details()}"
+        violations = output.field_violations(exc)
+        if violations:
+            message += "\n" + "\n".join(f"  {f}: {d}" for f, d in violations)
+        if cli.json:
+            print(
+                json.dumps(
+                    {"error": exc.code().name, "message": exc.details(), "fields": dict(violations)}
+                ),
+                file=out,
+            )
+        else:
+            print(message, file=sys.stderr)
+        return 1
+    finally:
+        await cli.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `acmezone` entry point."""
+    return asyncio.run(run(argv, sys.stdout))

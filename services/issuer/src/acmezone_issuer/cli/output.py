@@ -1,0 +1,144 @@
+"""Rendering for people: tables, one-line progress, certificate and delegation summaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+
+from acmezone.issuer.v1 import account_service_pb2, certificate_service_pb2
+from acmezone.registry.v1 import registration_service_pb2
+
+pb = certificate_service_pb2
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain aligned table."""
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines) if rows else "\n".join(lines) + "\n(none)"
+
+
+def when(stamp: timestamp_pb2.Timestamp) -> str:
+    """A timestamp as `2026-01-02 03:04:05Z`."""
+    return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def state(cert: pb.Certificate) -> str:
+    """`issued`, `waiting_for_delegation`, ..."""
+    return pb.State.Name(cert.state).removeprefix("STATE_").lower()
+
+
+def stage(cert: pb.Certificate) -> str:
+    """`validating`, ... or empty."""
+    if cert.stage == pb.STAGE_UNSPECIFIED:
+        return ""
+    return pb.Stage.Name(cert.stage).removeprefix("STAGE_").lower().replace("_", " ")
+
+
+def progress_line(cert: pb.Certificate) -> str:
+    """One line saying where the certificate is."""
+    text = f"[{state(cert)}]"
+    if cert.stage:
+        text += f" {stage(cert)}"
+    if cert.state == pb.STATE_WAITING_FOR_DELEGATION:
+        missing = sum(1 for d in cert.delegations if not d.ready)
+        text += f" {missing} CNAME(s) missing; checking again at {when(cert.next_attempt_time)}"
+    if cert.state == pb.STATE_FAILED:
+        text += (
+            f" attempt {cert.failed_attempts} failed ({cert.last_failure.reason}); "
+            f"retry at {when(cert.next_attempt_time)}"
+        )
+    return text
+
+
+def cname_table(cert: pb.Certificate) -> str:
+    """The CNAMEs to add, as Kalm's UI shows them."""
+    rows = [
+        [d.cname_name + ".", "CNAME", d.cname_target + ".", "ok" if d.ready else d.detail]
+        for d in cert.delegations
+    ]
+    return "Add these records at your DNS provider:\n" + table(
+        ["NAME", "TYPE", "VALUE", "NOW"], rows
+    )
+
+
+def certificate(cert: pb.Certificate) -> str:
+    """A multi-line summary of a certificate."""
+    lines = [
+        f"name:        {cert.name}",
+        f"dns names:   {', '.join(cert.dns_names)}",
+        f"account:     {cert.account}",
+        f"state:       {state(cert)}" + (f" ({stage(cert)})" if cert.stage else ""),
+    ]
+    if cert.serial_number:
+        lines.append(f"serial:      {cert.serial_number}")
+    if cert.HasField("not_after_time"):
+        lines.append(f"valid:       {when(cert.not_before_time)} .. {when(cert.not_after_time)}")
+    if cert.HasField("renewal_time") and cert.state != pb.STATE_REVOKED:
+        lines.append(f"renews:      {when(cert.renewal_time)} ({cert.renewal_time_source})")
+    if cert.HasField("next_attempt_time"):
+        lines.append(f"next action: {when(cert.next_attempt_time)}")
+    if cert.HasField("last_failure"):
+        failure = cert.last_failure
+        lines.append(f"last error:  {failure.reason} after {cert.failed_attempts} attempt(s)")
+        lines.append(f"             {failure.message}")
+    for condition in cert.conditions:
+        status = pb.ConditionStatus.Name(condition.status).removeprefix("CONDITION_STATUS_")
+        lines.append(
+            f"condition:   {condition.type}={status.title()} {condition.reason}: "
+            f"{condition.message}"
+        )
+    if cert.delegations:
+        lines.append(cname_table(cert))
+    return "\n".join(lines)
+
+
+def delegation(item: pb.Delegation) -> str:
+    """A delegation check result."""
+    status = "in place" if item.ready else f"missing ({item.detail})"
+    return f"{item.cname_name}. CNAME {item.cname_target}.\nstatus: {status}"
+
+
+def account(item: account_service_pb2.Account) -> str:
+    """An account summary."""
+    return "\n".join(
+        [
+            f"name:      {item.name}",
+            f"directory: {item.directory_url}",
+            f"url:       {item.account_url}",
+            f"contact:   {', '.join(item.contact_emails) or '-'}",
+            f"key:       {account_service_pb2.KeyType.Name(item.key_type)[9:].lower()}",
+        ]
+    )
+
+
+def registration(item: registration_service_pb2.Registration, *, with_password: bool) -> str:
+    """A registration summary; the password only right after creation."""
+    lines = [
+        f"name:       {item.name}",
+        f"fulldomain: {item.fulldomain}",
+        f"username:   {item.username}",
+    ]
+    if with_password:
+        lines.append(f"password:   {item.password}  (shown once)")
+    return "\n".join(lines)
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """(field, description) pairs of a BadRequest detail."""
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    result: list[tuple[str, str]] = []
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            result += [(v.field, v.description) for v in bad.field_violations]
+    return result

@@ -1,0 +1,26 @@
+"""The CLI's defaults, from `ACMEZONE_CLI_*` environment variables (flags override them)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CliSettings(BaseSettings):
+    """Where the services are and the tokens to present."""
+
+    model_config = SettingsConfigDict(env_prefix="ACMEZONE_CLI_", extra="ignore")
+
+    issuer: str = Field(default="127.0.0.1:50053", description="issuer gRPC address")
+    registry: str = Field(default="127.0.0.1:50051", description="registry gRPC address")
+    dns: str = Field(default="127.0.0.1:50052", description="dns gRPC address")
+    token: SecretStr | None = Field(default=None, description="issuer operator token")
+    registry_token: SecretStr | None = Field(default=None, description="registry token")
+
+    def token_value(self) -> str | None:
+        """The issuer token as text."""
+        return self.token.get_secret_value() if self.token else None
+
+    def registry_token_value(self) -> str | None:
+        """The registry token as text."""
+        return self.registry_token.get_secret_value() if self.registry_token else None
