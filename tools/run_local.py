@@ -76,6 +76,13 @@ def components() -> list[Component]:
             summary="registry  gRPC 127.0.0.1:50051  acme-dns HTTP 127.0.0.1:8053  "
             "metrics 127.0.0.1:9101",
         ),
+        Component(
+            name="dns",
+            argv=[str(BIN / "acmezone-dns")],
+            ready=grpc_serving("127.0.0.1:50052"),
+            summary="dns       DNS 127.0.0.1:5353 (UDP+TCP)  gRPC 127.0.0.1:50052  "
+            "metrics 127.0.0.1:9102",
+        ),
     ]
 
 
