@@ -7,16 +7,13 @@ do what is decided by `authorization.Authorizer`, the same for every use case.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from acmezone_common.errors import InvalidArgumentError
-from acmezone_registry import credentials, errors, validation
+from acmezone_registry import credentials, validation
 from acmezone_registry.access import Caller
 from acmezone_registry.authorization import Authorizer
 from acmezone_registry.metrics import RegistryMetrics
@@ -27,6 +24,7 @@ from acmezone_registry.model import (
     RegistrationPage,
     TxtRecord,
 )
+from acmezone_registry.paging import decode_page_token, encode_page_token
 from acmezone_registry.storage.repository import NewRegistration, Repository
 
 logger = logging.getLogger(__name__)
@@ -118,11 +116,11 @@ class Registrations:
         """A page of registrations, oldest first."""
         self.authorizer.require_operator(caller)
         size = validation.page_size(page_size)
-        after = _decode_page_token(page_token)
+        after = decode_page_token(page_token, method="ListRegistrations")
         rows = await self._repository.list_registrations(after=after, limit=size + 1)
         more = len(rows) > size
         rows = rows[:size]
-        token = _encode_page_token(rows[-1]) if more and rows else ""
+        token = encode_page_token(rows[-1].create_time, rows[-1].subdomain) if more and rows else ""
         return RegistrationPage(tuple(rows), token)
 
     async def update(
@@ -212,22 +210,3 @@ class Registrations:
         record = await self._repository.remove_txt_values(stored.registration.subdomain, None)
         self._metrics.txt_updates.labels("clear", "ok").inc()
         return record
-
-
-def _encode_page_token(last: Registration) -> str:
-    payload = json.dumps({"t": last.create_time.isoformat(), "s": last.subdomain})
-    return base64.urlsafe_b64encode(payload.encode()).decode()
-
-
-def _decode_page_token(token: str) -> tuple[datetime, str] | None:
-    if not token:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(payload["t"]), str(payload["s"])
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgumentError(
-            errors.INVALID_PAGE_TOKEN,
-            "page_token is not a token returned by ListRegistrations",
-            field="page_token",
-        ) from None

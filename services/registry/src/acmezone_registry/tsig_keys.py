@@ -7,18 +7,16 @@ deleting the registration); a registration has at most `MAX_KEYS_PER_REGISTRATIO
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
 
 from acmezone_common.errors import InvalidArgumentError
 from acmezone_registry import errors, validation
 from acmezone_registry.access import Caller
 from acmezone_registry.authorization import Authorizer
 from acmezone_registry.model import ALIAS_OWNER, TsigKeyInfo, TsigKeyWithSecret
+from acmezone_registry.paging import decode_page_token, encode_page_token
 from acmezone_registry.storage.repository import Repository
 
 logger = logging.getLogger(__name__)
@@ -100,13 +98,13 @@ class TsigKeys:
         """A page of a registration's keys, oldest first."""
         stored = await self._authorizer.self_or_operator(caller, subdomain)
         size = validation.page_size(page_size)
-        after = _decode_page_token(page_token)
+        after = decode_page_token(page_token, method="ListTsigKeys")
         keys = await self._repository.list_tsig_keys(
             stored.registration.subdomain, after=after, limit=size + 1
         )
         more = len(keys) > size
         keys = keys[:size]
-        token = _encode_page_token(keys[-1]) if more and keys else ""
+        token = encode_page_token(keys[-1].create_time, keys[-1].key_id) if more and keys else ""
         return TsigKeyPage(tuple(keys), token)
 
     async def delete(self, caller: Caller, subdomain: str, key_id: str) -> None:
@@ -114,22 +112,3 @@ class TsigKeys:
         stored = await self._authorizer.self_or_operator(caller, subdomain)
         await self._repository.delete_tsig_key(stored.registration.subdomain, key_id)
         logger.info("TSIG key deleted", extra={"subdomain": subdomain, "tsig_key_id": key_id})
-
-
-def _encode_page_token(last: TsigKeyInfo) -> str:
-    payload = json.dumps({"t": last.create_time.isoformat(), "k": last.key_id})
-    return base64.urlsafe_b64encode(payload.encode()).decode()
-
-
-def _decode_page_token(token: str) -> tuple[datetime, str] | None:
-    if not token:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(payload["t"]), str(payload["k"])
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgumentError(
-            errors.INVALID_PAGE_TOKEN,
-            "page_token is not a token returned by ListTsigKeys",
-            field="page_token",
-        ) from None
