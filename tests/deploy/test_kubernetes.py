@@ -1,0 +1,395 @@
+"""deploy/k8s: every overlay renders with kustomize, every object validates against the Kubernetes
+OpenAPI schemas (offline, the schemas kubernetes-validate ships), and the manifests keep the
+promises of issue 6: non-root, read-only root filesystem, no capabilities, native gRPC probes,
+requests and limits, disruption budgets, network policies that let exactly the needed flows
+through, settings the services accept, and Secrets they can find.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+from pydantic_settings import BaseSettings
+
+from acmezone_dns.settings import DnsSettings
+from acmezone_issuer.settings import IssuerSettings
+from acmezone_registry.settings import RegistrySettings
+from tests.deploy.conftest import K8S, objects, one, render, rendered
+
+# The oldest Kubernetes the manifests are meant for (mixed-protocol LoadBalancer Services are GA
+# since 1.26; 1.29 is the oldest minor still maintained by major clouds), and the newest the
+# installed kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
+CRD_SCHEMAS = {
+    "PodMonitor": Path(__file__).parent / "schemas" / "podmonitor.json",
+    "PrometheusRule": Path(__file__).parent / "schemas" / "prometheusrule.json",
+}
+SERVICES = {
+    "acmezone-registry": ("registry", RegistrySettings, "ACMEZONE_REGISTRY_", 50051),
+    "acmezone-dns": ("dns", DnsSettings, "ACMEZONE_DNS_", 50052),
+    "acmezone-issuer": ("issuer", IssuerSettings, "ACMEZONE_ISSUER_", 50053),
+}
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+
+
+def workloads(overlay: str) -> list[dict[str, Any]]:
+    return [obj for kind in WORKLOAD_KINDS for obj in objects(overlay, kind)]
+
+
+def containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = workload["spec"]["template"]["spec"]
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+def labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes LabelSelector against a label set."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+# -- rendering and schemas --------------------------------------------------------------------
+
+
+def test_base_renders_on_its_own() -> None:
+    kinds = {obj["kind"] for obj in rendered("base")}
+    assert {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_validates_against_the_schemas(overlay: str, version: str) -> None:
+    validated = 0
+    for obj in rendered(overlay):
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] in CRD_SCHEMAS:
+            schema = json.loads(CRD_SCHEMAS[obj["kind"]].read_text())
+            try:
+                jsonschema.validate(obj, schema)
+            except jsonschema.ValidationError as exc:
+                pytest.fail(f"{overlay} {name}: {exc.message} at {list(exc.absolute_path)}")
+        else:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{overlay} {name} (k8s {version}): {exc.message} at {exc.path}")
+        validated += 1
+    assert validated >= 20
+
+
+def test_a_typo_in_a_manifest_fails_validation(tmp_path: Path) -> None:
+    """The strict schemas reject unknown fields: the validation above has teeth."""
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - bad.yaml\n")
+    (tmp_path / "bad.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n"
+        "spec:\n  ports:\n    - port: 53\n      protocl: UDP\n"
+    )
+    [service] = render(tmp_path)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(service, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_production_includes_prometheus_operator_objects_and_dev_does_not() -> None:
+    assert objects("production", "PodMonitor")
+    assert objects("production", "PrometheusRule")
+    assert not objects("dev", "PodMonitor")
+
+
+def test_overlays_use_their_own_namespace(overlay: str) -> None:
+    expected = {"dev": "acmezone-dev", "production": "acmezone"}[overlay]
+    for obj in rendered(overlay):
+        if obj["kind"] == "Namespace":
+            assert obj["metadata"]["name"] == expected
+            labels = obj["metadata"]["labels"]
+            assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        else:
+            assert obj["metadata"]["namespace"] == expected, obj["metadata"]["name"]
+
+
+# -- pods: security, probes, resources ---------------------------------------------------------
+
+
+def test_every_pod_runs_as_non_root_with_a_read_only_root_and_no_capabilities(
+    overlay: str,
+) -> None:
+    for workload in workloads(overlay):
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] > 0
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod.get("automountServiceAccountToken") is False
+        for container in containers(workload):
+            context = container["securityContext"]
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+            assert "add" not in context["capabilities"], where
+
+
+def test_every_container_has_requests_and_limits(overlay: str) -> None:
+    for workload in workloads(overlay):
+        for container in containers(workload):
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[kind]), container["name"]
+
+
+def test_services_have_native_grpc_probes_on_their_grpc_port(overlay: str) -> None:
+    for name, (_, _, _, port) in SERVICES.items():
+        deployment = one(overlay, "Deployment", name)
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == port, (name, probe)
+        grpc_port = next(p for p in container["ports"] if p["name"] == "grpc")
+        assert grpc_port["containerPort"] == port
+
+
+def test_scrape_annotations_point_at_the_metrics_port(overlay: str) -> None:
+    for name in SERVICES:
+        template = one(overlay, "Deployment", name)["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        [container] = template["spec"]["containers"]
+        metrics = next(p for p in container["ports"] if p["name"] == "metrics")
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(metrics["containerPort"])
+        assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_every_workload_has_a_disruption_budget(overlay: str) -> None:
+    budgets = objects(overlay, "PodDisruptionBudget")
+    for workload in workloads(overlay):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        matching = [b for b in budgets if labels_match(b["spec"]["selector"], labels)]
+        assert len(matching) == 1, workload["metadata"]["name"]
+
+
+def test_service_selectors_and_target_ports_resolve(overlay: str) -> None:
+    pods = [w["spec"]["template"] for w in workloads(overlay)]
+    for service in objects(overlay, "Service"):
+        # Service selectors are plain maps: matchLabels.
+        selected = [
+            p
+            for p in pods
+            if labels_match({"matchLabels": service["spec"]["selector"]}, p["metadata"]["labels"])
+        ]
+        assert selected, f"Service {service['metadata']['name']} selects no pod"
+        for port in service["spec"]["ports"]:
+            for pod in selected:
+                names = {
+                    (p["name"], p.get("protocol", "TCP"))
+                    for c in pod["spec"]["containers"]
+                    for p in c["ports"]
+                }
+                assert (port["targetPort"], port.get("protocol", "TCP")) in names, (
+                    service["metadata"]["name"],
+                    port,
+                )
+
+
+# -- per service ---------------------------------------------------------------------------------
+
+
+def test_registry_runs_replicated_with_migrations_first(overlay: str) -> None:
+    deployment = one(overlay, "Deployment", "acmezone-registry")
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    [migrate] = pod["initContainers"]
+    assert migrate["args"] == ["migrate"]
+    assert migrate["image"] == pod["containers"][0]["image"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    for name, key in (
+        ("ACMEZONE_REGISTRY_DATABASE_URL", "database-url"),
+        ("ACMEZONE_REGISTRY_OPERATOR_TOKEN", "operator-token"),
+    ):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == key
+        # dev's generated Secrets carry a content hash suffix
+        assert ref["name"] == "acmezone-registry" or ref["name"].startswith("acmezone-registry-")
+    service = one(overlay, "Service", "acmezone-registry")
+    assert {p["port"] for p in service["spec"]["ports"]} == {50051, 8053}
+
+
+def test_dns_is_published_on_port_53_udp_and_tcp_keeping_client_addresses(overlay: str) -> None:
+    service = one(overlay, "Service", "acmezone-dns")
+    expected_type = {"dev": "NodePort", "production": "LoadBalancer"}[overlay]
+    assert service["spec"]["type"] == expected_type
+    assert service["spec"]["externalTrafficPolicy"] == "Local"
+    assert {(p["port"], p["protocol"]) for p in service["spec"]["ports"]} == {
+        (53, "UDP"),
+        (53, "TCP"),
+    }
+
+
+def test_dns_is_replicated_spread_and_autoscaled(overlay: str) -> None:
+    deployment = one(overlay, "Deployment", "acmezone-dns")
+    assert deployment["spec"]["replicas"] >= 2
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    if overlay == "production":
+        [term] = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert "preferredDuringSchedulingIgnoredDuringExecution" not in anti
+    else:
+        [weighted] = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        term = weighted["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "acmezone-dns"}
+    hpa = one(overlay, "HorizontalPodAutoscaler", "acmezone-dns")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "acmezone-dns",
+    }
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+
+
+def test_issuer_serves_http01_through_the_ingress(overlay: str) -> None:
+    ingress = one(overlay, "Ingress", "acmezone-issuer-http01")
+    [rule] = ingress["spec"]["rules"]
+    [path] = rule["http"]["paths"]
+    assert path["path"] == "/.well-known/acme-challenge/"
+    assert path["pathType"] == "Prefix"
+    backend = path["backend"]["service"]
+    service = one(overlay, "Service", backend["name"])
+    [port] = service["spec"]["ports"]
+    assert port["name"] == backend["port"]["name"]
+    assert port["targetPort"] == "http01"
+    deployment = one(overlay, "Deployment", "acmezone-issuer")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert secrets["ACMEZONE_ISSUER_ENCRYPTION_KEY"] == "encryption-key"
+    assert secrets["ACMEZONE_ISSUER_DATABASE_URL"] == "database-url"
+
+
+def test_production_images_are_pinned_to_a_registry_and_tag() -> None:
+    for workload in workloads("production"):
+        for container in containers(workload):
+            image = container["image"]
+            repository, _, tag = image.rpartition(":")
+            assert "/" in repository, image
+            assert tag, image
+            assert tag != "latest", image
+
+
+# -- settings and secrets ------------------------------------------------------------------------
+
+
+def container_env(overlay: str, container: dict[str, Any]) -> dict[str, str]:
+    """The environment a container gets: its ConfigMaps, then its own env (Secrets filled in
+    from the dev overlay's generated Secrets or with stand-ins for production's)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        config_map = one(overlay, "ConfigMap", source["configMapRef"]["name"])
+        env.update(config_map["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item["valueFrom"]:
+            env[item["name"]] = secret_value(overlay, item["valueFrom"]["secretKeyRef"])
+        else:
+            env[item["name"]] = "fieldref-value"
+    return env
+
+
+def secret_value(overlay: str, ref: dict[str, str]) -> str:
+    import base64
+
+    if overlay == "production":  # created by the operator; any well-formed value stands in
+        return {
+            "database-url": "postgresql://acmezone@db.example.internal/acmezone",
+            "encryption-key": base64.urlsafe_b64encode(b"k" * 32).decode(),
+        }.get(ref["key"], "a-secret-token")
+    secret = one(overlay, "Secret", ref["name"])
+    assert ref["key"] in secret["data"], f"Secret {ref['name']} has no key {ref['key']}"
+    return base64.b64decode(secret["data"][ref["key"]]).decode()
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_the_services_accept_the_settings_the_manifests_give_them(
+    overlay: str, service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, settings_class, prefix, _ = SERVICES[service]
+    deployment = one(overlay, "Deployment", service)
+    monkeypatch.chdir(tmp_path)  # no stray .env file
+    for container in containers(deployment):
+        env = container_env(overlay, container)
+        ours = {k: v for k, v in env.items() if k.startswith(prefix)}
+        fields = {f"{prefix}{name.upper()}" for name in settings_class.model_fields}
+        unknown = set(ours) - fields
+        assert not unknown, f"{service} ignores unknown settings {sorted(unknown)}"
+        for key in list(os.environ):
+            if key.startswith("ACMEZONE_"):
+                monkeypatch.delenv(key)
+        for key, value in ours.items():
+            monkeypatch.setenv(key, value)
+        settings: BaseSettings = settings_class()
+        assert settings.log_format == "json"  # type: ignore[attr-defined]
+    if service == "acmezone-registry":
+        assert isinstance(settings, RegistrySettings)
+        assert settings.migrate_on_start is False  # the init container migrated
+        assert settings.operator_token is not None
+    if service == "acmezone-dns":
+        assert isinstance(settings, DnsSettings)
+        assert [str(a) for a in settings.dns_addresses] == ["0.0.0.0:5353"]
+        assert settings.ns_names[0] == f"ns.{settings.zone}"
+
+
+def test_every_referenced_config_map_and_secret_exists_in_dev() -> None:
+    names = {(o["kind"], o["metadata"]["name"]) for o in rendered("dev")}
+    for workload in workloads("dev"):
+        for container in containers(workload):
+            for source in container.get("envFrom", []):
+                assert ("ConfigMap", source["configMapRef"]["name"]) in names
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    secret_value("dev", ref)
+
+
+def test_production_secrets_are_not_in_the_repository() -> None:
+    assert not objects("production", "Secret")
+    readme = (K8S.parent / "README.md").read_text()
+    for workload in workloads("production"):
+        for container in containers(workload):
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] in readme, ref
+                    assert ref["key"] in readme, ref
+
+
+def test_registry_and_zone_settings_agree(overlay: str) -> None:
+    data = one(overlay, "ConfigMap", _settings_map_name(overlay))["data"]
+    assert data["ACMEZONE_REGISTRY_ZONE"] == data["ACMEZONE_DNS_ZONE"]
+    assert data["ACMEZONE_DNS_NS_NAMES"] == f"ns.{data['ACMEZONE_DNS_ZONE']}"
+
+
+def _settings_map_name(overlay: str) -> str:
+    [config_map] = [
+        c
+        for c in objects(overlay, "ConfigMap")
+        if c["metadata"]["name"].startswith("acmezone-settings")
+    ]
+    name: str = config_map["metadata"]["name"]
+    return name
