@@ -158,9 +158,9 @@ class ZoneInspector:
             + opt_record(self._udp_size, do=False)
         )
         revision = self._store.snapshot.revision
-        full = self._responder.answer(query, tcp=True)
+        full = self._responder.answer(query, True)
         assert full is not None
-        udp = self._responder.answer(query, tcp=False)
+        udp = self._responder.answer(query, False)
         assert udp is not None
         message = dns.message.from_wire(full)
         truncated = bool(dns.message.from_wire(udp).flags & dns.flags.TC)

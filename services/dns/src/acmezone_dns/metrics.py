@@ -9,7 +9,6 @@ list count as OTHER, and every (transport, qtype, rcode) series exists from the 
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -197,8 +196,3 @@ def register(
 ) -> None:
     """Attach the dns collector to a registry (each test passes its own)."""
     registry.register(DnsCollector(stats, feed, record_count))
-
-
-def now() -> float:
-    """A monotonic clock for latency sampling."""
-    return time.perf_counter()

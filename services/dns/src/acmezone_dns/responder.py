@@ -80,15 +80,7 @@ class Responder:
         self._opt_do = opt_record(edns_udp_size, do=True)
         self._edns: dict[bytes, tuple[bytes, int]] = {}
 
-    def answer_udp(self, data: bytes) -> bytes | None:
-        """The response to a UDP query, or None when none must be sent."""
-        return self.answer(data, tcp=False)
-
-    def answer_tcp(self, data: bytes) -> bytes | None:
-        """The response to a query read from a TCP stream (without its length prefix)."""
-        return self.answer(data, tcp=True)
-
-    def answer(self, data: bytes, *, tcp: bool) -> bytes | None:
+    def answer(self, data: bytes, tcp: bool) -> bytes | None:
         """The hot path: pre-packed answers for plain queries, the slow path for the rest."""
         snapshot = self._store.snapshot
         n = len(data)

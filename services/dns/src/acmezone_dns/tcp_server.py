@@ -78,7 +78,7 @@ class TcpServer:
             async with asyncio.timeout(self._idle_timeout):
                 prefix = await reader.readexactly(2)
                 message = await reader.readexactly(int.from_bytes(prefix, "big"))
-            response = answer(message, tcp=True)
+            response = answer(message, True)
             if response is None:
                 # A runt or a response: nothing sensible can follow on this stream.
                 return
