@@ -68,6 +68,10 @@ _DEFAULT_POLL_SECONDS = 1.0
 _MAX_POLL_SECONDS = 10.0
 # Failures that leave the order usable: the next attempt resumes it instead of ordering anew.
 _TRANSIENT = (AcmeUnavailableError, RegistryError)
+# When ARI cannot be fetched, ask again after this long; never re-ask more often than the minimum.
+_ARI_RETRY = timedelta(hours=1)
+_ARI_MIN_RECHECK = timedelta(seconds=1)
+_FRESH_MIN_LIFE = timedelta(hours=1)
 
 
 def default_replica_id() -> str:
@@ -303,6 +307,8 @@ class _CertificateJob:
             if row.order_url:
                 await self.drive(client, await client.get_order(row.order_url))
             else:
+                if await self.recheck_renewal_info(client):
+                    return
                 if row.challenge_type == DNS01 and not await self.delegations_ready():
                     return
                 await self.place_order(client)
@@ -482,8 +488,8 @@ class _CertificateJob:
         await self.save(stage="downloading")
         chain = await client.download(order.certificate)
         leaf = leaf_info(chain)
-        renewal_time, source = await self.plan_renewal(
-            client, chain, leaf.not_before, leaf.not_after
+        renewal_time, source, next_time = await self.plan_renewal(
+            client, chain, leaf.not_before, leaf.not_after, fresh=True
         )
         now = utcnow()
         started = self.row.attempt_start_time
@@ -504,7 +510,7 @@ class _CertificateJob:
             failed_attempts=0,
             last_failure=None,
             renew_requested=False,
-            next_attempt_time=renewal_time,
+            next_attempt_time=next_time,
             attempt_start_time=None,
         )
         if started is not None:
@@ -529,20 +535,63 @@ class _CertificateJob:
         return self.r._sealer.seal_key(key, f"certificate/{self.row.id}")
 
     async def plan_renewal(
-        self, client: AcmeClient, chain: str, not_before: datetime, not_after: datetime
-    ) -> tuple[datetime, str]:
-        """ARI's suggestion when the CA offers it, else two thirds of the lifetime."""
+        self,
+        client: AcmeClient,
+        chain: str,
+        not_before: datetime,
+        not_after: datetime,
+        *,
+        fresh: bool,
+    ) -> tuple[datetime, str, datetime]:
+        """(renewal time, source, when to work on the certificate next).
+
+        ARI's suggestion when the CA offers it, re-asked when the CA's Retry-After says so (the
+        CA may move the window, e.g. before a mass revocation); otherwise two thirds of the
+        lifetime with jitter.
+        """
         try:
-            suggested, _ = await client.renewal_info(chain.encode())
+            suggested, next_check = await client.renewal_info(chain.encode())
         except IssuanceError as exc:
             logger.warning("ARI unavailable", extra={"certificate": self.row.id, "error": str(exc)})
-            suggested = None
+            suggested, next_check = None, utcnow() + _ARI_RETRY
         if suggested is not None:
-            return suggested, "ari"
-        return (
-            lifetime_renewal_time(not_before, not_after, self.r._jitter, self.r._rng),
-            "lifetime",
+            if fresh:
+                # A window already past for a certificate just issued would renew it in a loop.
+                floor = utcnow() + min(_FRESH_MIN_LIFE, (not_after - not_before) / 3)
+                suggested = max(suggested, floor)
+            return suggested, "ari", min(suggested, max(next_check, utcnow() + _ARI_MIN_RECHECK))
+        when = lifetime_renewal_time(not_before, not_after, self.r._jitter, self.r._rng)
+        return when, "lifetime", when
+
+    async def recheck_renewal_info(self, client: AcmeClient) -> bool:
+        """For an issued certificate that is not due yet: ask ARI again and reschedule.
+
+        True when that is all there was to do; False when the certificate is due for renewal.
+        """
+        row = self.row
+        now = utcnow()
+        if (
+            row.state != ISSUED
+            or row.renew_requested
+            or row.renewal_time is None
+            or row.renewal_time <= now
+            or row.not_before is None
+            or row.not_after is None
+        ):
+            return False
+        renewal_time, source, next_time = await self.plan_renewal(
+            client, row.chain_pem, row.not_before, row.not_after, fresh=False
         )
+        if source == "lifetime" and row.renewal_source == "lifetime":
+            renewal_time = next_time = row.renewal_time
+        if renewal_time <= now:
+            logger.info("ARI window reached", extra={"certificate": row.id})
+            return False
+        await self.save(
+            renewal_time=renewal_time, renewal_source=source, next_attempt_time=next_time
+        )
+        self.r._metrics.renewal.labels(f"certificates/{row.id}").set(renewal_time.timestamp())
+        return True
 
     async def fail(self, exc: IssuanceError) -> None:
         failed = self.row.failed_attempts + 1
