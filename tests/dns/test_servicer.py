@@ -120,3 +120,18 @@ async def test_errors_carry_reasons(
         await getattr(zones, call)(request_)
     assert info.value.code() == code
     assert error_info_reason(info.value) == reason
+
+
+async def test_reflection_and_health_name_the_zone_service(dns_app: DnsApp) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(str(dns_app.grpc_address)) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        reply = await call.read()
+        names = {service.name for service in reply.list_services_response.service}
+        call.cancel()
+    assert "acmezone.dns.v1.ZoneService" in names
+    assert "grpc.health.v1.Health" in names
