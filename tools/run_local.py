@@ -19,9 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from acmezone_issuer.devpebble import write_dev_zone
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 BIN = Path(sys.executable).parent
+# The issuer's operator token in development; the CLI reads it from ACMEZONE_CLI_TOKEN.
+DEV_OPERATOR_TOKEN = "dev-operator-token"  # noqa: S105 - a published development value
 
 
 @dataclass
@@ -80,8 +84,36 @@ def components() -> list[Component]:
             name="dns",
             argv=[str(BIN / "acmezone-dns")],
             ready=grpc_serving("127.0.0.1:50052"),
+            # The dev zone example.test, delegated to the registration the issuer will create.
+            env={"ACMEZONE_DNS_ZONE_FILES": str(write_dev_zone(VAR / "dns" / "example.test.zone"))},
             summary="dns       DNS 127.0.0.1:5353 (UDP+TCP)  gRPC 127.0.0.1:50052  "
             "metrics 127.0.0.1:9102",
+        ),
+        Component(
+            name="pebble",
+            argv=[
+                str(BIN / "python"),
+                "-m",
+                "acmezone_issuer.devpebble",
+                "--workdir",
+                str(VAR / "pebble"),
+            ],
+            ready=tcp_open("127.0.0.1", 14000),
+            summary="pebble    ACME https://127.0.0.1:14000/dir (test CA; resolves through dns)",
+        ),
+        Component(
+            name="issuer",
+            argv=[str(BIN / "acmezone-issuer")],
+            ready=grpc_serving("127.0.0.1:50053"),
+            env={
+                "ACMEZONE_ISSUER_DATA_DIR": str(VAR / "issuer"),
+                "ACMEZONE_ISSUER_ACME_CA_BUNDLE": str(VAR / "pebble" / "tls" / "ca.pem"),
+                "ACMEZONE_ISSUER_DNS_RESOLVER": "127.0.0.1:5353",
+                "ACMEZONE_ISSUER_OPERATOR_TOKEN": DEV_OPERATOR_TOKEN,
+                "ACMEZONE_ISSUER_REGISTRATION_ID_FROM_DOMAIN": "true",
+            },
+            summary="issuer    gRPC 127.0.0.1:50053  HTTP-01 127.0.0.1:5002  metrics 127.0.0.1:9103"
+            f"  (operator token: {DEV_OPERATOR_TOKEN})",
         ),
     ]
 

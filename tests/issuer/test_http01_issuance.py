@@ -11,9 +11,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from prometheus_client import CollectorRegistry
 
+from acmezone.issuer.v1 import account_service_pb2 as apb
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
 from acmezone_common.testing import error_info_reason
-from tests.issuer.conftest import AUTH, CA, running_issuer, state_name
+from acmezone_issuer.devpebble import LocalPebble, free_port
+from tests.issuer.conftest import AUTH, CA, FakeDns, running_issuer, state_name
 
 
 def _verify_chain(chain_pem: str, root_pem: str) -> list[x509.Certificate]:
@@ -117,3 +119,43 @@ async def test_http01_certificate_is_issued_renewed_and_revoked(
             "acmezone_issuer_certificate_expiration_timestamp_seconds",
             {"certificate": "certificates/web"},
         ) == pytest.approx(renewed.not_after_time.ToDatetime().timestamp(), abs=1)
+
+
+async def test_account_forgotten_by_a_restarted_ca_is_registered_again(
+    tmp_path: Path, ca: CA, fake_dns: FakeDns
+) -> None:
+    port = free_port()
+    pebble = LocalPebble(
+        tmp_path / "pebble",
+        dns_server=fake_dns.address,
+        http01_port=port,
+        tls_dir=ca.pebble.tls_dir,
+    )
+    pebble.start()
+    try:
+        own = CA(pebble, port)
+        async with running_issuer(tmp_path / "issuer", own) as client:
+            account = await client.create_account()
+            cert = await client.create_certificate(
+                "again",
+                dns_names=["again.example.test"],
+                account=account.name,
+                challenge_type=pb.CHALLENGE_TYPE_HTTP_01,
+            )
+            issued = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED)
+            pebble.stop()
+            pebble.start()  # same ports, no memory of any account
+            await client.certificates.RenewCertificate(
+                pb.RenewCertificateRequest(name=cert.name), metadata=AUTH
+            )
+            renewed = await client.wait_for(
+                cert.name,
+                lambda c: c.state == pb.STATE_ISSUED and c.serial_number != issued.serial_number,
+            )
+            assert renewed.failed_attempts == 0
+            again = await client.accounts.GetAccount(
+                apb.GetAccountRequest(name=account.name), metadata=AUTH
+            )
+            assert again.account_url != account.account_url
+    finally:
+        pebble.stop()

@@ -128,6 +128,34 @@ class AccountManager:
         )
         return await self._store.insert_account(row)
 
+    async def register_again(self, account: AccountRow) -> AccountRow:
+        """Register an account's key once more, for a CA that forgot it (Pebble forgets every
+        account when it restarts). Accounts bound with EAB cannot be: the HMAC key is not kept."""
+        if account.eab_key_id:
+            raise AcmeProblemError(
+                "the CA no longer knows this account, and an account with an External Account "
+                "Binding cannot be registered again: create a new account",
+                problem_type="urn:ietf:params:acme:error:accountDoesNotExist",
+            )
+        key = self._sealer.open_key(account.sealed_key, f"account/{account.id}")
+        registration = await register_account(
+            account.directory_url,
+            key,
+            emails=list(account.contact_emails),
+            terms_agreed=account.terms_agreed,
+            eab_key_id="",
+            eab_hmac_key="",
+            metrics=self._metrics,
+            ca_bundle=self._ca_bundle,
+        )
+        await self._store.set_account_url(account.id, registration.account_url)
+        self.forget(account.id)
+        logger.warning(
+            "account registered again: the CA did not know it",
+            extra={"account": account.id, "url": registration.account_url},
+        )
+        return await self._store.get_account(account.id)
+
     def client_for(self, account: AccountRow) -> AcmeClient:
         """The (cached) ACME client of an account."""
         client = self._clients.get(account.id)

@@ -71,6 +71,7 @@ class IssuerApp:
             Resolver(settings.dns_resolver),
             registry_token=_secret(settings.registry_token),
             propagation_timeout=settings.propagation_timeout_seconds,
+            registration_id_from_domain=settings.registration_id_from_domain,
         )
         self.http01 = Http01Solver(settings.http01_address)
         self.reconciler = Reconciler(

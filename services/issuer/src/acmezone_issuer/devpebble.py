@@ -1,4 +1,4 @@
-"""A local Pebble ACME CA for development and tests (Debian package `pebble`).
+"""A local Pebble ACME CA (Debian package `pebble`) and the dev zone, for `make run` and tests.
 
 Debian ships the binary without Pebble's test TLS certificates, so this module makes a throwaway
 CA and a `127.0.0.1`/`localhost` certificate for Pebble's HTTPS listener, writes Pebble's JSON
@@ -20,6 +20,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -166,6 +167,7 @@ class LocalPebble:
                 "externalAccountMACKeys": self._eab_keys or {},
             }
         }
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "pebble-config.json"
         config_path.write_text(json.dumps(config, indent=2))
         command = [binary, "-config", str(config_path)]
@@ -233,3 +235,67 @@ class LocalPebble:
     async def astart(self) -> None:
         """`start` in a worker thread, for asyncio callers."""
         await asyncio.to_thread(self.start)
+
+
+DEV_ZONE = """\
+; The dev zone of `make run`: a domain you "own", already delegated. The issuer in dev mode asks
+; the registry for the registration label `<domain with dots as dashes>`, so this CNAME points at
+; the registration the issuer will create for example.test (and *.example.test).
+$ORIGIN example.test.
+$TTL 60
+@                SOA   ns1.acme.example.test. hostmaster.example.test. 1 3600 600 86400 1
+@                NS    ns1.acme.example.test.
+@                A     127.0.0.1
+www              A     127.0.0.1
+_acme-challenge  CNAME example-test.acme.example.test.
+"""
+
+
+def write_dev_zone(path: Path) -> Path:
+    """Write the dev zone file (see DEV_ZONE) unless the operator already edited one there."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(DEV_ZONE)
+    return path
+
+
+def main() -> None:
+    """`python -m acmezone_issuer.devpebble`: run Pebble for `make run` until SIGTERM/SIGINT."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="A local Pebble ACME CA for development.")
+    parser.add_argument("--workdir", type=Path, default=Path("var/pebble"))
+    parser.add_argument("--listen-port", type=int, default=14000)
+    parser.add_argument("--management-port", type=int, default=15000)
+    parser.add_argument("--http01-port", type=int, default=5002)
+    parser.add_argument("--dns-server", default="127.0.0.1:5353")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    pebble = LocalPebble(
+        args.workdir,
+        dns_server=args.dns_server,
+        http01_port=args.http01_port,
+        listen_port=args.listen_port,
+    )
+    pebble.management_port = args.management_port
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pebble.start()
+    print(
+        f"pebble ACME directory {pebble.directory_url} (TLS CA {pebble.ca_bundle}); "
+        f"roots: https://127.0.0.1:{pebble.management_port}/roots/0",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            if pebble._process is not None and pebble._process.poll() is not None:
+                print(pebble.log_tail(), flush=True)
+                raise SystemExit(1)
+    finally:
+        pebble.stop()
+
+
+if __name__ == "__main__":
+    main()

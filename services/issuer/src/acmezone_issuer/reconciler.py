@@ -302,20 +302,32 @@ class _CertificateJob:
             await self.save(next_attempt_time=None)
             return
         account = await self.r._store.get_account(row.account_id)
-        client = self.r._accounts.client_for(account)
         try:
-            if row.order_url:
-                await self.drive(client, await client.get_order(row.order_url))
-            else:
-                if await self.recheck_renewal_info(client):
-                    return
-                if row.challenge_type == DNS01 and not await self.delegations_ready():
-                    return
-                await self.place_order(client)
+            try:
+                await self.attempt_with(self.r._accounts.client_for(account))
+            except AcmeProblemError as exc:
+                if not exc.problem_type.endswith(":accountDoesNotExist"):
+                    raise
+                # The CA forgot the account (a restarted Pebble does): register the same key
+                # again and make the attempt once more; an order of the lost account is gone.
+                account = await self.r._accounts.register_again(account)
+                await self.save(order_url="", stage="")
+                await self.attempt_with(self.r._accounts.client_for(account))
         except IssuanceError as exc:
             await self.fail(exc)
         finally:
             await self.withdraw()
+
+    async def attempt_with(self, client: AcmeClient) -> None:
+        """Resume the order in flight, or re-check ARI, or check delegations and order."""
+        if self.row.order_url:
+            await self.drive(client, await client.get_order(self.row.order_url))
+            return
+        if await self.recheck_renewal_info(client):
+            return
+        if self.row.challenge_type == DNS01 and not await self.delegations_ready():
+            return
+        await self.place_order(client)
 
     async def delegations_ready(self) -> bool:
         """Check every CNAME; without all of them wait, placing no order."""

@@ -67,6 +67,11 @@ class IssuerSettings(ServiceSettings):
         description="`host:port` of the DNS server used to check `_acme-challenge` CNAMEs and "
         "TXT propagation; empty means the system resolver.",
     )
+    registration_id_from_domain: bool = Field(
+        default=False,
+        description="Development only: name each registry registration after its domain "
+        "(`example.test` -> `example-test`) so a dev zone can hold the CNAMEs in advance.",
+    )
     reconcile_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often due certificates are looked for."
     )

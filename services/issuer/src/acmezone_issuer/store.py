@@ -281,6 +281,15 @@ class Store:
         rows = rows[:limit]
         return rows, (rows[-1].seq if more else 0)
 
+    async def set_account_url(self, account_id: str, account_url: str) -> None:
+        """Record the URL a CA gave an account when it was registered again."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(AccountRow)
+                .where(AccountRow.id == account_id)
+                .values(account_url=account_url, status="valid")
+            )
+
     async def delete_account(self, account_id: str) -> None:
         """Delete an account unless a certificate uses it."""
         async with self._sessions.begin() as session:

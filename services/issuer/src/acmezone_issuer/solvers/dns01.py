@@ -117,6 +117,7 @@ class Dns01Solver:
         *,
         registry_token: str | None,
         propagation_timeout: float,
+        registration_id_from_domain: bool = False,
     ) -> None:
         self._store = store
         self._sealer = sealer
@@ -128,6 +129,7 @@ class Dns01Solver:
         self._registry_token = registry_token
         self._propagation_timeout = propagation_timeout
         self._create_lock = asyncio.Lock()
+        self._id_from_domain = registration_id_from_domain
 
     async def delegation(self, domain: str) -> DelegationRow:
         """The registration for a base domain, created at the registry the first time."""
@@ -143,11 +145,13 @@ class Dns01Solver:
                 if self._registry_token
                 else ()
             )
+            label = domain.replace(".", "-")
             request = registration_service_pb2.CreateRegistrationRequest(
                 registration=registration_service_pb2.Registration(
                     description=f"acmezone issuer: _acme-challenge.{domain}",
                     max_txt_values=_MAX_TXT_VALUES,
-                )
+                ),
+                registration_id=label if self._id_from_domain and len(label) <= 63 else "",
             )
             try:
                 created = await self._registrations.CreateRegistration(
