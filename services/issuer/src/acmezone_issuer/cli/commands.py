@@ -581,4 +581,9 @@ async def run(argv: Sequence[str] | None, out: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `acmezone` entry point."""
-    return asyncio.run(run(argv, sys.stdout))
+    try:
+        return asyncio.run(run(argv, sys.stdout))
+    except BrokenPipeError:
+        # The reader went away (`acmezone cert watch x | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

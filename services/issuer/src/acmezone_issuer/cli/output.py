@@ -63,9 +63,9 @@ def cname_table(cert: pb.Certificate) -> str:
         [d.cname_name + ".", "CNAME", d.cname_target + ".", "ok" if d.ready else d.detail]
         for d in cert.delegations
     ]
-    return "Add these records at your DNS provider:\n" + table(
-        ["NAME", "TYPE", "VALUE", "NOW"], rows
-    )
+    missing = any(not d.ready for d in cert.delegations)
+    title = "Add these records at your DNS provider:" if missing else "Delegations (in place):"
+    return f"{title}\n" + table(["NAME", "TYPE", "VALUE", "NOW"], rows)
 
 
 def certificate(cert: pb.Certificate) -> str:
