@@ -17,11 +17,17 @@ GEN := gen/python
 SERVICES := common registry dns issuer
 SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml))
 # Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
-TEST_DEB_PACKAGES := pebble bind9-dnsutils
+TEST_DEB_PACKAGES := pebble bind9-dnsutils prometheus
 BENCH_DEB_PACKAGES := dnsperf nsd
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
 .PHONY: help install protos run test test-fast lint fmt bench clean system-deps bench-deps
+.PHONY: wheelhouse images
+# Container images (deploy/README.md, "Images"): `make images` fills the wheelhouse from PyPI, then
+# builds each image with no network at all.
+WHEELHOUSE := build/wheelhouse
+IMAGE_PREFIX ?= acmezone-
+IMAGE_TAG ?= dev
 
 help:
 	@echo "make install   venv with pinned dependencies and generated gRPC code"
@@ -30,6 +36,7 @@ help:
 	@echo "make lint      ruff, mypy --strict, buf lint"
 	@echo "make protos    regenerate gen/python from protos/"
 	@echo "make bench     run the benchmarks under bench/ and print their figures"
+	@echo "make images    build the registry, dns and issuer container images (offline build)"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +47,8 @@ $(VENV)/.installed: $(VENV)/bin/python constraints.txt $(SERVICE_DIRS) $(GEN)/py
 	$(PIP) install -q -c constraints.txt grpcio-tools mypy-protobuf types-protobuf
 	$(MAKE) --no-print-directory protos
 	$(PIP) install -q -c constraints.txt -e $(GEN) $(foreach d,$(SERVICE_DIRS),-e $(dir $(d))) \
-		pytest pytest-asyncio pytest-timeout dnspython mypy ruff types-grpcio
+		pytest pytest-asyncio pytest-timeout dnspython mypy ruff types-grpcio \
+		kubernetes-validate PyYAML jsonschema
 	touch $@
 
 install: $(VENV)/.installed
@@ -82,17 +90,30 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 lint: install $(BUF)
-	$(VENV)/bin/ruff format --check services tests bench tools
-	$(VENV)/bin/ruff check services tests bench tools
+	$(VENV)/bin/ruff format --check services tests bench tools deploy docker
+	$(VENV)/bin/ruff check services tests bench tools deploy docker
 	$(VENV)/bin/mypy $(foreach d,$(SERVICE_DIRS),$(dir $(d))src) tools
 	cd protos && ../$(BUF) lint && ../$(BUF) breaking --against $(PROTO_RELEASE)
 
 fmt: install
-	$(VENV)/bin/ruff format services tests bench tools
-	$(VENV)/bin/ruff check --fix services tests bench tools
+	$(VENV)/bin/ruff format services tests bench tools deploy docker
+	$(VENV)/bin/ruff check --fix services tests bench tools deploy docker
 
 bench: install system-deps bench-deps
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Every wheel the images install, pinned by constraints.txt: the one step of an image build that
+# talks to PyPI. The acmezone wheels are dropped: the Dockerfile builds those from the sources.
+wheelhouse: $(VENV)/bin/python
+	rm -rf $(WHEELHOUSE)
+	$(PIP) wheel -q -c constraints.txt --wheel-dir $(WHEELHOUSE) ./$(GEN) \
+		$(foreach s,$(SERVICES),./services/$(s)) grpcio-tools setuptools
+	rm -f $(WHEELHOUSE)/acmezone_*.whl
+
+images: wheelhouse
+	@for s in registry dns issuer; do \
+		docker build --network=none --target $$s -t $(IMAGE_PREFIX)$$s:$(IMAGE_TAG) . || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .tools $(GEN)/acmezone var .mypy_cache .ruff_cache .pytest_cache
