@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import engine_from_config, pool, text
 
 config = context.config
+
+# Replicas starting together on one PostgreSQL take turns: the first migrates, the others then
+# find the schema at head. (An arbitrary constant naming the issuer's migration lock.)
+_PG_MIGRATION_LOCK = 0x61636D65
 
 
 def run_migrations_online() -> None:
@@ -18,6 +22,8 @@ def run_migrations_online() -> None:
     with connectable.connect() as connection:
         context.configure(connection=connection, render_as_batch=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                connection.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
             context.run_migrations()
     connectable.dispose()
 
