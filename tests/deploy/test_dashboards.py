@@ -1,0 +1,94 @@
+"""deploy/grafana/dashboards: valid Grafana JSON models that follow the house conventions.
+
+Each dashboard has a `$datasource` variable (type datasource, Prometheus) and a `$job` variable;
+every panel and query reads through `${datasource}` and filters on `$job`; panel ids are unique
+and panels fit the 24-column grid without overlapping. (Metric names are checked against the
+running services in test_metric_names.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import DEPLOY
+
+DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+EXPECTED = {"overview", "registry", "dns", "issuer"}
+
+
+def load(path: Path) -> dict[str, Any]:
+    board: dict[str, Any] = json.loads(path.read_text())
+    return board
+
+
+def test_an_overview_and_one_dashboard_per_service() -> None:
+    assert {p.stem for p in DASHBOARDS} == EXPECTED
+    uids = [load(p)["uid"] for p in DASHBOARDS]
+    assert len(set(uids)) == len(uids)
+    assert all(uid.startswith("acmezone-") for uid in uids)
+
+
+@pytest.fixture(params=DASHBOARDS, ids=lambda p: p.stem)
+def board(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load(request.param)
+
+
+def test_datasource_and_job_variables(board: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    job = variables["job"]
+    assert job["type"] == "query"
+    assert job["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert job["query"]["query"].startswith("label_values(")
+    assert job["includeAll"] is True
+
+
+def test_every_query_uses_the_datasource_variable_and_the_job_filter(
+    board: dict[str, Any],
+) -> None:
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    assert len(panels) >= 6
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+            assert 'job=~"$job"' in target["expr"], (panel["title"], target["expr"])
+            assert target["refId"]
+
+
+def test_panels_have_unique_ids_and_fit_the_grid_without_overlap(board: dict[str, Any]) -> None:
+    ids = [p["id"] for p in board["panels"]]
+    assert len(set(ids)) == len(ids)
+    occupied: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        cells = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not cells & occupied, f"{panel['title']} overlaps another panel"
+        occupied |= cells
+
+
+def test_the_overview_covers_what_operators_look_at_first() -> None:
+    board = load(DEPLOY / "grafana" / "dashboards" / "overview.json")
+    text = json.dumps(board)
+    for metric in (
+        "acmezone_issuer_certificates",  # certificates by state
+        "acmezone_issuer_certificate_expiration_timestamp_seconds",  # soonest expiry
+        "acmezone_issuer_issuance_failures_total",  # issuance health
+        "acmezone_dns_queries_total",  # QPS and rcodes
+        "acmezone_dns_feed_lag_seconds",  # feed lag
+        "acmezone_registry_txt_updates_total",  # registry update rate
+        "acmezone_registry_auth_failures_total",  # auth failures
+    ):
+        assert metric in text, metric
