@@ -19,6 +19,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from acmezone_dns.settings import DnsSettings
+from acmezone_dns.static_zones import load_static_zones
 from acmezone_issuer.settings import IssuerSettings
 from acmezone_registry.settings import RegistrySettings
 from tests.deploy.conftest import K8S, objects, one, render, rendered
@@ -353,6 +354,7 @@ def test_the_services_accept_the_settings_the_manifests_give_them(
         assert isinstance(settings, DnsSettings)
         assert [str(a) for a in settings.dns_addresses] == ["0.0.0.0:5353"]
         assert settings.ns_names[0] == f"ns.{settings.zone}"
+        assert load_static_zones(settings)  # static records (CAA, ...) parse
 
 
 def test_every_referenced_config_map_and_secret_exists_in_dev() -> None:
