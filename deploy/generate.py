@@ -561,6 +561,20 @@ def registry() -> dict[str, Any]:
                     [(f"acmezone_registry_feed_watchers{{{JI}}}", "{{instance}}")],
                     width=12,
                 ),
+                Panel(
+                    "RFC 2136 DNS UPDATEs by response code",
+                    [
+                        (
+                            "sum by (rcode) "
+                            f"(rate(acmezone_registry_dns_updates_total{{{JI}}}[{RATE}]))",
+                            "{{rcode}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=24,
+                    description="TSIG-signed UPDATE messages applied to TXT values (lego's and "
+                    "certbot's rfc2136 plugins), by the answer they got.",
+                ),
             ],
         ),
         Row(
