@@ -3,6 +3,7 @@ registry restart, re-list when the feed is gone, a dns restart, and how fast an 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import statistics
 import time
@@ -100,13 +101,7 @@ async def eventually(
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"{fqdn}: expected {expected}, dns answers {got}")
-        await _sleep(0.01)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+        await asyncio.sleep(0.01)
 
 
 async def zone_status(app: DnsApp) -> zone_service_pb2.Zone:
@@ -312,3 +307,23 @@ async def test_lookup_metrics_follow_the_feed(tmp_path: Path) -> None:
         assert metrics.get_sample_value("acmezone_dns_feed_revision") == revision
         assert metrics.get_sample_value("acmezone_dns_feed_snapshots_total") == 1
         assert (metrics.get_sample_value("acmezone_dns_feed_changes_total") or 0) >= 1
+
+
+async def test_compacted_revision_means_relist(tmp_path: Path) -> None:
+    async with (
+        running_registry(
+            tmp_path / "reg", feed_retention_revisions=1, maintenance_interval_seconds=0.1
+        ) as registry,
+        registry_client(registry.grpc_address) as api,
+        running_dns(tmp_path, registry_target=str(registry.grpc_address)) as app,
+    ):
+        fqdn = await api.create("compact")
+        await api.add("compact", acme_digest(0))
+        await eventually(app, fqdn, {acme_digest(0)})
+        await app.feed.stop()
+        for i in range(1, 6):
+            await api.add("compact", acme_digest(i))
+        await asyncio.sleep(0.5)  # maintenance compacts all but the latest revision
+        await app.feed.start()
+        await eventually(app, fqdn, {acme_digest(i) for i in range(6)})
+        assert app.feed_metrics.snapshots_applied == 2  # told the revision is gone: re-listed
