@@ -98,6 +98,7 @@ class System:
     metrics: CollectorRegistry
     dns: DnsApp | None = None
     cnames: dict[str, str] = field(default_factory=dict)
+    registry_running: bool = True
 
     @property
     def zone_file(self) -> Path:
@@ -126,6 +127,20 @@ class System:
         if self.dns is not None:
             await self.dns.stop(grace=0)
             self.dns = None
+
+    async def stop_registry(self) -> None:
+        """Stop the registry (its database stays)."""
+        await self.registry.stop(grace=0)
+        self.registry_running = False
+
+    async def start_registry(self) -> None:
+        """Start the registry again on the same port with the same database."""
+        settings = self.registry.settings.model_copy(
+            update={"grpc_address": self.registry.grpc_address}
+        )
+        self.registry = RegistryApp(settings, CollectorRegistry())
+        await self.registry.start()
+        self.registry_running = True
 
     async def add_cname(self, name: str, target: str) -> None:
         """The domain owner adds `_acme-challenge.<name> CNAME <target>`."""
@@ -200,7 +215,10 @@ async def running_system(
         await issuer.stop(grace=0)
         if system is not None:
             await system.stop_dns()
-        await registry.stop(grace=0)
+            if system.registry_running:
+                await system.registry.stop(grace=0)
+        else:
+            await registry.stop(grace=0)
 
 
 @pytest.fixture(scope="session")

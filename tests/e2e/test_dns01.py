@@ -143,3 +143,41 @@ async def test_wrong_txt_value_fails_with_the_cas_error(
             )
             == 1
         )
+
+
+async def test_registry_outage_mid_order_is_retried_and_resumes_the_order(
+    tmp_path: Path, e2e_ca: CA, ports: Ports, metrics_registry: CollectorRegistry
+) -> None:
+    async with running_system(
+        tmp_path, e2e_ca, ports, metrics_registry, retry_base_seconds=0.5, retry_max_seconds=1.0
+    ) as system:
+        client = system.client
+        delegation = await client.certificates.CheckDelegation(
+            pb.CheckDelegationRequest(domain="outage.example.test"), metadata=AUTH
+        )
+        await system.add_cname("outage.example.test", delegation.cname_target)
+        account = await client.create_account()
+        await system.stop_registry()  # the dns service keeps answering from its last state
+
+        cert = await client.create_certificate(
+            "outage", dns_names=["outage.example.test"], account=account.name
+        )
+        failed = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_FAILED)
+        assert failed.last_failure.reason == "REGISTRY_ERROR"
+        assert "UNAVAILABLE" in failed.last_failure.message
+        assert failed.last_failure.stage == pb.STAGE_PRESENTING
+        assert failed.order_url  # kept: the retry resumes this order
+        order_url = failed.order_url
+        # Retries back off and keep failing while the registry is away.
+        await client.wait_for(cert.name, lambda c: c.failed_attempts >= 2)
+
+        await system.start_registry()
+        issued = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED)
+        assert issued.failed_attempts == 0
+        assert [o.order_url for o in await system.issuer.store.orders_of("outage")] == [order_url]
+        assert (
+            metrics_registry.get_sample_value(
+                "acmezone_issuer_issuance_failures_total", {"reason": "REGISTRY_ERROR"}
+            )
+            or 0
+        ) >= 2

@@ -11,13 +11,15 @@ Methods are named for what the service needs, not for SQL; rows leave this modul
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -195,6 +197,29 @@ def migrate(async_database_url: str) -> None:
     command.upgrade(config, "head")
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _shielded(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run a database operation to its end even when the caller is cancelled.
+
+    A coroutine cancelled in the middle of a query can leave its pooled connection neither
+    returned nor closed; shutting the issuer down cancels the reconciler at any point, so every
+    store operation runs as its own task, and `Store.close` waits for those still running.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = cast(Store, args[0])
+        task = asyncio.ensure_future(method(*args, **kwargs))
+        store._inflight.add(task)
+        task.add_done_callback(store._finished)
+        return await asyncio.shield(task)
+
+    return wrapper
+
+
 def encode_page_token(seq: int) -> str:
     """An opaque page token for the row after `seq`."""
     return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
@@ -231,6 +256,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._inflight: set[asyncio.Future[Any]] = set()
 
     @classmethod
     def open(cls, async_database_url: str) -> Store:
@@ -241,12 +267,20 @@ class Store:
         engine = create_async_engine(async_database_url, connect_args=connect_args)
         return cls(engine)
 
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the awaiting caller (if still there) re-raises it
+
     async def close(self) -> None:
-        """Release every connection."""
+        """Let running operations finish, then release every connection."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._engine.dispose()
 
     # -- accounts ------------------------------------------------------------------------------
 
+    @_shielded
     async def insert_account(self, row: AccountRow) -> AccountRow:
         """Store a new account; ALREADY_EXISTS when the id is taken."""
         try:
@@ -258,6 +292,7 @@ class Store:
             ) from exc
         return row
 
+    @_shielded
     async def get_account(self, account_id: str) -> AccountRow:
         """One account, or NOT_FOUND."""
         async with self._sessions() as session:
@@ -266,6 +301,7 @@ class Store:
             raise NotFoundError("ACCOUNT_NOT_FOUND", f"accounts/{account_id} does not exist")
         return row
 
+    @_shielded
     async def list_accounts(self, after_seq: int, limit: int) -> tuple[list[AccountRow], int]:
         """A page of accounts after `after_seq`, and the seq to continue after (0 at the end)."""
         async with self._sessions() as session:
@@ -281,6 +317,7 @@ class Store:
         rows = rows[:limit]
         return rows, (rows[-1].seq if more else 0)
 
+    @_shielded
     async def set_account_url(self, account_id: str, account_url: str) -> None:
         """Record the URL a CA gave an account when it was registered again."""
         async with self._sessions.begin() as session:
@@ -290,6 +327,7 @@ class Store:
                 .values(account_url=account_url, status="valid")
             )
 
+    @_shielded
     async def delete_account(self, account_id: str) -> None:
         """Delete an account unless a certificate uses it."""
         async with self._sessions.begin() as session:
@@ -308,6 +346,7 @@ class Store:
 
     # -- certificates --------------------------------------------------------------------------
 
+    @_shielded
     async def insert_certificate(self, row: CertificateRow) -> CertificateRow:
         """Store a new certificate; ALREADY_EXISTS when the id is taken."""
         try:
@@ -319,6 +358,7 @@ class Store:
             ) from exc
         return row
 
+    @_shielded
     async def get_certificate(self, certificate_id: str) -> CertificateRow:
         """One certificate, or NOT_FOUND."""
         row = await self.find_certificate(certificate_id)
@@ -328,6 +368,7 @@ class Store:
             )
         return row
 
+    @_shielded
     async def find_certificate(self, certificate_id: str) -> CertificateRow | None:
         """One certificate, or None."""
         async with self._sessions() as session:
@@ -335,6 +376,7 @@ class Store:
                 select(CertificateRow).where(CertificateRow.id == certificate_id)
             )
 
+    @_shielded
     async def list_certificates(
         self, after_seq: int, limit: int
     ) -> tuple[list[CertificateRow], int]:
@@ -352,6 +394,7 @@ class Store:
         rows = rows[:limit]
         return rows, (rows[-1].seq if more else 0)
 
+    @_shielded
     async def count_certificates_by_state(self) -> dict[str, int]:
         """How many certificates are in each state, for the gauge."""
         async with self._sessions() as session:
@@ -360,6 +403,7 @@ class Store:
             )
             return {str(state): int(count) for state, count in result.all()}
 
+    @_shielded
     async def all_expiries(self) -> list[tuple[str, datetime]]:
         """(id, not_after) of every certificate holding an issued chain."""
         async with self._sessions() as session:
@@ -370,6 +414,7 @@ class Store:
             )
             return [(cid, not_after) for cid, not_after in result.all() if not_after]
 
+    @_shielded
     async def delete_certificate(self, certificate_id: str) -> None:
         """Delete a certificate and its order history."""
         async with self._sessions.begin() as session:
@@ -382,6 +427,7 @@ class Store:
                 "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
             )
 
+    @_shielded
     async def update_certificate(
         self, certificate_id: str, *, lease_owner: str | None = None, **changes: Any
     ) -> CertificateRow | None:
@@ -407,6 +453,7 @@ class Store:
                 .execution_options(populate_existing=True)
             )
 
+    @_shielded
     async def due_certificates(self, now: datetime, limit: int) -> list[str]:
         """Ids of certificates whose next_attempt_time has come and whose lease is free."""
         async with self._sessions() as session:
@@ -420,6 +467,7 @@ class Store:
             )
             return list(result)
 
+    @_shielded
     async def acquire_lease(
         self, certificate_id: str, owner: str, duration: timedelta
     ) -> CertificateRow | None:
@@ -449,6 +497,7 @@ class Store:
                 .execution_options(populate_existing=True)
             )
 
+    @_shielded
     async def renew_lease(self, certificate_id: str, owner: str, duration: timedelta) -> bool:
         """Extend a lease this owner holds; False when it lost it."""
         async with self._sessions.begin() as session:
@@ -460,6 +509,7 @@ class Store:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    @_shielded
     async def release_lease(self, certificate_id: str, owner: str) -> None:
         """Give a lease up so another replica (or this one) may work the certificate at once."""
         async with self._sessions.begin() as session:
@@ -470,6 +520,7 @@ class Store:
                 .values(lease_owner="", lease_until=None)
             )
 
+    @_shielded
     async def record_order(self, certificate_id: str, order_url: str) -> None:
         """Remember an order placed for a certificate."""
         async with self._sessions.begin() as session:
@@ -477,6 +528,7 @@ class Store:
                 OrderRow(certificate_id=certificate_id, order_url=order_url, create_time=utcnow())
             )
 
+    @_shielded
     async def orders_of(self, certificate_id: str) -> Sequence[OrderRow]:
         """Every order placed for a certificate, oldest first."""
         async with self._sessions() as session:
@@ -490,11 +542,13 @@ class Store:
 
     # -- delegations ---------------------------------------------------------------------------
 
+    @_shielded
     async def get_delegation(self, domain: str) -> DelegationRow | None:
         """The registration held for a base domain, if any."""
         async with self._sessions() as session:
             return await session.get(DelegationRow, domain)
 
+    @_shielded
     async def insert_delegation(self, row: DelegationRow) -> DelegationRow:
         """Keep a new registration; if another writer won the race, return theirs."""
         try:
