@@ -180,6 +180,10 @@ async def test_registry_restart_resumes_and_loses_nothing(tmp_path: Path) -> Non
             await eventually(app, fqdn, {acme_digest("before")})
         # The registry is gone: the zone keeps answering from its last state.
         assert await txt_values(app, fqdn) == {acme_digest("before")}
+        for _ in range(200):
+            if (await zone_status(app)).feed_state == zone_service_pb2.FEED_STATE_DISCONNECTED:
+                break
+            await asyncio.sleep(0.01)
         assert (await zone_status(app)).feed_state == zone_service_pb2.FEED_STATE_DISCONNECTED
         async with (
             running_registry(data, grpc_address=address) as registry,
