@@ -237,3 +237,57 @@ async def test_external_account_binding(tmp_path: Path, ca: CA, eab_ca: CA) -> N
             await client.accounts.CreateAccount(request, metadata=AUTH)
         assert wrong.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_info_reason(wrong.value) == "ACME_REGISTRATION_REJECTED"
+
+
+async def test_watch_ends_with_not_found_when_deleted(client: Client, account: apb.Account) -> None:
+    created = await client.create_certificate(
+        "gone", dns_names=["gone.example.test"], account=account.name
+    )
+    stream = client.certificates.WatchCertificate(
+        pb.WatchCertificateRequest(name=created.name), metadata=AUTH
+    )
+    first = await stream.read()
+    assert isinstance(first, pb.WatchCertificateResponse)
+    assert first.certificate.name == created.name
+    await client.certificates.DeleteCertificate(
+        pb.DeleteCertificateRequest(name=created.name), metadata=AUTH
+    )
+
+    async def drain() -> None:
+        while await stream.read() is not grpc.aio.EOF:
+            pass
+
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await drain()
+    assert ended.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_revocation_needs_a_reason_and_an_issued_certificate(
+    client: Client, account: apb.Account
+) -> None:
+    created = await client.create_certificate(
+        "unissued", dns_names=["unissued.example.test"], account=account.name
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as no_reason:
+        await client.certificates.RevokeCertificate(
+            pb.RevokeCertificateRequest(name=created.name), metadata=AUTH
+        )
+    assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(no_reason.value) == ["reason"]
+    with pytest.raises(grpc.aio.AioRpcError) as not_issued:
+        await client.certificates.RevokeCertificate(
+            pb.RevokeCertificateRequest(name=created.name, reason=pb.REVOCATION_REASON_SUPERSEDED),
+            metadata=AUTH,
+        )
+    assert not_issued.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info_reason(not_issued.value) == "NOT_ISSUED"
+    with pytest.raises(grpc.aio.AioRpcError) as no_export:
+        await client.certificates.ExportCertificate(
+            pb.ExportCertificateRequest(name=created.name), metadata=AUTH
+        )
+    assert error_info_reason(no_export.value) == "NOT_ISSUED"
+    with pytest.raises(grpc.aio.AioRpcError) as bad_challenge:
+        await client.create_certificate(
+            dns_names=["x.example.test"], account=account.name, challenge_type=7
+        )
+    assert violations(bad_challenge.value) == ["certificate.challenge_type"]
