@@ -73,7 +73,7 @@ class IssuerApp:
             propagation_timeout=settings.propagation_timeout_seconds,
             registration_id_from_domain=settings.registration_id_from_domain,
         )
-        self.http01 = Http01Solver(settings.http01_address)
+        self.http01 = Http01Solver(settings.http01_address, self.store)
         self.reconciler = Reconciler(
             self.store,
             self.sealer,

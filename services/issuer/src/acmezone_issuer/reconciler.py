@@ -445,7 +445,7 @@ class _CertificateJob:
                 entry[1].add(value)
             else:
                 token, key_authorization = client.http01_response(challenge)
-                self.r._http01.present(token, key_authorization)
+                await self.r._http01.present(token, key_authorization, self.row.id)
                 self.attempt.tokens.add(token)
             if status_name(challenge.status) == "pending":
                 to_answer.append(challenge)
@@ -641,5 +641,5 @@ class _CertificateJob:
             for value in values:
                 await self.r._dns01.cleanup(delegation, value)
         for token in self.attempt.tokens:
-            self.r._http01.cleanup(token)
+            await self.r._http01.cleanup(token)
         self.attempt = _Attempt()

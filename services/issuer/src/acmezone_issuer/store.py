@@ -155,6 +155,17 @@ class OrderRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class Http01TokenRow(Base):
+    """An HTTP-01 key authorization being served, readable by every replica."""
+
+    __tablename__ = "http01_tokens"
+
+    token: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key_authorization: Mapped[str] = mapped_column(String(512))
+    certificate_id: Mapped[str] = mapped_column(String(63), index=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class DelegationRow(Base):
     """The registry registration held for one base domain, kept across renewals."""
 
@@ -539,6 +550,36 @@ class Store:
                     .order_by(OrderRow.seq)
                 )
             )
+
+    # -- HTTP-01 tokens ------------------------------------------------------------------------
+
+    @_shielded
+    async def put_http01_token(
+        self, token: str, key_authorization: str, certificate_id: str
+    ) -> None:
+        """Serve `key_authorization` for `token` from every replica (idempotent)."""
+        async with self._sessions.begin() as session:
+            await session.merge(
+                Http01TokenRow(
+                    token=token,
+                    key_authorization=key_authorization,
+                    certificate_id=certificate_id,
+                    create_time=utcnow(),
+                )
+            )
+
+    @_shielded
+    async def get_http01_token(self, token: str) -> str | None:
+        """The key authorization for a token, if one is being served."""
+        async with self._sessions() as session:
+            row = await session.get(Http01TokenRow, token)
+            return row.key_authorization if row is not None else None
+
+    @_shielded
+    async def delete_http01_token(self, token: str) -> None:
+        """Stop serving a token."""
+        async with self._sessions.begin() as session:
+            await session.execute(delete(Http01TokenRow).where(Http01TokenRow.token == token))
 
     # -- delegations ---------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """HTTP-01: serve `/.well-known/acme-challenge/<token>` on the issuer's own HTTP port.
 
-Tokens live in memory for the duration of an order; after a restart the reconciler presents the
-pending ones again before it answers anything, so a resumed order still validates.
+Key authorizations are written to the store as well as kept in memory, so when several replicas
+share one address the CA's request is answered whichever replica it reaches; after a restart the
+reconciler presents the pending ones again before it answers anything.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from aiohttp import web
 
 from acmezone_common.addresses import HostPort
+from acmezone_issuer.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +23,9 @@ PATH_PREFIX = "/.well-known/acme-challenge/"
 class Http01Solver:
     """A tiny aiohttp server answering key authorizations by token."""
 
-    def __init__(self, address: HostPort) -> None:
+    def __init__(self, address: HostPort, store: Store) -> None:
         self._address = address
+        self._store = store
         self._tokens: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._bound: HostPort | None = None
@@ -55,17 +58,21 @@ class Http01Solver:
             await self._runner.cleanup()
             self._runner = None
 
-    def present(self, token: str, key_authorization: str) -> None:
-        """Answer `token` with `key_authorization` from now on."""
+    async def present(self, token: str, key_authorization: str, certificate_id: str) -> None:
+        """Answer `token` with `key_authorization` from now on, on every replica."""
         self._tokens[token] = key_authorization
+        await self._store.put_http01_token(token, key_authorization, certificate_id)
 
-    def cleanup(self, token: str) -> None:
+    async def cleanup(self, token: str) -> None:
         """Stop answering `token`."""
         self._tokens.pop(token, None)
+        await self._store.delete_http01_token(token)
 
     async def _handle(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
         value = self._tokens.get(token)
+        if value is None:
+            value = await self._store.get_http01_token(token)
         if value is None:
             return web.Response(status=404, text="unknown token\n")
         return web.Response(text=value, content_type="application/octet-stream")

@@ -1,0 +1,48 @@
+"""The HTTP-01 responder: every replica answers a token any replica presented."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from acmezone_common.addresses import HostPort
+from acmezone_issuer.solvers.http01 import Http01Solver
+from acmezone_issuer.store import Store, async_url, migrate
+
+
+@pytest.fixture
+async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+    url = async_url(database_url, tmp_path)
+    await asyncio.to_thread(migrate, url)
+    opened = Store.open(url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_a_token_presented_on_one_replica_is_answered_by_another(store: Store) -> None:
+    a = Http01Solver(HostPort("127.0.0.1", 0), store)
+    b = Http01Solver(HostPort("127.0.0.1", 0), store)
+    await a.start()
+    await b.start()
+    try:
+        await a.present("tok-1", "tok-1.thumbprint", "cert")
+        async with aiohttp.ClientSession() as http:
+            for solver in (a, b):
+                url = f"http://{solver.address}/.well-known/acme-challenge/tok-1"
+                async with http.get(url) as response:
+                    assert response.status == 200
+                    assert await response.text() == "tok-1.thumbprint"
+            await a.cleanup("tok-1")
+            async with http.get(f"http://{b.address}/.well-known/acme-challenge/tok-1") as gone:
+                assert gone.status == 404
+            async with http.get(f"http://{a.address}/.well-known/acme-challenge/x/y") as other:
+                assert other.status == 404
+    finally:
+        await a.stop()
+        await b.stop()
