@@ -17,7 +17,8 @@ GEN := gen/python
 SERVICES := common registry dns issuer
 SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml))
 # Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
-TEST_DEB_PACKAGES := pebble bind9-dnsutils prometheus
+# (prometheus: promtool for the alert rules; docker-compose: checks docker-compose.yaml offline)
+TEST_DEB_PACKAGES := pebble bind9-dnsutils prometheus docker-compose
 BENCH_DEB_PACKAGES := dnsperf nsd
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
