@@ -17,13 +17,16 @@ GEN := gen/python
 SERVICES := common registry dns issuer
 SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml))
 # Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
-# (prometheus: promtool for the alert rules; docker-compose: checks docker-compose.yaml offline)
-TEST_DEB_PACKAGES := pebble bind9-dnsutils prometheus docker-compose
+TEST_DEB_PACKAGES := pebble bind9-dnsutils
+# Debian packages the deployment tests need (tests/deploy): promtool for the alert rules, and
+# docker-compose to check docker-compose.yaml offline. Installed without recommends: docker-compose
+# would bring a whole container engine.
+DEPLOY_DEB_PACKAGES := prometheus docker-compose
 BENCH_DEB_PACKAGES := dnsperf nsd
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
 .PHONY: help install protos run test test-fast lint fmt bench clean system-deps bench-deps
-.PHONY: wheelhouse images
+.PHONY: wheelhouse images deploy-deps
 # Container images (deploy/README.md, "Images"): `make images` fills the wheelhouse from PyPI, then
 # builds each image with no network at all.
 WHEELHOUSE := build/wheelhouse
@@ -66,6 +69,16 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
 		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing >/dev/null; \
+	fi
+
+system-deps: deploy-deps
+
+deploy-deps:
+	@missing=$$(for p in $(DEPLOY_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq \
+			--no-install-recommends $$missing >/dev/null; \
 	fi
 
 bench-deps:
