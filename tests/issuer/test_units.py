@@ -101,3 +101,31 @@ def test_retry_backoff_doubles_and_caps() -> None:
     assert 60 <= ceilings[1] <= 120
     assert 120 <= ceilings[2] <= 240
     assert all(1800 <= c <= 3600 for c in ceilings[7:])
+
+
+def test_schedule_gauges_follow_the_database() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from acmezone_issuer.metrics import IssuerMetrics
+
+    registry = CollectorRegistry()
+    metrics = IssuerMetrics(registry)
+    t1 = datetime(2027, 1, 1, tzinfo=UTC)
+    t2 = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def value(name: str, cert: str) -> float | None:
+        return registry.get_sample_value(f"acmezone_issuer_{name}", {"certificate": cert})
+
+    metrics.set_schedules({"certificates/a": (t1, t2), "certificates/b": (None, None)})
+    assert value("certificate_expiration_timestamp_seconds", "certificates/a") == t1.timestamp()
+    assert value("certificate_renewal_timestamp_seconds", "certificates/a") == t2.timestamp()
+    assert value("certificate_expiration_timestamp_seconds", "certificates/b") is None
+    # a revoked (no renewal planned), b deleted.
+    metrics.set_schedules({"certificates/a": (t1, None)})
+    assert value("certificate_expiration_timestamp_seconds", "certificates/a") == t1.timestamp()
+    assert value("certificate_renewal_timestamp_seconds", "certificates/a") is None
+    metrics.set_schedules({})
+    assert value("certificate_expiration_timestamp_seconds", "certificates/a") is None
+    metrics.set_state_counts({"issued": 2})
+    assert registry.get_sample_value("acmezone_issuer_certificates", {"state": "issued"}) == 2
+    assert registry.get_sample_value("acmezone_issuer_certificates", {"state": "failed"}) == 0

@@ -7,6 +7,7 @@ revocation, deletion and export.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 
@@ -201,6 +202,8 @@ class CertificateManager:
             raise NotFoundError(
                 "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
             )
+        with contextlib.suppress(KeyError):
+            self._metrics.renewal.remove(f"certificates/{certificate_id}")
         logger.info("certificate revoked", extra={"certificate": certificate_id})
         self._events.changed()
         return updated

@@ -9,6 +9,7 @@ certificate resource, which operators create deliberately.
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -94,6 +95,7 @@ class IssuerMetrics:
             ("certificate",),
             registry=registry,
         )
+        self._known: set[str] = set()
         for state in STATES:
             self.certificates.labels(state)
         for reason in FAILURE_REASONS:
@@ -103,6 +105,21 @@ class IssuerMetrics:
         """Replace the by-state gauge with fresh counts (states absent from `counts` are 0)."""
         for state in STATES:
             self.certificates.labels(state).set(counts.get(state, 0))
+
+    def set_schedules(self, schedules: dict[str, tuple[datetime | None, datetime | None]]) -> None:
+        """Expiry and planned renewal per certificate; series of certificates that are gone, not
+        yet issued, or no longer renewed (revoked) are removed."""
+        for certificate, (not_after, renewal) in schedules.items():
+            if not_after is not None:
+                self.expiry.labels(certificate).set(not_after.timestamp())
+            if renewal is not None:
+                self.renewal.labels(certificate).set(renewal.timestamp())
+            else:
+                with contextlib.suppress(KeyError):
+                    self.renewal.remove(certificate)
+        for certificate in self._known - schedules.keys():
+            self.forget_certificate(certificate)
+        self._known = set(schedules)
 
     def forget_certificate(self, certificate: str) -> None:
         """Drop a deleted certificate's series."""

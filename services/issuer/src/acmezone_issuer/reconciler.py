@@ -239,9 +239,14 @@ class Reconciler:
         self._wake.set()
 
     async def _refresh_gauges(self) -> None:
+        """From the shared database, so every replica exports the same figures."""
         self._metrics.set_state_counts(await self._store.count_certificates_by_state())
-        for certificate_id, not_after in await self._store.all_expiries():
-            self._metrics.expiry.labels(f"certificates/{certificate_id}").set(not_after.timestamp())
+        self._metrics.set_schedules(
+            {
+                f"certificates/{cid}": (not_after, renewal)
+                for cid, not_after, renewal in await self._store.all_schedules()
+            }
+        )
 
     # -- one certificate -----------------------------------------------------------------------
 

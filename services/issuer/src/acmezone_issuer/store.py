@@ -415,15 +415,22 @@ class Store:
             return {str(state): int(count) for state, count in result.all()}
 
     @_shielded
-    async def all_expiries(self) -> list[tuple[str, datetime]]:
-        """(id, not_after) of every certificate holding an issued chain."""
+    async def all_schedules(self) -> list[tuple[str, datetime | None, datetime | None]]:
+        """(id, not_after, planned renewal) of every certificate; renewal None when none is
+        planned (revoked), not_after None before the first issuance."""
         async with self._sessions() as session:
             result = await session.execute(
-                select(CertificateRow.id, CertificateRow.not_after).where(
-                    CertificateRow.not_after.is_not(None)
+                select(
+                    CertificateRow.id,
+                    CertificateRow.not_after,
+                    CertificateRow.renewal_time,
+                    CertificateRow.state,
                 )
             )
-            return [(cid, not_after) for cid, not_after in result.all() if not_after]
+            return [
+                (cid, not_after, None if state == "revoked" else renewal)
+                for cid, not_after, renewal, state in result.all()
+            ]
 
     @_shielded
     async def delete_certificate(self, certificate_id: str) -> None:
