@@ -191,6 +191,14 @@ def test_images_listen_on_all_interfaces_log_json_and_check_their_grpc_port(
         assert f"127.0.0.1:{GRPC_PORTS[service]}" in healthcheck
 
 
+def test_make_images_builds_each_target_with_no_network() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nimages:", 1)[1].split("\n\n", 1)[0]
+    assert "wheelhouse" in recipe.splitlines()[0]  # the wheelhouse first
+    assert "docker build --network=none --target $$s" in recipe
+    assert "for s in registry dns issuer" in recipe
+
+
 def test_dockerignore_keeps_what_the_build_needs_and_drops_the_rest() -> None:
     lines = [
         line.strip()
