@@ -9,10 +9,12 @@ running services in test_metric_names.py.)
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.conftest import DEPLOY
 
@@ -92,3 +94,37 @@ def test_the_overview_covers_what_operators_look_at_first() -> None:
         "acmezone_registry_auth_failures_total",  # auth failures
     ):
         assert metric in text, metric
+
+
+def test_every_dashboard_expression_parses_as_promql(tmp_path: Path) -> None:
+    """promtool's real PromQL parser reads every panel query: each becomes a recording rule
+    (Grafana's variables replaced by what Grafana would put there) in a rule file that
+    `promtool check rules` must accept."""
+    from tests.deploy.test_prometheus import promtool
+
+    substitutions = {
+        "${datasource}": "prometheus",
+        "$__rate_interval": "5m",
+        "$job": "acmezone-.*",
+        "$instance": ".*",
+    }
+    rules = []
+    for path in DASHBOARDS:
+        for panel in load(path)["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"]
+                for variable, value in substitutions.items():
+                    expr = expr.replace(variable, value)
+                assert "$" not in expr, (path.name, panel["title"], expr)
+                rules.append({"record": f"dashboard:check_{len(rules)}", "expr": expr})
+    rule_file = tmp_path / "dashboards.rules.yaml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(rule_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
