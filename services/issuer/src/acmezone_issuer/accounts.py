@@ -11,7 +11,11 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from acmezone_common.errors import FailedPreconditionError, InvalidArgumentError
+from acmezone_common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from acmezone_issuer.acme_client import AcmeClient, register_account
 from acmezone_issuer.errors import AcmeProblemError, AcmeUnavailableError
 from acmezone_issuer.keys import KEY_TYPES, KeySealer, generate_key
@@ -95,8 +99,6 @@ class AccountManager:
                 ca_bundle=self._ca_bundle,
             )
         except AcmeUnavailableError as exc:
-            from acmezone_common.errors import UnavailableError
-
             raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
         except AcmeProblemError as exc:
             reason = (

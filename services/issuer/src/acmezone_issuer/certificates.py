@@ -11,14 +11,19 @@ import contextlib
 import logging
 import secrets
 
-from acmezone_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from acmezone_common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.errors import AcmeProblemError, IssuanceError
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.keys import KEY_TYPES, KeySealer, key_to_pem
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.names import check_id, normalise_dns_names
-from acmezone_issuer.reconciler import DNS01, HTTP01, ISSUED, PENDING, REVOKED, Reconciler
+from acmezone_issuer.reconciler import DNS01, HTTP01, PENDING, REVOKED, Reconciler
 from acmezone_issuer.store import CertificateRow, Store, utcnow
 
 logger = logging.getLogger(__name__)
@@ -176,8 +181,6 @@ class CertificateManager:
                 metadata={"acme_problem_type": exc.problem_type},
             ) from exc
         except IssuanceError as exc:
-            from acmezone_common.errors import UnavailableError
-
             raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
         updated = await self._store.update_certificate(
             certificate_id,
@@ -223,6 +226,3 @@ class CertificateManager:
             )
         key = self._sealer.open_key(row.sealed_key, f"certificate/{certificate_id}")
         return row, key_to_pem(key).decode()
-
-
-__all__ = ["ISSUED", "REVOCATION_REASONS", "CertificateManager"]

@@ -27,6 +27,7 @@ from acmezone_common.errors import (
     InvalidArgumentError,
     NotFoundError,
     UnauthenticatedError,
+    UnavailableError,
 )
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
@@ -424,8 +425,6 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         try:
             check = await self._dns01.check(domain)
         except IssuanceError as exc:
-            from acmezone_common.errors import UnavailableError
-
             raise UnavailableError("REGISTRY_UNAVAILABLE", exc.message) from exc
         return certificate_service_pb2.Delegation(
             domain=check.domain,
