@@ -7,6 +7,7 @@ listeners, as resolvers expect.
 
 from __future__ import annotations
 
+import errno
 import logging
 from functools import partial
 
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "dns.acmezone.dev"
 ZONE_SERVICE = zone_service_pb2.DESCRIPTOR.services_by_name["ZoneService"]
+_PORT_ATTEMPTS = 20
 
 
 class DnsApp:
@@ -78,35 +80,59 @@ class DnsApp:
 
     async def start(self) -> None:
         """Listen for DNS (answering static zones at once, the feed zone SERVFAIL until the
-        first snapshot), start the API NOT_SERVING, then follow the feed."""
-        bound: list[HostPort] = []
-        for address in self.settings.dns_addresses:
-            udp = UdpServer(address, self.responder, self.stats)
-            self.udp.append(udp)
-            udp_address = await udp.start()
-            tcp = TcpServer(
-                udp_address,
-                self.responder,
-                self.stats,
-                idle_timeout=self.settings.tcp_idle_timeout_seconds,
-                max_connections=self.settings.tcp_max_connections,
-            )
-            self.tcp.append(tcp)
-            await tcp.start()
-            bound.append(udp_address)
-        self.dns_addresses = bound
-        self.metrics_address = self.metrics_server.start()
-        self.grpc_address = await self.grpc.start(serving=False)
+        first snapshot), start the API NOT_SERVING, then follow the feed. Whatever started is
+        stopped again if a later step fails (a port in use, say)."""
+        try:
+            self.dns_addresses = [await self._listen(a) for a in self.settings.dns_addresses]
+            self.metrics_address = self.metrics_server.start()
+            self.grpc_address = await self.grpc.start(serving=False)
+        except BaseException:
+            await self._close_listeners()
+            self.metrics_server.stop()
+            raise
         await self.feed.start()
         logger.info(
             "dns serving",
             extra={
-                "dns": ",".join(map(str, bound)),
+                "dns": ",".join(map(str, self.dns_addresses)),
                 "grpc": str(self.grpc_address),
                 "zone": self.settings.zone,
                 "registry": self.settings.registry_target,
             },
         )
+
+    async def _listen(self, address: HostPort) -> HostPort:
+        """UDP and TCP on one address. With port 0 both get the same free port: the kernel
+        picks it for UDP, and if TCP finds it taken we try again with another."""
+        attempts = _PORT_ATTEMPTS if address.port == 0 else 1
+        for attempt in range(attempts):
+            udp = UdpServer(address, self.responder, self.stats)
+            bound = await udp.start()
+            tcp = TcpServer(
+                bound,
+                self.responder,
+                self.stats,
+                idle_timeout=self.settings.tcp_idle_timeout_seconds,
+                max_connections=self.settings.tcp_max_connections,
+            )
+            try:
+                await tcp.start()
+            except OSError as exc:
+                await udp.stop()
+                if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                    raise
+                continue
+            self.udp.append(udp)
+            self.tcp.append(tcp)
+            return bound
+        raise AssertionError("unreachable")
+
+    async def _close_listeners(self) -> None:
+        for tcp in self.tcp:
+            await tcp.stop()
+        for udp in self.udp:
+            await udp.stop()
+        self.tcp, self.udp = [], []
 
     async def _ready(self) -> None:
         """The first snapshot is in: the challenge zone can answer, report SERVING."""
@@ -119,8 +145,5 @@ class DnsApp:
         await self.grpc.health.enter_graceful_shutdown()
         await self.feed.stop()
         await self.grpc.stop(grace)
-        for tcp in self.tcp:
-            await tcp.stop()
-        for udp in self.udp:
-            await udp.stop()
+        await self._close_listeners()
         self.metrics_server.stop()
