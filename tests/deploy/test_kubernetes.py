@@ -261,6 +261,15 @@ def test_dns_is_replicated_spread_and_autoscaled(overlay: str) -> None:
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
 
 
+def test_issuer_is_replicated_and_rolls_without_downtime(overlay: str) -> None:
+    deployment = one(overlay, "Deployment", "acmezone-issuer")
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    replica_id = next(e for e in container["env"] if e["name"] == "ACMEZONE_ISSUER_REPLICA_ID")
+    assert replica_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
 def test_issuer_serves_http01_through_the_ingress(overlay: str) -> None:
     ingress = one(overlay, "Ingress", "acmezone-issuer-http01")
     [rule] = ingress["spec"]["rules"]
