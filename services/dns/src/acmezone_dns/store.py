@@ -13,6 +13,7 @@ its own bookkeeping needs no lock either.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -59,8 +60,8 @@ class Snapshot:
     """
 
     view: ZoneView
-    answers: Mapping[bytes, Packed]
-    defaults: Mapping[bytes, Packed]
+    answers: dict[bytes, Packed]
+    defaults: dict[bytes, Packed]
     fallbacks: Mapping[bytes, Packed]
     refused: Packed
     revision: int = 0
@@ -150,6 +151,10 @@ class ZoneStore:
                 continue
             self._put(change)
         self.snapshot = self._build_all(revision=revision, feed_id=feed_id, ready=True)
+        # Move the (large, long-lived, acyclic) zone out of the cyclic GC's sight: a full
+        # collection over 50k names takes ~0.5 s, a pause no DNS answer should wait for.
+        # Replaced snapshots are still freed by reference counting.
+        gc.freeze()
 
     def apply_changes(self, changes: Iterable[TxtChange], revision: int) -> None:
         """Apply one or more whole transactions and swap in the snapshot at `revision`."""
@@ -163,10 +168,13 @@ class ZoneStore:
         affected = set(touched)
         for key in touched:
             affected |= self._dependents.get(key, set())
-        nodes = dict(old.view.nodes)
+        # dict.copy() clones the hash table in one go (dict(d) re-inserts when the table is
+        # sparse), and overwriting entries that stay instead of deleting and re-adding them
+        # keeps the table free of holes, which that fast path needs.
+        nodes = old.view.nodes.copy()
         counts = dict(old.zone_record_counts)
         for key in affected:
-            previous = nodes.pop(key, None)
+            previous = nodes.get(key)
             node = self._node(key)
             zone_key = self._zone_key(key)
             if previous is not None:
@@ -174,15 +182,21 @@ class ZoneStore:
             if node is not None:
                 nodes[key] = node
                 counts[zone_key] += node.record_count
+            elif previous is not None:
+                del nodes[key]
         view = ZoneView(old.view.zones, nodes)
-        answers = dict(old.answers)
-        defaults = dict(old.defaults)
+        answers = old.answers.copy()
+        defaults = old.defaults.copy()
         for key in affected:
-            for answer_key in self._answer_keys.pop(key, ()):
-                del answers[answer_key]
-            defaults.pop(key, None)
+            stale = self._answer_keys.pop(key, [])
             if key in nodes:
                 self._pack_name(view, key, answers, defaults)
+                kept = set(self._answer_keys[key])
+                stale = [k for k in stale if k not in kept]
+            elif key in defaults:
+                del defaults[key]
+            for answer_key in stale:
+                del answers[answer_key]
         self.snapshot = replace(
             old,
             view=view,

@@ -132,7 +132,7 @@ class ZoneView:
     """Every served zone and existing name, immutable once built."""
 
     zones: Mapping[bytes, ZoneInfo]
-    nodes: Mapping[bytes, Node]
+    nodes: dict[bytes, Node]
 
     def zone_of(self, name: bytes) -> ZoneInfo | None:
         """The closest enclosing zone of a name, or None when we are not authoritative."""
