@@ -38,10 +38,20 @@ _PORT_ATTEMPTS = 20
 class DnsApp:
     """The whole dns service: zone store, DNS listeners, feed client, gRPC API, metrics."""
 
-    def __init__(self, settings: DnsSettings, metrics_registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        settings: DnsSettings,
+        metrics_registry: CollectorRegistry,
+        *,
+        freeze_gc: bool = False,
+    ) -> None:
+        """`freeze_gc` (the command sets it) keeps the zone out of cyclic garbage collection."""
         self.settings = settings
         self.store = ZoneStore(
-            load_static_zones(settings), feed_zone=settings.zone, txt_ttl=settings.txt_ttl
+            load_static_zones(settings),
+            feed_zone=settings.zone,
+            txt_ttl=settings.txt_ttl,
+            freeze_gc=freeze_gc,
         )
         self.stats = metrics.QueryStats()
         self.feed_metrics = metrics.FeedMetrics()
