@@ -14,12 +14,18 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dns.asyncquery
 import dns.message
@@ -113,7 +119,108 @@ def _healthcheck(address: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _run_services(workdir: Path) -> tuple[Exported, dict[str, str]]:
+@dataclass
+class Live:
+    """What a real Prometheus made of the running services: query answers and rule states."""
+
+    queries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rules: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    exported: Exported
+    health: dict[str, str]
+    live: Live
+
+
+DASHBOARD_VALUES = {"$__rate_interval": "30s", "$job": "acmezone-.*", "$instance": ".*"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _api(base: str, path: str, **params: str) -> dict[str, Any]:
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
+        data: dict[str, Any] = json.loads(response.read())
+    return data
+
+
+def _query_all(base: str, expressions: list[str]) -> Live:
+    """Wait until every target is scraped a few times and every rule group evaluated, then run
+    the expressions and read the rules."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            samples = _api(base, "/api/v1/query", query="min(count_over_time(up[1m]))")
+            groups = _api(base, "/api/v1/rules")["data"]["groups"]
+            scraped = int(float(samples["data"]["result"][0]["value"][1])) >= 4
+            targets = _api(base, "/api/v1/query", query="count(up == 1)")
+            up = int(float(targets["data"]["result"][0]["value"][1])) == 3
+            evaluated = all(not g["lastEvaluation"].startswith("0001") for g in groups)
+            if scraped and up and evaluated:
+                break
+        except (OSError, IndexError, KeyError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("Prometheus did not scrape the three services in time")
+        time.sleep(0.25)
+    live = Live()
+    for expr in expressions:
+        try:
+            live.queries[expr] = _api(base, "/api/v1/query", query=expr)
+        except urllib.error.HTTPError as exc:  # a bad query answers 400 with a JSON error
+            live.queries[expr] = json.loads(exc.read())
+    live.rules = _api(base, "/api/v1/rules")["data"]["groups"]
+    return live
+
+
+def _live_prometheus(workdir: Path, targets: dict[str, str]) -> Live:
+    """Run Debian's Prometheus on loopback, scraping the services every second with the
+    alert rules loaded, and ask it every dashboard query."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is needed (Debian package `prometheus`; `make test` installs it)")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [address]}]}
+            for job, address in targets.items()
+        ],
+    }
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    expressions = []
+    for _, expr in dashboard_expressions():
+        for variable, value in DASHBOARD_VALUES.items():
+            expr = expr.replace(variable, value)
+        expressions.append(expr)
+    with (workdir / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            return _query_all(f"http://127.0.0.1:{port}", expressions)
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+async def _run_services(workdir: Path) -> Run:
     """Start the three services, give them a little traffic, scrape, stop."""
     registry = RegistryApp(
         RegistrySettings(
@@ -197,13 +304,22 @@ async def _run_services(workdir: Path) -> tuple[Exported, dict[str, str]]:
             health[service] = f"{result.returncode} {result.stdout.strip()}"
         for address in (registry.metrics_address, dns_app.metrics_address, issuer.metrics_address):
             parse_exposition(await asyncio.to_thread(_scrape, str(address)), exported)
+        live = await asyncio.to_thread(
+            _live_prometheus,
+            workdir,
+            {
+                "acmezone-registry": str(registry.metrics_address),
+                "acmezone-dns": str(dns_app.metrics_address),
+                "acmezone-issuer": str(issuer.metrics_address),
+            },
+        )
     finally:
         if issuer is not None:
             await issuer.stop(grace=0)
         if dns_app is not None:
             await dns_app.stop(grace=0)
         await registry.stop(grace=0)
-    return exported, health
+    return Run(exported, health, live)
 
 
 def _get(url: str) -> None:
@@ -212,14 +328,14 @@ def _get(url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> tuple[Exported, dict[str, str]]:
-    """Scraped metrics and health-check results of the three services, gathered once."""
+def running(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Scraped metrics, health-check results and a live Prometheus's view, gathered once."""
     return asyncio.run(_run_services(tmp_path_factory.mktemp("metric-names")))
 
 
 @pytest.fixture(scope="module")
-def exported(running: tuple[Exported, dict[str, str]]) -> Exported:
-    return running[0]
+def exported(running: Run) -> Exported:
+    return running.exported
 
 
 # -- PromQL --------------------------------------------------------------------------------------
@@ -378,8 +494,8 @@ def test_a_misspelt_metric_would_be_caught(exported: Exported) -> None:
     assert set(uses.metrics) == {"acmezone_dns_query_total"}
 
 
-def test_container_healthcheck_reports_serving(running: tuple[Exported, dict[str, str]]) -> None:
-    health = running[1]
+def test_container_healthcheck_reports_serving(running: Run) -> None:
+    health = running.health
     assert health == {
         "registry": "0 SERVING",
         "dns": "0 SERVING",
@@ -391,3 +507,47 @@ def test_container_healthcheck_fails_when_nothing_listens() -> None:
     result = _healthcheck("127.0.0.1:9")
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr
+
+
+# -- a real Prometheus -----------------------------------------------------------------------------
+
+
+def test_a_real_prometheus_scrapes_the_three_jobs(running: Run) -> None:
+    up = running.live.queries
+    assert up  # the dashboard queries ran
+    values = {}
+    for expr, answer in up.items():
+        if expr.startswith("sum by (job) (up{"):
+            values = {r["metric"]["job"]: r["value"][1] for r in answer["data"]["result"]}
+    assert values == {"acmezone-registry": "1", "acmezone-dns": "1", "acmezone-issuer": "1"}
+
+
+def test_every_dashboard_query_runs_on_prometheus(running: Run) -> None:
+    failed = {
+        expr: answer.get("error")
+        for expr, answer in running.live.queries.items()
+        if answer["status"] != "success"
+    }
+    assert not failed
+
+
+def test_dashboard_queries_return_data(running: Run) -> None:
+    """Every query finds series, except those that need an issued certificate."""
+    needs_a_certificate = (
+        "acmezone_issuer_certificate_expiration_timestamp_seconds",
+        "acmezone_issuer_certificate_renewal_timestamp_seconds",
+    )
+    empty = [
+        expr
+        for expr, answer in running.live.queries.items()
+        if not answer["data"]["result"] and not any(m in expr for m in needs_a_certificate)
+    ]
+    assert not empty, "queries that found nothing:\n" + "\n".join(empty)
+
+
+def test_alert_rules_evaluate_cleanly_and_stay_quiet_on_a_healthy_system(running: Run) -> None:
+    rules = [rule for group in running.live.rules for rule in group["rules"]]
+    assert len(rules) == len(list(rule_expressions()))
+    for rule in rules:
+        assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
+        assert rule["state"] == "inactive", (rule["name"], rule["alerts"])
