@@ -144,6 +144,12 @@ class FeedClient:
                 )
             except FeedProtocolError as exc:
                 logger.error("feed protocol violation, reconnecting", extra={"error": str(exc)})
+            except Exception:
+                # A bug (or data we cannot handle) must not end the feed for good: drop the
+                # partial state by re-listing from scratch after the backoff.
+                logger.exception("applying the feed failed; re-listing")
+                self._synced = False
+                self._feed_id = ""
             self._disconnected()
             delay = self._rng.uniform(0, self._delay)
             self._delay = min(self._delay * 2, self._backoff_max)

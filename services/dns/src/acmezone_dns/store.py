@@ -144,10 +144,10 @@ class ZoneStore:
 
     def apply_snapshot(self, txt_sets: Iterable[TxtChange], revision: int, feed_id: str) -> None:
         """Replace every feed record with a full snapshot's and re-pack everything."""
-        for key in self._txt:
-            if key not in self._static:
-                self._count_ancestors(key, -1)
         self._txt = {}
+        self._below = Counter()
+        for key in self._static:
+            self._count_ancestors(key, +1)
         for change in txt_sets:
             if not self.in_feed_zone(change.fqdn):
                 logger.warning("feed name outside the zone ignored", extra={"fqdn": change.fqdn})
