@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,9 @@ from acmezone.issuer.v1 import account_service_pb2 as apb
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
 from acmezone_common.testing import error_info_reason
 from acmezone_issuer.devpebble import LocalPebble, free_port
+from acmezone_issuer.store import CertificateRow
 from tests.issuer.conftest import AUTH, CA, FakeDns, running_issuer, state_name
+from tests.issuer.test_store import certificate as certificate_row_for_store
 
 
 def _verify_chain(chain_pem: str, root_pem: str) -> list[x509.Certificate]:
@@ -159,3 +162,38 @@ async def test_account_forgotten_by_a_restarted_ca_is_registered_again(
             assert again.account_url != account.account_url
     finally:
         pebble.stop()
+
+
+async def test_order_placed_just_before_an_interruption_is_adopted(tmp_path: Path, ca: CA) -> None:
+    async with running_issuer(tmp_path, ca) as client:
+        account = await client.create_account()
+        account_row = await client.app.store.get_account(account.name.split("/")[1])
+        acme = client.app.accounts.client_for(account_row)
+        # A run asked the CA for an order and stopped before recording it.
+        lost = await acme.new_order(["adopt.example.test"], "")
+        now = datetime.now(UTC)
+        row = certificate_row("adopt", account_row.id, ["adopt.example.test"], now)
+        row.state, row.stage = "issuing", "ordering"
+        await client.app.store.insert_certificate(row)
+        client.app.reconciler.wake()
+
+        issued = await client.wait_for("certificates/adopt", lambda c: c.state == pb.STATE_ISSUED)
+        assert issued.failed_attempts == 0
+        assert [o.order_url for o in await client.app.store.orders_of("adopt")] == [lost.url]
+        orders = await acme.account_orders()
+        assert orders is not None
+        mine = [
+            u for u in orders if (await acme.get_order(u)).identifiers == ("adopt.example.test",)
+        ]
+        assert mine == [lost.url]
+
+
+def certificate_row(
+    certificate_id: str, account_id: str, names: list[str], now: datetime
+) -> CertificateRow:
+    """A stored certificate for HTTP-01, due now."""
+    row = certificate_row_for_store(certificate_id, account_id)
+    row.dns_names = names
+    row.challenge_type = "http-01"
+    row.next_attempt_time = now
+    return row

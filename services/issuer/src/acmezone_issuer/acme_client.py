@@ -151,6 +151,7 @@ class Order:
 
     url: str
     status: str
+    identifiers: tuple[str, ...]
     authorizations: tuple[str, ...]
     finalize: str
     certificate: str
@@ -192,6 +193,7 @@ class AcmeClient:
         self._key = key
         self._jwk, _ = jwk_for(key)
         self._net = _Network(key, metrics, ca_bundle, account_url)
+        self._account_url = account_url
         self._directory: messages.Directory | None = None
         self._lock = asyncio.Lock()
 
@@ -254,12 +256,27 @@ class AcmeClient:
         return Order(
             url=url,
             status=status_name(body.status),
+            identifiers=tuple(str(i.value) for i in body.identifiers or ()),
             authorizations=tuple(body.authorizations or ()),
             finalize=body.finalize or "",
             certificate=body.certificate or "",
             error=body.error,
             retry_after=_retry_after(response),
         )
+
+    async def account_orders(self, limit: int = 1000) -> list[str] | None:
+        """The URLs of this account's orders (RFC 8555 section 7.1.2.1), or None when the CA
+        does not list them (Let's Encrypt does not)."""
+        account = (await self._post("account", self._account_url, None)).json()
+        next_url = account.get("orders") if isinstance(account, dict) else None
+        if not next_url:
+            return None
+        urls: list[str] = []
+        while next_url and len(urls) < limit:
+            response = await self._post("orders", str(next_url), None)
+            urls += [str(u) for u in response.json().get("orders", [])]
+            next_url = response.links.get("next", {}).get("url")
+        return urls
 
     async def get_authorization(self, url: str) -> Authorization:
         """Read an authorization (POST-as-GET)."""

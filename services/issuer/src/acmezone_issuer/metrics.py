@@ -37,6 +37,8 @@ ACME_ENDPOINTS = (
     "newNonce",
     "newAccount",
     "newOrder",
+    "account",
+    "orders",
     "order",
     "authorization",
     "challenge",

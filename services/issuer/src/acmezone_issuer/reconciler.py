@@ -72,6 +72,8 @@ _TRANSIENT = (AcmeUnavailableError, RegistryError)
 _ARI_RETRY = timedelta(hours=1)
 _ARI_MIN_RECHECK = timedelta(seconds=1)
 _FRESH_MIN_LIFE = timedelta(hours=1)
+# How many of an account's newest orders to look through for one an interruption left behind.
+_ORDERS_TO_SCAN = 20
 
 
 def default_replica_id() -> str:
@@ -373,6 +375,7 @@ class _CertificateJob:
         return False
 
     async def place_order(self, client: AcmeClient) -> None:
+        interrupted = self.row.stage == "ordering"
         key = generate_key(self.row.key_type)
         context = f"certificate/{self.row.id}/pending"
         await self.save(
@@ -381,12 +384,43 @@ class _CertificateJob:
             sealed_pending_key=self.r._sealer.seal_key(key, context),
             attempt_start_time=utcnow(),
         )
+        if interrupted:
+            # The last run stopped between asking for an order and recording it: the CA may
+            # have created one. Carry that order on rather than placing a second.
+            adopted = await self.unrecorded_order(client)
+            if adopted is not None:
+                await self.r._store.record_order(self.row.id, adopted.url)
+                await self.save(order_url=adopted.url, stage="presenting")
+                logger.info(
+                    "order adopted after an interruption",
+                    extra={"certificate": self.row.id, "order": adopted.url},
+                )
+                await self.drive(client, adopted)
+                return
         self.r._metrics.attempts.inc()
         order = await client.new_order(self.row.dns_names, self.row.profile)
         await self.r._store.record_order(self.row.id, order.url)
         await self.save(order_url=order.url, stage="presenting")
         logger.info("order placed", extra={"certificate": self.row.id, "order": order.url})
         await self.drive(client, order)
+
+    async def unrecorded_order(self, client: AcmeClient) -> Order | None:
+        """A live order of this account for exactly these names that no attempt recorded."""
+        urls = await client.account_orders()
+        if urls is None:
+            logger.warning(
+                "the CA does not list orders; an order placed just before the interruption "
+                "cannot be found, so another is placed",
+                extra={"certificate": self.row.id},
+            )
+            return None
+        known = {o.order_url for o in await self.r._store.orders_of(self.row.id)}
+        wanted = sorted(self.row.dns_names)
+        for url in reversed([u for u in urls if u not in known][-_ORDERS_TO_SCAN:]):
+            order = await client.get_order(url)
+            if order.status != "invalid" and sorted(order.identifiers) == wanted:
+                return order
+        return None
 
     async def drive(self, client: AcmeClient, order: Order) -> None:
         """Move an order on from whatever status it has until it is valid (or fails)."""
