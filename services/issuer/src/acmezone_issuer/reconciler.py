@@ -257,12 +257,16 @@ class Reconciler:
         if row is None:
             return
         keeper = asyncio.create_task(self._keep_lease(certificate_id))
+        job = _CertificateJob(self, row)
         try:
-            await _CertificateJob(self, row).run()
+            await job.run()
         except LeaseLostError:
             logger.warning("lease lost", extra={"certificate": certificate_id})
-        except Exception:
+        except Exception as exc:
             logger.exception("certificate attempt crashed", extra={"certificate": certificate_id})
+            # Record it like any failure, so a persistent fault backs off instead of spinning.
+            with contextlib.suppress(Exception):
+                await job.fail(IssuanceError(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
