@@ -16,7 +16,7 @@ from acmezone_common.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
-from acmezone_issuer.acme_client import AcmeClient, register_account
+from acmezone_issuer.acme_client import AcmeClient, register_account, terms_of_service
 from acmezone_issuer.errors import AcmeProblemError, AcmeUnavailableError
 from acmezone_issuer.keys import KEY_TYPES, KeySealer, generate_key
 from acmezone_issuer.metrics import IssuerMetrics
@@ -81,11 +81,16 @@ class AccountManager:
                 field="account.external_account_binding",
             )
         if not terms_agreed:
-            raise InvalidArgumentError(
-                "TERMS_NOT_AGREED",
-                "the ACME server's terms of service must be agreed to",
-                field="account.terms_of_service_agreed",
-            )
+            try:
+                terms = await terms_of_service(directory_url, self._metrics, self._ca_bundle)
+            except AcmeUnavailableError as exc:
+                raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
+            if terms:
+                raise InvalidArgumentError(
+                    "TERMS_NOT_AGREED",
+                    f"the ACME server's terms of service ({terms}) must be agreed to",
+                    field="account.terms_of_service_agreed",
+                )
         key = generate_key(key_type)
         try:
             registration = await register_account(

@@ -1,4 +1,4 @@
-"""Placeholder entry point; the commands live in `acmezone_issuer.cli.commands`."""
+"""The `acmezone` console script; the commands live in `acmezone_issuer.cli.commands`."""
 
 from __future__ import annotations
 
