@@ -161,7 +161,7 @@ async def test_issuer_killed_mid_order_resumes_the_same_order(
     os.kill(registry.pid, signal.SIGCONT)
     assert before_kill.state == pb.STATE_ISSUING
 
-    processes.start("issuer", "acmezone-issuer", issuer_env)
+    restarted = processes.start("issuer", "acmezone-issuer", issuer_env)
     await wait_for_serving(issuer_grpc)
     async with grpc.aio.insecure_channel(issuer_grpc) as channel:
         certificates = certificate_service_pb2_grpc.CertificateServiceStub(channel)
@@ -181,3 +181,7 @@ async def test_issuer_killed_mid_order_resumes_the_same_order(
     with sqlite3.connect(tmp_path / "issuer" / "issuer.db") as db:
         orders = [row[0] for row in db.execute("SELECT order_url FROM orders")]
     assert orders == [before_kill.order_url]
+
+    # SIGTERM: health NOT_SERVING, drain, exit 0.
+    restarted.terminate()
+    assert restarted.wait(timeout=15) == 0, processes.log("issuer")
