@@ -3,7 +3,9 @@ server and answers parsed by dnspython."""
 
 from __future__ import annotations
 
+import random
 import struct
+from pathlib import Path
 
 import dns.edns
 import dns.flags
@@ -19,6 +21,7 @@ from acmezone_dns.store import TxtChange
 from tests.dns.conftest import (
     BIG_VALUES,
     LONG_VALUE,
+    ZONE,
     query_tcp,
     query_udp,
     raw_udp,
@@ -297,12 +300,9 @@ async def test_ipv6_listener_answers_udp_and_tcp(dns_app: DnsApp) -> None:
     assert udp.flags & dns.flags.AA
 
 
-async def test_feed_zone_answers_servfail_until_first_snapshot(tmp_path: object) -> None:
-    from pathlib import Path
-
+async def test_feed_zone_answers_servfail_until_first_snapshot(tmp_path: Path) -> None:
     from tests.dns.conftest import running_dns
 
-    assert isinstance(tmp_path, Path)
     async with running_dns(tmp_path) as app:
         reply = await query_udp(v4(app), "one.acme.example.test", "TXT")
         assert reply.rcode() == dns.rcode.SERVFAIL  # never an NXDOMAIN a resolver would cache
@@ -317,3 +317,44 @@ async def test_edns_options_and_cookies_are_ignored(dns_app: DnsApp) -> None:
     )
     assert reply.rcode() == dns.rcode.NOERROR
     assert len(reply.answer[0]) == 2
+
+
+def test_fast_and_slow_paths_give_the_same_answers(tmp_path: Path) -> None:
+    """Every pre-packed answer equals what the slow path builds for the same query, whatever
+    the case, EDNS, DO, CD and transport."""
+    from acmezone_dns.metrics import QueryStats
+    from acmezone_dns.responder import Responder
+    from acmezone_dns.static_zones import load_static_zones
+    from acmezone_dns.store import ZoneStore
+    from tests.dns.conftest import SNAPSHOT, dns_settings
+
+    store = ZoneStore(load_static_zones(dns_settings(tmp_path)), feed_zone=ZONE, txt_ttl=1)
+    store.apply_snapshot(SNAPSHOT, 1, "f")
+    responder = Responder(store, QueryStats(), edns_udp_size=1232)
+    rng = random.Random(7)
+    names = [node.name.to_text() for node in store.snapshot.view.nodes.values()]
+    names += ["nobody.acme.example.test.", "x.y.example.test.", "example.com."]
+    compared = 0
+    for name in names:
+        for rdtype in ("A", "AAAA", "TXT", "NS", "SOA", "CNAME", "ANY", "CAA", "HTTPS"):
+            for edns, do in ((-1, False), (0, False), (0, True)):
+                mixed = "".join(c.upper() if rng.random() < 0.5 else c for c in name)
+                query = dns.message.make_query(mixed, rdtype, use_edns=edns, want_dnssec=do)
+                if rng.random() < 0.5:
+                    query.flags |= dns.flags.CD
+                wire = query.to_wire()
+                for tcp in (False, True):
+                    fast = responder.answer(wire, tcp)
+                    slow = responder._slow(wire, store.snapshot, tcp)
+                    assert fast is not None
+                    assert slow is not None
+                    a, b = dns.message.from_wire(fast), dns.message.from_wire(slow)
+                    assert (a.id, a.flags, a.rcode(), a.edns, a.ednsflags, a.payload) == (
+                        b.id, b.flags, b.rcode(), b.edns, b.ednsflags, b.payload
+                    )  # fmt: skip
+                    assert a.question[0].name.to_text() == mixed  # 0x20 case kept
+                    assert (a.answer, a.authority, a.additional) == (
+                        b.answer, b.authority, b.additional
+                    )  # fmt: skip
+                    compared += 1
+    assert compared > 1000

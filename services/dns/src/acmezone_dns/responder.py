@@ -8,7 +8,8 @@ microsecond; parsing and packing with a DNS library costs about 70. Anything the
 not recognise exactly goes to the slow path, which parses with dnslib and answers every case
 correctly: FORMERR, NOTIMP, BADVERS, REFUSED for AXFR/IXFR and foreign classes, truncation
 (TC) when an answer does not fit the UDP size. Both paths take their answers from
-`ZoneView.resolve`, so they agree byte for byte.
+`ZoneView.resolve`, so they agree record for record (only where a name is compressed may
+differ: a name-independent NXDOMAIN body spells the zone apex out).
 
 Nothing here raises on bad input: a message the slow path cannot parse gets FORMERR, and one too
 short to carry an ID, or that is itself a response, gets no answer at all.
