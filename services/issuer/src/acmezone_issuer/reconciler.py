@@ -63,8 +63,11 @@ REVOKED = "revoked"
 DNS01 = "dns-01"
 HTTP01 = "http-01"
 
-_CONCURRENCY = 4
-_DEFAULT_POLL_SECONDS = 1.0
+_CONCURRENCY = 8
+# Polling without Retry-After: soon at first (Pebble and step-ca validate in milliseconds), then
+# doubling up to a pace that does not burden a busy CA.
+_FIRST_POLL_SECONDS = 0.25
+_LONGEST_DEFAULT_POLL_SECONDS = 2.0
 _MAX_POLL_SECONDS = 10.0
 # Failures that leave the order usable: the next attempt resumes it instead of ordering anew.
 _TRANSIENT = (AcmeUnavailableError, RegistryError)
@@ -287,6 +290,7 @@ class _CertificateJob:
         self.r = reconciler
         self.row = row
         self.attempt = _Attempt()
+        self.poll_delay = _FIRST_POLL_SECONDS
 
     async def save(self, **changes: Any) -> CertificateRow:
         """Persist changes (conditions recomputed) while holding the lease."""
@@ -464,8 +468,9 @@ class _CertificateJob:
             order = await client.get_order(order.url)
 
     async def sleep_until(self, when: datetime | None, deadline: float) -> None:
-        """Honour Retry-After (bounded), defaulting to one second."""
-        seconds = _DEFAULT_POLL_SECONDS
+        """Honour Retry-After (bounded); without it, back off from a quarter second to two."""
+        seconds = self.poll_delay
+        self.poll_delay = min(self.poll_delay * 2, _LONGEST_DEFAULT_POLL_SECONDS)
         if when is not None:
             seconds = min(max((when - utcnow()).total_seconds(), 0.0), _MAX_POLL_SECONDS)
         seconds = min(seconds, max(deadline - time.monotonic(), 0.0))
