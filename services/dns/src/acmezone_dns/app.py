@@ -27,6 +27,7 @@ from acmezone_dns.static_zones import load_static_zones
 from acmezone_dns.store import ZoneStore
 from acmezone_dns.tcp_server import TcpServer
 from acmezone_dns.udp_server import UdpServer
+from acmezone_dns.updates import UpdateForwarder
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,15 @@ class DnsApp:
             self.feed_metrics,
             lambda: self.store.snapshot.record_count,
         )
+        self.update_stats = metrics.UpdateStats()
+        metrics_registry.register(metrics.UpdateCollector(self.update_stats))
+        self.updates = UpdateForwarder(
+            settings.registry_target,
+            self.store,
+            self.update_stats,
+            timeout=settings.update_timeout_seconds,
+            revision_wait=settings.update_revision_wait_seconds,
+        )
         self.responder = Responder(self.store, self.stats, edns_udp_size=settings.edns_udp_size)
         self.grpc = GrpcServer(
             settings.grpc_address, registry=metrics_registry, error_domain=ERROR_DOMAIN
@@ -93,11 +103,13 @@ class DnsApp:
         first snapshot), start the API NOT_SERVING, then follow the feed. Whatever started is
         stopped again if a later step fails (a port in use, say)."""
         try:
+            await self.updates.start()
             self.dns_addresses = [await self._listen(a) for a in self.settings.dns_addresses]
             self.metrics_address = self.metrics_server.start()
             self.grpc_address = await self.grpc.start(serving=False)
         except BaseException:
             await self._close_listeners()
+            await self.updates.stop()
             self.metrics_server.stop()
             raise
         await self.feed.start()
@@ -116,7 +128,7 @@ class DnsApp:
         picks it for UDP, and if TCP finds it taken we try again with another."""
         attempts = _PORT_ATTEMPTS if address.port == 0 else 1
         for attempt in range(attempts):
-            udp = UdpServer(address, self.responder, self.stats)
+            udp = UdpServer(address, self.responder, self.stats, self.updates)
             bound = await udp.start()
             tcp = TcpServer(
                 bound,
@@ -124,6 +136,7 @@ class DnsApp:
                 self.stats,
                 idle_timeout=self.settings.tcp_idle_timeout_seconds,
                 max_connections=self.settings.tcp_max_connections,
+                updates=self.updates,
             )
             try:
                 await tcp.start()
@@ -156,4 +169,5 @@ class DnsApp:
         await self.feed.stop()
         await self.grpc.stop(grace)
         await self._close_listeners()
+        await self.updates.stop()
         self.metrics_server.stop()

@@ -196,3 +196,55 @@ def register(
 ) -> None:
     """Attach the dns collector to a registry (each test passes its own)."""
     registry.register(DnsCollector(stats, feed, record_count))
+
+
+UPDATE_RCODES = (
+    "NOERROR",
+    "FORMERR",
+    "SERVFAIL",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "YXDOMAIN",
+    "YXRRSET",
+    "NXRRSET",
+    "NOTAUTH",
+    "NOTZONE",
+    "OTHER",
+)
+_UPDATE_RCODE_INDEX = {rcode: rcode for rcode in range(len(UPDATE_RCODES) - 1)}
+"""DNS rcode number -> index into UPDATE_RCODES (0 NOERROR ... 10 NOTZONE, in number order)."""
+
+
+class UpdateStats:
+    """RFC 2136 UPDATE messages answered, by transport and response code (plain ints)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(TRANSPORTS) * len(UPDATE_RCODES))
+
+    def count(self, rcode: int, tcp: bool) -> None:
+        """Count one answered UPDATE; rcodes outside UPDATE_RCODES count as OTHER."""
+        index = _UPDATE_RCODE_INDEX.get(rcode, len(UPDATE_RCODES) - 1)
+        self.counts[index + (len(UPDATE_RCODES) if tcp else 0)] += 1
+
+
+class UpdateCollector(Collector):
+    """Exposes UpdateStats as acmezone_dns_updates_total."""
+
+    def __init__(self, stats: UpdateStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        updates = CounterMetricFamily(
+            "acmezone_dns_updates",
+            "RFC 2136 UPDATE messages answered, by transport and response code (SERVFAIL when "
+            "the registry could not be asked).",
+            labels=("transport", "rcode"),
+        )
+        counts = list(self._stats.counts)
+        i = 0
+        for transport in TRANSPORTS:
+            for rcode in UPDATE_RCODES:
+                updates.add_metric((transport, rcode), counts[i])
+                i += 1
+        yield updates

@@ -60,7 +60,8 @@ class DnsSettings(ServiceSettings):
     )
     registry_target: str = Field(
         default="127.0.0.1:50051",
-        description="The registry's gRPC address (a grpc target) to stream the record feed from.",
+        description="The registry's gRPC address (a grpc target) to stream the record feed from "
+        "and forward RFC 2136 UPDATE messages to.",
     )
     zone: str = Field(
         default="acme.example.test", description="The challenge zone the registry allocates in."
@@ -124,6 +125,18 @@ class DnsSettings(ServiceSettings):
     )
     tcp_max_connections: int = Field(
         default=256, ge=1, description="TCP connections served at once; more are closed."
+    )
+    update_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Deadline of forwarding one RFC 2136 UPDATE to the registry; past it the "
+        "client gets SERVFAIL.",
+    )
+    update_revision_wait_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="After an UPDATE is committed, wait at most this long for this replica to "
+        "serve the change before answering.",
     )
     feed_backoff_initial_seconds: float = Field(
         default=0.1, gt=0, description="First delay before reconnecting to the feed."

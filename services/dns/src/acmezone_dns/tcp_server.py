@@ -14,6 +14,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_dns import sockets
 from acmezone_dns.metrics import QueryStats
 from acmezone_dns.responder import Responder
+from acmezone_dns.updates import UpdateForwarder, is_update
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ class TcpServer:
         *,
         idle_timeout: float,
         max_connections: int,
+        updates: UpdateForwarder | None = None,
     ) -> None:
         self._address = address
+        self._updates = updates
         self._responder = responder
         self._stats = stats
         self._idle_timeout = idle_timeout
@@ -78,7 +81,13 @@ class TcpServer:
             async with asyncio.timeout(self._idle_timeout):
                 prefix = await reader.readexactly(2)
                 message = await reader.readexactly(int.from_bytes(prefix, "big"))
-            response = answer(message, True)
+            if self._updates is not None and is_update(message):
+                peer = writer.get_extra_info("peername")
+                response: bytes | None = await self._updates.forward(
+                    message, str(peer[0]) if peer else "", tcp=True
+                )
+            else:
+                response = answer(message, True)
             if response is None:
                 # A runt or a response: nothing sensible can follow on this stream.
                 return

@@ -13,11 +13,13 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from acmezone_common.addresses import HostPort
 from acmezone_dns import sockets
 from acmezone_dns.metrics import LATENCY_SAMPLE_EVERY, QueryStats
 from acmezone_dns.responder import Responder
+from acmezone_dns.updates import UpdateForwarder, is_update
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +30,17 @@ _BATCH = 64
 class UdpServer:
     """Answers DNS queries on one UDP address."""
 
-    def __init__(self, address: HostPort, responder: Responder, stats: QueryStats) -> None:
+    def __init__(
+        self,
+        address: HostPort,
+        responder: Responder,
+        stats: QueryStats,
+        updates: UpdateForwarder | None = None,
+    ) -> None:
         self._address = address
         self._responder = responder
         self._stats = stats
+        self._updates = updates
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeups = 0
@@ -58,6 +67,7 @@ class UdpServer:
         sendto = sock.sendto
         answer = self._responder.answer
         stats = self._stats
+        updates = self._updates
         # One wake-up in LATENCY_SAMPLE_EVERY has its first answer timed: per-query timing
         # would cost more than the answer.
         self._wakeups += 1
@@ -73,6 +83,11 @@ class UdpServer:
                 continue
             if timed:
                 start = time.perf_counter()
+            if updates is not None and is_update(data):
+                # RFC 2136: answered later, from the registry; queries go on meanwhile.
+                if not updates.submit_udp(data, peer[0], self._sender(peer)):
+                    stats.dropped += 1
+                continue
             try:
                 response = answer(data, False)
             except Exception:
@@ -90,6 +105,15 @@ class UdpServer:
             if timed:
                 stats.observe_latency(time.perf_counter() - start)
                 timed = False
+
+    def _sender(self, peer: tuple[str, int]) -> Callable[[bytes], None]:
+        sock = self._sock
+
+        def send(response: bytes) -> None:
+            if sock is not None and sock.fileno() >= 0:
+                sock.sendto(response, peer)
+
+        return send
 
     async def stop(self) -> None:
         """Stop answering and close the socket."""
