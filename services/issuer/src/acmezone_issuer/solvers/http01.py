@@ -7,7 +7,6 @@ reconciler presents the pending ones again before it answers anything.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
@@ -44,10 +43,7 @@ class Http01Solver:
         site = web.TCPSite(runner, self._address.host, self._address.port)
         await site.start()
         self._runner = runner
-        port = self._address.port
-        server = site._server
-        if isinstance(server, asyncio.Server) and server.sockets:
-            port = server.sockets[0].getsockname()[1]
+        port = int(runner.addresses[0][1]) if runner.addresses else self._address.port
         self._bound = self._address.with_port(port)
         logger.info("HTTP-01 listening", extra={"address": str(self._bound)})
         return self._bound
