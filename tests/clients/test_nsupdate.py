@@ -1,0 +1,143 @@
+"""BIND's `nsupdate` (Debian bind9-dnsutils) with a TSIG key file against a real dns service fed
+by a real registry: add and delete challenge TXT records, checked with `dig` against the same
+server: hmac-sha256 over UDP and hmac-md5 (certbot-dns-rfc2136's and cert-manager's default)
+over TCP.
+
+The scripts name the zone (`zone acme.example.test.`): without it nsupdate finds the zone with an
+SOA query signed with the key and insists on a signed answer, and the dns service (which holds no
+TSIG secrets) answers queries unsigned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from acmezone.registry.v1 import registration_service_pb2 as reg_pb2
+from acmezone.registry.v1 import registration_service_pb2_grpc as reg_grpc
+from acmezone.registry.v1 import tsig_key_service_pb2 as key_pb2
+from acmezone.registry.v1 import tsig_key_service_pb2_grpc as key_grpc
+from acmezone_common.addresses import HostPort
+from acmezone_common.testing import wait_for_serving
+from tests.dns.conftest import running_dns
+from tests.registry.conftest import running_registry
+from tests.registry.values import acme_digest
+
+BIND_ALGORITHMS = {
+    key_pb2.TSIG_ALGORITHM_HMAC_SHA256: "hmac-sha256",
+    key_pb2.TSIG_ALGORITHM_HMAC_MD5: "hmac-md5",
+}
+
+
+async def run(*command: str, stdin: str = "") -> tuple[int, str]:
+    binary = shutil.which(command[0])
+    assert binary, f"{command[0]} missing: run `make system-deps` (bind9-dnsutils)"
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        *command[1:],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(stdin.encode()), 30)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def dig_txt(server: HostPort, name: str) -> list[str]:
+    code, output = await run(
+        "dig", f"@{server.host}", "-p", str(server.port), "+short", "+norecurse", name, "TXT"
+    )
+    assert code == 0, output
+    return [line.strip('"') for line in output.split()]
+
+
+@dataclass
+class Setup:
+    dns: HostPort
+    channel: grpc.aio.Channel
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    async with (
+        running_registry(tmp_path) as registry,
+        running_dns(
+            tmp_path,
+            registry_target=str(registry.grpc_address),
+            dns_addresses=["127.0.0.1:0"],
+            txt_ttl=0,
+        ) as dns_app,
+        grpc.aio.insecure_channel(str(registry.grpc_address)) as channel,
+    ):
+        await wait_for_serving(str(dns_app.grpc_address))
+        yield Setup(dns_app.dns_addresses[0], channel)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("algorithm", "tcp"),
+    [(key_pb2.TSIG_ALGORITHM_HMAC_SHA256, False), (key_pb2.TSIG_ALGORITHM_HMAC_MD5, True)],
+    ids=["hmac-sha256-udp", "hmac-md5-tcp"],
+)
+async def test_nsupdate_adds_and_deletes_with_a_key_file(
+    setup: Setup, tmp_path: Path, algorithm: int, tcp: bool
+) -> None:
+    registration = await reg_grpc.RegistrationServiceStub(setup.channel).CreateRegistration(
+        reg_pb2.CreateRegistrationRequest()
+    )
+    key = await key_grpc.TsigKeyServiceStub(setup.channel).CreateTsigKey(
+        key_pb2.CreateTsigKeyRequest(
+            parent=registration.name, tsig_key=key_pb2.TsigKey(algorithm=algorithm)
+        )
+    )
+    key_file = tmp_path / "tsig.key"
+    key_file.write_text(
+        f'key "{key.key_name}" {{\n'
+        f"\talgorithm {BIND_ALGORITHMS[algorithm]};\n"
+        f'\tsecret "{key.secret}";\n'
+        "};\n"
+    )
+    name = f"_acme-challenge.{registration.fulldomain}."
+    first, second = acme_digest("first"), acme_digest("second")
+    server = f"server {setup.dns.host} {setup.dns.port}\n"
+    zone = "zone acme.example.test.\n"
+    flags = ["-k", str(key_file)] + (["-v"] if tcp else [])
+
+    code, output = await run(
+        "nsupdate",
+        *flags,
+        stdin=server
+        + zone
+        + f'update add {name} 60 TXT "{first}"\nupdate add {name} 60 TXT "{second}"\nsend\n',
+    )
+    assert code == 0, output
+    assert sorted(await dig_txt(setup.dns, name)) == sorted([first, second])
+
+    code, output = await run(
+        "nsupdate", *flags, stdin=server + zone + f'update delete {name} TXT "{first}"\nsend\n'
+    )
+    assert code == 0, output
+    assert await dig_txt(setup.dns, name) == [second]
+
+    code, output = await run(
+        "nsupdate", *flags, stdin=server + zone + f"update delete {name} TXT\nsend\n"
+    )
+    assert code == 0, output
+    assert await dig_txt(setup.dns, name) == []
+
+    # A name outside the key's two names: nsupdate reports REFUSED and exits non-zero.
+    code, output = await run(
+        "nsupdate",
+        *flags,
+        stdin=server + zone + f'update add other.acme.example.test. 60 TXT "{first}"\nsend\n',
+    )
+    assert code != 0
+    assert "REFUSED" in output
+    assert await dig_txt(setup.dns, "other.acme.example.test.") == []
