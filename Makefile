@@ -17,7 +17,7 @@ GEN := gen/python
 SERVICES := common registry dns issuer
 SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml))
 # Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
-TEST_DEB_PACKAGES := pebble bind9-dnsutils
+TEST_DEB_PACKAGES := pebble bind9-dnsutils lego
 # Debian packages the deployment tests need (tests/deploy): promtool for the alert rules, and
 # docker-compose to check docker-compose.yaml offline. Installed without recommends: docker-compose
 # would bring a whole container engine.
