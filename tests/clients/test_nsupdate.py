@@ -62,6 +62,7 @@ async def dig_txt(server: HostPort, name: str) -> list[str]:
 class Setup:
     dns: HostPort
     channel: grpc.aio.Channel
+    registry_target: str
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         grpc.aio.insecure_channel(str(registry.grpc_address)) as channel,
     ):
         await wait_for_serving(str(dns_app.grpc_address))
-        yield Setup(dns_app.dns_addresses[0], channel)
+        yield Setup(dns_app.dns_addresses[0], channel, str(registry.grpc_address))
 
 
 @pytest.mark.slow

@@ -29,7 +29,12 @@ from acmezone.issuer.v1 import (
     certificate_service_pb2,
     certificate_service_pb2_grpc,
 )
-from acmezone.registry.v1 import registration_service_pb2, registration_service_pb2_grpc
+from acmezone.registry.v1 import (
+    registration_service_pb2,
+    registration_service_pb2_grpc,
+    tsig_key_service_pb2,
+    tsig_key_service_pb2_grpc,
+)
 from acmezone_issuer.cli import output
 from acmezone_issuer.cli.settings import CliSettings
 
@@ -90,6 +95,9 @@ class Cli:
         return registration_service_pb2_grpc.RegistrationServiceStub(
             self.channel(self.args.registry)
         )
+
+    def tsig_keys(self) -> tsig_key_service_pb2_grpc.TsigKeyServiceAsyncStub:
+        return tsig_key_service_pb2_grpc.TsigKeyServiceStub(self.channel(self.args.registry))
 
     def emit(self, message: Message | list[Message] | dict[str, Any], text: str) -> None:
         """Print `text` for people, or the message(s) as JSON."""
@@ -449,6 +457,60 @@ async def cmd_registration_delete(cli: Cli) -> int:
     return 0
 
 
+# -- TSIG keys (RFC 2136) --------------------------------------------------------------------
+
+
+def _tsig_key_name(registration: str, key_id: str) -> str:
+    if key_id.startswith("registrations/"):
+        return key_id
+    return f"{_registration_name(registration)}/tsigKeys/{key_id}"
+
+
+async def cmd_tsig_key_create(cli: Cli) -> int:
+    a = cli.args
+    created = await cli.tsig_keys().CreateTsigKey(
+        tsig_key_service_pb2.CreateTsigKeyRequest(
+            parent=_registration_name(a.registration),
+            tsig_key=tsig_key_service_pb2.TsigKey(algorithm=output.TSIG_ALGORITHMS[a.algorithm][0]),
+            tsig_key_id=a.id or "",
+        ),
+        metadata=cli.registry_metadata,
+    )
+    cli.emit(created, output.tsig_key_created(created, a.nameserver))
+    return 0
+
+
+async def cmd_tsig_key_list(cli: Cli) -> int:
+    keys: list[tsig_key_service_pb2.TsigKey] = []
+    token = ""
+    while True:
+        page = await cli.tsig_keys().ListTsigKeys(
+            tsig_key_service_pb2.ListTsigKeysRequest(
+                parent=_registration_name(cli.args.registration), page_size=100, page_token=token
+            ),
+            metadata=cli.registry_metadata,
+        )
+        keys += page.tsig_keys
+        token = page.next_page_token
+        if not token:
+            break
+    rows = [
+        [k.name, k.key_name, output.tsig_algorithm(k.algorithm), output.when(k.create_time)]
+        for k in keys
+    ]
+    cli.emit(list(keys), output.table(["NAME", "KEY NAME", "ALGORITHM", "CREATED"], rows))
+    return 0
+
+
+async def cmd_tsig_key_delete(cli: Cli) -> int:
+    name = _tsig_key_name(cli.args.registration, cli.args.key)
+    await cli.tsig_keys().DeleteTsigKey(
+        tsig_key_service_pb2.DeleteTsigKeyRequest(name=name), metadata=cli.registry_metadata
+    )
+    cli.emit({"deleted": name}, f"deleted {name}")
+    return 0
+
+
 # -- parsing ---------------------------------------------------------------------------------
 
 
@@ -550,6 +612,29 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
         command = registration.add_parser(verb)
         command.add_argument("name")
         command.set_defaults(run=func)
+
+    tsig = sub.add_parser(
+        "tsig-key", help="TSIG keys for RFC 2136 updates (nsupdate, lego, certbot)"
+    ).add_subparsers(dest="sub", required=True)
+    tcreate = tsig.add_parser("create", help="create a key; prints its secret once")
+    tcreate.add_argument("registration", help="registration subdomain or name")
+    tcreate.add_argument("--id", help="key id, a DNS label (default: random)")
+    tcreate.add_argument(
+        "--algorithm", choices=sorted(output.TSIG_ALGORITHMS), default="hmac-sha256"
+    )
+    tcreate.add_argument(
+        "--nameserver",
+        default="127.0.0.1:5353",
+        help="the dns service's address to print in the client settings",
+    )
+    tcreate.set_defaults(run=cmd_tsig_key_create)
+    tlist = tsig.add_parser("list", help="list a registration's keys (no secrets)")
+    tlist.add_argument("registration")
+    tlist.set_defaults(run=cmd_tsig_key_list)
+    tdelete = tsig.add_parser("delete", help="delete a key; updates signed with it are refused")
+    tdelete.add_argument("registration")
+    tdelete.add_argument("key", help="key id or full resource name")
+    tdelete.set_defaults(run=cmd_tsig_key_delete)
     return parser
 
 

@@ -9,7 +9,7 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
 from acmezone.issuer.v1 import account_service_pb2, certificate_service_pb2
-from acmezone.registry.v1 import registration_service_pb2
+from acmezone.registry.v1 import registration_service_pb2, tsig_key_service_pb2
 
 pb = certificate_service_pb2
 
@@ -128,6 +128,66 @@ def registration(item: registration_service_pb2.Registration, *, with_password: 
     if with_password:
         lines.append(f"password:   {item.password}  (shown once)")
     return "\n".join(lines)
+
+
+TSIG_ALGORITHMS = {
+    # CLI spelling -> (enum, BIND key-file name, DNS name as lego/certbot/cert-manager want it)
+    "hmac-sha256": (tsig_key_service_pb2.TSIG_ALGORITHM_HMAC_SHA256, "hmac-sha256"),
+    "hmac-sha512": (tsig_key_service_pb2.TSIG_ALGORITHM_HMAC_SHA512, "hmac-sha512"),
+    "hmac-sha1": (tsig_key_service_pb2.TSIG_ALGORITHM_HMAC_SHA1, "hmac-sha1"),
+    "hmac-md5": (tsig_key_service_pb2.TSIG_ALGORITHM_HMAC_MD5, "hmac-md5.sig-alg.reg.int"),
+}
+_ALGORITHM_TEXT: dict[int, str] = {int(v[0]): name for name, v in TSIG_ALGORITHMS.items()}
+
+
+def tsig_algorithm(value: tsig_key_service_pb2.TsigAlgorithm.ValueType | int) -> str:
+    """The CLI spelling of a TsigAlgorithm enum value."""
+    return _ALGORITHM_TEXT.get(int(value), "unspecified")
+
+
+def nsupdate_key_file(key: tsig_key_service_pb2.TsigKey) -> str:
+    """The key in BIND's key-file syntax, for `nsupdate -k` (and named.conf)."""
+    return (
+        f'key "{key.key_name}" {{\n'
+        f"\talgorithm {tsig_algorithm(key.algorithm)};\n"
+        f'\tsecret "{key.secret}";\n'
+        "};\n"
+    )
+
+
+def tsig_key_created(key: tsig_key_service_pb2.TsigKey, nameserver: str) -> str:
+    """A new key with ready-to-paste settings for nsupdate, lego and certbot-dns-rfc2136."""
+    host, _, port = nameserver.rpartition(":")
+    host = host.strip("[]") or nameserver
+    zone = key.allowed_names[0].split(".", 1)[1] if key.allowed_names else ""
+    algorithm_name = TSIG_ALGORITHMS[tsig_algorithm(key.algorithm)][1]
+    return "\n".join(
+        [
+            f"name:      {key.name}",
+            f"key name:  {key.key_name}",
+            f"algorithm: {tsig_algorithm(key.algorithm)}",
+            f"secret:    {key.secret}  (shown once)",
+            f"may change TXT at: {', '.join(key.allowed_names)}",
+            "",
+            "# nsupdate key file (nsupdate -k FILE; give `zone` in the script):",
+            nsupdate_key_file(key).rstrip("\n"),
+            "",
+            "# lego --dns rfc2136:",
+            f"RFC2136_NAMESERVER={nameserver}",
+            f"RFC2136_TSIG_KEY={key.key_name}",
+            f"RFC2136_TSIG_SECRET={key.secret}",
+            f"RFC2136_TSIG_ALGORITHM={algorithm_name}.",
+            "",
+            "# certbot --dns-rfc2136 credentials file:",
+            f"dns_rfc2136_server = {host}",
+            f"dns_rfc2136_port = {port or 53}",
+            f"dns_rfc2136_name = {key.key_name}",
+            f"dns_rfc2136_secret = {key.secret}",
+            f"dns_rfc2136_algorithm = {algorithm_name.upper()}",
+            "",
+            f"# zone: {zone}",
+        ]
+    )
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
