@@ -18,8 +18,11 @@ from pathlib import Path
 import dns.asyncquery
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
+import dns.tsig
 import dns.update
 import grpc
 import pytest
@@ -266,3 +269,40 @@ async def test_registry_calling_the_message_invalid_gets_formerr(tmp_path: Path)
             assert dns.message.from_wire(raw).rcode() == dns.rcode.FORMERR
     finally:
         await server.stop(0)
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+async def test_signed_soa_query_gets_a_signed_authoritative_answer(
+    system: Replicas, tcp: bool
+) -> None:
+    """certbot-dns-rfc2136 finds the zone as `_query_soa` does: an SOA query with RD cleared,
+    signed with the key (hmac-md5 by default), over TCP then UDP; it needs NOERROR, the SOA in
+    the answer and AA, and dnspython refuses an unsigned answer to a signed query."""
+    client = await new_client(system.channel, key_pb2.TSIG_ALGORITHM_HMAC_MD5)
+    address = v4(system.apps[0])
+    for name, expect in ((ZONE, dns.rcode.NOERROR), (client.fqdn, dns.rcode.NOERROR)):
+        query = dns.message.make_query(name, "SOA")
+        query.flags ^= dns.flags.RD
+        query.use_tsig(client.keyring(), algorithm=dns.tsig.HMAC_MD5)
+        reply = await send(address, query, tcp=tcp)  # the TSIG is verified by dnspython
+        assert reply.had_tsig
+        assert reply.rcode() == expect
+        assert reply.flags & dns.flags.AA
+        if name == ZONE:
+            assert reply.get_rrset(
+                reply.answer, dns.name.from_text(ZONE), dns.rdataclass.IN, dns.rdatatype.SOA
+            )
+    # A key the registry does not know: NOTAUTH with BADKEY, unsigned.
+    stranger = Client(client.channel, client.registration, key_pb2.TsigKey())
+    stranger.key.CopyFrom(client.key)
+    stranger.key.key_name = "nobody.acme.example.test."
+    query = dns.message.make_query(ZONE, "SOA")
+    query.use_tsig(stranger.keyring(), algorithm=dns.tsig.HMAC_MD5)
+    raw = await raw_udp(address, query.to_wire(), wait=5)
+    assert raw is not None
+    response = dns.message.from_wire(raw, keyring=False)
+    assert (response.rcode(), response.tsig_error) == (dns.rcode.NOTAUTH, dns.rcode.BADKEY)
+    # Unsigned queries are answered as before, unsigned.
+    plain = await query_udp(address, ZONE, "SOA")
+    assert not plain.had_tsig
+    assert plain.flags & dns.flags.AA

@@ -80,6 +80,10 @@ class Responder:
         self._opt = opt_record(edns_udp_size, do=False)
         self._opt_do = opt_record(edns_udp_size, do=True)
         self._edns: dict[bytes, tuple[bytes, int]] = {}
+        self.signed_query = False
+        """True right after `answer` answered a query carrying a TSIG record: the servers read
+        it at once (same event-loop turn) and have the answer signed by the registry, which
+        holds the keys. Only the slow path sets it: the fast path never sees a TSIG record."""
 
     def answer(self, data: bytes, tcp: bool) -> bytes | None:
         """The hot path: pre-packed answers for plain queries, the slow path for the rest."""
@@ -262,6 +266,7 @@ class Responder:
                 flags = TC | (AA if resolution.authoritative else 0)
                 packed = Packed(flags, resolution.rcode, 0, 0, 0, b"")
         self._count(slot(qtype_idx, packed.rcode), tcp)
+        self.signed_query = bool(record.ar) and record.ar[-1].rtype == _TYPE_TSIG
         return splice(packed, data, qend, opt)
 
     def _formerr(self, data: bytes, tcp: bool, qtype_idx: int = QTYPE_OTHER) -> bytes:

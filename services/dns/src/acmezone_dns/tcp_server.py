@@ -88,6 +88,13 @@ class TcpServer:
                 )
             else:
                 response = answer(message, True)
+                if response is not None and self._responder.signed_query and self._updates:
+                    # TSIG-signed query: the registry signs the answer (it holds the keys).
+                    self._responder.signed_query = False
+                    peer = writer.get_extra_info("peername")
+                    response = await self._updates.sign(
+                        message, response, str(peer[0]) if peer else ""
+                    )
             if response is None:
                 # A runt or a response: nothing sensible can follow on this stream.
                 return

@@ -68,6 +68,7 @@ class UdpServer:
         answer = self._responder.answer
         stats = self._stats
         updates = self._updates
+        responder = self._responder
         # One wake-up in LATENCY_SAMPLE_EVERY has its first answer timed: per-query timing
         # would cost more than the answer.
         self._wakeups += 1
@@ -96,6 +97,12 @@ class UdpServer:
                 stats.dropped += 1
                 continue
             if response is None:
+                continue
+            if responder.signed_query and updates is not None:
+                # TSIG-signed query: the registry signs the answer (it holds the keys).
+                responder.signed_query = False
+                if not updates.submit_signing(data, response, peer[0], self._sender(peer)):
+                    stats.dropped += 1
                 continue
             try:
                 sendto(response, peer)

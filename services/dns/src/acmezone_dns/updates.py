@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 
@@ -88,19 +89,59 @@ class UpdateForwarder:
     def submit_udp(self, data: bytes, peer: str, send: Callable[[bytes], None]) -> bool:
         """Forward a UDP update in the background and `send` the answer; False (and nothing
         sent: the client retries) when too many updates are in flight already."""
+        return self._submit(self.forward(data, peer, tcp=False), peer, send)
+
+    def submit_signing(
+        self, query: bytes, answer: bytes, peer: str, send: Callable[[bytes], None]
+    ) -> bool:
+        """Have the answer to a signed UDP query signed in the background and `send` it; False
+        when too many are in flight already."""
+        return self._submit(self.sign(query, answer, peer), peer, send)
+
+    def _submit(
+        self, answer: Coroutine[Any, Any, bytes], peer: str, send: Callable[[bytes], None]
+    ) -> bool:
         if len(self._tasks) >= self._max_in_flight:
+            answer.close()
             return False
-        task = asyncio.get_running_loop().create_task(self._answer_udp(data, peer, send))
+        task = asyncio.get_running_loop().create_task(self._send_later(answer, peer, send))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _answer_udp(self, data: bytes, peer: str, send: Callable[[bytes], None]) -> None:
-        response = await self.forward(data, peer, tcp=False)
+    async def _send_later(
+        self, answer: Coroutine[Any, Any, bytes], peer: str, send: Callable[[bytes], None]
+    ) -> None:
+        response = await answer
         try:
             send(response)
         except OSError:
-            logger.info("sending an UPDATE answer failed", extra={"peer": peer})
+            logger.info("sending an answer failed", extra={"peer": peer})
+
+    async def sign(self, query: bytes, answer: bytes, peer: str) -> bytes:
+        """`answer` signed by the registry with the key of the signed `query` (or the
+        registry's NOTAUTH when the query's signature does not verify); SERVFAIL when the
+        registry cannot be asked. Never raises."""
+        stub = self._stub
+        if stub is None:
+            return header_only(query, SERVFAIL)
+        try:
+            reply = await stub.SignDnsResponse(
+                update_pb2.SignDnsResponseRequest(
+                    query=query, response=answer, client_address=peer
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            logger.warning(
+                "having an answer signed by the registry failed",
+                extra={"code": exc.code().name, "details": exc.details(), "peer": peer},
+            )
+            return header_only(query, SERVFAIL)
+        except Exception:
+            logger.exception("having an answer signed by the registry failed")
+            return header_only(query, SERVFAIL)
+        return reply.message
 
     async def forward(self, data: bytes, peer: str, *, tcp: bool) -> bytes:
         """The answer to one UPDATE message from `peer` (an IP address). Never raises."""

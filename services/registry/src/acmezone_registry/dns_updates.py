@@ -163,6 +163,57 @@ class DnsUpdates:
         except _Reject as reject:
             return self._signed(verified, key, reject.rcode, why=reject.why)
 
+    async def sign_response(self, query_wire: bytes, response_wire: bytes) -> UpdateResult:
+        """The dns service's answer to a TSIG-signed query, signed with the query's key once
+        the query's signature verifies (RFC 8945 section 5.3); otherwise NOTAUTH with the TSIG
+        error. An unsigned query gets its answer back unchanged."""
+        for field, wire in (("query", query_wire), ("response", response_wire)):
+            if not 12 <= len(wire) <= 65535:
+                raise InvalidArgumentError(
+                    errors.INVALID_DNS_MESSAGE,
+                    f"a DNS message is 12 to 65535 bytes, not {len(wire)}",
+                    field=field,
+                )
+        try:
+            response = dns.message.from_wire(response_wire)
+        except (dns.exception.DNSException, ValueError, UnicodeError):
+            raise InvalidArgumentError(
+                errors.INVALID_DNS_MESSAGE, "the response does not parse", field="response"
+            ) from None
+        if response_wire[:2] != query_wire[:2]:
+            raise InvalidArgumentError(
+                errors.INVALID_DNS_MESSAGE, "the response's ID is not the query's", field="response"
+            )
+        try:
+            query = dns.message.from_wire(query_wire, keyring=_unverified)
+        except (dns.exception.DNSException, ValueError, UnicodeError):
+            return _header_only(query_wire, dns.rcode.FORMERR)
+        if query.tsig is None:
+            return UpdateResult(response_wire, response.rcode(), 0)
+        request_tsig: TSIG = query.tsig[0]
+        found = await self._repository.find_tsig_key(query.tsig.name.to_text().lower())
+        if found is None or dns.name.from_text(found[0].key.algorithm) != request_tsig.algorithm:
+            return self._tsig_failure(query, dns.rcode.BADKEY, "unknown key or algorithm")
+        key = dns.tsig.Key(
+            query.tsig.name, base64.b64decode(found[0].secret), found[0].key.algorithm
+        )
+        try:
+            verified = dns.message.from_wire(query_wire, keyring={query.tsig.name: key})
+        except dns.tsig.BadSignature:
+            return self._tsig_failure(query, dns.rcode.BADSIG, "signature does not verify")
+        except dns.tsig.BadTime:
+            return self._signed(
+                query, key, dns.rcode.NOTAUTH, tsig_error=dns.rcode.BADTIME, why="clock skew"
+            )
+        except (dns.tsig.BadKey, dns.tsig.BadAlgorithm):
+            return self._tsig_failure(query, dns.rcode.BADKEY, "key does not match")
+        except (dns.exception.DNSException, ValueError, UnicodeError):
+            return _header_only(query_wire, dns.rcode.FORMERR)
+        verified_tsig: TSIG = verified.tsig[0]  # type: ignore[index]
+        response.use_tsig(key, fudge=verified_tsig.fudge, original_id=verified_tsig.original_id)
+        response.request_mac = verified_tsig.mac
+        return UpdateResult(response.to_wire(), response.rcode(), 0)
+
     async def _apply_verified(
         self,
         update: dns.message.Message,

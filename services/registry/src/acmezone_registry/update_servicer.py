@@ -147,3 +147,18 @@ class DnsUpdateServicer(dns_update_service_pb2_grpc.DnsUpdateServiceServicer):
         return dns_update_service_pb2.ApplyDnsUpdateResponse(
             message=result.message, rcode=result.rcode, revision=result.revision
         )
+
+    @override
+    async def SignDnsResponse(
+        self, request: dns_update_service_pb2.SignDnsResponseRequest, context: Context
+    ) -> dns_update_service_pb2.SignDnsResponseResponse:
+        if parse_address(request.client_address) is None:
+            raise InvalidArgumentError(
+                errors.INVALID_CLIENT_ADDRESS,
+                f"{request.client_address!r} is not an IPv4 or IPv6 address",
+                field="client_address",
+            )
+        result = await self._updates.sign_response(request.query, request.response)
+        return dns_update_service_pb2.SignDnsResponseResponse(
+            message=result.message, rcode=result.rcode
+        )

@@ -169,7 +169,7 @@ def tsig_key_created(key: tsig_key_service_pb2.TsigKey, nameserver: str) -> str:
             f"secret:    {key.secret}  (shown once)",
             f"may change TXT at: {', '.join(key.allowed_names)}",
             "",
-            "# nsupdate key file (nsupdate -k FILE; give `zone` in the script):",
+            "# nsupdate key file (nsupdate -k FILE):",
             nsupdate_key_file(key).rstrip("\n"),
             "",
             "# lego --dns rfc2136:",
