@@ -306,3 +306,42 @@ async def test_signed_soa_query_gets_a_signed_authoritative_answer(
     plain = await query_udp(address, ZONE, "SOA")
     assert not plain.had_tsig
     assert plain.flags & dns.flags.AA
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        key_pb2.TSIG_ALGORITHM_HMAC_SHA256,
+        key_pb2.TSIG_ALGORITHM_HMAC_SHA512,
+        key_pb2.TSIG_ALGORITHM_HMAC_SHA1,
+        key_pb2.TSIG_ALGORITHM_HMAC_MD5,
+    ],
+    ids=["sha256", "sha512", "sha1", "md5"],
+)
+async def test_every_algorithm_through_the_udp_port(system: Replicas, algorithm: int) -> None:
+    client = await new_client(system.channel, algorithm)
+    message = client.update()
+    message.add(client.fqdn, 60, "TXT", f'"{acme_digest(str(algorithm))}"')
+    reply = await send(v4(system.apps[0]), message)  # signed reply verified with the key
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert await txt(v4(system.apps[0]), client.fqdn) == (acme_digest(str(algorithm)),)
+
+
+async def test_clock_skew_gets_a_signed_badtime_and_changes_nothing(system: Replicas) -> None:
+    client = await new_client(system.channel)
+    message = client.update()
+    message.add(client.fqdn, 60, "TXT", f'"{acme_digest("skewed")}"')
+    original = time.time
+    try:
+        time.time = lambda: original() - 600  # type: ignore[assignment]
+        wire = message.to_wire()
+    finally:
+        time.time = original  # type: ignore[assignment]
+    raw = await raw_udp(v4(system.apps[0]), wire, wait=5)
+    assert raw is not None
+    response = dns.message.from_wire(raw, keyring=False)
+    assert (response.rcode(), response.tsig_error) == (dns.rcode.NOTAUTH, dns.rcode.BADTIME)
+    # Signed with the key (RFC 8945 section 5.2.3): dnspython verifies it, then reports BADTIME.
+    with pytest.raises(dns.tsig.PeerBadTime):
+        dns.message.from_wire(raw, keyring=client.keyring(), request_mac=message.mac)
+    assert await txt(v4(system.apps[0]), client.fqdn) == ()
