@@ -129,3 +129,30 @@ def test_schedule_gauges_follow_the_database() -> None:
     metrics.set_state_counts({"issued": 2})
     assert registry.get_sample_value("acmezone_issuer_certificates", {"state": "issued"}) == 2
     assert registry.get_sample_value("acmezone_issuer_certificates", {"state": "failed"}) == 0
+
+
+def test_a_rate_limited_answer_keeps_the_cas_retry_after() -> None:
+    import json
+
+    import requests
+    from acme import messages
+
+    from acmezone_issuer.acme_client import _Network, _translate
+    from acmezone_issuer.errors import AcmeProblemError
+
+    response = requests.Response()
+    response.status_code = 429
+    response.headers["Content-Type"] = "application/problem+json"
+    response.headers["Retry-After"] = "3600"
+    response._content = json.dumps(
+        {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new orders"}
+    ).encode()
+    with pytest.raises(messages.Error) as raised:
+        _Network._check_response(response)
+    error = _translate(raised.value)
+    assert isinstance(error, AcmeProblemError)
+    assert error.problem_type == "urn:ietf:params:acme:error:rateLimited"
+    assert "too many new orders" in error.message
+    assert error.retry_after is not None
+    wait = error.retry_after - datetime.now(UTC)
+    assert timedelta(minutes=59) < wait <= timedelta(hours=1)

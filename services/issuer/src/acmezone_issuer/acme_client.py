@@ -81,6 +81,19 @@ class _Network(client.ClientNetwork):
         self.verify_ssl = str(ca_bundle) if ca_bundle else True  # type: ignore[assignment]
         self._metrics = metrics
 
+    @classmethod
+    def _check_response(
+        cls, response: requests.Response, content_type: str | None = None
+    ) -> requests.Response:
+        """acme's check, keeping the Retry-After of an error (rateLimited asks for one)."""
+        try:
+            return super()._check_response(response, content_type=content_type)
+        except messages.Error as error:
+            retry_after = _retry_after(response)
+            if retry_after is not None:
+                object.__setattr__(error, "acmezone_retry_after", retry_after)
+            raise
+
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         endpoint = _endpoint.get() or "directory"
         if method == "HEAD":
@@ -116,7 +129,11 @@ def _translate(exc: BaseException) -> IssuanceError:
     if isinstance(exc, IssuanceError):
         return exc
     if isinstance(exc, messages.Error):
-        return AcmeProblemError(describe_problem(exc), problem_type=str(exc.typ))
+        return AcmeProblemError(
+            describe_problem(exc),
+            problem_type=str(exc.typ),
+            retry_after=getattr(exc, "acmezone_retry_after", None),
+        )
     if isinstance(exc, requests.RequestException):
         return AcmeUnavailableError(f"ACME server unreachable: {exc}")
     if isinstance(exc, acme_errors.ClientError):

@@ -15,6 +15,8 @@ the certificate's `last_failure` and retries with backoff. The hierarchy::
 
 from __future__ import annotations
 
+from datetime import datetime
+
 ERROR_DOMAIN = "issuer.acmezone.dev"
 
 
@@ -27,10 +29,14 @@ class IssuanceError(Exception):
 
     reason = "INTERNAL"
 
-    def __init__(self, message: str, *, problem_type: str = "") -> None:
+    def __init__(
+        self, message: str, *, problem_type: str = "", retry_after: datetime | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.problem_type = problem_type
+        # When the CA said to come back (Retry-After on a rateLimited answer, for instance).
+        self.retry_after = retry_after
 
 
 class AcmeProblemError(IssuanceError):

@@ -664,6 +664,9 @@ class _CertificateJob:
             extra={"certificate": self.row.id, "reason": exc.reason, "error": exc.message},
         )
         next_attempt = utcnow() + delay
+        if exc.retry_after is not None:
+            # The CA named a time (rate limits do): never come back before it.
+            next_attempt = max(next_attempt, exc.retry_after)
         if self.has_valid_certificate() and self.row.renewal_time is not None:
             # Keep trying before expiry, but never later than the planned retry.
             next_attempt = min(next_attempt, max(self.row.not_after or next_attempt, utcnow()))
