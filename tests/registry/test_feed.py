@@ -190,3 +190,32 @@ async def test_change_on_one_replica_reaches_watcher_on_another(database_url: st
         await feed_b.stop()
         await replica_a.database.dispose()
         await replica_b.database.dispose()
+
+
+async def test_memory_and_table_revisions_interleave_in_order(database_url: str) -> None:
+    """Revisions 1 and 3 are committed here (kept in memory), 2 by another replica (only in
+    the table): a watcher from 1 still gets 1, 2, 3 exactly once each, in order."""
+    here = await open_stack(database_url)
+    elsewhere = await open_stack(database_url, CollectorRegistry())
+    feed = make_feed(here)
+    await feed.start()
+    try:
+        first = await here.registrations.create(ANYONE)
+        second = await elsewhere.registrations.create(ANYONE)
+        third = await here.registrations.create(ANYONE)
+        status = await feed.status()
+        stream = aiter(feed.watch(1, status.feed_id))
+        seen: list[tuple[int, str]] = []
+        while len(seen) < 3:
+            batch = await next_event(stream)
+            assert isinstance(batch, ChangeBatch)
+            seen += [(c.revision, c.record_set.fqdn) for c in batch.changes]
+        assert seen == [
+            (1, f"{first.registration.fulldomain}."),
+            (2, f"{second.registration.fulldomain}."),
+            (3, f"{third.registration.fulldomain}."),
+        ]
+    finally:
+        await feed.stop()
+        await here.database.dispose()
+        await elsewhere.database.dispose()

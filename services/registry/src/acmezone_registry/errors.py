@@ -20,7 +20,7 @@ reasons below (the same list stands in the header of each proto file)::
 
 from __future__ import annotations
 
-from acmezone_common.errors import NotFoundError
+from acmezone_common.errors import NotFoundError, OutOfRangeError
 
 ERROR_DOMAIN = "registry.acmezone.dev"
 
@@ -71,4 +71,14 @@ def tsig_key_not_found(subdomain: str, key_id: str) -> NotFoundError:
         TSIG_KEY_NOT_FOUND,
         f"TSIG key {key_id!r} of registration {subdomain!r} does not exist",
         metadata={"subdomain": subdomain, "tsig_key_id": key_id},
+    )
+
+
+def revision_compacted(start_revision: int, compacted_revision: int) -> OutOfRangeError:
+    """The error for resuming the feed from a revision that has been compacted away."""
+    return OutOfRangeError(
+        REVISION_COMPACTED,
+        f"revision {start_revision} has been compacted (history starts after "
+        f"{compacted_revision}); start again from revision 0",
+        metadata={"compacted_revision": str(compacted_revision)},
     )

@@ -10,6 +10,11 @@ watcher learns that there is something new to read:
 - and a poll of the feed head every `poll_interval` is the safety net (and the only cross-process
   signal on SQLite).
 
+Changes this process committed are also kept in memory for a short while, so its watchers get
+them without a database round trip each (the commonest case: one replica takes an update, its
+dns watchers forward it at once). The memory is only used when it holds every revision from the
+one a watcher needs next; anything else is read from the table.
+
 A watcher that falls behind the compacted history gets OUT_OF_RANGE and re-lists.
 """
 
@@ -27,13 +32,21 @@ import psycopg
 from acmezone_common.errors import InvalidArgumentError, OutOfRangeError, UnavailableError
 from acmezone_registry import errors
 from acmezone_registry.metrics import RegistryMetrics
-from acmezone_registry.model import Bookmark, ChangeBatch, FeedStatus, SnapshotPart, WatchEvent
+from acmezone_registry.model import (
+    Bookmark,
+    ChangeBatch,
+    FeedStatus,
+    RecordChange,
+    SnapshotPart,
+    WatchEvent,
+)
 from acmezone_registry.storage.repository import NOTIFY_CHANNEL, Repository
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_BATCH_SIZE = 1000
 MAX_REVISIONS_PER_BATCH = 256
+RECENT_REVISIONS_KEPT = 1024
 
 
 class RecordFeed:
@@ -55,6 +68,7 @@ class RecordFeed:
         self._known_revision = 0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._recent: dict[int, tuple[RecordChange, ...]] = {}
         repository.add_commit_listener(self._on_commit)
 
     async def start(self) -> None:
@@ -93,9 +107,22 @@ class RecordFeed:
             self._known_revision = revision
             self._metrics.feed_revision.set(revision)
 
-    def _on_commit(self, revision: int) -> None:
+    def _on_commit(self, revision: int, changes: tuple[RecordChange, ...]) -> None:
+        self._recent[revision] = changes
+        while len(self._recent) > RECENT_REVISIONS_KEPT:
+            del self._recent[min(self._recent)]
         self._advance(revision)
         self._wake()
+
+    def _recent_from(self, start_revision: int) -> list[RecordChange]:
+        """Changes from `start_revision` on, if memory holds that revision and the ones after
+        it without a gap; empty when the table must be asked."""
+        changes: list[RecordChange] = []
+        revision = start_revision
+        while revision in self._recent and revision < start_revision + MAX_REVISIONS_PER_BATCH:
+            changes.extend(self._recent[revision])
+            revision += 1
+        return changes
 
     async def _poll_loop(self) -> None:
         while True:
@@ -170,13 +197,19 @@ class RecordFeed:
                     "start again from revision 0",
                     metadata={"revision": str(status.revision)},
                 )
+            if start_revision <= status.compacted_revision:
+                # Checked here too because recent revisions may still be in memory: the
+                # contract says a compacted revision cannot be resumed from, whatever we hold.
+                raise errors.revision_compacted(start_revision, status.compacted_revision)
             next_revision = start_revision
         last_sent = time.monotonic()
         while True:
             if self._closing:
                 raise UnavailableError(errors.SHUTTING_DOWN, "this registry replica is stopping")
             changed = self._changed  # taken before reading, so no commit slips between
-            changes = await self._repository.changes_since(next_revision, MAX_REVISIONS_PER_BATCH)
+            changes = self._recent_from(next_revision) or await self._repository.changes_since(
+                next_revision, MAX_REVISIONS_PER_BATCH
+            )
             if changes:
                 yield ChangeBatch(tuple(changes))
                 next_revision = changes[-1].revision + 1

@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from acmezone_common.errors import (
     AlreadyExistsError,
-    OutOfRangeError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -94,7 +93,7 @@ class _WriteTransaction:
     revision: int = 0
 
 
-CommitListener = Callable[[int], None]
+CommitListener = Callable[[int, tuple[RecordChange, ...]], None]
 
 
 class Repository:
@@ -116,7 +115,7 @@ class Repository:
         return f"{prefix}{subdomain}.{self._zone}."
 
     def add_commit_listener(self, listener: CommitListener) -> None:
-        """Call `listener(revision)` right after this process commits a new revision."""
+        """Call `listener(revision, changes)` right after this process commits a new revision."""
         self._commit_listeners.append(listener)
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -170,8 +169,12 @@ class Repository:
         except (OperationalError, DBAPIError) as exc:
             raise _unavailable(exc) from exc
         if tx is not None and tx.revision:
+            committed = tuple(
+                RecordChange(tx.revision, change_type, record_set, tx.now)
+                for change_type, record_set in tx.changes
+            )
             for listener in self._commit_listeners:
-                listener(tx.revision)
+                listener(tx.revision, committed)
 
     async def _values(self, session: AsyncSession, subdomain: str, owner: str = "") -> list[str]:
         """The values at one owner name, newest first."""
@@ -510,12 +513,7 @@ class Repository:
                 select(FeedStateRow.compacted_revision).where(FeedStateRow.id == _FEED_STATE_ID)
             )
         if compacted is not None and start_revision <= compacted:
-            raise OutOfRangeError(
-                errors.REVISION_COMPACTED,
-                f"revision {start_revision} has been compacted (history starts after "
-                f"{compacted}); start again from revision 0",
-                metadata={"compacted_revision": str(compacted)},
-            )
+            raise errors.revision_compacted(start_revision, compacted)
         return [
             RecordChange(
                 revision=row.revision,
