@@ -20,6 +20,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import dns.rcode
 import grpc
 import pytest
 from cryptography import x509
@@ -34,6 +35,7 @@ from acmezone_dns.app import DnsApp
 from acmezone_dns.settings import DnsSettings
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.settings import RegistrySettings
+from tests.dns.conftest import query_udp
 from tests.e2e.conftest import CHALLENGE_ZONE, REGISTRY_GRACE, Ports, zone_text
 from tests.issuer.conftest import CA
 
@@ -183,6 +185,9 @@ async def test_lego_rfc2136_issues_wildcard_and_apex_following_the_cname(
     )
     assert code == 0, output
     assert issued_names(tmp_path, f"_.{domain}") == {domain, f"*.{domain}"}
-    # lego cleaned up: the registration's name holds no challenge any more.
     assert stack.dns is not None
     assert stack.dns.update_stats.counts[0] >= 4  # 2 presents + 2 clean-ups, NOERROR over UDP
+    # lego cleaned up: the registration's name holds no challenge any more.
+    reply = await query_udp(stack.dns.dns_addresses[0], f"{registration.fulldomain}.")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert not reply.answer
