@@ -57,22 +57,31 @@ async def txt(address: HostPort, name: str) -> tuple[str, ...]:
 class Replicas:
     """One registry and `count` dns replicas fed by it."""
 
-    def __init__(self, registry: RegistryApp, apps: list[DnsApp], channel: grpc.aio.Channel):
+    def __init__(
+        self,
+        registry: RegistryApp,
+        apps: list[DnsApp],
+        channel: grpc.aio.Channel,
+        metrics: list[CollectorRegistry],
+    ):
         self.registry = registry
         self.apps = apps
         self.channel = channel
+        self.metrics = metrics
 
 
 async def start_system(stack: AsyncExitStack, tmp_path: Path, count: int) -> Replicas:
     registry = await stack.enter_async_context(running_registry(tmp_path))
     apps = []
+    registries = []
     for i in range(count):
         workdir = tmp_path / f"dns{i}"
         workdir.mkdir()
+        registries.append(CollectorRegistry())
         app = await stack.enter_async_context(
             running_dns(
                 workdir,
-                CollectorRegistry(),
+                registries[-1],
                 dns_addresses=["127.0.0.1:0"],
                 registry_target=str(registry.grpc_address),
                 txt_ttl=0,
@@ -81,7 +90,7 @@ async def start_system(stack: AsyncExitStack, tmp_path: Path, count: int) -> Rep
         await wait_for_serving(str(app.grpc_address))
         apps.append(app)
     channel = await stack.enter_async_context(grpc.aio.insecure_channel(str(registry.grpc_address)))
-    return Replicas(registry, apps, channel)
+    return Replicas(registry, apps, channel, registries)
 
 
 @pytest.fixture
@@ -109,6 +118,13 @@ async def test_update_adds_and_deletes_and_the_same_replica_answers_at_once(
     assert (await send(v4(app), delete, tcp=tcp)).rcode() == dns.rcode.NOERROR
     assert await txt(v4(app), f"_acme-challenge.{client.fqdn}") == ()
     transport = "tcp" if tcp else "udp"
+    metrics = system.metrics[0]
+    for t in ("udp", "tcp"):
+        for rcode in ("NOERROR", "REFUSED", "NOTAUTH", "SERVFAIL", "OTHER"):
+            # Every series exists from the start; only this transport's NOERROR moved.
+            expected = 2.0 if (t, rcode) == (transport, "NOERROR") else 0.0
+            labels = {"transport": t, "rcode": rcode}
+            assert metrics.get_sample_value("acmezone_dns_updates_total", labels) == expected
     assert app.update_stats.counts == [
         2 if (t == transport and rcode == "NOERROR") else 0
         for t in ("udp", "tcp")
