@@ -11,6 +11,7 @@ lets readers proceed while a writer commits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,15 @@ class Database:
         """A session for reads."""
         return self.reader()
 
-    async def dispose(self) -> None:
-        """Close every pooled connection."""
-        await self._writer.dispose()
-        if self._reader is not self._writer:
-            await self._reader.dispose()
+    async def dispose(self, within: float = 5.0) -> None:
+        """Close every pooled connection, giving up after `within` seconds per engine.
+
+        A driver close that never returns (seen rarely with aiosqlite after an RPC was
+        cancelled mid-query) must not hang a shutdown: Kubernetes would SIGKILL us anyway.
+        """
+        engines = [self._writer] if self._reader is self._writer else [self._writer, self._reader]
+        for engine in engines:
+            try:
+                await asyncio.wait_for(engine.dispose(), within)
+            except TimeoutError:
+                logger.warning("database connections did not close in time; abandoning them")
