@@ -791,6 +791,25 @@ def dns() -> dict[str, Any]:
                 ),
             ],
         ),
+        Row(
+            "Dynamic updates (RFC 2136)",
+            [
+                Panel(
+                    "UPDATEs answered by response code and transport",
+                    [
+                        (
+                            "sum by (rcode, transport) "
+                            f"(rate(acmezone_dns_updates_total{{{JI}}}[{RATE}]))",
+                            "{{rcode}} {{transport}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=24,
+                    description="UPDATE messages forwarded to the registry, by the answer the "
+                    "client got; SERVFAIL means the registry could not be asked.",
+                ),
+            ],
+        ),
         grpc_row(JI),
     ]
     return dashboard(
