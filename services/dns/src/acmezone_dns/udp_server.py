@@ -19,7 +19,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_dns import sockets
 from acmezone_dns.metrics import LATENCY_SAMPLE_EVERY, QueryStats
 from acmezone_dns.responder import Responder
-from acmezone_dns.updates import UpdateForwarder, is_update
+from acmezone_dns.updates import UPDATE_FLAGS, UpdateForwarder
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class UdpServer:
                 continue
             if timed:
                 start = time.perf_counter()
-            if updates is not None and is_update(data):
+            if updates is not None and len(data) > 11 and data[2] & 0xF8 == UPDATE_FLAGS:
                 # RFC 2136: answered later, from the registry; queries go on meanwhile.
                 if not updates.submit_udp(data, peer[0], self._sender(peer)):
                     stats.dropped += 1

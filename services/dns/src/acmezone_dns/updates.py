@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 _OPCODE_UPDATE = 5
 _QR_AND_OPCODE = 0xF8
-_UPDATE_REQUEST = _OPCODE_UPDATE << 3  # QR clear, opcode UPDATE, in the third header byte
+UPDATE_FLAGS = _OPCODE_UPDATE << 3
+"""QR clear and opcode UPDATE: the third header byte of an UPDATE request, masked with 0xF8."""
 _REVISION_POLL_SECONDS = 0.005
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -44,7 +45,7 @@ _CHANNEL_OPTIONS = [
 
 def is_update(data: bytes) -> bool:
     """True for a request (not a response) with opcode UPDATE and a whole header."""
-    return len(data) >= 12 and data[2] & _QR_AND_OPCODE == _UPDATE_REQUEST
+    return len(data) >= 12 and data[2] & _QR_AND_OPCODE == UPDATE_FLAGS
 
 
 class UpdateForwarder:
