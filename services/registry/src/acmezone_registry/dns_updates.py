@@ -86,6 +86,16 @@ class UpdateResult:
     revision: int
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """A message whose TSIG verified, with the key and the registration it belongs to."""
+
+    message: dns.message.Message
+    key: dns.tsig.Key
+    key_record: TsigKeyWithSecret
+    stored: StoredRegistration
+
+
 class _Reject(Exception):  # noqa: N818 - control flow inside this module, never escapes
     """Answer the (signed) request with this rcode and stop."""
 
@@ -118,12 +128,7 @@ class DnsUpdates:
 
     async def apply(self, wire: bytes, client_address: IPAddress | None) -> UpdateResult:
         """Process one UPDATE message and return the response to send."""
-        if not 12 <= len(wire) <= 65535:
-            raise InvalidArgumentError(
-                errors.INVALID_DNS_MESSAGE,
-                f"a DNS message is 12 to 65535 bytes, not {len(wire)}",
-                field="message",
-            )
+        _check_length(wire, "message")
         result = await self._apply(wire, client_address)
         self._metrics.dns_updates.labels(dns.rcode.to_text(dns.rcode.Rcode(result.rcode))).inc()
         return result
@@ -137,9 +142,20 @@ class DnsUpdates:
             return _header_only(wire, dns.rcode.NOTIMP)
         if query.tsig is None:
             return self._plain(query, dns.rcode.REFUSED, "unsigned updates are refused")
+        checked = await self._verify(wire, query)
+        if isinstance(checked, UpdateResult):
+            return checked
+        try:
+            return await self._apply_verified(checked, client_address)
+        except _Reject as reject:
+            return self._signed(checked.message, checked.key, reject.rcode, why=reject.why)
+
+    async def _verify(self, wire: bytes, query: dns.message.Message) -> _Verified | UpdateResult:
+        """Check the TSIG of a signed message (`query`, parsed without checking): the verified
+        message and its key, or the response RFC 8945 section 5.2 prescribes for the failure."""
+        assert query.tsig is not None
         request_tsig: TSIG = query.tsig[0]
-        key_name = query.tsig.name.to_text().lower()
-        found = await self._repository.find_tsig_key(key_name)
+        found = await self._repository.find_tsig_key(query.tsig.name.to_text().lower())
         if found is None or dns.name.from_text(found[0].key.algorithm) != request_tsig.algorithm:
             return self._tsig_failure(query, dns.rcode.BADKEY, "unknown key or algorithm")
         key_record, stored = found
@@ -158,22 +174,14 @@ class DnsUpdates:
             return self._tsig_failure(query, dns.rcode.BADKEY, "key does not match")
         except (dns.exception.DNSException, ValueError, UnicodeError):
             return _header_only(wire, dns.rcode.FORMERR)
-        try:
-            return await self._apply_verified(verified, key, key_record, stored, client_address)
-        except _Reject as reject:
-            return self._signed(verified, key, reject.rcode, why=reject.why)
+        return _Verified(verified, key, key_record, stored)
 
     async def sign_response(self, query_wire: bytes, response_wire: bytes) -> UpdateResult:
         """The dns service's answer to a TSIG-signed query, signed with the query's key once
         the query's signature verifies (RFC 8945 section 5.3); otherwise NOTAUTH with the TSIG
         error. An unsigned query gets its answer back unchanged."""
-        for field, wire in (("query", query_wire), ("response", response_wire)):
-            if not 12 <= len(wire) <= 65535:
-                raise InvalidArgumentError(
-                    errors.INVALID_DNS_MESSAGE,
-                    f"a DNS message is 12 to 65535 bytes, not {len(wire)}",
-                    field=field,
-                )
+        _check_length(query_wire, "query")
+        _check_length(response_wire, "response")
         try:
             response = dns.message.from_wire(response_wire)
         except (dns.exception.DNSException, ValueError, UnicodeError):
@@ -190,39 +198,20 @@ class DnsUpdates:
             return _header_only(query_wire, dns.rcode.FORMERR)
         if query.tsig is None:
             return UpdateResult(response_wire, response.rcode(), 0)
-        request_tsig: TSIG = query.tsig[0]
-        found = await self._repository.find_tsig_key(query.tsig.name.to_text().lower())
-        if found is None or dns.name.from_text(found[0].key.algorithm) != request_tsig.algorithm:
-            return self._tsig_failure(query, dns.rcode.BADKEY, "unknown key or algorithm")
-        key = dns.tsig.Key(
-            query.tsig.name, base64.b64decode(found[0].secret), found[0].key.algorithm
-        )
-        try:
-            verified = dns.message.from_wire(query_wire, keyring={query.tsig.name: key})
-        except dns.tsig.BadSignature:
-            return self._tsig_failure(query, dns.rcode.BADSIG, "signature does not verify")
-        except dns.tsig.BadTime:
-            return self._signed(
-                query, key, dns.rcode.NOTAUTH, tsig_error=dns.rcode.BADTIME, why="clock skew"
-            )
-        except (dns.tsig.BadKey, dns.tsig.BadAlgorithm):
-            return self._tsig_failure(query, dns.rcode.BADKEY, "key does not match")
-        except (dns.exception.DNSException, ValueError, UnicodeError):
-            return _header_only(query_wire, dns.rcode.FORMERR)
+        checked = await self._verify(query_wire, query)
+        if isinstance(checked, UpdateResult):
+            return checked
+        verified, key = checked.message, checked.key
         verified_tsig: TSIG = verified.tsig[0]  # type: ignore[index]
         response.use_tsig(key, fudge=verified_tsig.fudge, original_id=verified_tsig.original_id)
         response.request_mac = verified_tsig.mac
         return UpdateResult(response.to_wire(), response.rcode(), 0)
 
     async def _apply_verified(
-        self,
-        update: dns.message.Message,
-        key: dns.tsig.Key,
-        key_record: TsigKeyWithSecret,
-        stored: StoredRegistration,
-        client_address: IPAddress | None,
+        self, checked: _Verified, client_address: IPAddress | None
     ) -> UpdateResult:
-        registration = stored.registration
+        update, key = checked.message, checked.key
+        registration = checked.stored.registration
         if not address_allowed(client_address, registration.allowed_cidrs):
             raise _Reject(dns.rcode.REFUSED, f"source {client_address} not in allowed CIDRs")
         zone_section = update.sections[0]
@@ -255,7 +244,7 @@ class DnsUpdates:
         logger.info(
             "dynamic update applied",
             extra={
-                "key_name": key_record.key.key_name,
+                "key_name": checked.key_record.key.key_name,
                 "changes": len(operations),
                 "revision": outcome.revision,
             },
@@ -411,6 +400,16 @@ class DnsUpdates:
                 extra={"rcode": rcode.name, "tsig_error": tsig_error.name, "why": why},
             )
         return UpdateResult(response.to_wire(), int(rcode), revision)
+
+
+def _check_length(wire: bytes, field: str) -> None:
+    """INVALID_ARGUMENT for anything that cannot be a DNS message."""
+    if not 12 <= len(wire) <= 65535:
+        raise InvalidArgumentError(
+            errors.INVALID_DNS_MESSAGE,
+            f"a DNS message is 12 to 65535 bytes, not {len(wire)}",
+            field=field,
+        )
 
 
 def _header_only(wire: bytes, rcode: dns.rcode.Rcode) -> UpdateResult:
