@@ -47,20 +47,13 @@ from acmezone.registry.v1 import registration_service_pb2 as reg_pb
 from acmezone.registry.v1 import registration_service_pb2_grpc as reg_grpc
 from acmezone.registry.v1 import txt_record_service_pb2 as txt_pb
 from acmezone.registry.v1 import txt_record_service_pb2_grpc as txt_grpc
-from acmezone_common.testing import wait_for_serving
+from acmezone_common.testing import free_port, wait_for_serving
 
 ZONE = "acme.example.test"
 BIN = Path(sys.executable).parent
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
 NXDOMAIN_SHARE = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def digest(seed: object) -> str:

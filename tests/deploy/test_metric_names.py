@@ -15,7 +15,6 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from acmezone.issuer.v1 import account_service_pb2, account_service_pb2_grpc
+from acmezone_common.testing import free_port
 from acmezone_dns.app import DnsApp
 from acmezone_dns.settings import DnsSettings
 from acmezone_issuer.app import IssuerApp
@@ -137,13 +137,6 @@ class Run:
 DASHBOARD_VALUES = {"$__rate_interval": "30s", "$job": "acmezone-.*", "$instance": ".*"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _api(base: str, path: str, **params: str) -> dict[str, Any]:
     url = f"{base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
@@ -195,7 +188,7 @@ def _live_prometheus(workdir: Path, targets: dict[str, str]) -> Live:
         ],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     expressions = []
     for _, expr in dashboard_expressions():
         for variable, value in DASHBOARD_VALUES.items():

@@ -4,7 +4,6 @@ registry restart, re-list when the feed is gone, a dns restart, and how fast an 
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ from acmezone.registry.v1 import registration_service_pb2_grpc as reg_grpc
 from acmezone.registry.v1 import txt_record_service_pb2 as txt_pb
 from acmezone.registry.v1 import txt_record_service_pb2_grpc as txt_grpc
 from acmezone_common.addresses import HostPort
-from acmezone_common.testing import wait_for_serving
+from acmezone_common.testing import free_port, wait_for_serving
 from acmezone_dns.app import DnsApp
 from tests.dns.conftest import ZONE, query_udp, running_dns, v4
 from tests.registry.conftest import running_registry
@@ -70,13 +69,6 @@ class Registry:
 async def registry_client(address: HostPort) -> AsyncIterator[Registry]:
     async with grpc.aio.insecure_channel(str(address)) as channel:
         yield Registry(channel)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def txt_values(app: DnsApp, fqdn: str) -> set[str] | str | None:

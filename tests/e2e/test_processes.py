@@ -22,8 +22,7 @@ import pytest
 from acmezone.issuer.v1 import account_service_pb2 as apb
 from acmezone.issuer.v1 import account_service_pb2_grpc, certificate_service_pb2_grpc
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
-from acmezone_common.testing import wait_for_serving
-from acmezone_issuer.devpebble import free_port
+from acmezone_common.testing import free_port, wait_for_serving
 from tests.e2e.conftest import CHALLENGE_ZONE, Ports, zone_text
 from tests.issuer.conftest import AUTH, CA, ENCRYPTION_KEY, OPERATOR_TOKEN
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -30,14 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from acmezone_common.testing import free_port
+
 logger = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (Pebble's config needs explicit ports)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_tls_material(directory: Path) -> tuple[Path, Path, Path]:
