@@ -89,8 +89,15 @@ class _WriteTransaction:
 
     session: AsyncSession
     now: datetime
+    # The feed's revision when the lock was taken; nobody else can move it until we commit.
+    base_revision: int
     changes: list[tuple[ChangeType, RecordSet]] = field(default_factory=list)
     revision: int = 0
+
+    @property
+    def resulting_revision(self) -> int:
+        """The revision the feed will be at once this transaction commits."""
+        return self.base_revision + (1 if self.changes else 0)
 
 
 CommitListener = Callable[[int, tuple[RecordChange, ...]], None]
@@ -143,11 +150,12 @@ class Repository:
                         .with_for_update()
                     )
                 ).scalar_one()
-                tx = _WriteTransaction(session=session, now=datetime.now(UTC))
+                tx = _WriteTransaction(
+                    session=session, now=datetime.now(UTC), base_revision=state.revision
+                )
                 yield tx
                 if tx.changes:
-                    state.revision += 1
-                    tx.revision = state.revision
+                    state.revision = tx.revision = tx.resulting_revision
                     for seq, (change_type, record_set) in enumerate(tx.changes):
                         session.add(
                             RecordChangeRow(
@@ -388,8 +396,7 @@ class Repository:
                 await tx.session.flush()
                 await self._trim_values(tx.session, subdomain, row.max_txt_values)
                 tx.changes.append((ChangeType.PUT, await self._record_set(tx.session, subdomain)))
-            revision = await self._current_revision(tx.session) + (1 if tx.changes else 0)
-            return await self._txt_record(tx.session, subdomain, revision)
+            return await self._txt_record(tx.session, subdomain, tx.resulting_revision)
 
     async def remove_txt_values(self, subdomain: str, value: str | None) -> TxtRecord:
         """Remove one value, or every value when `value` is None. Removing nothing is no change."""
@@ -404,8 +411,7 @@ class Repository:
             result = await tx.session.execute(statement)
             if getattr(result, "rowcount", 0):
                 tx.changes.append((ChangeType.PUT, await self._record_set(tx.session, subdomain)))
-            revision = await self._current_revision(tx.session) + (1 if tx.changes else 0)
-            return await self._txt_record(tx.session, subdomain, revision)
+            return await self._txt_record(tx.session, subdomain, tx.resulting_revision)
 
     async def _trim_values(
         self, session: AsyncSession, subdomain: str, keep: int, owner: str = ""
@@ -469,8 +475,7 @@ class Repository:
                 if await self._current_revision(session) == before:
                     return before, record_sets
         async with self._writing() as tx:
-            revision = await self._current_revision(tx.session)
-            return revision, await self._all_record_sets(tx.session)
+            return tx.base_revision, await self._all_record_sets(tx.session)
 
     async def _all_record_sets(self, session: AsyncSession) -> list[RecordSet]:
         subdomains = list(
