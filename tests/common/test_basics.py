@@ -71,3 +71,14 @@ def test_metrics_server_serves_and_stops_quickly() -> None:
         server.stop()
         with pytest.raises(OSError, match=r"\S"):
             urllib.request.urlopen(url, timeout=1)
+
+
+def test_page_size_rule() -> None:
+    from acmezone_common.errors import InvalidArgumentError
+    from acmezone_common.paging import page_size
+
+    assert [page_size(n) for n in (0, 1, 50, 1000, 5000)] == [50, 1, 50, 1000, 1000]
+    with pytest.raises(InvalidArgumentError) as negative:
+        page_size(-1)
+    assert negative.value.reason == "INVALID_PAGE_SIZE"
+    assert negative.value.field_violations[0].field == "page_size"

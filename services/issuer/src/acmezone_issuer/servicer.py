@@ -29,6 +29,7 @@ from acmezone_common.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from acmezone_common.paging import page_size
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
 from acmezone_issuer.errors import IssuanceError
@@ -41,7 +42,6 @@ from acmezone_issuer.store import (
     Store,
     decode_page_token,
     encode_page_token,
-    page_limit,
     utcnow,
 )
 
@@ -252,7 +252,7 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
         self, request: account_service_pb2.ListAccountsRequest, context: Context
     ) -> account_service_pb2.ListAccountsResponse:
         self._auth.check(context)
-        limit = page_limit(request.page_size)
+        limit = page_size(request.page_size)
         rows, last = await self._store.list_accounts(decode_page_token(request.page_token), limit)
         return account_service_pb2.ListAccountsResponse(
             accounts=[account_to_proto(r) for r in rows],
@@ -331,7 +331,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.ListCertificatesRequest, context: Context
     ) -> certificate_service_pb2.ListCertificatesResponse:
         self._auth.check(context)
-        limit = page_limit(request.page_size)
+        limit = page_size(request.page_size)
         rows, last = await self._store.list_certificates(
             decode_page_token(request.page_token), limit
         )

@@ -252,15 +252,6 @@ def decode_page_token(token: str, field: str = "page_token") -> int:
         ) from exc
 
 
-def page_limit(page_size: int) -> int:
-    """0 -> 50; capped at 1000; negative is INVALID_ARGUMENT."""
-    if page_size < 0:
-        raise InvalidArgumentError(
-            "INVALID_PAGE_SIZE", "page_size must not be negative", field="page_size"
-        )
-    return min(page_size or 50, 1000)
-
-
 class Store:
     """The repository: every query the issuer makes, named for its purpose."""
 

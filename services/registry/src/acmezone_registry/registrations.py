@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from acmezone_common import paging
 from acmezone_common.errors import InvalidArgumentError
 from acmezone_registry import credentials, validation
 from acmezone_registry.access import Caller
@@ -115,7 +116,7 @@ class Registrations:
     async def list(self, caller: Caller, *, page_size: int, page_token: str) -> RegistrationPage:
         """A page of registrations, oldest first."""
         self.authorizer.require_operator(caller)
-        size = validation.page_size(page_size)
+        size = paging.page_size(page_size)
         after = decode_page_token(page_token, method="ListRegistrations")
         rows = await self._repository.list_registrations(after=after, limit=size + 1)
         more = len(rows) > size

@@ -11,6 +11,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from acmezone_common import paging
 from acmezone_common.errors import InvalidArgumentError
 from acmezone_registry import errors, validation
 from acmezone_registry.access import Caller
@@ -97,7 +98,7 @@ class TsigKeys:
     ) -> TsigKeyPage:
         """A page of a registration's keys, oldest first."""
         stored = await self._authorizer.self_or_operator(caller, subdomain)
-        size = validation.page_size(page_size)
+        size = paging.page_size(page_size)
         after = decode_page_token(page_token, method="ListTsigKeys")
         keys = await self._repository.list_tsig_keys(
             stored.registration.subdomain, after=after, limit=size + 1

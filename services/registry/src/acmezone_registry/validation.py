@@ -99,12 +99,3 @@ def txt_value(value: str, *, field: str, strict: bool) -> str:
             field=field,
         )
     return value
-
-
-def page_size(value: int, *, field: str = "page_size", default: int = 50, limit: int = 1000) -> int:
-    """0 means the default; negative is an error; above the limit is capped."""
-    if value < 0:
-        raise InvalidArgumentError(
-            errors.INVALID_PAGE_SIZE, f"page_size must not be negative, got {value}", field=field
-        )
-    return min(value or default, limit)
