@@ -726,7 +726,23 @@ def dns() -> dict[str, Any]:
                         ),
                     ],
                     unit="s",
-                    width=12,
+                    width=8,
+                ),
+                Panel(
+                    "UDP datagrams per read p50 / p99 (near the batch size: falling behind)",
+                    [
+                        (
+                            "histogram_quantile(0.5, sum by (le) (rate("
+                            f"acmezone_dns_udp_batch_datagrams_bucket{{{JI}}}[{RATE}])))",
+                            "p50",
+                        ),
+                        (
+                            "histogram_quantile(0.99, sum by (le) (rate("
+                            f"acmezone_dns_udp_batch_datagrams_bucket{{{JI}}}[{RATE}])))",
+                            "p99",
+                        ),
+                    ],
+                    width=8,
                 ),
                 Panel(
                     "Dropped packets",
@@ -738,7 +754,7 @@ def dns() -> dict[str, Any]:
                         )
                     ],
                     unit="pps",
-                    width=12,
+                    width=8,
                 ),
             ],
         ),

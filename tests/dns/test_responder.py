@@ -20,11 +20,14 @@ from acmezone_dns.app import DnsApp
 from acmezone_dns.store import TxtChange
 from tests.dns.conftest import (
     BIG_VALUES,
+    CAA,
     LONG_VALUE,
+    SNAPSHOT,
     ZONE,
     query_tcp,
     query_udp,
     raw_udp,
+    running_dns,
     v4,
 )
 
@@ -363,3 +366,55 @@ def test_fast_and_slow_paths_give_the_same_answers(tmp_path: Path) -> None:
                     )  # fmt: skip
                     compared += 1
     assert compared > 1000
+
+
+async def test_types_whose_bytes_are_letters_get_their_own_answers(
+    tmp_path: Path,
+) -> None:
+    """The hot path lower-cases the question's name and type together, so a type byte that is
+    an ASCII letter (HTTPS is 65, 'A') must never be looked up that way: HTTPS and type 97
+    ('a', what HTTPS lower-cases to) each get their own records, over UDP and TCP, with and
+    without EDNS, and type 97 gets NODATA where only HTTPS exists."""
+    https = '@ HTTPS 1 . alpn="h2"'
+    type97 = r"both TYPE97 \# 1 2a"
+    both_https = 'both HTTPS 1 . alpn="h3"'
+    async with running_dns(tmp_path, static_records=[CAA, https, type97, both_https]) as app:
+        app.store.apply_snapshot(SNAPSHOT, 1, "test-feed")
+        for edns in (False, 0):
+            for ask in (query_udp, query_tcp):
+                reply = await ask(v4(app), "ACME.example.test", "HTTPS", use_edns=edns)
+                assert reply.rcode() == dns.rcode.NOERROR
+                assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.HTTPS]
+                other = await ask(v4(app), "acme.example.test", 97, use_edns=edns)
+                assert other.rcode() == dns.rcode.NOERROR
+                assert other.answer == []
+                assert other.authority[0].rdtype == dns.rdatatype.SOA
+                for rdtype in (dns.rdatatype.HTTPS, 97):
+                    reply = await ask(v4(app), "Both.acme.example.test", rdtype, use_edns=edns)
+                    assert [rrset.rdtype for rrset in reply.answer] == [rdtype]
+                # A type 0x4141 and 0x6161 at a name that does not exist: NXDOMAIN both.
+                for rdtype in (0x4141, 0x6161):
+                    missing = await ask(v4(app), "nobody.acme.example.test", rdtype, use_edns=edns)
+                    assert missing.rcode() == dns.rcode.NXDOMAIN
+
+
+async def test_a_zero_byte_inside_a_label_is_data_and_an_early_root_is_malformed(
+    dns_app: DnsApp,
+) -> None:
+    header = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    apex = dns.name.from_text(ZONE).to_wire()
+    # "a\x00b" is a legal three-byte label: the name does not exist, so NXDOMAIN with the
+    # question echoed, not FORMERR.
+    inner = header + b"\x03a\x00b" + apex + b"\x00\x10\x00\x01"
+    raw = await raw_udp(v4(dns_app), inner)
+    assert raw is not None
+    reply = dns.message.from_wire(raw)
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert reply.question[0].name.labels[0] == b"a\x00b"
+    # A root label followed by what looks like the zone apex is the root name and trailing
+    # junk: never an answer from our zone.
+    early_root = header + b"\x00" + apex + b"\x00\x10\x00\x01"
+    raw = await raw_udp(v4(dns_app), early_root)
+    assert raw is not None
+    assert raw[3] & 0x0F in (dns.rcode.FORMERR, dns.rcode.REFUSED)
+    assert not raw[2] & 0x04  # not authoritative

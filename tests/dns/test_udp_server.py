@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from pathlib import Path
 
 import dns.message
 import dns.rcode
+from prometheus_client import CollectorRegistry
 
+from acmezone_common.addresses import HostPort
 from acmezone_dns.app import DnsApp
-from tests.dns.conftest import query_udp, v4
+from tests.dns.conftest import SNAPSHOT, query_udp, running_dns, v4
 
 
 def fuzz_packets(count: int, seed: int) -> list[bytes]:
@@ -78,3 +81,84 @@ async def test_fuzz_over_tcp_leaves_the_server_answering(dns_app: DnsApp) -> Non
             await writer.wait_closed()
     reply = await query_udp(address, "one.acme.example.test", "TXT")
     assert reply.rcode() == dns.rcode.NOERROR
+
+
+async def burst(address: HostPort, queries: list[bytes]) -> dict[int, dns.message.Message]:
+    """Send every query at once from one socket, then collect the replies by ID."""
+    loop = asyncio.get_running_loop()
+    replies: dict[int, dns.message.Message] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        for query in queries:
+            sock.sendto(query, (address.host, address.port))
+        async with asyncio.timeout(5):
+            while len(replies) < len(queries):
+                data = await loop.sock_recv(sock, 65535)
+                reply = dns.message.from_wire(data)
+                replies[reply.id] = reply
+    return replies
+
+
+def burst_queries(count: int) -> tuple[list[bytes], dict[int, str]]:
+    """`count` queries with distinct IDs, alternating existing and missing names."""
+    names = {}
+    wires = []
+    for n in range(count):
+        name = "one.acme.example.test" if n % 2 else f"nobody{n}.acme.example.test"
+        query = dns.message.make_query(name, "TXT", use_edns=n % 3 == 0)
+        query.id = n
+        names[n] = name
+        wires.append(query.to_wire())
+    return wires, names
+
+
+async def test_a_burst_bigger_than_a_batch_gets_every_answer_right(
+    dns_app: DnsApp, metrics_registry: CollectorRegistry
+) -> None:
+    """300 queries queued at once: read in several batches of up to 64, answered 16 at a
+    time; every ID gets its own answer and the batch histogram sees the reads."""
+    assert all(udp.batched for udp in dns_app.udp)
+    wires, names = burst_queries(300)
+    replies = await burst(v4(dns_app), wires)
+    assert sorted(replies) == list(range(300))
+    for n, reply in replies.items():
+        assert reply.question[0].name.to_text() == names[n] + "."
+        if n % 2:
+            assert reply.rcode() == dns.rcode.NOERROR
+            assert len(reply.answer[0]) == 2
+        else:
+            assert reply.rcode() == dns.rcode.NXDOMAIN
+    reads = metrics_registry.get_sample_value("acmezone_dns_udp_batch_datagrams_count")
+    read = metrics_registry.get_sample_value("acmezone_dns_udp_batch_datagrams_sum")
+    assert read == 300
+    assert reads is not None
+    assert 5 <= reads <= 300
+
+
+async def test_one_datagram_per_call_when_batching_is_off(
+    tmp_path: Path, metrics_registry: CollectorRegistry
+) -> None:
+    """UDP_BATCH_SIZE=1 (and systems without recvmmsg) read with recvfrom: same answers."""
+    async with running_dns(tmp_path, metrics_registry, udp_batch_size=1) as app:
+        app.store.apply_snapshot(SNAPSHOT, 1, "test-feed")
+        assert not any(udp.batched for udp in app.udp)
+        wires, _names = burst_queries(100)
+        replies = await burst(v4(app), wires)
+        assert sorted(replies) == list(range(100))
+        assert all(
+            reply.rcode() == (dns.rcode.NOERROR if n % 2 else dns.rcode.NXDOMAIN)
+            for n, reply in replies.items()
+        )
+        for packet in fuzz_packets(600, seed=5):
+            await raw_udp_nowait(v4(app), packet)
+        reply = await query_udp(v4(app), "one.acme.example.test", "TXT")
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert metrics_registry.get_sample_value("acmezone_dns_udp_batch_datagrams_count") == 0
+
+
+async def raw_udp_nowait(address: HostPort, payload: bytes) -> None:
+    """Send raw bytes and do not wait for any reply."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(payload, (address.host, address.port))
+    await asyncio.sleep(0)

@@ -128,7 +128,13 @@ class DnsApp:
         picks it for UDP, and if TCP finds it taken we try again with another."""
         attempts = _PORT_ATTEMPTS if address.port == 0 else 1
         for attempt in range(attempts):
-            udp = UdpServer(address, self.responder, self.stats, self.updates)
+            udp = UdpServer(
+                address,
+                self.responder,
+                self.stats,
+                self.updates,
+                batch_size=self.settings.udp_batch_size,
+            )
             bound = await udp.start()
             tcp = TcpServer(
                 bound,

@@ -66,6 +66,10 @@ LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0
 LATENCY_SAMPLE_EVERY = 16
 """One query in this many is timed; timing each costs more than a cache hit's answer."""
 
+# Datagrams per batched UDP read: near 1 while the server keeps up, near the batch size when
+# queries arrive faster than it answers them.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
 
 def qtype_index(qtype: int) -> int:
     """The QTYPES index of a query type."""
@@ -86,12 +90,29 @@ class QueryStats:
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
+        self.batch_buckets = [0] * (len(BATCH_BUCKETS) + 1)
+        self.batch_sum = 0
 
     def observe_latency(self, seconds: float) -> None:
         """Record one sampled answer latency."""
         self.latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
         self.latency_count += 1
+
+    def observe_batch(self, datagrams: int) -> None:
+        """Record one batched UDP read of `datagrams` datagrams."""
+        self.batch_buckets[bisect_left(BATCH_BUCKETS, datagrams)] += 1
+        self.batch_sum += datagrams
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus histogram buckets (le, cumulative count) from per-bucket counts."""
+    total = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        total += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+    return buckets
 
 
 @dataclass
@@ -136,20 +157,26 @@ class DnsCollector(Collector):
             "Packets that got no answer: responses, runts shorter than a header, send failures.",
             value=stats.dropped,
         )
-        cumulative = 0
-        buckets = []
-        for bound, count in zip(
-            (*LATENCY_BUCKETS, float("inf")), stats.latency_buckets, strict=True
-        ):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         latency = HistogramMetricFamily(
             "acmezone_dns_answer_latency_seconds",
             f"Time from reading a query to handing its answer to the kernel, sampled 1 in "
-            f"{LATENCY_SAMPLE_EVERY}.",
+            f"{LATENCY_SAMPLE_EVERY} reads (for a batched read: to the batch's last answer).",
         )
-        latency.add_metric([], buckets, stats.latency_sum)
+        latency.add_metric(
+            [], _cumulative(LATENCY_BUCKETS, list(stats.latency_buckets)), stats.latency_sum
+        )
         yield latency
+        batches = HistogramMetricFamily(
+            "acmezone_dns_udp_batch_datagrams",
+            "Datagrams per batched UDP read (recvmmsg): near 1 while the server keeps up, "
+            "near UDP_BATCH_SIZE when it falls behind.",
+        )
+        batches.add_metric(
+            [],
+            _cumulative(tuple(float(b) for b in BATCH_BUCKETS), list(stats.batch_buckets)),
+            float(stats.batch_sum),
+        )
+        yield batches
         yield GaugeMetricFamily(
             "acmezone_dns_records",
             "Resource records held in the served zones.",

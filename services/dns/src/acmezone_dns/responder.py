@@ -31,12 +31,23 @@ from acmezone_dns.metrics import (
     slot,
 )
 from acmezone_dns.store import Snapshot, ZoneStore
-from acmezone_dns.wire import AA, TC, Packed, header_only, opt_record, pack_answer, splice
+from acmezone_dns.wire import (
+    AA,
+    TC,
+    Packed,
+    folds_with_case,
+    header_only,
+    opt_record,
+    pack_answer,
+    splice,
+)
 from acmezone_dns.zone import BADVERS, FORMERR, NOTIMP, REFUSED
 
 logger = logging.getLogger(__name__)
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
+_PLAIN_SECTIONS = _ONE_QUESTION + b"\x00\x00"  # ... and ARCOUNT 0
+_OPT_SECTIONS = _ONE_QUESTION + b"\x00\x01"  # ... and ARCOUNT 1
 _NO_ADDITIONAL = b"\x00\x00"
 _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_TYPE = b"\x00\x29"
@@ -86,8 +97,56 @@ class Responder:
         holds the keys. Only the slow path sets it: the fast path never sees a TSIG record."""
 
     def answer(self, data: bytes, tcp: bool) -> bytes | None:
-        """The hot path: pre-packed answers for plain queries, the slow path for the rest."""
+        """The hot path: pre-packed answers for plain queries, the slow path for the rest.
+
+        The two commonest shapes are tried first without locating the question: one question
+        and nothing else (the question runs to the end), or one question and an option-less
+        OPT record this responder has seen before (the question ends 11 bytes before the end).
+        A hit in the pre-packed table proves the question is well formed, since every key is a
+        valid name, type and class; anything else, a miss included, takes `_answer_located`.
+        """
         snapshot = self._store.snapshot
+        sections = data[4:12]
+        if sections == _PLAIN_SECTIONS and not data[2] & 0xF8:
+            packed = snapshot.answers.get(data[12:].lower())
+            if packed is None:
+                # The question runs to the end; `_not_prepacked` checks it is well formed.
+                limit = _TCP_SIZE if tcp else _PLAIN_UDP_SIZE
+                return self._not_prepacked(data, snapshot, tcp, len(data), None, limit)
+            if tcp or len(data) + packed.size <= _PLAIN_UDP_SIZE:
+                self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
+                return b"".join(
+                    (
+                        data[:2],
+                        packed.heads[(data[2] & 1) | ((data[3] & 0x10) >> 3)],
+                        data[12:],
+                        packed.body,
+                    )
+                )
+        elif sections == _OPT_SECTIONS and not data[2] & 0xF8:
+            edns = self._edns.get(data[-_OPT_LEN:])
+            if edns is not None:
+                packed = snapshot.answers.get(data[12:-_OPT_LEN].lower())
+                limit = _TCP_SIZE if tcp else edns[1]
+                if packed is None:
+                    qend = len(data) - _OPT_LEN
+                    return self._not_prepacked(data, snapshot, tcp, qend, edns[0], limit)
+                if len(data) + packed.size <= limit:
+                    self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
+                    return b"".join(
+                        (
+                            data[:2],
+                            packed.heads_edns[(data[2] & 1) | ((data[3] & 0x10) >> 3)],
+                            data[12:-_OPT_LEN],
+                            packed.body,
+                            edns[0],
+                        )
+                    )
+        return self._answer_located(data, snapshot, tcp)
+
+    def _answer_located(self, data: bytes, snapshot: Snapshot, tcp: bool) -> bytes | None:
+        """Plain queries of any shape the fast checks in `answer` did not settle: finds where
+        the question ends, then answers from the pre-packed tables or the slow path."""
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:10] != _ONE_QUESTION:
             return self._slow(data, snapshot, tcp)
@@ -113,35 +172,15 @@ class Responder:
                 limit = _TCP_SIZE
         else:
             return self._slow(data, snapshot, tcp)
-        packed = snapshot.answers.get(data[12 : end + 1].lower() + data[end + 1 : qend])
+        # Lower-casing the type bytes too is safe: no pre-packed key holds a type that
+        # lower-casing could produce (wire.folds_with_case).
+        packed = snapshot.answers.get(data[12:qend].lower())
         if packed is None:
             return self._not_prepacked(data, snapshot, tcp, qend, opt, limit)
-        if opt is None:
-            if qend + packed.size > limit:
-                return self._slow(data, snapshot, tcp)
-            self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
-            return b"".join(
-                (
-                    data[:2],
-                    packed.flags[(data[2] & 1) | ((data[3] & 0x10) >> 3)],
-                    packed.counts,
-                    data[12:qend],
-                    packed.body,
-                )
-            )
-        if qend + packed.size + _OPT_LEN > limit:
+        if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
             return self._slow(data, snapshot, tcp)
         self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
-        return b"".join(
-            (
-                data[:2],
-                packed.flags[(data[2] & 1) | ((data[3] & 0x10) >> 3)],
-                packed.counts_edns,
-                data[12:qend],
-                packed.body,
-                opt,
-            )
-        )
+        return splice(packed, data, qend, opt)
 
     def _plain_opt(self, tail: bytes) -> tuple[bytes, int] | None:
         """Our OPT record and the UDP size limit for a query's additional section when it is
@@ -178,15 +217,21 @@ class Responder:
             return self._slow(data, snapshot, tcp)
         name = data[12 : qend - 4].lower()
         found = snapshot.defaults.get(name)
-        if found is None:
-            # Walk the labels: this checks that the first zero byte really is the root label
-            # (not a zero inside a label) and finds the closest enclosing zone on the way.
+        if found is not None:
+            if folds_with_case(qtype):
+                # The name exists and may hold this type: it was left out of the table.
+                return self._slow(data, snapshot, tcp)
+        else:
+            # Walk the labels: this checks that the name is labels of at most 63 bytes ending
+            # in the root label exactly at its last byte (a zero byte inside a label is data;
+            # a root label before the end is malformed here), and finds the closest enclosing
+            # zone on the way.
             fallbacks = snapshot.fallbacks
             last = len(name) - 1
             i = 0
             while i < last:
                 length = name[i]
-                if length > 63:
+                if length > 63 or not length:
                     return self._slow(data, snapshot, tcp)
                 if found is None:
                     found = fallbacks.get(name[i:])

@@ -120,6 +120,13 @@ class DnsSettings(ServiceSettings):
         le=4096,
         description="The EDNS UDP payload size advertised and honoured, bytes.",
     )
+    udp_batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="UDP datagrams read (recvmmsg) and answered (sendmmsg) per system call on "
+        "Linux; 1 reads one at a time with recvfrom, as on other systems.",
+    )
     tcp_idle_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Close TCP connections idle this long (RFC 7766)."
     )

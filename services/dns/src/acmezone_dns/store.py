@@ -28,7 +28,7 @@ import dns.rdtypes.ANY.TXT
 
 from acmezone_dns import metrics
 from acmezone_dns.static_zones import StaticZone
-from acmezone_dns.wire import Packed, name_suffixes, pack_answer
+from acmezone_dns.wire import Packed, folds_with_case, name_suffixes, pack_answer
 from acmezone_dns.zone import (
     NXDOMAIN,
     REFUSED,
@@ -340,6 +340,8 @@ class ZoneStore:
                 types |= set(end.rrsets)
         keys = []
         for qtype in sorted(types):
+            if folds_with_case(qtype):
+                continue  # answered by the responder's slow path (see folds_with_case)
             packed = _pack(view, key, qtype)
             packed.stat = metrics.slot(metrics.qtype_index(qtype), packed.rcode)
             answer_key = key + qtype.to_bytes(2, "big") + _CLASS_IN

@@ -36,30 +36,37 @@ Section = Sequence[tuple[bytes, dns.rdataset.Rdataset]]
 class Packed:
     """A response minus ID, RD/CD and question: ready to splice behind any matching query.
 
-    `flags[i]` are the two flag bytes for `i = RD | CD << 1` copied from the query; `counts` and
-    `counts_edns` are QD..AR counts (QD is always 1; AR counts the OPT record in the EDNS one);
-    `size` is the length of the body; `rcode` is the header rcode and `stat` the metrics slot.
+    `heads[i]` are the ten header bytes after the ID (flags, then QD..AR counts) for
+    `i = RD | CD << 1` copied from the query, and `heads_edns[i]` the same with the OPT record
+    counted in AR; QD is always 1. `size` is the length of the body, `rcode` the header rcode and
+    `stat` the metrics slot. Flags and counts are joined ahead of time: a response is then four
+    pieces (ID, head, question, body), and each piece less is measurable on the hot path.
     """
 
-    __slots__ = ("body", "counts", "counts_edns", "flags", "rcode", "size", "stat")
+    __slots__ = ("body", "heads", "heads_edns", "rcode", "size", "stat")
 
     def __init__(self, flags: int, rcode: int, an: int, ns: int, ar: int, body: bytes) -> None:
         base = QR | flags | rcode
-        self.flags: tuple[bytes, bytes, bytes, bytes] = (
-            base.to_bytes(2, "big"),
-            (base | RD).to_bytes(2, "big"),
-            (base | CD).to_bytes(2, "big"),
-            (base | RD | CD).to_bytes(2, "big"),
-        )
+        variants = [base, base | RD, base | CD, base | RD | CD]
+        counts = struct.pack("!HHHH", 1, an, ns, ar)
+        counts_edns = struct.pack("!HHHH", 1, an, ns, ar + 1)
+        self.heads = tuple(v.to_bytes(2, "big") + counts for v in variants)
+        self.heads_edns = tuple(v.to_bytes(2, "big") + counts_edns for v in variants)
         self.rcode = rcode
-        self.counts = struct.pack("!HHHH", 1, an, ns, ar)
-        self.counts_edns = struct.pack("!HHHH", 1, an, ns, ar + 1)
         self.body = body
         self.size = len(body)
         self.stat = 0
 
     def __repr__(self) -> str:
         return f"Packed(rcode={self.rcode}, size={self.size})"
+
+
+def folds_with_case(qtype: int) -> bool:
+    """Whether either byte of a query type is an ASCII letter, so that lower-casing a question
+    (name and type together, as the hot path does) can change it: HTTPS (65) is one. Answers
+    to such types are never pre-packed, which keeps every pre-packed key unchanged by
+    lower-casing; queries for them take the slow path."""
+    return 0x61 <= ((qtype >> 8) | 0x20) <= 0x7A or 0x61 <= ((qtype & 0xFF) | 0x20) <= 0x7A
 
 
 def label_offsets(name_wire: bytes) -> list[int]:
@@ -135,24 +142,9 @@ def splice(packed: Packed, query: bytes, question_end: int, opt: bytes | None) -
     """The full response to `query`: its ID, RD/CD bits and question, then the packed body."""
     flag_index = (query[2] & 1) | ((query[3] & 0x10) >> 3)
     if opt is None:
-        return b"".join(
-            (
-                query[:2],
-                packed.flags[flag_index],
-                packed.counts,
-                query[12:question_end],
-                packed.body,
-            )
-        )
+        return b"".join((query[:2], packed.heads[flag_index], query[12:question_end], packed.body))
     return b"".join(
-        (
-            query[:2],
-            packed.flags[flag_index],
-            packed.counts_edns,
-            query[12:question_end],
-            packed.body,
-            opt,
-        )
+        (query[:2], packed.heads_edns[flag_index], query[12:question_end], packed.body, opt)
     )
 
 
