@@ -202,7 +202,7 @@ class FeedClient:
         if not part.last:
             return False
         started = time.perf_counter()
-        self._store.apply_snapshot(acc, part.revision, part.feed_id)
+        await self._store.apply_snapshot_cooperatively(acc, part.revision, part.feed_id)
         self._feed_id = part.feed_id
         self._metrics.revision = part.revision
         self._metrics.snapshots_applied += 1
