@@ -10,12 +10,13 @@ from pathlib import Path
 
 import dns.message
 import dns.rcode
+import dns.update
 from prometheus_client import CollectorRegistry
 
 from acmezone_common.addresses import HostPort
 from acmezone_dns.app import DnsApp
 from acmezone_dns.store import TxtChange
-from tests.dns.conftest import SNAPSHOT, ZONE, query_udp, running_dns, v4
+from tests.dns.conftest import SNAPSHOT, ZONE, query_udp, raw_udp, running_dns, v4
 
 
 def fuzz_packets(count: int, seed: int) -> list[bytes]:
@@ -141,7 +142,9 @@ async def test_one_datagram_per_call_when_batching_is_off(
     tmp_path: Path, metrics_registry: CollectorRegistry
 ) -> None:
     """UDP_BATCH_SIZE=1 (and systems without recvmmsg) read with recvfrom: same answers."""
-    async with running_dns(tmp_path, metrics_registry, udp_batch_size=1) as app:
+    async with running_dns(
+        tmp_path, metrics_registry, udp_batch_size=1, update_timeout_seconds=0.5
+    ) as app:
         app.store.apply_snapshot(SNAPSHOT, 1, "test-feed")
         assert not any(udp.batched for udp in app.udp)
         wires, _names = burst_queries(100)
@@ -155,6 +158,12 @@ async def test_one_datagram_per_call_when_batching_is_off(
             await raw_udp_nowait(v4(app), packet)
         reply = await query_udp(v4(app), "one.acme.example.test", "TXT")
         assert reply.rcode() == dns.rcode.NOERROR
+        # An UPDATE is answered later, to its own sender (SERVFAIL: no registry listens).
+        update = dns.update.UpdateMessage(ZONE)
+        update.add("x", 60, "TXT", "v")
+        raw = await raw_udp(v4(app), update.to_wire(), wait=5)
+        assert raw is not None
+        assert dns.message.from_wire(raw).rcode() == dns.rcode.SERVFAIL
         assert metrics_registry.get_sample_value("acmezone_dns_udp_batch_datagrams_count") == 0
 
 

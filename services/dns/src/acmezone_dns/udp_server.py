@@ -48,6 +48,7 @@ class UdpServer:
         self._address = address
         self._batch_size = batch_size
         self._batch: DatagramBatch | None = None
+        self._unbatched_peer: Peer = ("", 0)  # the sender of the datagram just read, unbatched
         self._responder = responder
         self._stats = stats
         self._updates = updates
@@ -116,9 +117,9 @@ class UdpServer:
                 return
 
     def _handle_datagram(self, index: int, data: bytes) -> bytes | None:
-        """The answer to datagram `index` of the current batch, or None when it gets none now:
-        UPDATE messages and TSIG-signed queries are answered later, once the registry has
-        replied."""
+        """The answer to datagram `index` of the current batch (or to the datagram just read,
+        unbatched), or None when it gets none now: UPDATE messages and TSIG-signed queries are
+        answered later, once the registry has replied."""
         updates = self._updates
         if updates is not None and len(data) > 11 and data[2] & 0xF8 == UPDATE_FLAGS:
             # RFC 2136: answered later, from the registry; queries go on meanwhile.
@@ -143,8 +144,10 @@ class UdpServer:
         return response
 
     def _peer(self, index: int) -> Peer:
-        assert self._batch is not None
-        return self._batch.peer(index)
+        """The sender of datagram `index`: only the rare paths ask, so it is built on demand."""
+        if self._batch is not None:
+            return self._batch.peer(index)
+        return self._unbatched_peer
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -152,10 +155,8 @@ class UdpServer:
             return
         recvfrom = sock.recvfrom
         sendto = sock.sendto
-        answer = self._responder.answer
+        handle = self._handle_datagram
         stats = self._stats
-        updates = self._updates
-        responder = self._responder
         # One wake-up in LATENCY_SAMPLE_EVERY has its first answer timed: per-query timing
         # would cost more than the answer.
         self._wakeups += 1
@@ -171,25 +172,9 @@ class UdpServer:
                 continue
             if timed:
                 start = time.perf_counter()
-            if updates is not None and len(data) > 11 and data[2] & 0xF8 == UPDATE_FLAGS:
-                # RFC 2136: answered later, from the registry; queries go on meanwhile.
-                if not updates.submit_udp(data, peer[0], self._sender(peer)):
-                    stats.dropped += 1
-                continue
-            try:
-                response = answer(data, False)
-            except Exception:
-                # A bug, never bad input (the responder handles that); keep serving.
-                logger.exception("answering a UDP query failed")
-                stats.dropped += 1
-                continue
+            self._unbatched_peer = peer
+            response = handle(0, data)
             if response is None:
-                continue
-            if responder.signed_query and updates is not None:
-                # TSIG-signed query: the registry signs the answer (it holds the keys).
-                responder.signed_query = False
-                if not updates.submit_signing(data, response, peer[0], self._sender(peer)):
-                    stats.dropped += 1
                 continue
             try:
                 sendto(response, peer)
