@@ -8,7 +8,8 @@ database) it re-lists at once. Reconnects back off exponentially with full jitte
 replicas does not stampede a registry that just came back.
 
 While disconnected the store keeps its last snapshot: the zone goes on answering from the last
-good state. A re-list builds the new state aside and swaps it in only when complete.
+good state. A re-list builds the new state aside, in steps that let queries go on being answered
+from the current one, and swaps it in only when complete.
 """
 
 from __future__ import annotations
