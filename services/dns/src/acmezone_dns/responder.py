@@ -108,7 +108,8 @@ class Responder:
         snapshot = self._store.snapshot
         sections = data[4:12]
         if sections == _PLAIN_SECTIONS and not data[2] & 0xF8:
-            packed = snapshot.answers.get(data[12:].lower())
+            question = data[12:]
+            packed = snapshot.answers.get(question.lower())
             if packed is None:
                 # The question runs to the end; `_not_prepacked` checks it is well formed.
                 limit = _TCP_SIZE if tcp else _PLAIN_UDP_SIZE
@@ -119,14 +120,15 @@ class Responder:
                     (
                         data[:2],
                         packed.heads[(data[2] & 1) | ((data[3] & 0x10) >> 3)],
-                        data[12:],
+                        question,
                         packed.body,
                     )
                 )
         elif sections == _OPT_SECTIONS and not data[2] & 0xF8:
             edns = self._edns.get(data[-_OPT_LEN:])
             if edns is not None:
-                packed = snapshot.answers.get(data[12:-_OPT_LEN].lower())
+                question = data[12:-_OPT_LEN]
+                packed = snapshot.answers.get(question.lower())
                 limit = _TCP_SIZE if tcp else edns[1]
                 if packed is None:
                     qend = len(data) - _OPT_LEN
@@ -137,7 +139,7 @@ class Responder:
                         (
                             data[:2],
                             packed.heads_edns[(data[2] & 1) | ((data[3] & 0x10) >> 3)],
-                            data[12:-_OPT_LEN],
+                            question,
                             packed.body,
                             edns[0],
                         )
