@@ -17,7 +17,7 @@ The query mix is the N TXT names plus 5% names that do not exist (NXDOMAIN). It 
 and never fails on them; it exits non-zero only when something could not run.
 
     .venv/bin/python bench/dns_bench.py [--names 1000] [--seconds 10] [--runs 3] [--updates 1000]
-        [--udp-batch-size 64]
+        [--udp-batch-size 64] [--no-udp-native]
 """
 
 from __future__ import annotations
@@ -329,6 +329,11 @@ def main() -> int:
         default=64,
         help="the dns service's UDP_BATCH_SIZE (1: one recvfrom/sendto per query, for A/B runs)",
     )
+    parser.add_argument(
+        "--no-udp-native",
+        action="store_true",
+        help="UDP_NATIVE=false: keep the UDP loop in Python (ctypes batches), for A/B runs",
+    )
     args = parser.parse_args()
     for tool in ("dnsperf", "nsd", "taskset"):
         if shutil.which(tool) is None:
@@ -352,10 +357,12 @@ def main() -> int:
         "ACMEZONE_DNS_REGISTRY_TARGET": registry_grpc,
         "ACMEZONE_DNS_LOG_LEVEL": "WARNING",
         "ACMEZONE_DNS_UDP_BATCH_SIZE": str(args.udp_batch_size),
+        "ACMEZONE_DNS_UDP_NATIVE": "false" if args.no_udp_native else "true",
     }
     print(f"dns bench: {args.names} TXT names + {NXDOMAIN_SHARE:.0%} NXDOMAIN, dnsperf -c 10, ")
     print(f"  server on core {SERVER_CORE}, dnsperf on core {CLIENT_CORE}, workdir {workdir}")
-    print(f"  dns service UDP batch size {args.udp_batch_size}")
+    native = "off" if args.no_udp_native else "on (if built)"
+    print(f"  dns service UDP batch size {args.udp_batch_size}, C accelerator {native}")
     with process(
         pinned(CLIENT_CORE, [str(BIN / "acmezone-registry")]),
         registry_env,

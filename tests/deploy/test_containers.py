@@ -102,6 +102,20 @@ def test_one_final_stage_per_service_on_the_slim_python_base() -> None:
         assert chain == [service, "runtime", "python:3.11-slim"], chain
 
 
+def test_builds_compile_on_the_full_image_of_the_same_python() -> None:
+    """The venvs are built where gcc is (the dns C accelerator) and copied onto the slim base:
+    both must be the same Python, or the venv and the compiled module would not run."""
+    args, stages = dockerfile()
+    build = resolve_base(stages, args, "build-dns")[-1]
+    runtime = resolve_base(stages, args, "dns")[-1]
+    assert build == "python:3.11"
+    assert runtime == f"{build}-slim"
+    for service in SETTINGS:
+        assert resolve_base(stages, args, f"build-{service}")[-1] == build
+    # A dns image without the accelerator fails its build rather than shipping the slow path.
+    assert "import acmezone_dns._native_batch" in " ".join(stages["build-dns"].all("RUN"))
+
+
 def test_final_images_run_as_a_fixed_non_root_user() -> None:
     _, stages = dockerfile()
     [user] = stages["runtime"].all("USER")
@@ -120,7 +134,7 @@ def test_final_images_carry_no_build_tools_and_no_sources() -> None:
     runtime_run = " ".join(stages["runtime"].all("RUN"))
     assert "pip uninstall" in runtime_run
     assert "pip install" not in runtime_run
-    assert "apt-get" not in DOCKERFILE.read_text()  # no compiler ever: wheels only
+    assert "apt-get" not in DOCKERFILE.read_text()  # no packages fetched: wheels only
     for service in SETTINGS:
         stage = stages[service]
         assert not stage.all("RUN"), service

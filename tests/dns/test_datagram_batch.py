@@ -1,6 +1,6 @@
-"""Batched UDP I/O (recvmmsg/sendmmsg through ctypes) with real loopback sockets: every reply
-reaches its own sender, in IPv4 and IPv6, whatever the batch and flush sizes; refused and
-oversized replies are counted, never sent to the wrong peer."""
+"""Batched UDP I/O (recvmmsg/sendmmsg through ctypes, and the same in the C accelerator) with
+real loopback sockets: every reply reaches its own sender, in IPv4 and IPv6, whatever the batch
+and flush sizes; refused and oversized replies are counted, never sent to the wrong peer."""
 
 from __future__ import annotations
 
@@ -12,13 +12,33 @@ from collections.abc import Iterator
 import pytest
 
 from acmezone_dns import datagram_batch
-from acmezone_dns.datagram_batch import DatagramBatch
+from acmezone_dns.datagram_batch import DatagramBatch, NativeDatagramBatch
 
 pytestmark = pytest.mark.skipif(
     not datagram_batch.available(), reason="recvmmsg/sendmmsg exist on Linux only"
 )
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+
+Batch = type[DatagramBatch] | type[NativeDatagramBatch]
+
+
+@pytest.fixture(
+    params=[
+        DatagramBatch,
+        pytest.param(
+            NativeDatagramBatch,
+            marks=pytest.mark.skipif(
+                not datagram_batch.native_available(), reason="the C accelerator was not built"
+            ),
+        ),
+    ],
+    ids=["ctypes", "native"],
+)
+def batch_class(request: pytest.FixtureRequest) -> Batch:
+    """Each implementation of the batch: every test below holds for both."""
+    cls: Batch = request.param
+    return cls
 
 
 @pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
@@ -50,13 +70,13 @@ def wait_readable(sock: socket.socket) -> None:
     time.sleep(0.05)
 
 
-def test_each_reply_goes_back_to_its_own_sender(server: socket.socket) -> None:
+def test_each_reply_goes_back_to_its_own_sender(server: socket.socket, batch_class: Batch) -> None:
     senders = clients(server, 5)
     try:
         for n, client in enumerate(senders):
             client.sendto(f"query-{n}".encode(), server.getsockname())
         wait_readable(server)
-        batch = DatagramBatch(server.family, capacity=8, slot=512)
+        batch = batch_class(server.family, capacity=8, slot=512)
         seen: list[tuple[int, bytes, tuple[object, ...]]] = []
 
         def handle(index: int, data: bytes) -> bytes:
@@ -79,7 +99,7 @@ def test_each_reply_goes_back_to_its_own_sender(server: socket.socket) -> None:
 
 
 def test_skipped_replies_and_mid_batch_flushes_keep_replies_with_their_senders(
-    server: socket.socket,
+    server: socket.socket, batch_class: Batch
 ) -> None:
     """With a flush every 2 replies and every third datagram unanswered, the send slots no
     longer line up with the read slots: each reply must still go to its own sender."""
@@ -88,7 +108,7 @@ def test_skipped_replies_and_mid_batch_flushes_keep_replies_with_their_senders(
         for n, client in enumerate(senders):
             client.sendto(bytes([n]) * (n + 1), server.getsockname())
         wait_readable(server)
-        batch = DatagramBatch(server.family, capacity=16, slot=512, flush_every=2)
+        batch = batch_class(server.family, capacity=16, slot=512, flush_every=2)
         count, lost = batch.exchange(
             server.fileno(), lambda index, data: None if index % 3 == 1 else data * 2
         )
@@ -105,13 +125,13 @@ def test_skipped_replies_and_mid_batch_flushes_keep_replies_with_their_senders(
             client.close()
 
 
-def test_a_full_socket_is_drained_batch_by_batch(server: socket.socket) -> None:
+def test_a_full_socket_is_drained_batch_by_batch(server: socket.socket, batch_class: Batch) -> None:
     (client,) = clients(server, 1)
     with client:
         for n in range(10):
             client.sendto(n.to_bytes(2, "big"), server.getsockname())
         wait_readable(server)
-        batch = DatagramBatch(server.family, capacity=4, slot=64)
+        batch = batch_class(server.family, capacity=4, slot=64)
         counts = []
         while True:
             count, _ = batch.exchange(server.fileno(), lambda index, data: data)
@@ -123,20 +143,20 @@ def test_a_full_socket_is_drained_batch_by_batch(server: socket.socket) -> None:
         assert replies == list(range(10))
 
 
-def test_an_empty_socket_reads_nothing(server: socket.socket) -> None:
-    batch = DatagramBatch(server.family)
+def test_an_empty_socket_reads_nothing(server: socket.socket, batch_class: Batch) -> None:
+    batch = batch_class(server.family)
     assert batch.exchange(server.fileno(), lambda index, data: data) == (0, 0)
 
 
 def test_a_long_datagram_is_cut_to_the_slot_and_a_long_reply_is_lost(
-    server: socket.socket,
+    server: socket.socket, batch_class: Batch
 ) -> None:
     (client,) = clients(server, 1)
     with client:
         client.sendto(b"a" * 100, server.getsockname())
         client.sendto(b"b" * 10, server.getsockname())
         wait_readable(server)
-        batch = DatagramBatch(server.family, capacity=4, slot=64)
+        batch = batch_class(server.family, capacity=4, slot=64)
         received = []
 
         def handle(index: int, data: bytes) -> bytes:
@@ -149,14 +169,14 @@ def test_a_long_datagram_is_cut_to_the_slot_and_a_long_reply_is_lost(
 
 
 def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(
-    server: socket.socket,
+    server: socket.socket, batch_class: Batch
 ) -> None:
     senders = clients(server, 3)
     try:
         for client in senders:
             client.sendto(b"q", server.getsockname())
         wait_readable(server)
-        batch = DatagramBatch(server.family, capacity=4, slot=64)
+        batch = batch_class(server.family, capacity=4, slot=64)
 
         def handle(index: int, data: bytes) -> bytes:
             if index == 1:
@@ -177,8 +197,8 @@ def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(
             client.close()
 
 
-def test_a_failing_read_raises_oserror() -> None:
-    batch = DatagramBatch(socket.AF_INET)
+def test_a_failing_read_raises_oserror(batch_class: Batch) -> None:
+    batch = batch_class(socket.AF_INET)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stream:
         stream.setblocking(False)
         # An unconnected TCP socket: recvmmsg fails with ENOTCONN, not "nothing waiting".

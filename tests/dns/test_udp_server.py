@@ -11,9 +11,11 @@ from pathlib import Path
 import dns.message
 import dns.rcode
 import dns.update
+import pytest
 from prometheus_client import CollectorRegistry
 
 from acmezone_common.addresses import HostPort
+from acmezone_dns import datagram_batch
 from acmezone_dns.app import DnsApp
 from acmezone_dns.store import TxtChange
 from tests.dns.conftest import SNAPSHOT, ZONE, query_udp, raw_udp, running_dns, v4
@@ -121,6 +123,8 @@ async def test_a_burst_bigger_than_a_batch_gets_every_answer_right(
     """300 queries queued at once: read in several batches of up to 64, answered 16 at a
     time; every ID gets its own answer and the batch histogram sees the reads."""
     assert all(udp.batched for udp in dns_app.udp)
+    expected_path = "native" if datagram_batch.native_available() else "batched"
+    assert all(udp.path == expected_path for udp in dns_app.udp)
     wires, names = burst_queries(300)
     replies = await burst(v4(dns_app), wires)
     assert sorted(replies) == list(range(300))
@@ -138,15 +142,25 @@ async def test_a_burst_bigger_than_a_batch_gets_every_answer_right(
     assert 5 <= reads <= 300
 
 
-async def test_one_datagram_per_call_when_batching_is_off(
-    tmp_path: Path, metrics_registry: CollectorRegistry
+@pytest.mark.parametrize(
+    ("batch_size", "native", "path"),
+    [(1, True, "recvfrom"), (64, False, "batched")],
+    ids=["recvfrom", "ctypes-batch"],
+)
+async def test_the_python_udp_paths_answer_the_same(
+    tmp_path: Path, metrics_registry: CollectorRegistry, batch_size: int, native: bool, path: str
 ) -> None:
-    """UDP_BATCH_SIZE=1 (and systems without recvmmsg) read with recvfrom: same answers."""
+    """UDP_BATCH_SIZE=1 (and systems without recvmmsg) read with recvfrom; UDP_NATIVE=false
+    (and installs without the C accelerator) batch through ctypes: same answers."""
     async with running_dns(
-        tmp_path, metrics_registry, udp_batch_size=1, update_timeout_seconds=0.5
+        tmp_path,
+        metrics_registry,
+        udp_batch_size=batch_size,
+        udp_native=native,
+        update_timeout_seconds=0.5,
     ) as app:
         app.store.apply_snapshot(SNAPSHOT, 1, "test-feed")
-        assert not any(udp.batched for udp in app.udp)
+        assert [udp.path for udp in app.udp] == [path, path]
         wires, _names = burst_queries(100)
         replies = await burst(v4(app), wires)
         assert sorted(replies) == list(range(100))
@@ -164,7 +178,8 @@ async def test_one_datagram_per_call_when_batching_is_off(
         raw = await raw_udp(v4(app), update.to_wire(), wait=5)
         assert raw is not None
         assert dns.message.from_wire(raw).rcode() == dns.rcode.SERVFAIL
-        assert metrics_registry.get_sample_value("acmezone_dns_udp_batch_datagrams_count") == 0
+        reads = metrics_registry.get_sample_value("acmezone_dns_udp_batch_datagrams_count")
+        assert (reads == 0) == (path == "recvfrom")
 
 
 async def raw_udp_nowait(address: HostPort, payload: bytes) -> None:

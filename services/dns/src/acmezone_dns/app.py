@@ -134,6 +134,7 @@ class DnsApp:
                 self.stats,
                 self.updates,
                 batch_size=self.settings.udp_batch_size,
+                native=self.settings.udp_native,
             )
             bound = await udp.start()
             tcp = TcpServer(

@@ -15,6 +15,11 @@ Only the rare paths (UPDATE, TSIG signing) ask for `peer(i)` as a tuple.
 Linux only (glibc or musl expose both calls); `available()` says whether this process can use
 it, and the UDP server falls back to recvfrom/sendto elsewhere. Not thread-safe: one batch belongs
 to one socket's reader on one event loop.
+
+`NativeDatagramBatch` is the same batch in C (`_native_batch.c`, an optional extension), which
+also answers plain queries from the pre-packed table without calling back into Python: the
+ctypes calls and the per-datagram Python work were most of what a query cost at moderate load.
+The UDP server prefers it when it was built; `DatagramBatch` stays as the fallback.
 """
 
 from __future__ import annotations
@@ -81,6 +86,11 @@ def _load_calls() -> tuple[Callable[..., int], Callable[..., int]] | None:
 
 
 _CALLS = _load_calls()
+
+try:
+    from acmezone_dns import _native_batch
+except ImportError:  # built without a compiler, or not Linux: the ctypes batch still works
+    _native_batch = None  # type: ignore[assignment]
 
 
 def available() -> bool:
@@ -240,13 +250,54 @@ class DatagramBatch:
         return failed
 
     def peer(self, index: int) -> Peer:
-        """The sender of datagram `index` as `socket.recvfrom` gives it: (host, port) for IPv4,
-        (host, port, flowinfo, scope_id) for IPv6. For the rare paths that need it."""
+        """The sender of datagram `index` as `socket.recvfrom` gives it. For the rare paths
+        that need it."""
         start = index * _SOCKADDR_SIZE
-        raw = bytes(self._names[start : start + _SOCKADDR_SIZE])
-        port = int.from_bytes(raw[2:4], "big")
-        if self._family == socket.AF_INET:
-            return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
-        flowinfo = int.from_bytes(raw[4:8], "big")
-        scope_id = int.from_bytes(raw[24:28], sys.byteorder)
-        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope_id
+        return decode_peer(self._family, bytes(self._names[start : start + _SOCKADDR_SIZE]))
+
+
+def decode_peer(family: socket.AddressFamily, raw: bytes) -> Peer:
+    """A sockaddr_in or sockaddr_in6 as `socket.recvfrom` gives it: (host, port) for IPv4,
+    (host, port, flowinfo, scope_id) for IPv6."""
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    flowinfo = int.from_bytes(raw[4:8], "big")
+    scope_id = int.from_bytes(raw[24:28], sys.byteorder)
+    return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope_id
+
+
+class NativeDatagramBatch:
+    """The C accelerator (`_native_batch.c`): the same reads, replies and counts as
+    `DatagramBatch`, and given the responder's tables, `exchange` answers the plain queries that
+    have a pre-packed answer itself, without calling `handle`."""
+
+    def __init__(
+        self,
+        family: socket.AddressFamily,
+        capacity: int = 64,
+        slot: int = 4096,
+        flush_every: int = 16,
+    ) -> None:
+        if _native_batch is None:
+            raise OSError(errno.ENOSYS, "the C accelerator was not built")
+        self._native = _native_batch.NativeBatch(int(family), capacity, slot, flush_every)
+        self._family = family
+        self.capacity = capacity
+        # The C method itself, not a Python method around it: called once per batch.
+        self.exchange = self._native.exchange
+
+    @property
+    def _names(self) -> memoryview:
+        """The peer table (28 bytes per datagram), writable: for fault-injection tests."""
+        return memoryview(self._native)
+
+    def peer(self, index: int) -> Peer:
+        """The sender of datagram `index`, as `DatagramBatch.peer` gives it."""
+        return decode_peer(self._family, self._native.raw_peer(index))
+
+
+def native_available() -> bool:
+    """Whether the C accelerator was built (an optional extension: it needs a compiler at
+    install time) and this is Linux, where it reads and writes with recvmmsg/sendmmsg."""
+    return _native_batch is not None

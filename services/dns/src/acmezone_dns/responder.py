@@ -96,6 +96,13 @@ class Responder:
         it at once (same event-loop turn) and have the answer signed by the registry, which
         holds the keys. Only the slow path sets it: the fast path never sees a TSIG record."""
 
+    def fast_tables(self) -> tuple[dict[bytes, Packed], dict[bytes, tuple[bytes, int]], list[int]]:
+        """What the C hot loop (`_native_batch.c`) needs to answer as the two fast branches of
+        `answer` do over UDP: the current snapshot's pre-packed table, the remembered
+        option-less OPT records, and the query counters. Read once per batch: a snapshot swap
+        happens between batches, never during one."""
+        return self._store.snapshot.answers, self._edns, self._counts
+
     def answer(self, data: bytes, tcp: bool) -> bytes | None:
         """The hot path: pre-packed answers for plain queries, the slow path for the rest.
 

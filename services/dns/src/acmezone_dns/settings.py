@@ -127,6 +127,11 @@ class DnsSettings(ServiceSettings):
         description="UDP datagrams read (recvmmsg) and answered (sendmmsg) per system call on "
         "Linux; 1 reads one at a time with recvfrom, as on other systems.",
     )
+    udp_native: bool = Field(
+        default=True,
+        description="Answer plain UDP queries in the C accelerator when it was built (the "
+        "startup log names the UDP path in use); false keeps the whole UDP path in Python.",
+    )
     tcp_idle_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Close TCP connections idle this long (RFC 7766)."
     )

@@ -4,7 +4,9 @@ Not a `DatagramProtocol`: stock asyncio's datagram transport reads every packet 
 256 KiB buffer, which costs more than answering the query. A reader callback drains the socket
 itself. On Linux it reads up to `batch_size` datagrams with one recvmmsg and writes their answers
 with one sendmmsg (`datagram_batch`): per query, the system calls were most of the cost that was
-left. Elsewhere, or with a batch size of 1, it calls `recvfrom(4096)` and `sendto` per datagram.
+left. Where the C accelerator was built (`native`, the default) that batch loop runs in C and
+answers plain queries from the pre-packed table itself; Python sees only the datagrams that need
+more. Elsewhere, or with a batch size of 1, it calls `recvfrom(4096)` and `sendto` per datagram.
 The work per wake-up is bounded so the feed client and gRPC still get the loop under sustained
 load.
 """
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 from acmezone_common.addresses import HostPort
 from acmezone_dns import datagram_batch, sockets
-from acmezone_dns.datagram_batch import DatagramBatch, Peer
+from acmezone_dns.datagram_batch import DatagramBatch, NativeDatagramBatch, Peer
 from acmezone_dns.metrics import LATENCY_SAMPLE_EVERY, QueryStats
 from acmezone_dns.responder import Responder
 from acmezone_dns.updates import UPDATE_FLAGS, UpdateForwarder
@@ -42,12 +44,15 @@ class UdpServer:
         updates: UpdateForwarder | None = None,
         *,
         batch_size: int = 64,
+        native: bool = True,
     ) -> None:
         """`batch_size`: datagrams read per system call where recvmmsg exists; 1 reads one at
-        a time with recvfrom."""
+        a time with recvfrom. `native`: run the batch loop in the C accelerator if it was
+        built."""
         self._address = address
         self._batch_size = batch_size
-        self._batch: DatagramBatch | None = None
+        self._native = native
+        self._batch: DatagramBatch | NativeDatagramBatch | None = None
         self._unbatched_peer: Peer = ("", 0)  # the sender of the datagram just read, unbatched
         self._responder = responder
         self._stats = stats
@@ -65,8 +70,12 @@ class UdpServer:
         """Bind and start answering."""
         self._sock = sockets.bind(self._address, socket.SOCK_DGRAM)
         self._loop = asyncio.get_running_loop()
-        if self._batch_size > 1 and datagram_batch.available():
-            self._batch = DatagramBatch(self._sock.family, self._batch_size, _READ_SIZE)
+        family = self._sock.family
+        if self._batch_size > 1 and self._native and datagram_batch.native_available():
+            self._batch = NativeDatagramBatch(family, self._batch_size, _READ_SIZE)
+            self._loop.add_reader(self._sock.fileno(), self._on_readable_native)
+        elif self._batch_size > 1 and datagram_batch.available():
+            self._batch = DatagramBatch(family, self._batch_size, _READ_SIZE)
             self._loop.add_reader(self._sock.fileno(), self._on_readable_batched)
         else:
             self._loop.add_reader(self._sock.fileno(), self._on_readable)
@@ -76,6 +85,7 @@ class UdpServer:
             extra={
                 "transport": "udp",
                 "address": str(bound),
+                "udp_path": self.path,
                 "batch_size": self._batch_size if self._batch else 1,
             },
         )
@@ -85,6 +95,46 @@ class UdpServer:
     def batched(self) -> bool:
         """Whether datagrams are read and answered in batches (recvmmsg/sendmmsg)."""
         return self._batch is not None
+
+    @property
+    def path(self) -> str:
+        """Which UDP loop answers: "native" (the C batch loop), "batched" (recvmmsg/sendmmsg
+        through ctypes) or "recvfrom" (one datagram per system call)."""
+        if isinstance(self._batch, NativeDatagramBatch):
+            return "native"
+        return "batched" if self._batch is not None else "recvfrom"
+
+    def _on_readable_native(self) -> None:
+        """`_on_readable_batched` with the C loop answering plain queries itself; the tables
+        it answers from are read once per wake-up (snapshots swap between callbacks)."""
+        sock = self._sock
+        batch = self._batch
+        if sock is None or not isinstance(batch, NativeDatagramBatch):
+            return
+        fd = sock.fileno()
+        stats = self._stats
+        handle = self._handle_datagram
+        answers, edns, counts = self._responder.fast_tables()
+        exchange = batch.exchange
+        self._wakeups += 1
+        timed = self._wakeups % LATENCY_SAMPLE_EVERY == 0
+        for _ in range(_BATCHES_PER_WAKEUP):
+            start = time.perf_counter() if timed else 0.0
+            try:
+                count, lost = exchange(fd, handle, answers, edns, counts)
+            except OSError:
+                stats.dropped += 1
+                continue
+            if count == 0:
+                return
+            stats.observe_batch(count)
+            if lost:
+                stats.dropped += lost
+            if timed:
+                stats.observe_latency(time.perf_counter() - start)
+                timed = False
+            if count < batch.capacity:
+                return
 
     def _on_readable_batched(self) -> None:
         sock = self._sock

@@ -1,0 +1,335 @@
+"""The C accelerator of the UDP hot loop (`_native_batch.c`) against the Python responder: the
+same bytes for every query, over real loopback sockets. The plain queries with a pre-packed
+answer must be answered in C (the Python callback never sees them) and everything else must
+reach Python; bad table contents send a datagram to Python instead of failing."""
+
+from __future__ import annotations
+
+import random
+import select
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import dns.edns
+import dns.flags
+import dns.message
+import pytest
+
+from acmezone_dns import datagram_batch
+from acmezone_dns.app import DnsApp
+from acmezone_dns.datagram_batch import NativeDatagramBatch
+from acmezone_dns.wire import Packed
+
+pytestmark = pytest.mark.skipif(
+    not datagram_batch.native_available(), reason="the C accelerator was not built"
+)
+
+Handle = Callable[[int, bytes], bytes | None]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="built on Linux only")
+def test_the_accelerator_is_built_by_the_install() -> None:
+    """`make install` compiles it (an optional extension: a missing compiler would silently
+    leave every query to Python). Not skipped on Linux: this is the check that it built."""
+    assert datagram_batch.native_available()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A non-blocking server socket and a client socket, IPv4 loopback."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        client.bind(("127.0.0.1", 0))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        client.settimeout(2)
+        yield server, client
+
+
+def exchange_all(
+    server: socket.socket,
+    client: socket.socket,
+    queries: list[bytes],
+    batch: NativeDatagramBatch,
+    handle: Handle,
+    tables: tuple[object, object, object] | None,
+) -> list[bytes]:
+    """Send `queries` 64 at a time, let the batch answer them, and return the replies."""
+    replies: list[bytes] = []
+    for first in range(0, len(queries), 64):
+        chunk = queries[first : first + 64]
+        for query in chunk:
+            client.sendto(query, server.getsockname())
+        select.select([server], [], [], 2)
+        time.sleep(0.01)
+        read = 0
+        while read < len(chunk):
+            if tables is None:
+                count, lost = batch.exchange(server.fileno(), handle)
+            else:
+                count, lost = batch.exchange(server.fileno(), handle, *tables)  # type: ignore[arg-type]
+            assert lost == 0
+            assert count, "a datagram went missing on loopback"
+            read += count
+        client.setblocking(False)
+        try:
+            while True:
+                try:
+                    replies.append(client.recv(65535))
+                except BlockingIOError:
+                    if not select.select([client], [], [], 0.05)[0]:
+                        break
+        finally:
+            client.settimeout(2)
+    return replies
+
+
+def corpus(seed: int) -> tuple[list[bytes], list[bytes]]:
+    """(well-formed queries of every shape the zone answers, random mutations of them)."""
+    rng = random.Random(seed)
+    names = [
+        "one.acme.example.test",
+        "long.acme.example.test",
+        "big.acme.example.test",
+        "empty.acme.example.test",
+        "leaf.sub.acme.example.test",
+        "sub.acme.example.test",
+        "acme.example.test",
+        "nobody.acme.example.test",
+        "www.example.test",
+        "alias.example.test",
+        "_acme-challenge.www.example.test",
+        "elsewhere.test",
+    ]
+    types = ["TXT", "A", "AAAA", "SOA", "NS", "CAA", "CNAME", "ANY", "HTTPS", "TYPE97", "MX"]
+    plain: list[bytes] = []
+    for name in names:
+        for rdtype in types:
+            for _ in range(3):
+                mixed = "".join(c.upper() if rng.random() < 0.5 else c for c in name)
+                edns = rng.choice([None, 512, 1232, 4096, 700])
+                query = dns.message.make_query(
+                    mixed,
+                    rdtype,
+                    use_edns=edns is not None,
+                    payload=edns or 512,
+                    want_dnssec=edns is not None and rng.random() < 0.5,
+                )
+                query.flags = (dns.flags.RD if rng.random() < 0.5 else 0) | (
+                    dns.flags.CD if rng.random() < 0.5 else 0
+                )
+                query.id = rng.randrange(1 << 16)
+                plain.append(query.to_wire())
+    mutated: list[bytes] = []
+    for _ in range(1500):
+        wire = bytearray(rng.choice(plain))
+        how = rng.randrange(4)
+        if how == 0:
+            wire = wire[: rng.randrange(len(wire))]
+        elif how == 1:
+            for _ in range(rng.randint(1, 4)):
+                wire[rng.randrange(len(wire))] = rng.randrange(256)
+        elif how == 2:
+            wire[2] = rng.randrange(256)  # QR, opcode, AA, TC, RD
+            wire[3] = rng.randrange(256)
+        else:
+            wire += bytes(rng.randrange(256) for _ in range(rng.randint(1, 20)))
+        mutated.append(bytes(wire))
+    return plain, mutated
+
+
+async def test_every_reply_matches_the_python_responder(
+    dns_app: DnsApp, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    responder = dns_app.responder
+    plain, mutated = corpus(seed=11)
+    queries = plain + mutated
+    # Python answers first (this also fills the OPT cache the C loop reads, as live traffic
+    # would), counting what the fast path should have answered.
+    expected = [responder.answer(query, False) for query in queries]
+    counts_before = list(dns_app.stats.counts)
+    python_counts = [0] * len(counts_before)
+    for query in queries:
+        before = list(dns_app.stats.counts)
+        responder.answer(query, False)
+        for i, (a, b) in enumerate(zip(before, dns_app.stats.counts, strict=True)):
+            python_counts[i] += b - a
+    dns_app.stats.counts[:] = counts_before
+
+    called: list[bytes] = []
+
+    def handle(index: int, data: bytes) -> bytes | None:
+        called.append(data)
+        return responder.answer(data, False)
+
+    batch = NativeDatagramBatch(socket.AF_INET, capacity=64, slot=4096)
+    replies = exchange_all(server, client, queries, batch, handle, responder.fast_tables())
+    assert replies == [reply for reply in expected if reply is not None]
+    native_counts = [b - a for a, b in zip(counts_before, dns_app.stats.counts, strict=True)]
+    assert native_counts == python_counts
+    # Who answered: C exactly the standard queries with a pre-packed answer that fits, Python
+    # all the rest (misses, NODATA, NXDOMAIN, TC, malformed, other opcodes).
+    answers, edns, _ = responder.fast_tables()
+    in_c = {query for query in queries if fast_hit(query, answers, edns)}
+    assert len(in_c) > 50
+    assert not in_c & set(called)
+    assert {query for query in queries if query not in in_c} <= set(called)
+
+
+def fast_hit(
+    query: bytes, answers: dict[bytes, Packed], edns: dict[bytes, tuple[bytes, int]]
+) -> bool:
+    """The test's own statement of what the C loop answers: one question and nothing else or
+    a known option-less OPT, opcode QUERY, a pre-packed answer, within the UDP size."""
+    if len(query) < 17 or query[2] & 0xF8:
+        return False
+    if query[4:12] == b"\x00\x01\x00\x00\x00\x00\x00\x00":
+        question, limit = query[12:], 512
+    elif query[4:12] == b"\x00\x01\x00\x00\x00\x00\x00\x01" and query[-11:] in edns:
+        question, limit = query[12:-11], edns[query[-11:]][1]
+    else:
+        return False
+    packed = answers.get(question.lower())
+    return packed is not None and len(query) + packed.size <= limit
+
+
+def test_without_tables_every_datagram_goes_to_python(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = pair
+    plain, _ = corpus(seed=12)
+    seen: list[bytes] = []
+
+    def handle(index: int, data: bytes) -> bytes:
+        seen.append(data)
+        return data[:2] + b"reply"
+
+    batch = NativeDatagramBatch(socket.AF_INET, capacity=16, slot=512)
+    replies = exchange_all(server, client, plain[:40], batch, handle, None)
+    assert seen == plain[:40]
+    assert replies == [query[:2] + b"reply" for query in plain[:40]]
+
+
+def one_txt_query(query_id: int, edns: bool = False) -> bytes:
+    query = dns.message.make_query("One.Acme.Example.Test", "TXT", use_edns=edns)
+    query.id = query_id
+    return query.to_wire()
+
+
+@pytest.mark.parametrize(
+    "table_value",
+    [
+        "not a Packed",
+        42,
+        Packed(0, 0, 0, 0, 0, b""),  # stat 0 is fine ...
+    ],
+    ids=["str", "int", "packed-with-counter-out-of-range"],
+)
+def test_odd_table_contents_send_the_datagram_to_python(
+    pair: tuple[socket.socket, socket.socket], table_value: object
+) -> None:
+    server, client = pair
+    query = one_txt_query(7)
+    answers = {query[12:].lower(): table_value}
+    counts: list[int] = []  # ... but no counter exists: the C loop must not answer
+    seen: list[bytes] = []
+
+    def handle(index: int, data: bytes) -> bytes:
+        seen.append(data)
+        return b"from-python"
+
+    batch = NativeDatagramBatch(socket.AF_INET, capacity=4, slot=512)
+    replies = exchange_all(server, client, [query], batch, handle, (answers, {}, counts))
+    assert seen == [query]
+    assert replies == [b"from-python"]
+
+
+def test_a_pre_packed_answer_is_spliced_behind_the_query(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The splice itself, with a hand-made table: ID, head for RD/CD, the question in its own
+    case, the body, and our OPT for an EDNS query whose OPT bytes are in the table."""
+    server, client = pair
+    plain = one_txt_query(0x1234)
+    with_opt = one_txt_query(0x4321, edns=True)
+    packed = Packed(0x0400, 0, 1, 0, 0, b"BODY")
+    packed.stat = 2
+    answers = {plain[12:].lower(): packed}
+    our_opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+    edns = {with_opt[-11:]: (our_opt, 1232)}
+    counts = [0, 0, 0, 0]
+
+    def handle(index: int, data: bytes) -> bytes:
+        raise AssertionError("answered in C, never here")
+
+    batch = NativeDatagramBatch(socket.AF_INET, capacity=4, slot=512)
+    replies = exchange_all(
+        server, client, [plain, with_opt], batch, handle, (answers, edns, counts)
+    )
+    rd = 1  # make_query sets RD
+    assert replies == [
+        b"\x12\x34" + packed.heads[rd] + plain[12:] + b"BODY",
+        b"\x43\x21" + packed.heads_edns[rd] + with_opt[12:-11] + b"BODY" + our_opt,
+    ]
+    assert counts == [0, 0, 2, 0]
+
+
+def test_an_answer_over_the_size_limit_goes_to_python(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = pair
+    query = one_txt_query(1)
+    packed = Packed(0x0400, 0, 1, 0, 0, b"x" * (512 - len(query) + 1))
+    answers = {query[12:].lower(): packed}
+    seen: list[bytes] = []
+
+    def handle(index: int, data: bytes) -> bytes:
+        seen.append(data)
+        return b"truncated-by-python"
+
+    batch = NativeDatagramBatch(socket.AF_INET, capacity=4, slot=4096)
+    replies = exchange_all(server, client, [query], batch, handle, (answers, {}, [0]))
+    assert seen == [query]
+    assert replies == [b"truncated-by-python"]
+
+
+def test_an_error_in_python_is_raised_after_the_staged_replies_go(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = pair
+    for n in range(3):
+        client.sendto(b"q%d" % n, server.getsockname())
+    select.select([server], [], [], 2)
+    time.sleep(0.01)
+
+    def handle(index: int, data: bytes) -> bytes:
+        if index == 2:
+            raise RuntimeError("a bug in the Python path")
+        return b"r" + data
+
+    batch = NativeDatagramBatch(socket.AF_INET, capacity=8, slot=64)
+    with pytest.raises(RuntimeError, match="a bug"):
+        batch.exchange(server.fileno(), handle)
+    assert client.recv(64) == b"rq0"
+    assert client.recv(64) == b"rq1"
+
+
+def test_bad_arguments_are_refused_with_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="family"):
+        NativeDatagramBatch(socket.AF_UNIX)
+    with pytest.raises(ValueError, match="capacity"):
+        NativeDatagramBatch(socket.AF_INET, capacity=0)
+    batch = NativeDatagramBatch(socket.AF_INET)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        with pytest.raises(TypeError, match="dicts"):
+            batch.exchange(sock.fileno(), lambda i, d: d, [], {}, [])  # type: ignore[arg-type]
+        with pytest.raises(IndexError):
+            batch.peer(64)
