@@ -16,6 +16,8 @@ PROTO_FILES := $(shell find protos -name '*.proto')
 GEN := gen/python
 SERVICES := common registry dns issuer
 SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml))
+# C extensions are compiled by the editable install: a changed source needs a reinstall.
+NATIVE_SOURCES := $(wildcard services/*/setup.py services/*/src/*/*.c)
 # Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
 TEST_DEB_PACKAGES := pebble bind9-dnsutils lego
 # Debian packages the deployment tests need (tests/deploy): promtool for the alert rules, and
@@ -47,7 +49,8 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 # Generated code first: the service distributions depend on acmezone-protos.
-$(VENV)/.installed: $(VENV)/bin/python constraints.txt $(SERVICE_DIRS) $(GEN)/pyproject.toml $(PROTO_FILES)
+$(VENV)/.installed: $(VENV)/bin/python constraints.txt $(SERVICE_DIRS) $(NATIVE_SOURCES) \
+		$(GEN)/pyproject.toml $(PROTO_FILES)
 	$(PIP) install -q -c constraints.txt grpcio-tools mypy-protobuf types-protobuf
 	$(MAKE) --no-print-directory protos
 	$(PIP) install -q -c constraints.txt -e $(GEN) $(foreach d,$(SERVICE_DIRS),-e $(dir $(d))) \

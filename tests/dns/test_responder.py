@@ -418,3 +418,18 @@ async def test_a_zero_byte_inside_a_label_is_data_and_an_early_root_is_malformed
     assert raw is not None
     assert raw[3] & 0x0F in (dns.rcode.FORMERR, dns.rcode.REFUSED)
     assert not raw[2] & 0x04  # not authoritative
+
+
+@pytest.mark.parametrize("last_byte", [0x14, 0x97, 0xC0], ids=["short", "long", "pointer"])
+async def test_a_name_not_ending_in_the_root_label_is_formerr(
+    dns_app: DnsApp, last_byte: int
+) -> None:
+    """The question runs to the end of the message but its name's last byte is not the root
+    label: malformed (FORMERR), on every path, never REFUSED or NXDOMAIN."""
+    header = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    apex_labels = dns.name.from_text(ZONE).to_wire()[:-1]
+    for name in (b"\x03one" + apex_labels, b"\x04else\x05where"):
+        query = header + name + bytes([last_byte]) + b"\x00\x10\x00\x01"
+        for raw in (await raw_udp(v4(dns_app), query), dns_app.responder.answer(query, True)):
+            assert raw is not None
+            assert raw[3] & 0x0F == dns.rcode.FORMERR, (name, raw)

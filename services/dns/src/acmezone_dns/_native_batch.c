@@ -8,17 +8,19 @@
  * hiccup of the host then left a backlog; the p99 target was met in only 3 of 5 runs. Here the
  * same work is a few hundred instructions a query.
  *
- * What it does, and nothing more: `NativeBatch.exchange(fd, handle, answers, edns, counts)`
- * reads up to `capacity` datagrams with one recvmmsg and answers the two commonest shapes
- * itself, exactly as the two fast branches of Responder.answer do (see there): a standard
- * query with one question and nothing else, or with one option-less OPT record whose 11 bytes
- * are a key of `edns`. The lower-cased question is looked up in `answers` (the snapshot's
- * pre-packed table), the reply is the query's ID, the Packed head for its RD/CD bits, its own
- * question bytes (0x20 case kept) and the body (and the OPT), and `counts[packed.stat]` is
- * incremented. Every other datagram, a table miss included, goes to `handle(index, data)`, the
- * Python path that answers everything (and also retries the fast branches, so the two paths
- * cannot disagree on what they answer: only on who answers). With `answers` None every
- * datagram goes to `handle`, which makes the class a drop-in for datagram_batch.DatagramBatch.
+ * What it does, and nothing more: `NativeBatch.exchange(fd, handle, tables)` reads up to
+ * `capacity` datagrams with one recvmmsg and answers the commonest shapes itself, exactly as
+ * Responder.answer does over UDP (see there; `tables` is its `FastTables`): a standard query
+ * with one question and nothing else, or with one option-less OPT record whose 11 bytes are a
+ * key of `edns`. The lower-cased question is looked up in `answers` (the snapshot's pre-packed
+ * table); on a miss, as Responder._not_prepacked does, the name in `defaults` (NODATA or the
+ * CNAME chain) or, walking its labels, the closest zone in `fallbacks` (NXDOMAIN), else
+ * `refused`. The reply is the query's ID, the Packed head for its RD/CD bits, its own question
+ * bytes (0x20 case kept) and the body (and the OPT), and the answer is counted in `counts`.
+ * Every other datagram goes to `handle(index, data)`, the Python path that answers everything
+ * (it also tries the same shortcuts, so the two paths cannot disagree on what they answer:
+ * only on who answers). With `tables` None every datagram goes to `handle`, which makes the
+ * class a drop-in for datagram_batch.DatagramBatch.
  *
  * Safety: every length is checked before a copy; a value of an unexpected type in the tables
  * sends the datagram to `handle` instead of failing; Python errors from `handle` propagate after
@@ -30,6 +32,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
@@ -39,6 +42,7 @@
 #define PLAIN_UDP_SIZE 512
 #define OPT_LEN 11
 #define MIN_QUERY 17 /* header, root name, type, class */
+#define MAX_QUESTION (255 + 4) /* the longest name, type, class */
 
 static const unsigned char PLAIN_SECTIONS[8] = {0, 1, 0, 0, 0, 0, 0, 0};
 static const unsigned char OPT_SECTIONS[8] = {0, 1, 0, 0, 0, 0, 0, 1};
@@ -62,6 +66,7 @@ typedef struct {
     struct iovec *out_iov;
     struct mmsghdr *in_hdrs;
     struct mmsghdr *out_hdrs;
+    unsigned int last_count; /* datagrams the last read filled */
 } NativeBatch;
 
 static void NativeBatch_dealloc(NativeBatch *self) {
@@ -123,6 +128,7 @@ static int NativeBatch_init(NativeBatch *self, PyObject *args, PyObject *kwargs)
         self->in_iov[i].iov_len = (size_t)slot;
         self->out_iov[i].iov_base = self->out + (size_t)i * (size_t)slot;
         self->in_hdrs[i].msg_hdr.msg_name = self->names + (size_t)i * SOCKADDR_SIZE;
+        self->in_hdrs[i].msg_hdr.msg_namelen = SOCKADDR_SIZE;
         self->in_hdrs[i].msg_hdr.msg_iov = &self->in_iov[i];
         self->in_hdrs[i].msg_hdr.msg_iovlen = 1;
         self->out_hdrs[i].msg_hdr.msg_namelen = self->send_namelen;
@@ -134,13 +140,15 @@ static int NativeBatch_init(NativeBatch *self, PyObject *args, PyObject *kwargs)
 
 /* Read a batch without blocking: the number read, 0 when none waits, -1 with OSError set. */
 static int receive(NativeBatch *self, int fd) {
-    for (unsigned int i = 0; i < self->capacity; i++) {
+    /* The kernel shortens msg_namelen of the entries it fills: restore those of the last read. */
+    for (unsigned int i = 0; i < self->last_count; i++) {
         self->in_hdrs[i].msg_hdr.msg_namelen = SOCKADDR_SIZE;
-        self->in_hdrs[i].msg_hdr.msg_flags = 0;
     }
+    self->last_count = 0;
     for (;;) {
         int count = recvmmsg(fd, self->in_hdrs, self->capacity, MSG_DONTWAIT, NULL);
         if (count >= 0) {
+            self->last_count = (unsigned int)count;
             return count;
         }
         if (errno == EINTR) {
@@ -203,40 +211,151 @@ static int count_answer(PyObject *counts, Py_ssize_t index) {
     return 0;
 }
 
+/* The fields of Responder.FastTables, in order. */
+enum {
+    T_ANSWERS,
+    T_EDNS,
+    T_COUNTS,
+    T_DEFAULTS,
+    T_FALLBACKS,
+    T_REFUSED,
+    T_QTYPE_INDEX,
+    T_QTYPE_OTHER,
+    T_RCODE_SLOTS,
+    T_SIZE
+};
+
+/* A dict lookup by raw bytes: a new reference to the value, NULL when absent (no error set)
+ * or, with an error set, when the key could not be made. */
+static PyObject *lookup(PyObject *dict, const unsigned char *key, Py_ssize_t size) {
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, size);
+    if (k == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyDict_GetItemWithError(dict, k); /* borrowed */
+    Py_DECREF(k);
+    Py_XINCREF(value);
+    return value;
+}
+
+/* Whether either byte of a query type is an ASCII letter (wire.folds_with_case). */
+static int folds_with_case(unsigned int qtype) {
+    unsigned int high = ((qtype >> 8) & 0xFF) | 0x20;
+    unsigned int low = (qtype & 0xFF) | 0x20;
+    return (high >= 'a' && high <= 'z') || (low >= 'a' && low <= 'z');
+}
+
+/* The answer for a well-formed plain query the table has no exact entry for, as
+ * Responder._not_prepacked finds it: a new reference, or NULL (no error set) when the query
+ * must go to Python; `*counter` gets the qtype part of its counter slot. */
+static PyObject *not_prepacked(PyObject *tables, const unsigned char *name, Py_ssize_t size,
+                               unsigned int qtype, Py_ssize_t *counter) {
+    PyObject *defaults = PyTuple_GET_ITEM(tables, T_DEFAULTS);
+    PyObject *fallbacks = PyTuple_GET_ITEM(tables, T_FALLBACKS);
+    PyObject *qtype_index = PyTuple_GET_ITEM(tables, T_QTYPE_INDEX);
+    if (!PyDict_CheckExact(defaults) || !PyDict_CheckExact(fallbacks) ||
+        !PyDict_CheckExact(qtype_index)) {
+        return NULL;
+    }
+    PyObject *found = lookup(defaults, name, size);
+    if (found == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (found != NULL) {
+        if (folds_with_case(qtype)) {
+            Py_DECREF(found); /* the name may hold this type: it was left out of the table */
+            return NULL;
+        }
+    } else {
+        /* Labels of 1..63 bytes ending in the root label exactly at the last byte; the
+         * closest enclosing zone on the way. */
+        Py_ssize_t last = size - 1;
+        Py_ssize_t i = 0;
+        while (i < last) {
+            unsigned int length = name[i];
+            if (length > 63 || length == 0) {
+                Py_XDECREF(found);
+                return NULL;
+            }
+            if (found == NULL) {
+                found = lookup(fallbacks, name + i, size - i);
+                if (found == NULL && PyErr_Occurred()) {
+                    PyErr_Clear();
+                    return NULL;
+                }
+            }
+            i += (Py_ssize_t)length + 1;
+        }
+        if (i != last || name[last] != 0) {
+            Py_XDECREF(found);
+            return NULL;
+        }
+        if (found == NULL) {
+            found = PyTuple_GET_ITEM(tables, T_REFUSED);
+            Py_INCREF(found);
+        }
+    }
+    PyObject *qtype_key = PyLong_FromUnsignedLong(qtype);
+    if (qtype_key == NULL) {
+        PyErr_Clear();
+        Py_DECREF(found);
+        return NULL;
+    }
+    PyObject *index = PyDict_GetItemWithError(qtype_index, qtype_key); /* borrowed */
+    Py_DECREF(qtype_key);
+    if (index == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_DECREF(found);
+            return NULL;
+        }
+        index = PyTuple_GET_ITEM(tables, T_QTYPE_OTHER);
+    }
+    Py_ssize_t slots = PyLong_AsSsize_t(PyTuple_GET_ITEM(tables, T_RCODE_SLOTS));
+    Py_ssize_t qtype_slot = PyLong_AsSsize_t(index);
+    if ((slots == -1 || qtype_slot == -1) && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_DECREF(found);
+        return NULL;
+    }
+    *counter = qtype_slot * slots;
+    return found;
+}
+
 /* The fast path for datagram `data[:n]`: writes the reply into `reply` (room for `room`
  * bytes) and returns its length, or returns 0 when the datagram must go to the Python path.
  * Returns -1 only with a Python error set (out of memory). */
-static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject *answers,
-                              PyObject *edns, PyObject *counts, unsigned char *reply,
-                              Py_ssize_t room) {
+static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject *tables,
+                              unsigned char *reply, Py_ssize_t room) {
     if (n < MIN_QUERY || (data[2] & 0xF8)) {
         return 0; /* too short for a question, a response, or an opcode other than QUERY */
     }
+    PyObject *answers = PyTuple_GET_ITEM(tables, T_ANSWERS);
+    PyObject *edns = PyTuple_GET_ITEM(tables, T_EDNS);
     Py_ssize_t qend;
     Py_ssize_t limit;
     PyObject *opt = NULL;
+    PyObject *edns_entry = NULL;
     if (memcmp(data + 4, PLAIN_SECTIONS, 8) == 0) {
         qend = n;
         limit = PLAIN_UDP_SIZE;
-    } else if (memcmp(data + 4, OPT_SECTIONS, 8) == 0 && edns != Py_None && n >= MIN_QUERY + OPT_LEN) {
-        PyObject *tail = PyBytes_FromStringAndSize((const char *)data + n - OPT_LEN, OPT_LEN);
-        if (tail == NULL) {
-            return -1;
-        }
-        PyObject *entry = PyDict_GetItemWithError(edns, tail); /* borrowed */
-        Py_DECREF(tail);
-        if (entry == NULL) {
+    } else if (memcmp(data + 4, OPT_SECTIONS, 8) == 0 && n >= MIN_QUERY + OPT_LEN) {
+        edns_entry = lookup(edns, data + n - OPT_LEN, OPT_LEN);
+        if (edns_entry == NULL) {
             return PyErr_Occurred() ? -1 : 0;
         }
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2 ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 0)) ||
-            !PyLong_CheckExact(PyTuple_GET_ITEM(entry, 1))) {
+        if (!PyTuple_CheckExact(edns_entry) || PyTuple_GET_SIZE(edns_entry) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(edns_entry, 0)) ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(edns_entry, 1))) {
+            Py_DECREF(edns_entry);
             return 0;
         }
-        opt = PyTuple_GET_ITEM(entry, 0);
-        limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
+        opt = PyTuple_GET_ITEM(edns_entry, 0);
+        limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(edns_entry, 1));
         if (limit < 0) {
             PyErr_Clear();
+            Py_DECREF(edns_entry);
             return 0;
         }
         qend = n - OPT_LEN;
@@ -245,26 +364,41 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
     }
     /* The key: the question (name, type, class) lower-cased as bytes.lower() does (ASCII). */
     Py_ssize_t qlen = qend - 12;
-    PyObject *key = PyBytes_FromStringAndSize(NULL, qlen);
-    if (key == NULL) {
-        return -1;
+    unsigned char key[MAX_QUESTION];
+    Py_ssize_t length = 0;
+    PyObject *packed = NULL;
+    PyObject *heads = NULL;
+    PyObject *body = NULL;
+    PyObject *stat = NULL;
+    if (qlen > MAX_QUESTION) {
+        goto done; /* longer than any name: the Python path says FORMERR */
     }
-    unsigned char *k = (unsigned char *)PyBytes_AS_STRING(key);
     const unsigned char *q = data + 12;
     for (Py_ssize_t i = 0; i < qlen; i++) {
         unsigned char c = q[i];
-        k[i] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
+        key[i] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
     }
-    PyObject *packed = PyDict_GetItemWithError(answers, key); /* borrowed */
-    Py_DECREF(key);
+    Py_ssize_t counter = 0; /* the qtype part of the counter slot; the table's are in stat */
+    packed = lookup(answers, key, qlen);
     if (packed == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
+        if (PyErr_Occurred()) {
+            length = -1;
+            goto done;
+        }
+        /* Not pre-packed: NODATA, NXDOMAIN or REFUSED, for class IN and the types
+         * Responder._not_prepacked takes (not OPT, TKEY, TSIG, IXFR, AXFR, MAILB, MAILA). */
+        unsigned int qtype = ((unsigned int)q[qlen - 4] << 8) | q[qlen - 3];
+        if (q[qlen - 2] != 0 || q[qlen - 1] != 1 || qtype == 41 || (qtype >= 249 && qtype <= 254)) {
+            goto done;
+        }
+        packed = not_prepacked(tables, key, qlen - 4, qtype, &counter);
+        if (packed == NULL) {
+            goto done;
+        }
     }
-    Py_INCREF(packed); /* getattr below may run Python code; keep it alive */
-    Py_ssize_t length = 0;
-    PyObject *heads = PyObject_GetAttr(packed, opt ? str_heads_edns : str_heads);
-    PyObject *body = PyObject_GetAttr(packed, str_body);
-    PyObject *stat = PyObject_GetAttr(packed, str_stat);
+    heads = PyObject_GetAttr(packed, opt ? str_heads_edns : str_heads);
+    body = PyObject_GetAttr(packed, str_body);
+    stat = PyObject_GetAttr(packed, str_stat);
     if (heads == NULL || body == NULL || stat == NULL) {
         PyErr_Clear();
         goto done;
@@ -284,12 +418,12 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
     if (n + body_size > limit || total > room) {
         goto done; /* does not fit: the Python path sets TC or answers in full */
     }
-    Py_ssize_t counter = PyLong_AsSsize_t(stat);
-    if (counter == -1 && PyErr_Occurred()) {
+    Py_ssize_t base = PyLong_AsSsize_t(stat);
+    if (base == -1 && PyErr_Occurred()) {
         PyErr_Clear();
         goto done;
     }
-    if (count_answer(counts, counter) < 0) {
+    if (count_answer(PyTuple_GET_ITEM(tables, T_COUNTS), base + counter) < 0) {
         goto done;
     }
     memcpy(reply, data, 2);
@@ -304,31 +438,42 @@ done:
     Py_XDECREF(heads);
     Py_XDECREF(body);
     Py_XDECREF(stat);
-    Py_DECREF(packed);
+    Py_XDECREF(packed);
+    Py_XDECREF(edns_entry);
     return length;
 }
 
-static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"fd", "handle", "answers", "edns", "counts", NULL};
-    int fd;
-    PyObject *handle;
-    PyObject *answers = Py_None;
-    PyObject *edns = Py_None;
-    PyObject *counts = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iO|OOO", keywords, &fd, &handle, &answers,
-                                     &edns, &counts)) {
+static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
+                                      Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "exchange(fd, handle, tables=None) takes 2 or 3 arguments");
         return NULL;
     }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "fd must be a file descriptor");
+        return NULL;
+    }
+    PyObject *handle = args[1];
+    PyObject *tables = nargs == 3 ? args[2] : Py_None;
     if (self->in == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "NativeBatch is not initialised");
         return NULL;
     }
-    if (answers != Py_None && (!PyDict_Check(answers) || (edns != Py_None && !PyDict_Check(edns)) ||
-                               !PyList_Check(counts))) {
-        PyErr_SetString(PyExc_TypeError, "answers and edns must be dicts, counts a list");
+    if (tables != Py_None &&
+        (!PyTuple_Check(tables) || PyTuple_GET_SIZE(tables) != T_SIZE ||
+         !PyDict_CheckExact(PyTuple_GET_ITEM(tables, T_ANSWERS)) ||
+         !PyDict_CheckExact(PyTuple_GET_ITEM(tables, T_EDNS)) ||
+         !PyList_CheckExact(PyTuple_GET_ITEM(tables, T_COUNTS)))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "tables must be a Responder.FastTables: answers and edns dicts, counts a "
+                        "list, ...");
         return NULL;
     }
-    int count = receive(self, fd);
+    int count = receive(self, (int)fd);
     if (count < 0) {
         return NULL;
     }
@@ -340,8 +485,8 @@ static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *args, PyObjec
         Py_ssize_t n = (Py_ssize_t)self->in_hdrs[i].msg_len;
         unsigned char *reply = self->out + (size_t)staged * (size_t)self->slot;
         Py_ssize_t size = 0;
-        if (answers != Py_None) {
-            size = answer_fast(data, n, answers, edns, counts, reply, self->slot);
+        if (tables != Py_None) {
+            size = answer_fast(data, n, tables, reply, self->slot);
             if (size < 0) {
                 failed = 1;
                 break;
@@ -377,7 +522,7 @@ static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *args, PyObjec
         self->out_hdrs[staged].msg_hdr.msg_name = self->in_hdrs[i].msg_hdr.msg_name;
         staged += 1;
         if (staged == self->flush_every) {
-            lost += send_staged(self, fd, staged);
+            lost += send_staged(self, (int)fd, staged);
             staged = 0;
         }
     }
@@ -385,13 +530,23 @@ static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *args, PyObjec
         /* Sent even when handle raised: those queries were answered. */
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
-        lost += send_staged(self, fd, staged);
+        lost += send_staged(self, (int)fd, staged);
         PyErr_Restore(type, value, traceback);
     }
     if (failed) {
         return NULL;
     }
-    return Py_BuildValue("(iI)", count, lost);
+    PyObject *result = PyTuple_New(2);
+    if (result == NULL) {
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, PyLong_FromLong(count));
+    PyTuple_SET_ITEM(result, 1, PyLong_FromUnsignedLong(lost));
+    if (PyTuple_GET_ITEM(result, 0) == NULL || PyTuple_GET_ITEM(result, 1) == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
 }
 
 static PyObject *NativeBatch_raw_peer(NativeBatch *self, PyObject *arg) {
@@ -432,11 +587,12 @@ static PyObject *NativeBatch_get_capacity(NativeBatch *self, void *closure) {
 }
 
 static PyMethodDef NativeBatch_methods[] = {
-    {"exchange", (PyCFunction)(void (*)(void))NativeBatch_exchange, METH_VARARGS | METH_KEYWORDS,
-     "exchange(fd, handle, answers=None, edns=None, counts=None) -> (read, lost)\n\n"
-     "Read up to `capacity` datagrams without blocking and answer each: from `answers` when it\n"
-     "is a plain query with a pre-packed answer, else with `handle(index, data)` (bytes, or\n"
-     "None for no reply). Returns (datagrams read, replies lost)."},
+    {"exchange", (PyCFunction)(void (*)(void))NativeBatch_exchange, METH_FASTCALL,
+     "exchange(fd, handle, tables=None, /) -> (read, lost)\n\n"
+     "Read up to `capacity` datagrams without blocking and answer each: from `tables` (a\n"
+     "Responder.FastTables) when it is a plain query with a pre-packed answer, else with\n"
+     "`handle(index, data)` (bytes, or None for no reply). Returns (datagrams read, replies\n"
+     "lost)."},
     {"raw_peer", (PyCFunction)NativeBatch_raw_peer, METH_O,
      "raw_peer(index) -> bytes: the sockaddr datagram `index` came from (28 bytes)."},
     {NULL, NULL, 0, NULL},

@@ -13,9 +13,8 @@ class NativeBatch:
         self,
         fd: int,
         handle: Callable[[int, bytes], bytes | None],
-        answers: dict[bytes, Any] | None = None,
-        edns: dict[bytes, tuple[bytes, int]] | None = None,
-        counts: list[int] | None = None,
+        tables: tuple[Any, ...] | None = None,
+        /,
     ) -> tuple[int, int]: ...
     def raw_peer(self, index: int) -> bytes: ...
     def __buffer__(self, flags: int) -> memoryview: ...

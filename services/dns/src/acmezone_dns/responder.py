@@ -18,6 +18,7 @@ short to carry an ID, or that is itself a response, gets no answer at all.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import dnslib
 
@@ -80,6 +81,23 @@ def question_end(data: bytes) -> int:
     return -1
 
 
+class FastTables(NamedTuple):
+    """Everything the C hot loop (`_native_batch.c`) reads, in the order it reads it: the
+    snapshot's three answer tables and REFUSED answer, the remembered option-less OPT records
+    with their UDP size limits, the query counters, and how a counter slot is made
+    (`metrics.slot`)."""
+
+    answers: dict[bytes, Packed]
+    edns: dict[bytes, tuple[bytes, int]]
+    counts: list[int]
+    defaults: dict[bytes, Packed]
+    fallbacks: dict[bytes, Packed]
+    refused: Packed
+    qtype_index: dict[int, int]
+    qtype_other: int
+    rcode_slots: int
+
+
 class Responder:
     """Answers DNS messages from the store's current snapshot; counts into `stats`."""
 
@@ -91,17 +109,34 @@ class Responder:
         self._opt = opt_record(edns_udp_size, do=False)
         self._opt_do = opt_record(edns_udp_size, do=True)
         self._edns: dict[bytes, tuple[bytes, int]] = {}
+        self._fast_tables: FastTables | None = None
+        self._fast_tables_of: Snapshot | None = None
         self.signed_query = False
         """True right after `answer` answered a query carrying a TSIG record: the servers read
         it at once (same event-loop turn) and have the answer signed by the registry, which
         holds the keys. Only the slow path sets it: the fast path never sees a TSIG record."""
 
-    def fast_tables(self) -> tuple[dict[bytes, Packed], dict[bytes, tuple[bytes, int]], list[int]]:
-        """What the C hot loop (`_native_batch.c`) needs to answer as the two fast branches of
-        `answer` do over UDP: the current snapshot's pre-packed table, the remembered
-        option-less OPT records, and the query counters. Read once per batch: a snapshot swap
-        happens between batches, never during one."""
-        return self._store.snapshot.answers, self._edns, self._counts
+    def fast_tables(self) -> FastTables:
+        """What the C hot loop (`_native_batch.c`) needs to answer plain UDP queries as
+        `answer` does, for the current snapshot. Read once per batch: a snapshot swap happens
+        between batches, never during one."""
+        snapshot = self._store.snapshot
+        tables = self._fast_tables
+        if tables is None or self._fast_tables_of is not snapshot:
+            self._fast_tables_of = snapshot
+            fallbacks = snapshot.fallbacks
+            tables = self._fast_tables = FastTables(
+                snapshot.answers,
+                self._edns,
+                self._counts,
+                snapshot.defaults,
+                fallbacks if isinstance(fallbacks, dict) else dict(fallbacks),
+                snapshot.refused,
+                QTYPE_INDEX,
+                QTYPE_OTHER,
+                RCODE_SLOTS,
+            )
+        return tables
 
     def answer(self, data: bytes, tcp: bool) -> bytes | None:
         """The hot path: pre-packed answers for plain queries, the slow path for the rest.
@@ -245,7 +280,7 @@ class Responder:
                 if found is None:
                     found = fallbacks.get(name[i:])
                 i += length + 1
-            if i != last:
+            if i != last or name[last]:
                 return self._slow(data, snapshot, tcp)
         packed = snapshot.refused if found is None else found
         if qend + packed.size + (_OPT_LEN if opt else 0) > limit:

@@ -114,14 +114,14 @@ class UdpServer:
         fd = sock.fileno()
         stats = self._stats
         handle = self._handle_datagram
-        answers, edns, counts = self._responder.fast_tables()
+        tables = self._responder.fast_tables()
         exchange = batch.exchange
         self._wakeups += 1
         timed = self._wakeups % LATENCY_SAMPLE_EVERY == 0
         for _ in range(_BATCHES_PER_WAKEUP):
             start = time.perf_counter() if timed else 0.0
             try:
-                count, lost = exchange(fd, handle, answers, edns, counts)
+                count, lost = exchange(fd, handle, tables)
             except OSError:
                 stats.dropped += 1
                 continue
