@@ -433,3 +433,22 @@ async def test_a_name_not_ending_in_the_root_label_is_formerr(
         for raw in (await raw_udp(v4(dns_app), query), dns_app.responder.answer(query, True)):
             assert raw is not None
             assert raw[3] & 0x0F == dns.rcode.FORMERR, (name, raw)
+
+
+async def test_a_name_longer_than_255_bytes_is_formerr(dns_app: DnsApp) -> None:
+    """RFC 1035 section 3.1: a name is at most 255 bytes. One byte more is malformed, even
+    when every label is well formed; exactly 255 is a name (that does not exist here)."""
+    header = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    apex = dns.name.from_text(ZONE).to_wire()
+    for total, rcode in ((255, dns.rcode.NXDOMAIN), (256, dns.rcode.FORMERR)):
+        labels = b""
+        while total - len(apex) - len(labels) > 64:
+            labels += b"\x3f" + b"a" * 63
+        rest = total - len(apex) - len(labels) - 1
+        name = labels + bytes([rest]) + b"b" * rest + apex
+        assert len(name) == total
+        for edns in (b"", b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"):
+            query = header[:11] + (b"\x01" if edns else b"\x00") + name + b"\x00\x10\x00\x01" + edns
+            for raw in (await raw_udp(v4(dns_app), query), dns_app.responder.answer(query, True)):
+                assert raw is not None
+                assert raw[3] & 0x0F == rcode, (total, edns, raw[:12])

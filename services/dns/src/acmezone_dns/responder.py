@@ -11,6 +11,11 @@ correctly: FORMERR, NOTIMP, BADVERS, REFUSED for AXFR/IXFR and foreign classes, 
 `ZoneView.resolve`, so they agree record for record (only where a name is compressed may
 differ: a name-independent NXDOMAIN body spells the zone apex out).
 
+Over UDP the C loop of `_native_batch.c` takes the same shortcuts (`answer` and
+`_not_prepacked`) from `fast_tables()` before Python sees a datagram: a change to either shortcut
+must be made there too. tests/dns/test_native_batch.py checks, byte for byte and counter for
+counter, that the two agree and that C hands Python exactly what needs the slow paths.
+
 Nothing here raises on bad input: a message the slow path cannot parse gets FORMERR, and one too
 short to carry an ID, or that is itself a response, gets no answer at all.
 """
@@ -55,6 +60,7 @@ _OPT_TYPE = b"\x00\x29"
 _CLASS_IN = b"\x00\x01"
 _OPT_LEN = 11
 _PLAIN_UDP_SIZE = 512
+_MAX_NAME = 255  # bytes of a wire name, root label included (RFC 1035 section 3.1)
 _TCP_SIZE = 65535
 
 _TYPE_OPT, _TYPE_TKEY, _TYPE_TSIG = 41, 249, 250
@@ -67,13 +73,16 @@ _SLOW_QTYPES = frozenset(
 
 def question_end(data: bytes) -> int:
     """The offset just past the first question (name, type, class), or -1 when the name is not a
-    plain sequence of labels of at most 63 bytes ending inside the message (compression
-    pointers can only point backwards into the header there, so they are malformed too)."""
+    plain sequence of labels of at most 63 bytes, at most 255 bytes in all (RFC 1035 section
+    3.1), ending inside the message (compression pointers can only point backwards into the
+    header there, so they are malformed too)."""
     i = 12
     n = len(data)
     while i < n:
         length = data[i]
         if length == 0:
+            if i + 1 - 12 > _MAX_NAME:
+                return -1
             return i + 5 if i + 5 <= n else -1
         if length > 63:
             return -1
@@ -260,6 +269,8 @@ class Responder:
         if data[qend - 2 : qend] != _CLASS_IN or qtype in _SLOW_QTYPES:
             return self._slow(data, snapshot, tcp)
         name = data[12 : qend - 4].lower()
+        if len(name) > _MAX_NAME:
+            return self._slow(data, snapshot, tcp)
         found = snapshot.defaults.get(name)
         if found is not None:
             if folds_with_case(qtype):
