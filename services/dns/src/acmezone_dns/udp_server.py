@@ -18,6 +18,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 
 from acmezone_common.addresses import HostPort
 from acmezone_dns import datagram_batch, sockets
@@ -73,12 +74,10 @@ class UdpServer:
         family = self._sock.family
         if self._batch_size > 1 and self._native and datagram_batch.native_available():
             self._batch = NativeDatagramBatch(family, self._batch_size, _READ_SIZE)
-            self._loop.add_reader(self._sock.fileno(), self._on_readable_native)
         elif self._batch_size > 1 and datagram_batch.available():
             self._batch = DatagramBatch(family, self._batch_size, _READ_SIZE)
-            self._loop.add_reader(self._sock.fileno(), self._on_readable_batched)
-        else:
-            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+        reader = self._on_readable_batched if self._batch is not None else self._on_readable
+        self._loop.add_reader(self._sock.fileno(), reader)
         bound = self.address
         logger.info(
             "DNS listening",
@@ -104,38 +103,6 @@ class UdpServer:
             return "native"
         return "batched" if self._batch is not None else "recvfrom"
 
-    def _on_readable_native(self) -> None:
-        """`_on_readable_batched` with the C loop answering plain queries itself; the tables
-        it answers from are read once per wake-up (snapshots swap between callbacks)."""
-        sock = self._sock
-        batch = self._batch
-        if sock is None or not isinstance(batch, NativeDatagramBatch):
-            return
-        fd = sock.fileno()
-        stats = self._stats
-        handle = self._handle_datagram
-        tables = self._responder.fast_tables()
-        exchange = batch.exchange
-        self._wakeups += 1
-        timed = self._wakeups % LATENCY_SAMPLE_EVERY == 0
-        for _ in range(_BATCHES_PER_WAKEUP):
-            start = time.perf_counter() if timed else 0.0
-            try:
-                count, lost = exchange(fd, handle, tables)
-            except OSError:
-                stats.dropped += 1
-                continue
-            if count == 0:
-                return
-            stats.observe_batch(count)
-            if lost:
-                stats.dropped += lost
-            if timed:
-                stats.observe_latency(time.perf_counter() - start)
-                timed = False
-            if count < batch.capacity:
-                return
-
     def _on_readable_batched(self) -> None:
         sock = self._sock
         batch = self._batch
@@ -143,7 +110,15 @@ class UdpServer:
             return
         fd = sock.fileno()
         stats = self._stats
-        handle = self._handle_datagram
+        exchange: Callable[[], tuple[int, int]]
+        if isinstance(batch, NativeDatagramBatch):
+            # The C loop answers plain queries from the tables itself; they are read once per
+            # wake-up (snapshots swap between callbacks, never during one).
+            exchange = partial(
+                batch.exchange, fd, self._handle_datagram, self._responder.fast_tables()
+            )
+        else:
+            exchange = partial(batch.exchange, fd, self._handle_datagram)
         # One wake-up in LATENCY_SAMPLE_EVERY has its first batch timed, from the read to the
         # last answer handed to the kernel: at most what any query of that batch waited.
         self._wakeups += 1
@@ -151,7 +126,7 @@ class UdpServer:
         for _ in range(_BATCHES_PER_WAKEUP):
             start = time.perf_counter() if timed else 0.0
             try:
-                count, lost = batch.exchange(fd, handle)
+                count, lost = exchange()
             except OSError:
                 stats.dropped += 1
                 continue
