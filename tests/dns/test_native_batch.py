@@ -391,6 +391,8 @@ def test_bad_arguments_are_refused_with_a_clear_error() -> None:
         with pytest.raises(TypeError, match="FastTables"):
             batch.exchange(sock.fileno(), lambda i, d: d, ({}, {}, []))
         with pytest.raises(TypeError, match="FastTables"):
+            batch.exchange(sock.fileno(), lambda i, d: d, tables({})._replace(defaults=[]))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="FastTables"):
             batch.exchange(sock.fileno(), lambda i, d: d, tables({})._replace(counts=()))  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="2 or 3 arguments"):
             batch.exchange(sock.fileno())  # type: ignore[call-arg]

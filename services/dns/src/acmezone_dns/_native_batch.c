@@ -191,9 +191,10 @@ static unsigned int send_staged(NativeBatch *self, int fd, unsigned int staged) 
     return failed;
 }
 
-/* Count one answer in `counts[index]`; 0 on success, -1 when it cannot be counted there. */
+/* Count one answer in the list `counts[index]`; 0 on success, -1 when it cannot be counted
+ * there. */
 static int count_answer(PyObject *counts, Py_ssize_t index) {
-    if (!PyList_CheckExact(counts) || index < 0 || index >= PyList_GET_SIZE(counts)) {
+    if (index < 0 || index >= PyList_GET_SIZE(counts)) {
         return -1;
     }
     PyObject *old = PyList_GET_ITEM(counts, index);
@@ -211,7 +212,8 @@ static int count_answer(PyObject *counts, Py_ssize_t index) {
     return 0;
 }
 
-/* The fields of Responder.FastTables, in order. */
+/* The fields of Responder.FastTables, in order; `exchange` checks their types once per batch
+ * (valid_tables), so the per-query code below only reads them. */
 enum {
     T_ANSWERS,
     T_EDNS,
@@ -253,10 +255,6 @@ static PyObject *not_prepacked(PyObject *tables, const unsigned char *name, Py_s
     PyObject *defaults = PyTuple_GET_ITEM(tables, T_DEFAULTS);
     PyObject *fallbacks = PyTuple_GET_ITEM(tables, T_FALLBACKS);
     PyObject *qtype_index = PyTuple_GET_ITEM(tables, T_QTYPE_INDEX);
-    if (!PyDict_CheckExact(defaults) || !PyDict_CheckExact(fallbacks) ||
-        !PyDict_CheckExact(qtype_index)) {
-        return NULL;
-    }
     PyObject *found = lookup(defaults, name, size);
     if (found == NULL && PyErr_Occurred()) {
         PyErr_Clear();
@@ -443,6 +441,22 @@ done:
     return length;
 }
 
+/* Whether `tables` has the shape of a Responder.FastTables. */
+static int valid_tables(PyObject *tables) {
+    if (!PyTuple_Check(tables) || PyTuple_GET_SIZE(tables) != T_SIZE) {
+        return 0;
+    }
+    static const int dicts[] = {T_ANSWERS, T_EDNS, T_DEFAULTS, T_FALLBACKS, T_QTYPE_INDEX};
+    for (size_t i = 0; i < sizeof(dicts) / sizeof(dicts[0]); i++) {
+        if (!PyDict_CheckExact(PyTuple_GET_ITEM(tables, dicts[i]))) {
+            return 0;
+        }
+    }
+    return PyList_CheckExact(PyTuple_GET_ITEM(tables, T_COUNTS)) &&
+           PyLong_CheckExact(PyTuple_GET_ITEM(tables, T_QTYPE_OTHER)) &&
+           PyLong_CheckExact(PyTuple_GET_ITEM(tables, T_RCODE_SLOTS));
+}
+
 static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
                                       Py_ssize_t nargs) {
     if (nargs < 2 || nargs > 3) {
@@ -463,14 +477,11 @@ static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
         PyErr_SetString(PyExc_RuntimeError, "NativeBatch is not initialised");
         return NULL;
     }
-    if (tables != Py_None &&
-        (!PyTuple_Check(tables) || PyTuple_GET_SIZE(tables) != T_SIZE ||
-         !PyDict_CheckExact(PyTuple_GET_ITEM(tables, T_ANSWERS)) ||
-         !PyDict_CheckExact(PyTuple_GET_ITEM(tables, T_EDNS)) ||
-         !PyList_CheckExact(PyTuple_GET_ITEM(tables, T_COUNTS)))) {
+    if (tables != Py_None && !valid_tables(tables)) {
         PyErr_SetString(PyExc_TypeError,
-                        "tables must be a Responder.FastTables: answers and edns dicts, counts a "
-                        "list, ...");
+                        "tables must be a Responder.FastTables: answers, edns, defaults, "
+                        "fallbacks and qtype_index dicts, counts a list, qtype_other and "
+                        "rcode_slots ints");
         return NULL;
     }
     int count = receive(self, (int)fd);

@@ -269,8 +269,9 @@ def decode_peer(family: socket.AddressFamily, raw: bytes) -> Peer:
 
 class NativeDatagramBatch:
     """The C accelerator (`_native_batch.c`): the same reads, replies and counts as
-    `DatagramBatch`, and given the responder's tables, `exchange` answers the plain queries that
-    have a pre-packed answer itself, without calling `handle`."""
+    `DatagramBatch`, and given the responder's `FastTables`, `exchange` answers the plain
+    queries its shortcuts settle (pre-packed answers, NODATA, NXDOMAIN, REFUSED) itself,
+    without calling `handle`."""
 
     def __init__(
         self,
