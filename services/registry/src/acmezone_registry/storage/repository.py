@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "acmezone_feed"
 _FEED_STATE_ID = 1
+_SNAPSHOT_ROWS_PER_READ = 2000
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,15 @@ class Repository:
     # -- plumbing -----------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncSession]:
+    async def _reading(self, *, consistent: bool = False) -> AsyncIterator[AsyncSession]:
+        """A read transaction; `consistent` makes every statement in it see the same snapshot
+        on PostgreSQL too (REPEATABLE READ; a SQLite read transaction always does)."""
         try:
             async with self._db.reader_session() as session, session.begin():
+                if consistent and not self._db.is_sqlite:
+                    await session.connection(
+                        execution_options={"isolation_level": "REPEATABLE READ"}
+                    )
                 yield session
         except (OperationalError, DBAPIError) as exc:
             if isinstance(exc, IntegrityError):
@@ -461,41 +468,47 @@ class Repository:
                 state.feed_id, state.revision, state.compacted_revision, self._zone + "."
             )
 
-    async def snapshot(self) -> tuple[int, list[RecordSet]]:
-        """Every record set and the revision they are consistent at.
+    async def snapshot_parts(self, batch_size: int) -> AsyncIterator[tuple[int, list[RecordSet]]]:
+        """Every record set, in parts of at most `batch_size` (each name in exactly one), all
+        consistent at the revision that comes with each part; at least one part, empty when
+        there is nothing.
 
-        Read in one transaction, then checked: if the revision moved while reading (possible
-        under PostgreSQL's READ COMMITTED), read again; after a few tries, read under the feed
-        lock, which holds writers back for the duration.
+        One read transaction streams the rows (SQLite's WAL snapshot; REPEATABLE READ on
+        PostgreSQL), so the revision and every row come from the same moment without holding
+        writers back, and at most a few thousand rows are in memory at a time, however large
+        the table. Close the iterator (`aclose`) to end the transaction early.
         """
-        for _ in range(3):
-            async with self._reading() as session:
-                before = await self._current_revision(session)
-                record_sets = await self._all_record_sets(session)
-                if await self._current_revision(session) == before:
-                    return before, record_sets
-        async with self._writing() as tx:
-            return tx.base_revision, await self._all_record_sets(tx.session)
-
-    async def _all_record_sets(self, session: AsyncSession) -> list[RecordSet]:
-        subdomains = list(
-            await session.scalars(
-                select(RegistrationRow.subdomain).order_by(RegistrationRow.subdomain)
-            )
-        )
-        values: dict[tuple[str, str], list[str]] = {(s, ""): [] for s in subdomains}
-        rows = await session.execute(
-            select(TxtValueRow.subdomain, TxtValueRow.owner, TxtValueRow.value).order_by(
-                TxtValueRow.subdomain,
+        statement = (
+            select(RegistrationRow.subdomain, TxtValueRow.owner, TxtValueRow.value)
+            .outerjoin(TxtValueRow, TxtValueRow.subdomain == RegistrationRow.subdomain)
+            .order_by(
+                RegistrationRow.subdomain,
                 TxtValueRow.owner,
                 TxtValueRow.create_time.desc(),
                 TxtValueRow.id.desc(),
             )
         )
-        for subdomain, owner, value in rows:
-            if (subdomain, "") in values:
-                values.setdefault((subdomain, owner), []).append(value)
-        return [RecordSet(self.fqdn(s, o), tuple(v)) for (s, o), v in values.items()]
+        async with self._reading(consistent=True) as session:
+            revision = await self._current_revision(session)
+            result = await session.stream(statement)
+            part: list[RecordSet] = []
+            owner_key: tuple[str, str] | None = None
+            values: list[str] = []
+            async for rows in result.partitions(_SNAPSHOT_ROWS_PER_READ):
+                for subdomain, owner, value in rows:
+                    key = (subdomain, owner or "")
+                    if key != owner_key:
+                        if owner_key is not None:
+                            part.append(RecordSet(self.fqdn(*owner_key), tuple(values)))
+                            if len(part) >= batch_size:
+                                yield revision, part
+                                part = []
+                        owner_key, values = key, []
+                    if value is not None:
+                        values.append(value)
+            if owner_key is not None:
+                part.append(RecordSet(self.fqdn(*owner_key), tuple(values)))
+            yield revision, part
 
     async def changes_since(self, start_revision: int, max_revisions: int) -> list[RecordChange]:
         """The changes of revisions start_revision .. start_revision + max_revisions - 1.
