@@ -24,7 +24,7 @@ TEST_DEB_PACKAGES := pebble bind9-dnsutils lego
 # docker-compose to check docker-compose.yaml offline. Installed without recommends: docker-compose
 # would bring a whole container engine.
 DEPLOY_DEB_PACKAGES := prometheus docker-compose
-BENCH_DEB_PACKAGES := dnsperf nsd
+BENCH_DEB_PACKAGES := dnsperf nsd knot
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
 .PHONY: help install protos run test test-fast lint fmt bench clean system-deps bench-deps

@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -62,7 +64,7 @@ from acmezone.registry.v1 import txt_record_service_pb2_grpc as txt_grpc
 from acmezone_common.testing import free_port, wait_for_serving
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dns_bench import (  # noqa: E402
+from dns_bench import (
     CLIENT_CORE,
     SERVER_CORE,
     digest,
@@ -70,7 +72,6 @@ from dns_bench import (  # noqa: E402
     nsd_config,
     percentile,
     pinned,
-    process,
     qps_of,
     wait_answering,
 )
@@ -79,6 +80,7 @@ ZONE = "acme.example.test"
 BIN = Path(sys.executable).parent
 OPERATOR_TOKEN = "scale-bench-operator-token-0123456789abcdef"  # noqa: S105 (a bench's own)
 SMALL = 1000
+_MAX_IN_FLIGHT = 32
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -222,7 +224,7 @@ async def gap_probe(port: int, name: str, stop: asyncio.Event, qps: int = 1000) 
 
 
 def longest_gap(arrivals: list[float]) -> float:
-    return max((b - a for a, b in zip(arrivals, arrivals[1:], strict=False)), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)
 
 
 async def watch_snapshot(target: str) -> int:
@@ -243,7 +245,12 @@ async def watch_snapshot(target: str) -> int:
 
 
 async def update_latency(
-    registry: str, port: int, sub: str, updates: int, background_rate: float, background: list[str]
+    registry: str,
+    port: int,
+    mine: tuple[str, str, str],
+    updates: int,
+    background_rate: float,
+    background: list[tuple[str, str, str]],
 ) -> list[float]:
     """Seconds from AddTxtValue returning to the value answered over UDP, one update at a
     time, while `background_rate` updates a second go to the `background` labels."""
@@ -252,29 +259,41 @@ async def update_latency(
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     sock.connect(("127.0.0.1", port))
-    metadata = (("authorization", f"Bearer {OPERATOR_TOKEN}"),)
+    sub = mine[0]
+    metadata = (("x-api-user", mine[1]), ("x-api-key", mine[2]))
     stop = asyncio.Event()
     async with grpc.aio.insecure_channel(registry) as channel:
         txt = txt_grpc.TxtRecordServiceStub(channel)
+
+        in_flight: set[asyncio.Future[object]] = set()
+        done = [0]
 
         async def churn() -> None:
             n = 0
             next_at = time.monotonic()
             while not stop.is_set():
-                target = background[n % len(background)]
+                if len(in_flight) >= _MAX_IN_FLIGHT:
+                    # The registry is not keeping up: wait instead of piling up requests.
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    next_at = time.monotonic()
+                target, user, password = background[n % len(background)]
                 n += 1
-                asyncio.ensure_future(
+                call = asyncio.ensure_future(
                     txt.AddTxtValue(
                         txt_pb.AddTxtValueRequest(
                             name=f"registrations/{target}/txtRecord", value=digest(("bg", n))
                         ),
-                        metadata=metadata,
+                        metadata=(("x-api-user", user), ("x-api-key", password)),
                     )
                 )
+                in_flight.add(call)
+                call.add_done_callback(in_flight.discard)
+                call.add_done_callback(lambda _: done.__setitem__(0, done[0] + 1))
                 next_at += 1 / background_rate
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
         churner = asyncio.ensure_future(churn()) if background_rate else None
+        began = time.monotonic()
         try:
             for i in range(updates):
                 value = digest(("update", i, sub)).encode()
@@ -297,18 +316,265 @@ async def update_latency(
             stop.set()
             if churner is not None:
                 await churner
+                if in_flight:
+                    await asyncio.wait(in_flight)
             sock.close()
+    rate = done[0] / (time.monotonic() - began)
+    if background_rate:
+        print(f"    (background updates achieved: {rate:,.0f}/s of {background_rate:,.0f}/s asked)")
     return delays
 
 
 # -- phases ------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def registry_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with process(pinned(CLIENT_CORE, [str(BIN / "acmezone-registry")]), env, log) as proc:
-        asyncio.run(wait_for_serving(env["ACMEZONE_REGISTRY_GRPC_ADDRESS"], within=120))
-        yield proc
+class Children:
+    """The bench's child processes: started and stopped at will, all stopped at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self._running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self._workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=log)
+        log.close()
+        self._running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(ValueError):
+            self._running.remove(proc)
+
+    def close(self) -> None:
+        for proc in list(self._running):
+            self.stop(proc)
+
+
+def start_registry(children: Children, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = children.start(name, pinned(CLIENT_CORE, [str(BIN / "acmezone-registry")]), env)
+    asyncio.run(wait_for_serving(env["ACMEZONE_REGISTRY_GRPC_ADDRESS"], within=120))
+    return proc
+
+
+def start_dns(
+    children: Children, name: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], float]:
+    """A dns replica and its seconds from start to SERVING (first snapshot applied)."""
+    started = time.perf_counter()
+    proc = children.start(name, pinned(SERVER_CORE, [str(BIN / "acmezone-dns")]), env)
+    asyncio.run(wait_for_serving(env["ACMEZONE_DNS_GRPC_ADDRESS"], within=600))
+    return proc, time.perf_counter() - started
+
+
+def relist_while_probed(
+    children: Children, registry: subprocess.Popen[bytes], env: dict[str, str], port: int
+) -> tuple[subprocess.Popen[bytes], float, float, int]:
+    """Stop the registry, give its feed a new identity (as a database restored from a backup
+    has) and one new value, start it again: the replica's resume fails with OUT_OF_RANGE and
+    it re-lists, while a 1,000 QPS probe asks it a question whose answer never changes.
+    Returns the new registry process, the re-list's seconds (registry up -> new value
+    answered), the longest gap between answers, and how many answers the probe got."""
+    database = Path(env["ACMEZONE_REGISTRY_DATA_DIR"]) / "registry.db"
+    marker = digest("after-relist")
+
+    async def probed() -> tuple[subprocess.Popen[bytes], float, float, int]:
+        stop = asyncio.Event()
+        probe = asyncio.ensure_future(gap_probe(port, f"{label(1)}.{ZONE}", stop))
+        await asyncio.sleep(1)
+        await asyncio.to_thread(children.stop, registry)
+        with sqlite3.connect(database) as db:
+            db.execute("UPDATE feed_state SET feed_id = ?", (str(uuid.uuid4()),))
+            db.execute("UPDATE txt_values SET value = ? WHERE subdomain = ?", (marker, label(2)))
+        restarted = children.start(
+            "registry", pinned(CLIENT_CORE, [str(BIN / "acmezone-registry")]), env
+        )
+        await wait_for_serving(env["ACMEZONE_REGISTRY_GRPC_ADDRESS"], within=120)
+        started = time.perf_counter()
+        query = udp_query(f"{label(2)}.{ZONE}", 7)
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", port))
+            while True:
+                await loop.sock_sendall(sock, query)
+                with contextlib.suppress(TimeoutError):
+                    if marker.encode() in await asyncio.wait_for(loop.sock_recv(sock, 4096), 1):
+                        break
+                if time.perf_counter() - started > 300:
+                    raise RuntimeError("the re-list did not finish in 300 s")
+                await asyncio.sleep(0.05)
+        took = time.perf_counter() - started
+        await asyncio.sleep(1)
+        stop.set()
+        arrivals = await probe
+        return restarted, took, longest_gap(arrivals), len(arrivals)
+
+    return asyncio.run(probed())
+
+
+async def registry_latencies(
+    grpc_target: str, http_address: str, made: list[tuple[str, str, str]], rounds: int
+) -> dict[str, float]:
+    """p99 seconds of GetRegistration, ListRegistrations (first page and pages further on)
+    and the acme-dns /update, each `rounds` times, one at a time."""
+    metadata = (("authorization", f"Bearer {OPERATOR_TOKEN}"),)
+    results: dict[str, list[float]] = {"Get": [], "List": [], "/update": []}
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        stub = reg_grpc.RegistrationServiceStub(channel)
+        token = ""
+        for i in range(rounds):
+            sub = made[i % len(made)][0]
+            started = time.perf_counter()
+            await stub.GetRegistration(
+                reg_pb.GetRegistrationRequest(name=f"registrations/{sub}"), metadata=metadata
+            )
+            results["Get"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            page = await stub.ListRegistrations(
+                reg_pb.ListRegistrationsRequest(page_size=100, page_token=token), metadata=metadata
+            )
+            results["List"].append(time.perf_counter() - started)
+            token = page.next_page_token
+    host, port = http_address.rsplit(":", 1)
+    for i in range(rounds):
+        sub, user, password = made[i % len(made)]
+        body = json.dumps({"subdomain": sub, "txt": digest(("http", i))}).encode()
+        request = (
+            f"POST /update HTTP/1.1\r\nHost: {host}\r\nX-Api-User: {user}\r\n"
+            f"X-Api-Key: {password}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
+        started = time.perf_counter()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        status_line = await reader.readline()
+        await reader.read()
+        writer.close()
+        results["/update"].append(time.perf_counter() - started)
+        if b" 200 " not in status_line:
+            raise RuntimeError(f"/update answered {status_line!r}")
+    return {name: percentile(values, 0.99) for name, values in results.items()}
+
+
+def zone_file_lines(names: int) -> Iterator[str]:
+    yield f"$ORIGIN {ZONE}."
+    yield "$TTL 60"
+    yield f"@ 60 IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 60"
+    yield f"@ 3600 IN NS ns1.{ZONE}."
+    yield "ns1 3600 IN A 127.0.0.1"
+    for i in range(names):
+        yield f'{label(i)} 1 IN TXT "{digest(i)}"'
+
+
+def pids_of(root: int) -> list[int]:
+    """A process and its descendants (NSD forks its server processes)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found = [root]
+    for pid in parents:
+        p = pid
+        while p > 1:
+            p = parents.get(p, 0)
+            if p == root:
+                found.append(pid)
+                break
+    return found
+
+
+def load_anchor(
+    children: Children, name: str, argv: list[str], port: int, probe: str
+) -> tuple[subprocess.Popen[bytes], float, float]:
+    """Start NSD or Knot on a zone file; seconds until it answers `probe`, and the resident
+    memory of its processes then."""
+    started = time.perf_counter()
+    proc = children.start(name, pinned(SERVER_CORE, argv), {})
+    wait_answering(port, probe, seconds=600)
+    took = time.perf_counter() - started
+    time.sleep(1)
+    return proc, took, sum(rss_mib(pid) for pid in pids_of(proc.pid))
+
+
+def knot_config(workdir: Path, port: int) -> Path:
+    (workdir / "knot").mkdir(exist_ok=True)
+    conf = workdir / "knot.conf"
+    conf.write_text(
+        f"""server:
+    listen: 127.0.0.1@{port}
+    rundir: "{workdir}/knot"
+    background-workers: 1
+    udp-workers: 1
+    tcp-workers: 1
+database:
+    storage: "{workdir}/knot"
+log:
+  - target: stderr
+    any: error
+acl:
+  - id: local_update
+    address: 127.0.0.1
+    action: update
+zone:
+  - domain: {ZONE}
+    storage: "{workdir}"
+    file: "zone"
+    acl: local_update
+    zonefile-sync: -1
+    journal-content: none
+"""
+    )
+    return conf
+
+
+def knot_update_latency(port: int, updates: int) -> list[float]:
+    """Seconds from sending an RFC 2136 UPDATE to Knot to its new value being answered."""
+    delays = []
+    for i in range(updates):
+        value = digest(("knot", i))
+        update = dns.update.UpdateMessage(f"{ZONE}.")
+        update.replace(label(3), 1, "TXT", f'"{value}"')
+        started = time.perf_counter()
+        reply = dns.query.udp(update, "127.0.0.1", port=port, timeout=10)
+        if reply.rcode() != dns.rcode.NOERROR:
+            raise RuntimeError(f"Knot refused the update: {dns.rcode.to_text(reply.rcode())}")
+        while True:
+            answer = dns.query.udp(
+                dns.message.make_query(f"{label(3)}.{ZONE}", "TXT"), "127.0.0.1", port=port
+            )
+            if value.encode() in answer.to_wire():
+                break
+            if time.perf_counter() - started > 10:
+                raise RuntimeError("Knot's update was not answered in 10 s")
+        delays.append(time.perf_counter() - started)
+    return delays
+
+
+def qps_comparison(
+    big_port: int, big_pid: int, small_port: int, small_pid: int, workdir: Path, names: int,
+    seconds: float, runs: int,
+) -> tuple[list[float], list[float]]:  # fmt: skip
+    """dnsperf QPS over every name of the big zone and over a 1k-name zone, alternating."""
+    rng = random.Random(2)
+    big_queries = workdir / "queries-big"
+    order = list(range(names))
+    rng.shuffle(order)
+    big_queries.write_text("".join(f"{label(i)}.{ZONE} TXT\n" for i in order))
+    small_queries = workdir / "queries-small"
+    small_queries.write_text("".join(f"{label(i)}.{ZONE} TXT\n" for i in range(SMALL)))
+    big, small = [], []
+    for _ in range(runs):
+        big.append(qps_of(dnsperf(big_port, big_queries, seconds, big_pid)[0]))
+        small.append(qps_of(dnsperf(small_port, small_queries, seconds, small_pid)[0]))
+    return big, small
 
 
 def main() -> int:
@@ -316,50 +582,130 @@ def main() -> int:
     parser.add_argument("--names", type=int, default=1_000_000)
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=10, help="length of each dnsperf run")
+    parser.add_argument("--runs", type=int, default=3, help="dnsperf runs per zone")
     parser.add_argument(
-        "--skip", default="", help="comma-separated phases to skip: qps,registry,nsd,knot"
+        "--skip", default="", help="comma-separated phases to skip: relist,qps,registry,nsd,knot"
     )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    for tool in ("taskset", *(() if "qps" in skip else ("dnsperf",))):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: `make bench-deps` installs it", file=sys.stderr)
+            return 1
     workdir = Path(tempfile.mkdtemp(prefix="scale-bench-"))
+    children = Children(workdir)
     print(f"scale bench: {args.names:,} registrations with one TXT value each, workdir {workdir}")
+    try:
+        return run(args, skip, workdir, children)
+    finally:
+        children.close()
+
+
+def run(args: argparse.Namespace, skip: set[str], workdir: Path, children: Children) -> int:
+    names = args.names
     big = registry_env(workdir, "registry")
-    filled = fill(workdir, big, args.names)
+    filled = fill(workdir, big, names)
     print(f"  registry filled in {filled:.1f} s")
-    with contextlib.ExitStack() as stack:
-        registry = stack.enter_context(registry_process(big, workdir / "registry.log"))
-        registry_grpc = big["ACMEZONE_REGISTRY_GRPC_ADDRESS"]
-        made = asyncio.run(create_registrations(registry_grpc, 30))
-        print(f"\nat {args.names:,} names")
-        env = dns_env(registry_grpc)
-        started = time.perf_counter()
-        dns_proc = stack.enter_context(
-            process(pinned(SERVER_CORE, [str(BIN / "acmezone-dns")]), env, workdir / "dns.log")
-        )
-        asyncio.run(wait_for_serving(env["ACMEZONE_DNS_GRPC_ADDRESS"], within=600))
-        serving = time.perf_counter() - started
-        status("dns cold start -> SERVING", f"{serving:.1f} s", "<= 10 s", serving <= 10)
-        time.sleep(1)
-        rss = rss_mib(dns_proc.pid)
-        status("dns resident memory", f"{rss:,.0f} MiB", "<= 1024 MiB", rss <= 1024)
-        status("  per name", f"{rss * 1024 * 1024 / args.names:,.0f} B", "about 1 KiB", None)
-        wait_answering(dns_port(env), f"{label(args.names - 1)}.{ZONE}")
+    registry = start_registry(children, "registry", big)
+    registry_grpc = big["ACMEZONE_REGISTRY_GRPC_ADDRESS"]
+    made = asyncio.run(create_registrations(registry_grpc, 30))
+    print(f"\nat {names:,} names")
+    env = dns_env(registry_grpc)
+    port = dns_port(env)
+    dns_proc, serving = start_dns(children, "dns", env)
+    status("dns cold start -> SERVING", f"{serving:.1f} s", "<= 10 s", serving <= 10)
+    wait_answering(port, f"{label(names - 1)}.{ZONE}")
+    time.sleep(1)
+    rss = rss_mib(dns_proc.pid)
+    status("dns resident memory", f"{rss:,.0f} MiB", "<= 1024 MiB", rss <= 1024)
+    status("  per name", f"{rss * 1024 * 1024 / names:,.0f} B", "about 1 KiB", None)
 
-        async def four_watchers() -> list[int]:
-            return list(await asyncio.gather(*(watch_snapshot(registry_grpc) for _ in range(4))))
+    async def four_watchers() -> list[int]:
+        return list(await asyncio.gather(*(watch_snapshot(registry_grpc) for _ in range(4))))
 
-        before = rss_mib(registry.pid)
-        started = time.perf_counter()
-        counts = asyncio.run(four_watchers())
-        took = time.perf_counter() - started
-        peak = rss_mib(registry.pid, "VmHWM")
-        status(
-            "registry peak memory, snapshot to 4 watchers",
-            f"{peak:,.0f} MiB",
-            "<= 512 MiB",
-            peak <= 512,
+    idle = rss_mib(registry.pid)
+    started = time.perf_counter()
+    counts = asyncio.run(four_watchers())
+    took = time.perf_counter() - started
+    peak = rss_mib(registry.pid, "VmHWM")
+    ok = peak <= 512
+    status("registry peak memory, snapshot to 4 watchers", f"{peak:,.0f} MiB", "<= 512 MiB", ok)
+    print(f"    (idle before: {idle:,.0f} MiB; 4 x {counts[0]:,} record sets in {took:.1f} s)")
+    delays = asyncio.run(update_latency(registry_grpc, port, made[0], args.updates, 200, made[1:]))
+    p50, p99 = percentile(delays, 0.5) * 1e3, percentile(delays, 0.99) * 1e3
+    figure = "update -> answered, 200 updates/s behind (p50 / p99)"
+    status(figure, f"{p50:.2f} / {p99:.2f} ms", "p99 <= 10 ms", p99 <= 10)
+    if "relist" not in skip:
+        registry, took, gap, answered = relist_while_probed(children, registry, big, port)
+        status("re-list after OUT_OF_RANGE", f"{took:.1f} s", "<= 10 s", took <= 10)
+        figure = "  longest gap between answers, 1,000 QPS probe"
+        status(figure, f"{gap * 1e3:.1f} ms", "<= 50 ms", gap <= 0.05)
+        peak_dns, now_dns = rss_mib(dns_proc.pid, "VmHWM"), rss_mib(dns_proc.pid)
+        print(f"    ({answered:,} probe answers; dns peak {peak_dns:,.0f} MiB, now {now_dns:,.0f})")
+    big_latencies: dict[str, float] = {}
+    if "registry" not in skip:
+        http = big["ACMEZONE_REGISTRY_HTTP_ADDRESS"]
+        big_latencies = asyncio.run(registry_latencies(registry_grpc, http, made, 200))
+
+    small = registry_env(workdir, "registry-small")
+    fill(workdir, small, SMALL)
+    small_grpc = small["ACMEZONE_REGISTRY_GRPC_ADDRESS"]
+    small_registry = start_registry(children, "registry-small", small)
+    small_made = asyncio.run(create_registrations(small_grpc, 30))
+    small_env = dns_env(small_grpc)
+    small_dns, _ = start_dns(children, "dns-small", small_env)
+    wait_answering(dns_port(small_env), f"{label(SMALL - 1)}.{ZONE}")
+    print(f"\nat {names:,} names against {SMALL:,} names (same run)")
+    if big_latencies:
+        http = small["ACMEZONE_REGISTRY_HTTP_ADDRESS"]
+        small_latencies = asyncio.run(registry_latencies(small_grpc, http, small_made, 200))
+        for what, p99_big in big_latencies.items():
+            p99_small = small_latencies[what]
+            figure = f"registry {what} p99 at {names:,} / at {SMALL:,}"
+            value = f"{p99_big * 1e3:.2f} / {p99_small * 1e3:.2f} ms"
+            status(figure, value, "<= 2x", p99_big <= 2 * p99_small)
+    time.sleep(2)
+    idle_small = rss_mib(small_registry.pid)
+    figure = f"registry idle memory at {SMALL:,}"
+    status(figure, f"{idle_small:,.0f} MiB", "<= 120 MiB", idle_small <= 120)
+    if "qps" not in skip:
+        small_port = dns_port(small_env)
+        big_qps, small_qps = qps_comparison(
+            port, dns_proc.pid, small_port, small_dns.pid, workdir, names, args.seconds, args.runs
         )
-        print(f"    (idle before: {before:,.0f} MiB; 4 x {counts[0]:,} record sets in {took:.1f} s)")
+        ratio = statistics.median(big_qps) / statistics.median(small_qps)
+        figure = f"UDP QPS at {names:,} / at {SMALL:,} (dnsperf -c 10)"
+        value = f"{statistics.median(big_qps):,.0f} / {statistics.median(small_qps):,.0f}"
+        status(figure, value, ">= 0.9x", ratio >= 0.9)
+        runs = [", ".join(f"{q:,.0f}" for q in qps) for qps in (big_qps, small_qps)]
+        print(f"    (ratio {ratio:.2f}; runs {runs[0]} / {runs[1]})")
+    children.stop(small_dns)
+    children.stop(small_registry)
+
+    anchors = [a for a in ("nsd", "knotd") if a.rstrip("d") not in skip and shutil.which(a)]
+    if not anchors:
+        return 0
+    children.stop(dns_proc)
+    children.stop(registry)
+    print(f"\nanchors loading the same {names:,} records from a zone file")
+    probe = f"{label(names - 1)}.{ZONE}"
+    nsd_port, knot_port = free_port(), free_port()
+    nsd_conf = nsd_config(workdir, nsd_port, {})  # its header-only zone is replaced below
+    with (workdir / "zone").open("w") as out:
+        out.writelines(line + "\n" for line in zone_file_lines(names))
+    if "nsd" in anchors:
+        argv = ["nsd", "-d", "-c", str(nsd_conf)]
+        proc, took, memory = load_anchor(children, "nsd", argv, nsd_port, probe)
+        status("NSD: load -> answering, memory", f"{took:.1f} s, {memory:,.0f} MiB", "-", None)
+        children.stop(proc)
+    if "knotd" in anchors:
+        argv = ["knotd", "-c", str(knot_config(workdir, knot_port))]
+        proc, took, memory = load_anchor(children, "knot", argv, knot_port, probe)
+        status("Knot: load -> answering, memory", f"{took:.1f} s, {memory:,.0f} MiB", "-", None)
+        knot = knot_update_latency(knot_port, 20)
+        value = f"{percentile(knot, 0.5) * 1e3:.0f} / {percentile(knot, 0.99) * 1e3:.0f} ms"
+        status("Knot: RFC 2136 update -> answered (p50 / p99)", value, "-", None)
+        children.stop(proc)
     return 0
 
 
