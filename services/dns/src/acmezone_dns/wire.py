@@ -98,6 +98,10 @@ def txt_answer(values: Iterable[str], ttl: int) -> tuple[bytes, int]:
     once, in order (an RRset is a set), the owner a pointer to the question. Byte for byte
     what `encode_section` makes of the same RRset, without building one: this runs once per
     name on a re-list of a million names. Returns the bytes and the record count."""
+    values = list(values)
+    if len(values) == 1:  # the commonest case, without the general path's temporaries
+        rdata = txt_rdata(values[0])
+        return _TXT_AT_QUESTION.pack(PTR_QUESTION, _TYPE_TXT, _CLASS_IN, ttl, len(rdata)) + rdata, 1
     rdatas = dict.fromkeys(map(txt_rdata, values))
     body = b"".join(
         _TXT_AT_QUESTION.pack(PTR_QUESTION, _TYPE_TXT, _CLASS_IN, ttl, len(rdata)) + rdata

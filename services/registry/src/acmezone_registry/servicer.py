@@ -203,15 +203,18 @@ def _record_set_to_proto(record_set: model.RecordSet) -> record_feed_service_pb2
 def watch_event_to_proto(event: model.WatchEvent) -> record_feed_service_pb2.WatchRecordsResponse:
     """One feed event as one WatchRecords stream message."""
     if isinstance(event, model.SnapshotPart):
-        return record_feed_service_pb2.WatchRecordsResponse(
+        response = record_feed_service_pb2.WatchRecordsResponse(
             snapshot=record_feed_service_pb2.SnapshotBatch(
-                record_sets=[_record_set_to_proto(s) for s in event.record_sets],
-                revision=event.revision,
-                last=event.last,
-                feed_id=event.feed_id,
-                zone=event.zone,
+                revision=event.revision, last=event.last, feed_id=event.feed_id, zone=event.zone
             )
         )
+        # add() builds each message in place: half the cost of a list of messages, and a
+        # million-name snapshot makes a million of them.
+        add = response.snapshot.record_sets.add
+        txt = record_feed_service_pb2.RECORD_TYPE_TXT
+        for record_set in event.record_sets:
+            add(fqdn=record_set.fqdn, type=txt, txt_values=record_set.txt_values)
+        return response
     if isinstance(event, model.ChangeBatch):
         return record_feed_service_pb2.WatchRecordsResponse(
             changes=record_feed_service_pb2.ChangeBatch(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -468,7 +468,7 @@ class Repository:
                 state.feed_id, state.revision, state.compacted_revision, self._zone + "."
             )
 
-    async def snapshot_parts(self, batch_size: int) -> AsyncIterator[tuple[int, list[RecordSet]]]:
+    async def snapshot_parts(self, batch_size: int) -> AsyncGenerator[tuple[int, list[RecordSet]]]:
         """Every record set, in parts of at most `batch_size` (each name in exactly one), all
         consistent at the revision that comes with each part; at least one part, empty when
         there is nothing.
@@ -478,19 +478,22 @@ class Repository:
         writers back, and at most a few thousand rows are in memory at a time, however large
         the table. Close the iterator (`aclose`) to end the transaction early.
         """
+        # Oldest first within an owner name, so the covering index ix_txt_values_snapshot_order
+        # gives the rows in order with no sort (3x cheaper on SQLite); reversed below.
         statement = (
             select(RegistrationRow.subdomain, TxtValueRow.owner, TxtValueRow.value)
             .outerjoin(TxtValueRow, TxtValueRow.subdomain == RegistrationRow.subdomain)
             .order_by(
                 RegistrationRow.subdomain,
                 TxtValueRow.owner,
-                TxtValueRow.create_time.desc(),
-                TxtValueRow.id.desc(),
+                TxtValueRow.create_time,
+                TxtValueRow.id,
             )
         )
         async with self._reading(consistent=True) as session:
             revision = await self._current_revision(session)
-            result = await session.stream(statement)
+            connection = await session.connection()
+            result = await connection.stream(statement)
             part: list[RecordSet] = []
             owner_key: tuple[str, str] | None = None
             values: list[str] = []
@@ -499,6 +502,7 @@ class Repository:
                     key = (subdomain, owner or "")
                     if key != owner_key:
                         if owner_key is not None:
+                            values.reverse()
                             part.append(RecordSet(self.fqdn(*owner_key), tuple(values)))
                             if len(part) >= batch_size:
                                 yield revision, part
@@ -507,6 +511,7 @@ class Repository:
                     if value is not None:
                         values.append(value)
             if owner_key is not None:
+                values.reverse()
                 part.append(RecordSet(self.fqdn(*owner_key), tuple(values)))
             yield revision, part
 
