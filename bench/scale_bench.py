@@ -169,7 +169,9 @@ def write_registry_tables(database: Path, names: int) -> None:
                 " VALUES (?, '', ?, ?)",
                 ((label(i), digest(i), now) for i in rows),
             )
-        db.execute("UPDATE feed_state SET revision = revision + 1")
+        db.execute(
+            "UPDATE feed_state SET revision = revision + 1, registration_count = ?", (names,)
+        )
 
 
 def fill(workdir: Path, env: dict[str, str], names: int) -> float:

@@ -55,6 +55,8 @@ class FeedStateRow(Base):
     feed_id: Mapped[str] = mapped_column(String(36))
     revision: Mapped[int] = mapped_column(BigInteger)
     compacted_revision: Mapped[int] = mapped_column(BigInteger)
+    # How many registrations exist, kept by the writers that create and delete them (0004).
+    registration_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class RegistrationRow(Base):
