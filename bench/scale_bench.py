@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dns.asyncquery
 import dns.message
 import dns.query
 import dns.rcode
@@ -579,6 +580,139 @@ def qps_comparison(
     return big, small
 
 
+async def snapshot_of(target: str) -> dict[str, tuple[str, ...]]:
+    """The registry's whole state now, read as a watcher reads it: fqdn -> values."""
+    state: dict[str, tuple[str, ...]] = {}
+    async with grpc.aio.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    ) as channel:
+        call = feed_grpc.RecordFeedServiceStub(channel).WatchRecords(
+            feed_pb.WatchRecordsRequest(start_revision=0)
+        )
+        async for message in call:
+            for record_set in message.snapshot.record_sets:
+                state[record_set.fqdn] = tuple(record_set.txt_values)
+            if message.snapshot.last:
+                call.cancel()
+                break
+    return state
+
+
+async def served_values(port: int, names: list[str]) -> dict[str, tuple[str, ...] | None]:
+    """What one replica answers for each name's TXT (None: NXDOMAIN), 200 queries at a time."""
+    served: dict[str, tuple[str, ...] | None] = {}
+
+    async def one(name: str) -> None:
+        query = dns.message.make_query(name, "TXT")
+        reply = await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=5)
+        if reply.rcode() == dns.rcode.NXDOMAIN:
+            served[name] = None
+            return
+        values = [b"".join(rd.strings).decode() for rrset in reply.answer for rd in rrset]
+        served[name] = tuple(sorted(values))
+
+    for start in range(0, len(names), 200):
+        await asyncio.gather(*(one(name) for name in names[start : start + 200]))
+    return served
+
+
+async def replicas_under_load(
+    registry: str, ports: list[int], made: list[tuple[str, str, str]], rate: float, seconds: float
+) -> tuple[dict[int, list[float]], int, float]:
+    """`rate` updates a second for `seconds`; every tenth update is probed on every replica
+    (a query a millisecond until it answers the new value). Returns each replica's lag samples
+    (seconds from the update's acknowledgement to the value answered), the updates made and
+    the rate achieved."""
+    loop = asyncio.get_running_loop()
+    lags: dict[int, list[float]] = {port: [] for port in ports}
+    in_flight: set[asyncio.Future[None]] = set()
+    done = [0]
+
+    async def probe(port: int, name: str, value: bytes, acked: float) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", port))
+            query = udp_query(name, port % 65536)
+            while time.perf_counter() - acked < 5:
+                await loop.sock_sendall(sock, query)
+                with contextlib.suppress(TimeoutError):
+                    if value in await asyncio.wait_for(loop.sock_recv(sock, 4096), 0.5):
+                        lags[port].append(time.perf_counter() - acked)
+                        return
+                await asyncio.sleep(0.001)
+        lags[port].append(float("inf"))
+
+    async with grpc.aio.insecure_channel(registry) as channel:
+        txt = txt_grpc.TxtRecordServiceStub(channel)
+
+        async def update(n: int) -> None:
+            sub, user, password = made[n % len(made)]
+            value = digest(("replicas", n))
+            await txt.AddTxtValue(
+                txt_pb.AddTxtValueRequest(name=f"registrations/{sub}/txtRecord", value=value),
+                metadata=(("x-api-user", user), ("x-api-key", password)),
+            )
+            acked = time.perf_counter()
+            done[0] += 1
+            if n % 10 == 0:
+                await asyncio.gather(
+                    *(probe(port, f"{sub}.{ZONE}", value.encode(), acked) for port in ports)
+                )
+
+        began = time.monotonic()
+        next_at = began
+        n = 0
+        while time.monotonic() - began < seconds:
+            if len(in_flight) >= 4 * _MAX_IN_FLIGHT:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                next_at = time.monotonic()
+            task = asyncio.ensure_future(update(n))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            n += 1
+            next_at += 1 / rate
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if in_flight:
+            await asyncio.wait(in_flight)
+        achieved = done[0] / (time.monotonic() - began)
+    return lags, done[0], achieved
+
+
+def replicas(args: argparse.Namespace, workdir: Path, children: Children) -> int:
+    """The four-replica test: lag under sustained updates, then every replica's records."""
+    env = registry_env(workdir, "registry")
+    fill(workdir, env, args.names)
+    start_registry(children, "registry", env)
+    target = env["ACMEZONE_REGISTRY_GRPC_ADDRESS"]
+    made = asyncio.run(create_registrations(target, 200))
+    ports = []
+    for i in range(args.replicas):
+        replica = dns_env(target)
+        children.start(f"dns-{i}", [str(BIN / "acmezone-dns")], replica)
+        asyncio.run(wait_for_serving(replica["ACMEZONE_DNS_GRPC_ADDRESS"], within=600))
+        ports.append(dns_port(replica))
+    print(f"\n{args.replicas} dns replicas, {args.names:,} names, {args.rate:,.0f} updates/s asked")
+    lags, count, achieved = asyncio.run(
+        replicas_under_load(target, ports, made, args.rate, args.duration)
+    )
+    print(f"  {count:,} updates in {args.duration:.0f} s: {achieved:,.0f}/s achieved")
+    for i, port in enumerate(ports):
+        samples = lags[port]
+        p50, p99 = percentile(samples, 0.5) * 1e3, percentile(samples, 0.99) * 1e3
+        figure = f"replica {i}: update -> answered (p50 / p99, {len(samples)} probes)"
+        status(figure, f"{p50:.1f} / {p99:.1f} ms", "p99 <= 50 ms", p99 <= 50)
+    time.sleep(2)
+    state = asyncio.run(snapshot_of(target))
+    names = sorted(state)
+    expected = {name: tuple(sorted(values)) for name, values in state.items()}
+    for i, port in enumerate(ports):
+        served = asyncio.run(served_values(port, names))
+        wrong = sum(1 for name in names if served.get(name) != expected[name])
+        status(f"replica {i}: names differing from the registry", f"{wrong:,} of {len(names):,}",
+               "0", wrong == 0)  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", type=int, default=1_000_000)
@@ -588,6 +722,11 @@ def main() -> int:
     parser.add_argument(
         "--skip", default="", help="comma-separated phases to skip: relist,qps,registry,nsd,knot"
     )
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="run the N-replica lag test instead (4)"
+    )
+    parser.add_argument("--rate", type=float, default=500, help="updates/s of the replica test")
+    parser.add_argument("--duration", type=float, default=60, help="seconds of the replica test")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     for tool in ("taskset", *(() if "qps" in skip else ("dnsperf",))):
@@ -598,6 +737,8 @@ def main() -> int:
     children = Children(workdir)
     print(f"scale bench: {args.names:,} registrations with one TXT value each, workdir {workdir}")
     try:
+        if args.replicas:
+            return replicas(args, workdir, children)
         return run(args, skip, workdir, children)
     finally:
         children.close()
