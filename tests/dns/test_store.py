@@ -33,9 +33,9 @@ def new_store(tmp_path: Path) -> ZoneStore:
 def observable(store: ZoneStore) -> tuple[object, ...]:
     """Everything a query can see of a snapshot, in comparable form."""
     snapshot = store.snapshot
-    answers = {k: (p.heads, p.heads_edns, p.body) for k, p in snapshot.answers.items()}
-    defaults = {k: (p.heads, p.heads_edns, p.body) for k, p in snapshot.defaults.items()}
-    fallbacks = {k: (p.heads, p.heads_edns, p.body) for k, p in snapshot.fallbacks.items()}
+    answers = {k: (p.heads, p.heads_edns, p.body, p.stat) for k, p in snapshot.answers.items()}
+    defaults = {k: (p.heads, p.heads_edns, p.body, p.stat) for k, p in snapshot.defaults.items()}
+    fallbacks = {k: (p.heads, p.heads_edns, p.body, p.stat) for k, p in snapshot.fallbacks.items()}
     nodes = {k: sorted(n.rrsets) for k, n in snapshot.view.nodes.items()}
     return answers, defaults, fallbacks, nodes, snapshot.record_count, snapshot.zone_record_counts
 
