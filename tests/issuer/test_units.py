@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidTag
 
 from acmezone_common.errors import InvalidArgumentError
+from acmezone_issuer.challenges import ChallengeType, challenge_owner, dns_account_label
 from acmezone_issuer.keys import KEY_TYPES, KeySealer, build_csr, generate_key, key_to_pem
 from acmezone_issuer.names import base_domain, dns_name_problem, normalise_dns_names
 from acmezone_issuer.renewal import lifetime_renewal_time, retry_delay
@@ -156,3 +157,16 @@ def test_a_rate_limited_answer_keeps_the_cas_retry_after() -> None:
     assert error.retry_after is not None
     wait = error.retry_after - datetime.now(UTC)
     assert timedelta(minutes=59) < wait <= timedelta(hours=1)
+
+
+def test_dns_account_label_matches_the_drafts_example() -> None:
+    # draft-ietf-acme-dns-account-label's example account and its label.
+    url = "https://example.com/acme/acct/ExampleAccount"
+    assert dns_account_label(url) == "_ujmmovf2vn55tgye"
+    assert challenge_owner(ChallengeType.DNS_ACCOUNT01, "example.org", url) == (
+        "_ujmmovf2vn55tgye._acme-challenge.example.org"
+    )
+    assert challenge_owner(ChallengeType.DNS01, "example.org", url) == (
+        "_acme-challenge.example.org"
+    )
+    assert dns_account_label(url + "2") != dns_account_label(url)

@@ -45,6 +45,23 @@ _USER_AGENT = "acmezone-issuer/0.1 acme-python"
 _TIMEOUT_SECONDS = 30
 
 
+@challenges.ChallengeResponse.register
+class DNSAccount01Response(challenges.KeyAuthorizationChallengeResponse):
+    """The (empty) answer to a dns-account-01 challenge."""
+
+    typ = "dns-account-01"
+
+
+@challenges.Challenge.register
+class DNSAccount01(challenges.DNS01):
+    """dns-account-01 (draft-ietf-acme-dns-account-label): dns-01's TXT value at the account's
+    own label. acme 5.9 does not know the type; without this class it would parse as
+    `UnrecognizedChallenge`, which has neither a token nor a response."""
+
+    response_cls = DNSAccount01Response
+    typ = response_cls.typ
+
+
 def status_name(status: object) -> str:
     """`pending`, `valid`, ... for an acme `Status` constant (its str() is `Status(pending)`)."""
     return str(getattr(status, "name", status))
@@ -219,6 +236,11 @@ class AcmeClient:
         """The account key."""
         return self._key
 
+    @property
+    def account_url(self) -> str:
+        """The account URL (dns-account-01 labels derive from it)."""
+        return self._account_url
+
     async def directory(self) -> messages.Directory:
         """The directory, fetched once."""
         async with self._lock:
@@ -309,7 +331,8 @@ class AcmeClient:
         )
 
     def dns01_value(self, challenge: messages.ChallengeBody) -> str:
-        """The TXT value for a DNS-01 challenge (base64url SHA-256 of the key authorization)."""
+        """The TXT value for a dns-01 or dns-account-01 challenge (base64url SHA-256 of the key
+        authorization)."""
         chall = challenge.chall
         assert isinstance(chall, challenges.DNS01)
         return str(chall.validation(self._jwk))
