@@ -47,7 +47,7 @@ CHALLENGE_ZONE = "acme.example.test"
 REGISTRY_GRACE = 1.0
 
 
-def zone_text(cnames: dict[str, str]) -> str:
+def zone_text(cnames: dict[str, str], records: list[str] | None = None) -> str:
     """The dev zone `example.test` with `_acme-challenge` CNAMEs for the given names (a name
     starting with `_` is taken as the CNAME's whole owner name)."""
     lines = [
@@ -65,7 +65,7 @@ def zone_text(cnames: dict[str, str]) -> str:
             label = name.removesuffix(".example.test").removesuffix("example.test")
             owner = "_acme-challenge" + (f".{label}" if label else "")
         lines.append(f"{owner} CNAME {target}.")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *(records or [])]) + "\n"
 
 
 @dataclass
@@ -130,6 +130,8 @@ class System:
     metrics: CollectorRegistry
     dns: DnsApp | None = None
     cnames: dict[str, str] = field(default_factory=dict)
+    # Other records of the dev zone, as zone file lines (what an operator publishes directly).
+    records: list[str] = field(default_factory=list)
     registry_running: bool = True
 
     @property
@@ -151,7 +153,7 @@ class System:
         )
 
     async def start_dns(self) -> None:
-        self.zone_file.write_text(zone_text(self.cnames))
+        self.zone_file.write_text(zone_text(self.cnames, self.records))
         self.dns = DnsApp(self.dns_settings(), CollectorRegistry())
         await self.dns.start()
 
@@ -182,6 +184,12 @@ class System:
     async def add_cnames(self, cnames: dict[str, str]) -> None:
         """Several CNAMEs in one change of the zone."""
         self.cnames.update(cnames)
+        await self.stop_dns()
+        await self.start_dns()
+
+    async def add_record(self, line: str) -> None:
+        """The domain owner publishes one record (a zone file line, relative to example.test)."""
+        self.records.append(line)
         await self.stop_dns()
         await self.start_dns()
 

@@ -93,7 +93,7 @@ def delegation_methods(challenge_type: str) -> tuple[ChallengeType, ...]:
     """The delegated DNS methods a certificate's setting may use (none for http-01)."""
     if challenge_type == ChallengeType.AUTO:
         return DNS_METHODS
-    if challenge_type in DNS_METHODS:
+    if challenge_type in (*DNS_METHODS, ChallengeType.DNS_PERSIST01):
         return (ChallengeType(challenge_type),)
     return ()
 
@@ -164,6 +164,11 @@ def compute_conditions(row: CertificateRow, now: datetime) -> list[dict[str, Any
             }
         )
     return result
+
+
+def _earliest_end(checks: list[dict[str, Any]]) -> datetime | None:
+    ends = [datetime.fromisoformat(c["persist_until"]) for c in checks if c.get("persist_until")]
+    return min(ends) if ends else None
 
 
 class LeaseLostError(Exception):
@@ -370,23 +375,37 @@ class _CertificateJob:
             return
         if await self.recheck_renewal_info(client):
             return
-        if delegation_methods(self.row.challenge_type) and not await self.delegations_ready(
-            client.account_url
-        ):
+        if delegation_methods(self.row.challenge_type) and not await self.delegations_ready(client):
             return
         await self.place_order(client)
 
-    async def delegations_ready(self, account_url: str) -> bool:
-        """Check every CNAME; without those needed wait, placing no order."""
+    async def delegations_ready(self, client: AcmeClient) -> bool:
+        """Check every CNAME (for dns-persist-01: every record); without those needed wait,
+        placing no order."""
+        account_url = client.account_url
         await self.save(
             state=RENEWING if self.has_valid_certificate() else ISSUING,
             stage="checking_delegation",
         )
         domains = sorted({base_domain(name) for name in self.row.dns_names})
         checks = []
+        issuer_domains: list[str] = []
+        if self.row.challenge_type == ChallengeType.DNS_PERSIST01:
+            issuer_domains = await client.caa_identities()
+            if not issuer_domains:
+                raise AcmeProblemError(
+                    "the CA's directory lists no caaIdentities, so the dns-persist-01 record "
+                    "cannot name it; use another challenge type"
+                )
         for domain in domains:
             for method in delegation_methods(self.row.challenge_type):
-                check = await self.r._dns01.check(domain, method, account_url)
+                if method == ChallengeType.DNS_PERSIST01:
+                    wildcard = f"*.{domain}" in self.row.dns_names
+                    check = await self.r._dns01.check_persist(
+                        domain, account_url, issuer_domains, wildcard
+                    )
+                else:
+                    check = await self.r._dns01.check(domain, method, account_url)
                 checks.append(
                     {
                         "domain": check.domain,
@@ -396,8 +415,13 @@ class _CertificateJob:
                         "ready": check.ready,
                         "detail": check.detail,
                         "check_time": utcnow().isoformat(),
+                        "txt_value": check.txt_value,
+                        "persist_until": (
+                            check.persist_until.isoformat() if check.persist_until else None
+                        ),
                     }
                 )
+        self.r._metrics.set_persist_until(f"certificates/{self.row.id}", _earliest_end(checks))
         self.row.delegations = checks
         missing = missing_delegations(self.row)
         if not missing:
@@ -521,7 +545,11 @@ class _CertificateJob:
         for authorization in pending:
             challenge = self.pick_challenge(authorization)
             method = ChallengeType(str(challenge.chall.typ))
-            if method in DNS_METHODS:
+            if method == ChallengeType.DNS_PERSIST01:
+                # Nothing to write: the record is in place (checked before ordering); the CA
+                # must accept the issuer domain name it carries.
+                self.check_persist_issuer(challenge, authorization)
+            elif method in DNS_METHODS:
                 domain = base_domain(authorization.identifier)
                 delegation = await self.r._dns01.delegation(domain, method, client.account_url)
                 value = client.dns01_value(challenge)
@@ -544,6 +572,20 @@ class _CertificateJob:
             await client.answer_challenge(challenge)
         for authorization in pending:
             await self.poll_authorization(client, authorization, deadline)
+
+    def check_persist_issuer(self, challenge: Any, authorization: Authorization) -> None:
+        named = {
+            d["txt_value"].split(";")[0]
+            for d in self.row.delegations or []
+            if d.get("challenge_type") == ChallengeType.DNS_PERSIST01
+            and d["domain"] == authorization.identifier
+        }
+        accepted = list(getattr(challenge.chall, "issuer_domain_names", ()))
+        if accepted and not named & set(accepted):
+            raise AcmeProblemError(
+                f"the CA accepts dns-persist-01 records for {authorization.identifier} only "
+                f"from {', '.join(accepted)}, not {', '.join(sorted(named)) or 'none'}"
+            )
 
     def usable_methods(self, authorization: Authorization) -> list[ChallengeType]:
         """The methods this certificate may use for the authorization, best first."""

@@ -62,6 +62,7 @@ _CHALLENGES = {
     certificate_service_pb2.CHALLENGE_TYPE_HTTP_01: ChallengeType.HTTP01,
     certificate_service_pb2.CHALLENGE_TYPE_DNS_ACCOUNT_01: ChallengeType.DNS_ACCOUNT01,
     certificate_service_pb2.CHALLENGE_TYPE_AUTO: ChallengeType.AUTO,
+    certificate_service_pb2.CHALLENGE_TYPE_DNS_PERSIST_01: ChallengeType.DNS_PERSIST01,
 }
 _CHALLENGE_ENUM = {v: k for k, v in _CHALLENGES.items()}
 _ACCOUNT_STATUS = {
@@ -196,6 +197,8 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
                 challenge_type=_CHALLENGE_ENUM[
                     ChallengeType(delegation.get("challenge_type", "dns-01"))
                 ],
+                txt_value=delegation.get("txt_value", ""),
+                persist_until_time=_timestamp(delegation.get("persist_until")),
             )
         )
     if row.last_failure:
@@ -437,7 +440,8 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         if method not in DNS_METHODS:
             raise InvalidArgumentError(
                 "INVALID_CHALLENGE_TYPE",
-                "only dns-01 and dns-account-01 are delegated",
+                "only dns-01 and dns-account-01 are checked here (a dns-persist-01 "
+                "certificate shows its record in its delegations)",
                 field="challenge_type",
             )
         account_url = ""

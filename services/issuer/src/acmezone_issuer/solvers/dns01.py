@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -36,7 +37,12 @@ from acmezone.registry.v1 import (
     txt_record_service_pb2_grpc,
 )
 from acmezone_common.addresses import HostPort
-from acmezone_issuer.challenges import ChallengeType, challenge_owner
+from acmezone_issuer.challenges import (
+    ChallengeType,
+    challenge_owner,
+    parse_persist_value,
+    persist_value,
+)
 from acmezone_issuer.errors import PropagationTimeoutError, RegistryError
 from acmezone_issuer.keys import KeySealer
 from acmezone_issuer.store import DelegationRow, Store, utcnow
@@ -59,6 +65,10 @@ class CnameCheck:
     cname_target: str
     ready: bool
     detail: str
+    # dns-persist-01 only: the value to publish at cname_name (if not delegating), and the
+    # earliest persistUntil of the records that authorize the account (None: no end).
+    txt_value: str = ""
+    persist_until: datetime | None = None
 
 
 class Resolver:
@@ -210,18 +220,71 @@ class Dns01Solver:
             detail="" if ready else detail,
         )
 
+    async def check_persist(
+        self, domain: str, account_url: str, issuer_domains: list[str], wildcard: bool
+    ) -> CnameCheck:
+        """Whether `_validation-persist.<domain>` holds a dns-persist-01 record for this account
+        and CA; when it does not but is a CNAME to its registration, publish the record there
+        as a persistent value (once: later checks find it) and wait until DNS answers it.
+
+        The operator may also publish the record directly; then nothing is written at all.
+        """
+        method = ChallengeType.DNS_PERSIST01
+        delegation = await self.delegation(domain, method, account_url)
+        owner = challenge_owner(method, domain, account_url)
+        wanted = persist_value(issuer_domains[0], account_url, wildcard)
+        try:
+            seen = await self._resolver.txt_values(owner)
+        except (dns.exception.DNSException, OSError):
+            seen = set()
+        now = utcnow()
+        records = [
+            r
+            for r in (parse_persist_value(v) for v in seen)
+            if r is not None and r.authorizes(issuer_domains, account_url, wildcard, now)
+        ]
+        result = CnameCheck(
+            domain=domain,
+            method=method,
+            cname_name=owner,
+            cname_target=delegation.fulldomain,
+            ready=True,
+            detail="",
+            txt_value=wanted,
+        )
+        if records:
+            ends = [r.persist_until for r in records]
+            until = None if None in ends else min(e for e in ends if e is not None)
+            return replace(result, persist_until=until)
+        target, detail = await self._resolver.cname_of(owner)
+        if target == delegation.fulldomain:
+            await self.present(delegation, wanted, persistent=True)
+            await self.wait_propagated({delegation.fulldomain: {wanted}})
+            logger.info("dns-persist-01 record published", extra={"owner": owner})
+            return result
+        return replace(
+            result,
+            ready=False,
+            detail=f"{detail}; no TXT record for {' or '.join(issuer_domains)} and this account",
+        )
+
     def _credentials(self, delegation: DelegationRow) -> tuple[tuple[str, str], ...]:
         password = self._sealer.open(
             delegation.sealed_password, f"delegation/{delegation.domain}"
         ).decode()
         return (("x-api-user", delegation.username), ("x-api-key", password))
 
-    async def present(self, delegation: DelegationRow, value: str) -> None:
-        """Publish one TXT value at the registration's fulldomain."""
+    async def present(
+        self, delegation: DelegationRow, value: str, *, persistent: bool = False
+    ) -> None:
+        """Publish one TXT value at the registration's fulldomain (a persistent one for
+        dns-persist-01: the registry neither trims nor expires it)."""
         try:
             await self._txt.AddTxtValue(
                 txt_record_service_pb2.AddTxtValueRequest(
-                    name=f"{delegation.registration_name}/txtRecord", value=value
+                    name=f"{delegation.registration_name}/txtRecord",
+                    value=value,
+                    persistent=persistent,
                 ),
                 metadata=self._credentials(delegation),
                 timeout=_RPC_TIMEOUT,
