@@ -121,8 +121,13 @@ async def test_step_ca_issues_a_wildcard_through_the_delegation(
         await system.add_cname("step.example.test", waiting.delegations[0].cname_target)
         issued = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED, 90)
         assert len(await system.issuer.store.orders_of("step")) == 1
-        # step-ca has no ARI: renewal at two thirds of its 24-hour certificates.
+        # step-ca has no ARI: renewal at two thirds of its 24-hour certificates (5% jitter).
         assert issued.renewal_time_source == "lifetime"
+        not_before = issued.not_before_time.ToDatetime()
+        lifetime = issued.not_after_time.ToDatetime() - not_before
+        assert abs(lifetime.total_seconds() - 86400) < 120
+        offset = issued.renewal_time.ToDatetime() - (not_before + lifetime * 2 / 3)
+        assert abs(offset.total_seconds()) <= lifetime.total_seconds() * 0.051
         exported = await client.certificates.ExportCertificate(
             pb.ExportCertificateRequest(name=cert.name), metadata=AUTH
         )
