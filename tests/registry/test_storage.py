@@ -331,3 +331,30 @@ async def test_compaction_makes_old_revisions_out_of_range(stack: Stack) -> None
     assert [c.revision for c in await stack.repository.changes_since(5, 10)] == [5, 6]
     assert (await stack.repository.feed_status()).compacted_revision == 4
     assert await stack.repository.compact(keep_revisions=2) == 4  # idempotent
+
+
+async def test_persistent_values_are_neither_trimmed_nor_expired(database_url: str) -> None:
+    stack = await open_stack(database_url, lifetime=timedelta(seconds=30))
+    try:
+        issued = await stack.registrations.create(ANYONE)
+        me = owner(issued.registration.username, issued.password)
+        sub = issued.registration.subdomain
+        persist = "ca.example; accounturi=https://ca.example/acct/1; policy=wildcard"
+        record = await stack.registrations.add_txt_value(me, sub, persist, persistent=True)
+        assert record.values[0].persistent
+        assert record.values[0].expire_time is None
+        for i in range(4):  # twice the default limit of challenge values
+            record = await stack.registrations.add_txt_value(me, sub, acme_digest(i))
+        assert [v.value for v in record.values] == [acme_digest(3), acme_digest(2), persist]
+        latest = max(v.expire_time for v in record.values if v.expire_time is not None)
+        assert await stack.repository.expire_txt_values(latest + timedelta(seconds=1)) == 2
+        record = await stack.repository.get_txt_record(sub)
+        assert [(v.value, v.persistent) for v in record.values] == [(persist, True)]
+        # Published again: no change, no new revision.
+        again = await stack.registrations.add_txt_value(me, sub, persist, persistent=True)
+        assert again.revision == record.revision
+        # Removing it takes it away, strict mode or not.
+        removed = await stack.registrations.remove_txt_value(me, sub, persist)
+        assert removed.values == ()
+    finally:
+        await stack.database.dispose()

@@ -173,7 +173,9 @@ def txt_record_to_proto(record: model.TxtRecord) -> txt_record_service_pb2.TxtRe
     values = []
     for value in record.values:
         message = txt_record_service_pb2.TxtValue(
-            value=value.value, create_time=_timestamp(value.create_time)
+            value=value.value,
+            create_time=_timestamp(value.create_time),
+            persistent=value.persistent,
         )
         if value.expire_time is not None:
             message.expire_time.CopyFrom(_timestamp(value.expire_time))
@@ -362,7 +364,10 @@ class TxtRecordServicer(txt_record_service_pb2_grpc.TxtRecordServiceServicer):
     ) -> txt_record_service_pb2.TxtRecord:
         subdomain = txt_record_subdomain(request.name)
         record = await self._registrations.add_txt_value(
-            _caller(context, self._resolver), subdomain, request.value
+            _caller(context, self._resolver),
+            subdomain,
+            request.value,
+            persistent=request.persistent,
         )
         return txt_record_to_proto(record)
 

@@ -226,7 +226,7 @@ class Repository:
             .where(TxtValueRow.subdomain == subdomain, TxtValueRow.owner == "")
             .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
         )
-        values = tuple(TxtValue(r.value, r.create_time, r.expire_time) for r in rows)
+        values = tuple(TxtValue(r.value, r.create_time, r.expire_time, r.persistent) for r in rows)
         return TxtRecord(subdomain, self.fqdn(subdomain), values, revision)
 
     async def _current_revision(self, session: AsyncSession) -> int:
@@ -387,12 +387,22 @@ class Repository:
             return await self._txt_record(session, subdomain, revision)
 
     async def add_txt_value(
-        self, subdomain: str, value: str, *, now: datetime, expire_time: datetime | None
+        self,
+        subdomain: str,
+        value: str,
+        *,
+        now: datetime,
+        expire_time: datetime | None,
+        persistent: bool = False,
     ) -> TxtRecord:
-        """Publish `value` newest first, keeping the registration's latest max_txt_values.
+        """Publish `value` newest first, keeping the registration's latest max_txt_values
+        challenge values (persistent ones are not counted, never trimmed, never expire).
 
-        Re-adding a published value only refreshes its expiry: no new revision.
+        Re-adding a published value only refreshes its expiry (or makes it persistent): no new
+        revision.
         """
+        if persistent:
+            expire_time = None
         async with self._writing() as tx:
             row = await tx.session.get(RegistrationRow, subdomain)
             if row is None:
@@ -405,11 +415,17 @@ class Repository:
                 )
             )
             if existing is not None:
-                existing.expire_time = expire_time
+                if not existing.persistent:
+                    existing.expire_time = expire_time
+                    existing.persistent = persistent
             else:
                 tx.session.add(
                     TxtValueRow(
-                        subdomain=subdomain, value=value, create_time=now, expire_time=expire_time
+                        subdomain=subdomain,
+                        value=value,
+                        create_time=now,
+                        expire_time=expire_time,
+                        persistent=persistent,
                     )
                 )
                 await tx.session.flush()
@@ -435,11 +451,16 @@ class Repository:
     async def _trim_values(
         self, session: AsyncSession, subdomain: str, keep: int, owner: str = ""
     ) -> bool:
-        """Delete all but the newest `keep` values at one owner; True when any were deleted."""
+        """Delete all but the newest `keep` challenge values at one owner (persistent values
+        stay); True when any were deleted."""
         ids = list(
             await session.scalars(
                 select(TxtValueRow.id)
-                .where(TxtValueRow.subdomain == subdomain, TxtValueRow.owner == owner)
+                .where(
+                    TxtValueRow.subdomain == subdomain,
+                    TxtValueRow.owner == owner,
+                    TxtValueRow.persistent.is_(False),
+                )
                 .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
                 .offset(keep)
             )

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -97,6 +99,9 @@ class TxtValueRow(Base):
     value: Mapped[str] = mapped_column(String(255))
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A persistent value (dns-persist-01) is kept apart from challenge values: never trimmed to
+    # max_txt_values, never given an expire_time.
+    persistent: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
 
 
 class RecordChangeRow(Base):
