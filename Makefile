@@ -14,7 +14,7 @@ PROTO_RELEASE := releases/v0.1.0.binpb
 NODE_CLIENT := tests/clients/node
 PROTO_FILES := $(shell find protos -name '*.proto')
 GEN := gen/python
-SERVICES := common registry dns issuer
+SERVICES := common registry dns issuer clients
 SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml))
 # C extensions are compiled by the editable install: a changed source needs a reinstall.
 NATIVE_SOURCES := $(wildcard services/*/setup.py services/*/src/*/*.c)

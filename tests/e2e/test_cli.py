@@ -12,7 +12,7 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
-from acmezone_issuer.cli.commands import run
+from acmezone_clients.cli.commands import run
 from tests.e2e.conftest import Ports, System, running_system
 from tests.issuer.conftest import CA, OPERATOR_TOKEN
 

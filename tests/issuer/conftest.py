@@ -29,9 +29,9 @@ from acmezone.issuer.v1 import (
     certificate_service_pb2,
     certificate_service_pb2_grpc,
 )
+from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import free_port
 from acmezone_issuer.app import IssuerApp
-from acmezone_issuer.devpebble import LocalPebble
 from acmezone_issuer.settings import IssuerSettings
 
 OPERATOR_TOKEN = "issuer-test-token"

@@ -35,8 +35,8 @@ from acmezone.registry.v1 import (
     tsig_key_service_pb2,
     tsig_key_service_pb2_grpc,
 )
-from acmezone_issuer.cli import output
-from acmezone_issuer.cli.settings import CliSettings
+from acmezone_clients.cli import output
+from acmezone_clients.cli.settings import CliSettings
 
 pb = certificate_service_pb2
 apb = account_service_pb2
