@@ -1,0 +1,49 @@
+"""The agent's settings, from `ACMEZONE_AGENT_*` environment variables (flags override some)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from acmezone_common.logs import LogFormat
+from acmezone_common.settings import Address
+
+
+class AgentSettings(BaseSettings):
+    """Where the issuer is, the credential to present, and how patiently to retry."""
+
+    model_config = SettingsConfigDict(env_prefix="ACMEZONE_AGENT_", extra="ignore")
+
+    issuer: str = Field(default="127.0.0.1:50053", description="issuer gRPC address")
+    token: SecretStr | None = Field(
+        default=None, description="token presented to the issuer (a delivery token)"
+    )
+    metrics_address: Address | None = Field(
+        default=None, description="where Prometheus scrapes the agent's /metrics; none if unset"
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = Field(default="text", description="`text` or `json`.")
+    backoff_initial_seconds: float = Field(
+        default=1.0, gt=0, description="first wait before reconnecting to the issuer"
+    )
+    backoff_max_seconds: float = Field(
+        default=60.0, gt=0, description="longest wait between reconnects (full jitter below it)"
+    )
+    hook_attempts: int = Field(
+        default=5, ge=1, description="runs of a failing hook before giving up on that install"
+    )
+    hook_backoff_initial_seconds: float = Field(
+        default=2.0, gt=0, description="wait before the second hook run; doubles per run"
+    )
+    rpc_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="deadline of unary calls (export) to the issuer"
+    )
+    crash_after_writes: int | None = Field(
+        default=None,
+        ge=1,
+        description="tests only: SIGKILL the agent after this many file renames",
+    )
+
+    def token_value(self) -> str | None:
+        """The token as text."""
+        return self.token.get_secret_value() if self.token else None
