@@ -5,6 +5,8 @@ succeeds, and the agent process SIGKILLed between writes and SIGTERMed after an 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import signal
 import sys
@@ -16,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from acmezone_clients.agent.app import AgentApp
 from acmezone_clients.agent.files import Installer
+from acmezone_clients.cli.commands import run as cli_run
 from tests.clients.agent_support import agent_settings, restartable_issuer, target
 from tests.issuer.conftest import CA, OPERATOR_TOKEN, ca, fake_dns
 
@@ -154,7 +157,9 @@ async def _read_until(stream: asyncio.StreamReader, needle: bytes, within: float
         raise AssertionError(f"no {needle!r} within {within}s:\n{seen.decode()}") from None
 
 
-async def _agent_process(issuer: str, out: Path, **env: str) -> asyncio.subprocess.Process:
+async def _agent_process(
+    issuer: str, out: Path, token: str, **env: str
+) -> asyncio.subprocess.Process:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ACMEZONE_")}
     environment.update(env)
     return await asyncio.create_subprocess_exec(
@@ -162,7 +167,7 @@ async def _agent_process(issuer: str, out: Path, **env: str) -> asyncio.subproce
         "--issuer",
         issuer,
         "--token",
-        OPERATOR_TOKEN,
+        token,
         "agent",
         "--cert",
         "db",
@@ -181,7 +186,19 @@ async def test_agent_process_killed_between_writes_leaves_a_complete_set(
     async with restartable_issuer(tmp_path / "issuer", ca) as issuer:
         await issuer.start()
         first = await issuer.issue("db", "db.agent.example.test")
-        agent = await _agent_process(issuer.address, out)
+        # The agent runs with a delivery token for this one certificate, made with the CLI.
+        printed = io.StringIO()
+        code = await cli_run(
+            [
+                *("--issuer", issuer.address, "--token", OPERATOR_TOKEN, "--json"),
+                *("delivery-token", "create", "--cert", "db", "--id", "db-hosts"),
+            ],
+            printed,
+        )
+        assert code == 0, printed.getvalue()
+        token = json.loads(printed.getvalue())["secret"]
+        assert token.startswith("azdt_db-hosts_")
+        agent = await _agent_process(issuer.address, out, token)
         assert agent.stderr is not None
         await _read_until(agent.stderr, b"certificate installed", WITHIN)
         agent.send_signal(signal.SIGTERM)
@@ -190,11 +207,13 @@ async def test_agent_process_killed_between_writes_leaves_a_complete_set(
 
         second = await issuer.renew("certificates/db", first.serial_number)
         # Killed after the third rename of the new set: its files are half written.
-        crashed = await _agent_process(issuer.address, out, ACMEZONE_AGENT_CRASH_AFTER_WRITES="3")
+        crashed = await _agent_process(
+            issuer.address, out, token, ACMEZONE_AGENT_CRASH_AFTER_WRITES="3"
+        )
         assert await asyncio.wait_for(crashed.wait(), WITHIN) == -signal.SIGKILL
         assert installed_files(out) == (first.serial_number, True)
 
-        again = await _agent_process(issuer.address, out)
+        again = await _agent_process(issuer.address, out, token)
         assert again.stderr is not None
         await _read_until(again.stderr, b"certificate installed", WITHIN)
         again.send_signal(signal.SIGTERM)

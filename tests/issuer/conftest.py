@@ -184,6 +184,7 @@ class Client:
     app: IssuerApp
     accounts: account_service_pb2_grpc.AccountServiceStub
     certificates: certificate_service_pb2_grpc.CertificateServiceStub
+    channel: grpc.aio.Channel | None = None
 
     async def create_account(self, **fields: Any) -> account_service_pb2.Account:
         account = account_service_pb2.Account(terms_of_service_agreed=True, **fields)
@@ -247,6 +248,7 @@ async def running_issuer(
             app,
             account_service_pb2_grpc.AccountServiceStub(channel),
             certificate_service_pb2_grpc.CertificateServiceStub(channel),
+            channel,
         )
     finally:
         await channel.close()

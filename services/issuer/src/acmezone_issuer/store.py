@@ -179,6 +179,19 @@ class DelegationRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class DeliveryTokenRow(Base):
+    """A delivery token: its scope and the SHA-256 of its secret (the secret is never stored)."""
+
+    __tablename__ = "delivery_tokens"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(63), unique=True)
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    certificate_ids: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(String(256), default="")
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 def async_url(database_url: str, data_dir: Path) -> str:
     """The async SQLAlchemy URL for a setting: SQLite under `data_dir` when empty."""
     if not database_url:
@@ -599,3 +612,64 @@ class Store:
                 raise
             return existing
         return row
+
+    # -- delivery tokens -----------------------------------------------------------------------
+
+    @_shielded
+    async def insert_delivery_token(self, row: DeliveryTokenRow) -> DeliveryTokenRow:
+        """Store a new delivery token; ALREADY_EXISTS when the id is taken."""
+        try:
+            async with self._sessions.begin() as session:
+                session.add(row)
+        except IntegrityError as exc:
+            raise AlreadyExistsError(
+                "DELIVERY_TOKEN_EXISTS", f"delivery token {row.id!r} exists already"
+            ) from exc
+        return row
+
+    @_shielded
+    async def find_delivery_token(self, token_id: str) -> DeliveryTokenRow | None:
+        """A delivery token by id, or None (authentication must not tell the two apart)."""
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(DeliveryTokenRow).where(DeliveryTokenRow.id == token_id)
+            )
+
+    async def get_delivery_token(self, token_id: str) -> DeliveryTokenRow:
+        """A delivery token by id, or NOT_FOUND."""
+        row = await self.find_delivery_token(token_id)
+        if row is None:
+            raise NotFoundError(
+                "DELIVERY_TOKEN_NOT_FOUND", f"deliveryTokens/{token_id} does not exist"
+            )
+        return row
+
+    @_shielded
+    async def list_delivery_tokens(
+        self, after_seq: int, limit: int
+    ) -> tuple[list[DeliveryTokenRow], int]:
+        """A page of delivery tokens after `after_seq`, and the seq to continue after."""
+        async with self._sessions() as session:
+            rows = list(
+                await session.scalars(
+                    select(DeliveryTokenRow)
+                    .where(DeliveryTokenRow.seq > after_seq)
+                    .order_by(DeliveryTokenRow.seq)
+                    .limit(limit + 1)
+                )
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].seq if more else 0)
+
+    @_shielded
+    async def delete_delivery_token(self, token_id: str) -> None:
+        """Remove a delivery token; NOT_FOUND when there is none."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(DeliveryTokenRow).where(DeliveryTokenRow.id == token_id)
+            )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFoundError(
+                "DELIVERY_TOKEN_NOT_FOUND", f"deliveryTokens/{token_id} does not exist"
+            )

@@ -38,7 +38,7 @@ from acmezone.registry.v1 import (
 )
 from acmezone_clients.agent.cli import add_agent_arguments, run_agent
 from acmezone_clients.agent.settings import AgentSettings
-from acmezone_clients.cli import output
+from acmezone_clients.cli import delivery, output
 from acmezone_clients.cli.settings import CliSettings
 from acmezone_common.logs import configure_logging
 
@@ -653,6 +653,8 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     tdelete.add_argument("registration")
     tdelete.add_argument("key", help="key id or full resource name")
     tdelete.set_defaults(run=cmd_tsig_key_delete)
+
+    delivery.add_commands(sub)
 
     agent = sub.add_parser("agent", help="install certificates as files and keep them current")
     add_agent_arguments(agent)

@@ -1,0 +1,118 @@
+"""`acmezone delivery-token create|list|show|delete`: the scoped credentials agents use.
+
+Kept out of `commands` so the certificate commands there stay one module of their own; the
+parser hooks these in with `add_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from acmezone.issuer.v1 import delivery_token_service_pb2 as dpb
+from acmezone.issuer.v1 import delivery_token_service_pb2_grpc
+from acmezone_clients.cli import output
+
+if TYPE_CHECKING:
+    from acmezone_clients.cli.commands import Cli
+
+
+def _stub(cli: Cli) -> delivery_token_service_pb2_grpc.DeliveryTokenServiceAsyncStub:
+    return delivery_token_service_pb2_grpc.DeliveryTokenServiceStub(cli.channel(cli.args.issuer))
+
+
+def _token_name(value: str) -> str:
+    return value if value.startswith("deliveryTokens/") else f"deliveryTokens/{value}"
+
+
+def _cert_name(value: str) -> str:
+    return value if value.startswith("certificates/") else f"certificates/{value}"
+
+
+def describe(token: dpb.DeliveryToken) -> str:
+    lines = [
+        f"name:         {token.name}",
+        f"certificates: {', '.join(token.certificates)}",
+        f"description:  {token.description or '-'}",
+        f"created:      {output.when(token.create_time)}",
+    ]
+    if token.secret:
+        lines += [
+            "",
+            "The token, shown this once (give it to the agent as ACMEZONE_AGENT_TOKEN):",
+            f"  {token.secret}",
+        ]
+    return "\n".join(lines)
+
+
+async def cmd_create(cli: Cli) -> int:
+    a = cli.args
+    token = await _stub(cli).CreateDeliveryToken(
+        dpb.CreateDeliveryTokenRequest(
+            delivery_token=dpb.DeliveryToken(
+                certificates=[_cert_name(c) for c in a.cert], description=a.description or ""
+            ),
+            delivery_token_id=a.id or "",
+        ),
+        metadata=cli.issuer_metadata,
+    )
+    cli.emit(token, describe(token))
+    return 0
+
+
+async def cmd_list(cli: Cli) -> int:
+    tokens: list[dpb.DeliveryToken] = []
+    page_token = ""
+    while True:
+        page = await _stub(cli).ListDeliveryTokens(
+            dpb.ListDeliveryTokensRequest(page_size=100, page_token=page_token),
+            metadata=cli.issuer_metadata,
+        )
+        tokens += page.delivery_tokens
+        page_token = page.next_page_token
+        if not page_token:
+            break
+    rows = [
+        [t.name, ",".join(t.certificates), t.description, output.when(t.create_time)]
+        for t in tokens
+    ]
+    cli.emit(list(tokens), output.table(["NAME", "CERTIFICATES", "DESCRIPTION", "CREATED"], rows))
+    return 0
+
+
+async def cmd_show(cli: Cli) -> int:
+    token = await _stub(cli).GetDeliveryToken(
+        dpb.GetDeliveryTokenRequest(name=_token_name(cli.args.name)), metadata=cli.issuer_metadata
+    )
+    cli.emit(token, describe(token))
+    return 0
+
+
+async def cmd_delete(cli: Cli) -> int:
+    name = _token_name(cli.args.name)
+    await _stub(cli).DeleteDeliveryToken(
+        dpb.DeleteDeliveryTokenRequest(name=name), metadata=cli.issuer_metadata
+    )
+    cli.emit({"deleted": name}, f"deleted {name}; agents presenting it are refused from now on")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`delivery-token` and its verbs."""
+    tokens = sub.add_parser(
+        "delivery-token", help="credentials for delivery agents, scoped to certificates"
+    ).add_subparsers(dest="sub", required=True)
+    create = tokens.add_parser("create", help="create a token; prints it once")
+    create.add_argument(
+        "--cert", action="append", required=True, help="certificate the token covers (repeatable)"
+    )
+    create.add_argument("--id", help="token id (default: random)")
+    create.add_argument("--description", help="what the token is for")
+    create.set_defaults(run=cmd_create)
+    tokens.add_parser("list", help="list tokens (no secrets)").set_defaults(run=cmd_list)
+    show = tokens.add_parser("show", help="show one token (no secret)")
+    show.add_argument("name")
+    show.set_defaults(run=cmd_show)
+    delete = tokens.add_parser("delete", help="revoke a token at once")
+    delete.add_argument("name")
+    delete.set_defaults(run=cmd_delete)
