@@ -30,9 +30,11 @@ class RestartableIssuer:
         self.app: IssuerApp | None = None
         self._channel: grpc.aio.Channel | None = None
         self.client: Client | None = None
+        self.metrics = CollectorRegistry()
 
     async def start(self) -> Client:
-        self.app = IssuerApp(self._settings, metrics_registry=CollectorRegistry())
+        self.metrics = CollectorRegistry()
+        self.app = IssuerApp(self._settings, metrics_registry=self.metrics)
         await self.app.start()
         self._channel = grpc.aio.insecure_channel(
             self.address, options=[("grpc.use_local_subchannel_pool", 1)]
@@ -52,8 +54,13 @@ class RestartableIssuer:
             await self.app.stop(grace=0)
             self.app = None
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        assert self._channel is not None
+        return self._channel
+
     async def issue(self, certificate_id: str, dns_name: str) -> pb.Certificate:
-        """An account (once) and an HTTP-01 certificate, waited for until issued."""
+        """An account and an HTTP-01 certificate, waited for until issued."""
         assert self.client is not None
         account = await self.client.create_account()
         created = await self.client.create_certificate(

@@ -1,6 +1,6 @@
 """Delivery tokens: stored as a SHA-256 only (SQLite and PostgreSQL), and, against a running
 issuer, allowed to get, watch and export exactly their certificates; refused for another
-certificate and for every other RPC of the issuer; refused once deleted."""
+certificate and for every other RPC of the issuer (its four services); refused once deleted."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from acmezone.issuer.v1 import (
     account_service_pb2,
     certificate_service_pb2,
+    delivery_target_service_pb2,
     delivery_token_service_pb2_grpc,
 )
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
@@ -33,11 +34,13 @@ ALLOWED = {
     "/acmezone.issuer.v1.CertificateService/GetCertificate",
     "/acmezone.issuer.v1.CertificateService/WatchCertificate",
     "/acmezone.issuer.v1.CertificateService/ExportCertificate",
+    "/acmezone.issuer.v1.DeliveryTargetService/ReportDeliveryTarget",
 }
 SERVICES = [
     account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
     certificate_service_pb2.DESCRIPTOR.services_by_name["CertificateService"],
     dpb.DESCRIPTOR.services_by_name["DeliveryTokenService"],
+    delivery_target_service_pb2.DESCRIPTOR.services_by_name["DeliveryTargetService"],
 ]
 
 
@@ -97,8 +100,9 @@ async def _call(channel: grpc.aio.Channel, path: str, method: MethodDescriptor, 
     """Call any method with an empty (or named) request and the token; raise its error."""
     request_class = _request_class(method)
     request = request_class()
-    if "name" in request_class.DESCRIPTOR.fields_by_name:
-        request.name = "certificates/other"
+    for field in ("name", "parent"):
+        if field in request_class.DESCRIPTOR.fields_by_name:
+            setattr(request, field, "certificates/other")
     metadata = (("authorization", f"Bearer {token}"),)
     if method.server_streaming:
         stream = channel.unary_stream(
@@ -182,7 +186,7 @@ async def test_a_delivery_token_reaches_its_certificate_and_nothing_else(
                 )
                 assert error_info_reason(refused.value) == expected, path
                 checked += 1
-        assert checked == 17  # 4 account, 9 certificate and 4 delivery token methods
+        assert checked == 19  # 4 account, 9 certificate, 4 delivery token, 2 delivery target
 
         stub = delivery_token_service_pb2_grpc.DeliveryTokenServiceStub(channel)
         await stub.DeleteDeliveryToken(

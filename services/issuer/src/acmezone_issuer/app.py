@@ -18,6 +18,8 @@ from acmezone.issuer.v1 import (
     account_service_pb2_grpc,
     certificate_service_pb2,
     certificate_service_pb2_grpc,
+    delivery_target_service_pb2,
+    delivery_target_service_pb2_grpc,
     delivery_token_service_pb2,
     delivery_token_service_pb2_grpc,
 )
@@ -29,6 +31,7 @@ from acmezone_issuer.certificates import CertificateManager
 from acmezone_issuer.delivery import DeliveryTokens
 from acmezone_issuer.errors import ERROR_DOMAIN
 from acmezone_issuer.events import CertificateEvents
+from acmezone_issuer.fleet import DeliveryTargets
 from acmezone_issuer.keys import KeySealer
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.reconciler import Reconciler, default_replica_id
@@ -36,6 +39,7 @@ from acmezone_issuer.servicer import (
     AccountServicer,
     Authorizer,
     CertificateServicer,
+    DeliveryTargetServicer,
     DeliveryTokenServicer,
 )
 from acmezone_issuer.settings import IssuerSettings
@@ -126,6 +130,13 @@ class IssuerApp:
             functools.partial(
                 delivery_token_service_pb2_grpc.add_DeliveryTokenServiceServicer_to_server,
                 DeliveryTokenServicer(self.store, self.delivery_tokens, auth),
+            ),
+        )
+        self._grpc.add_service(
+            delivery_target_service_pb2.DESCRIPTOR.services_by_name["DeliveryTargetService"],
+            functools.partial(
+                delivery_target_service_pb2_grpc.add_DeliveryTargetServiceServicer_to_server,
+                DeliveryTargetServicer(self.store, DeliveryTargets(self.store), auth),
             ),
         )
         self._metrics_server = MetricsServer(settings.metrics_address, self._registry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -21,6 +21,8 @@ from acmezone.issuer.v1 import (
     account_service_pb2_grpc,
     certificate_service_pb2,
     certificate_service_pb2_grpc,
+    delivery_target_service_pb2,
+    delivery_target_service_pb2_grpc,
     delivery_token_service_pb2,
     delivery_token_service_pb2_grpc,
 )
@@ -38,11 +40,13 @@ from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
 from acmezone_issuer.delivery import DeliveryTokens, is_delivery_token
 from acmezone_issuer.errors import IssuanceError
 from acmezone_issuer.events import CertificateEvents
+from acmezone_issuer.fleet import DeliveryTargets, Report
 from acmezone_issuer.names import dns_name_problem, parse_name
 from acmezone_issuer.solvers.dns01 import Dns01Solver
 from acmezone_issuer.store import (
     AccountRow,
     CertificateRow,
+    DeliveryTargetRow,
     DeliveryTokenRow,
     Store,
     decode_page_token,
@@ -546,3 +550,85 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
         await self._store.delete_delivery_token(token_id)
         logger.info("delivery token deleted", extra={"token": token_id})
         return empty_pb2.Empty()
+
+
+_HOOK_RESULTS = {
+    delivery_target_service_pb2.HOOK_RESULT_NONE: "none",
+    delivery_target_service_pb2.HOOK_RESULT_SUCCEEDED: "success",
+    delivery_target_service_pb2.HOOK_RESULT_FAILED: "failure",
+    delivery_target_service_pb2.HOOK_RESULT_TIMED_OUT: "timeout",
+}
+_HOOK_RESULT_ENUM = {v: k for k, v in _HOOK_RESULTS.items()}
+
+
+def delivery_target_to_proto(
+    row: DeliveryTargetRow, current_serial: str
+) -> delivery_target_service_pb2.DeliveryTarget:
+    """The DeliveryTarget message, `current` against the certificate's serial."""
+    return delivery_target_service_pb2.DeliveryTarget(
+        name=f"certificates/{row.certificate_id}/deliveryTargets/{row.target_id}",
+        host=row.host,
+        directory=row.directory,
+        serial_number=row.serial_number,
+        not_after_time=_timestamp(row.not_after),
+        install_time=_timestamp(row.install_time),
+        hook_result=_HOOK_RESULT_ENUM.get(
+            row.hook_result, delivery_target_service_pb2.HOOK_RESULT_UNSPECIFIED
+        ),
+        hook_exit_code=row.hook_exit_code,
+        hook_output_tail=row.hook_output_tail,
+        report_time=_timestamp(row.report_time),
+        current=bool(current_serial) and row.serial_number == current_serial,
+    )
+
+
+class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServiceServicer):
+    """DeliveryTargetService: agents report installs, operators list them."""
+
+    def __init__(self, store: Store, targets: DeliveryTargets, auth: Authorizer) -> None:
+        self._store = store
+        self._targets = targets
+        self._auth = auth
+
+    @override
+    async def ReportDeliveryTarget(
+        self, request: delivery_target_service_pb2.ReportDeliveryTargetRequest, context: Context
+    ) -> delivery_target_service_pb2.DeliveryTarget:
+        certificate_id = parse_name(request.parent, "certificates", "parent")
+        await self._auth.check_certificate(context, certificate_id)
+        target = request.delivery_target
+        row, current = await self._targets.report(
+            Report(
+                certificate_id=certificate_id,
+                target_id=request.delivery_target_id,
+                host=target.host,
+                directory=target.directory,
+                serial_number=target.serial_number,
+                not_after=target.not_after_time.ToDatetime(UTC)
+                if target.HasField("not_after_time")
+                else None,
+                install_time=target.install_time.ToDatetime(UTC)
+                if target.HasField("install_time")
+                else None,
+                hook_result=_HOOK_RESULTS.get(target.hook_result),
+                hook_exit_code=target.hook_exit_code,
+                hook_output_tail=target.hook_output_tail,
+            )
+        )
+        return delivery_target_to_proto(row, row.serial_number if current else "")
+
+    @override
+    async def ListDeliveryTargets(
+        self, request: delivery_target_service_pb2.ListDeliveryTargetsRequest, context: Context
+    ) -> delivery_target_service_pb2.ListDeliveryTargetsResponse:
+        self._auth.check(context)
+        certificate_id = parse_name(request.parent, "certificates", "parent")
+        certificate = await self._store.get_certificate(certificate_id)
+        limit = page_size(request.page_size)
+        rows, last = await self._store.list_delivery_targets(
+            certificate_id, decode_page_token(request.page_token), limit
+        )
+        return delivery_target_service_pb2.ListDeliveryTargetsResponse(
+            delivery_targets=[delivery_target_to_proto(r, certificate.serial_number) for r in rows],
+            next_page_token=encode_page_token(last) if last else "",
+        )

@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     delete,
     func,
     or_,
@@ -190,6 +191,26 @@ class DeliveryTokenRow(Base):
     certificate_ids: Mapped[list[str]] = mapped_column(JSON)
     description: Mapped[str] = mapped_column(String(256), default="")
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DeliveryTargetRow(Base):
+    """What an agent last reported installing into one directory of one host."""
+
+    __tablename__ = "delivery_targets"
+    __table_args__ = (UniqueConstraint("certificate_id", "target_id"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    certificate_id: Mapped[str] = mapped_column(String(63), index=True)
+    target_id: Mapped[str] = mapped_column(String(63))
+    host: Mapped[str] = mapped_column(String(253))
+    directory: Mapped[str] = mapped_column(String(1024))
+    serial_number: Mapped[str] = mapped_column(String(64))
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime)
+    install_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    hook_result: Mapped[str] = mapped_column(String(16))
+    hook_exit_code: Mapped[int] = mapped_column(Integer, default=0)
+    hook_output_tail: Mapped[str] = mapped_column(Text, default="")
+    report_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 def async_url(database_url: str, data_dir: Path) -> str:
@@ -673,3 +694,73 @@ class Store:
             raise NotFoundError(
                 "DELIVERY_TOKEN_NOT_FOUND", f"deliveryTokens/{token_id} does not exist"
             )
+
+    # -- delivery targets ----------------------------------------------------------------------
+
+    @_shielded
+    async def put_delivery_target(self, row: DeliveryTargetRow) -> DeliveryTargetRow:
+        """Create the target or replace its last report (one row per certificate and target)."""
+        for _ in range(3):
+            try:
+                async with self._sessions.begin() as session:
+                    existing = await session.scalar(
+                        select(DeliveryTargetRow).where(
+                            DeliveryTargetRow.certificate_id == row.certificate_id,
+                            DeliveryTargetRow.target_id == row.target_id,
+                        )
+                    )
+                    if existing is None:
+                        session.add(row)
+                        return row
+                    for column in (
+                        "host",
+                        "directory",
+                        "serial_number",
+                        "not_after",
+                        "install_time",
+                        "hook_result",
+                        "hook_exit_code",
+                        "hook_output_tail",
+                        "report_time",
+                    ):
+                        setattr(existing, column, getattr(row, column))
+                    return existing
+            except IntegrityError:
+                continue  # another replica inserted it first: update that row instead
+        raise AlreadyExistsError("DELIVERY_TARGET_CONFLICT", "concurrent reports kept colliding")
+
+    @_shielded
+    async def list_delivery_targets(
+        self, certificate_id: str, after_seq: int, limit: int
+    ) -> tuple[list[DeliveryTargetRow], int]:
+        """A page of one certificate's targets after `after_seq`, and the seq to continue after."""
+        async with self._sessions() as session:
+            rows = list(
+                await session.scalars(
+                    select(DeliveryTargetRow)
+                    .where(
+                        DeliveryTargetRow.certificate_id == certificate_id,
+                        DeliveryTargetRow.seq > after_seq,
+                    )
+                    .order_by(DeliveryTargetRow.seq)
+                    .limit(limit + 1)
+                )
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].seq if more else 0)
+
+    @_shielded
+    async def delivery_summary(self) -> list[tuple[str, str, str, datetime]]:
+        """(certificate id, its current serial, a target's serial, that one's not-after) for
+        every target of a certificate that still exists, for the fleet gauges."""
+        async with self._sessions() as session:
+            result = await session.execute(
+                select(
+                    DeliveryTargetRow.certificate_id,
+                    CertificateRow.serial_number,
+                    DeliveryTargetRow.serial_number,
+                    DeliveryTargetRow.not_after,
+                ).join(CertificateRow, CertificateRow.id == DeliveryTargetRow.certificate_id)
+            )
+            return [(a, b, c, d) for a, b, c, d in result.all()]

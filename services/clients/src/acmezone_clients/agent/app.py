@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 from prometheus_client import CollectorRegistry
 
-from acmezone.issuer.v1 import certificate_service_pb2_grpc
+from acmezone.issuer.v1 import certificate_service_pb2_grpc, delivery_target_service_pb2_grpc
 from acmezone_clients.agent.config import Target
 from acmezone_clients.agent.files import CrashPoint, Installer
 from acmezone_clients.agent.metrics import AgentMetrics
@@ -57,6 +57,8 @@ class AgentApp:
             hook_attempts=settings.hook_attempts,
             hook_backoff_initial=settings.hook_backoff_initial_seconds,
             rpc_timeout=settings.rpc_timeout_seconds,
+            host=settings.host,
+            report_installs=settings.report_installs,
         )
         self._policy = policy
         self._crash = CrashPoint(settings.crash_after_writes)
@@ -91,10 +93,18 @@ class AgentApp:
             self.metrics_address = self._metrics_server.start()
         self._channel = grpc.aio.insecure_channel(self.settings.issuer, options=self._options())
         stub = certificate_service_pb2_grpc.CertificateServiceStub(self._channel)
+        targets = delivery_target_service_pb2_grpc.DeliveryTargetServiceStub(self._channel)
         for target in self.targets:
             installer = Installer(target.directory, target.names, target.ownership, self._crash)
             watcher = CertificateWatcher(
-                target, stub, self._metadata, installer, self.metrics, self._policy, self._notify
+                target,
+                stub,
+                targets,
+                self._metadata,
+                installer,
+                self.metrics,
+                self._policy,
+                self._notify,
             )
             self.watchers[target.certificate_id] = watcher
             self._tasks.append(asyncio.create_task(watcher.run(), name=target.certificate))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,6 +39,13 @@ class AgentSettings(BaseSettings):
     )
     rpc_timeout_seconds: float = Field(
         default=30.0, gt=0, description="deadline of unary calls (export) to the issuer"
+    )
+    host: str = Field(
+        default_factory=socket.gethostname,
+        description="the host name reported to the issuer for the fleet view",
+    )
+    report_installs: bool = Field(
+        default=True, description="report each install to the issuer (DeliveryTargetService)"
     )
     crash_after_writes: int | None = Field(
         default=None,

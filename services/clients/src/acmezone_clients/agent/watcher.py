@@ -11,6 +11,7 @@ issuer restart.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import random
 import time
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
-from acmezone.issuer.v1 import certificate_service_pb2_grpc
+from acmezone.issuer.v1 import certificate_service_pb2_grpc, delivery_target_service_pb2_grpc
+from acmezone.issuer.v1 import delivery_target_service_pb2 as dtpb
+from acmezone_clients.agent import report
 from acmezone_clients.agent.bundle import CheckedBundle, check_bundle
 from acmezone_clients.agent.config import Target
 from acmezone_clients.agent.errors import BundleError, InstallError
@@ -60,6 +63,7 @@ class Status:
     last_error: str = ""
     hook_runs: list[HookResult] = field(default_factory=list)
     connected: bool = False
+    reported_serial: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class WatchPolicy:
     hook_attempts: int = 5
     hook_backoff_initial: float = 2.0
     rpc_timeout: float = 30.0
+    host: str = "localhost"
+    report_installs: bool = True
 
 
 class CertificateWatcher:
@@ -80,6 +86,7 @@ class CertificateWatcher:
         self,
         target: Target,
         stub: certificate_service_pb2_grpc.CertificateServiceAsyncStub,
+        targets: delivery_target_service_pb2_grpc.DeliveryTargetServiceAsyncStub,
         metadata: tuple[tuple[str, str], ...],
         installer: Installer,
         metrics: AgentMetrics,
@@ -88,6 +95,8 @@ class CertificateWatcher:
     ) -> None:
         self.target = target
         self._stub = stub
+        self._targets = targets
+        self._reported = False
         self._metadata = metadata
         self._installer = installer
         self._metrics = metrics
@@ -139,6 +148,7 @@ class CertificateWatcher:
             if not self.status.connected:
                 self._set_connected(True)
                 backoff.reset()
+                self._reported = False
             cert = message.certificate
             serial = cert.serial_number
             if (
@@ -148,6 +158,12 @@ class CertificateWatcher:
                 and serial not in self._refused
             ):
                 await self.deliver(serial)
+            elif not self._reported:
+                # Once per connection: tell the issuer what is installed here, so a restarted
+                # agent (or issuer) shows up in the fleet view without waiting for a renewal.
+                last = report.load(self.target.directory)
+                if last is not None and last.serial == self.status.installed_serial:
+                    await self._report(last)
 
     async def deliver(self, announced: str) -> None:
         """Export, check, install, then run the hook; an export failure propagates (the watch
@@ -176,6 +192,53 @@ class CertificateWatcher:
             return
         await self._install(bundle)
         await self._run_hook(bundle)
+        done = report.InstallReport.of(bundle.serial, bundle.not_after, self.status.hook_runs)
+        await asyncio.to_thread(report.save, self.target.directory, done)
+        await self._report(done)
+
+    async def _report(self, done: report.InstallReport) -> None:
+        """Best effort: a failed report is logged and sent again on the next connection."""
+        if not self._policy.report_installs:
+            return
+        hook = {
+            "none": dtpb.HOOK_RESULT_NONE,
+            "success": dtpb.HOOK_RESULT_SUCCEEDED,
+            "failure": dtpb.HOOK_RESULT_FAILED,
+            "timeout": dtpb.HOOK_RESULT_TIMED_OUT,
+        }[done.hook_result]
+        target = dtpb.DeliveryTarget(
+            host=self._policy.host,
+            directory=str(self.target.directory.resolve()),
+            serial_number=done.serial,
+            hook_result=hook,
+            hook_exit_code=done.hook_exit_code,
+            hook_output_tail=done.hook_output_tail,
+        )
+        target.not_after_time.FromDatetime(
+            datetime.datetime.fromtimestamp(done.not_after, datetime.UTC)
+        )
+        target.install_time.FromDatetime(
+            datetime.datetime.fromtimestamp(done.install_time, datetime.UTC)
+        )
+        try:
+            await self._targets.ReportDeliveryTarget(
+                dtpb.ReportDeliveryTargetRequest(
+                    parent=self.target.certificate,
+                    delivery_target_id=report.target_id(self._policy.host, self.target.directory),
+                    delivery_target=target,
+                ),
+                metadata=self._metadata,
+                timeout=self._policy.rpc_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            logger.warning(
+                "install report not accepted",
+                extra={"certificate": self._label, "error": f"{exc.code().name}: {exc.details()}"},
+            )
+            return
+        self._reported = True
+        self.status.reported_serial = done.serial
+        self._changed()
 
     async def _install(self, bundle: CheckedBundle) -> None:
         # Shielded: a SIGTERM (task cancellation) lets a started install finish, so the agent
@@ -200,6 +263,7 @@ class CertificateWatcher:
         self._changed()
 
     async def _run_hook(self, bundle: CheckedBundle) -> None:
+        self.status.hook_runs = []
         command = self.target.reload_command
         if not command:
             return
@@ -216,7 +280,6 @@ class CertificateWatcher:
             else None,
         )
         delay = self._policy.hook_backoff_initial
-        self.status.hook_runs = []
         for attempt in range(1, self._policy.hook_attempts + 1):
             result = await run_hook(command, env, self.target.hook_timeout)
             self.status.hook_runs.append(result)

@@ -337,7 +337,10 @@ async def cmd_cert_show(cli: Cli) -> int:
     cert = await cli.certificates().GetCertificate(
         pb.GetCertificateRequest(name=_cert_name(cli.args.name)), metadata=cli.issuer_metadata
     )
-    cli.emit(cert, output.certificate(cert))
+    text = output.certificate(cert)
+    if not cli.json:
+        text += await delivery.targets_table(cli, cert.name)
+    cli.emit(cert, text)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`acmezone delivery-token create|list|show|delete`: the scoped credentials agents use.
+"""`acmezone delivery-token create|list|show|delete`: the scoped credentials agents use, and the
+table of delivery targets `acmezone cert show` prints.
 
 Kept out of `commands` so the certificate commands there stay one module of their own; the
 parser hooks these in with `add_commands`.
@@ -9,8 +10,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+import grpc
+
+from acmezone.issuer.v1 import delivery_target_service_pb2 as tpb
+from acmezone.issuer.v1 import (
+    delivery_target_service_pb2_grpc,
+    delivery_token_service_pb2_grpc,
+)
 from acmezone.issuer.v1 import delivery_token_service_pb2 as dpb
-from acmezone.issuer.v1 import delivery_token_service_pb2_grpc
 from acmezone_clients.cli import output
 
 if TYPE_CHECKING:
@@ -95,6 +102,56 @@ async def cmd_delete(cli: Cli) -> int:
     )
     cli.emit({"deleted": name}, f"deleted {name}; agents presenting it are refused from now on")
     return 0
+
+
+_HOOK = {
+    tpb.HOOK_RESULT_NONE: "-",
+    tpb.HOOK_RESULT_SUCCEEDED: "ok",
+    tpb.HOOK_RESULT_FAILED: "failed",
+    tpb.HOOK_RESULT_TIMED_OUT: "timed out",
+}
+
+
+async def targets_table(cli: Cli, certificate: str) -> str:
+    """ "Delivered to" and one row per target, or "" when none reported (or the issuer predates
+    the fleet view)."""
+    stub = delivery_target_service_pb2_grpc.DeliveryTargetServiceStub(cli.channel(cli.args.issuer))
+    targets: list[tpb.DeliveryTarget] = []
+    page_token = ""
+    try:
+        while True:
+            page = await stub.ListDeliveryTargets(
+                tpb.ListDeliveryTargetsRequest(
+                    parent=certificate, page_size=100, page_token=page_token
+                ),
+                metadata=cli.issuer_metadata,
+            )
+            targets += page.delivery_targets
+            page_token = page.next_page_token
+            if not page_token:
+                break
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED):
+            return ""
+        raise
+    if not targets:
+        return "\n\nDelivered to: no agent has reported an install yet."
+    rows = [
+        [
+            t.host,
+            t.directory,
+            t.serial_number,
+            "yes" if t.current else "NO",
+            output.when(t.install_time),
+            _HOOK.get(t.hook_result, "?")
+            + (f" (exit {t.hook_exit_code})" if t.hook_exit_code else ""),
+        ]
+        for t in targets
+    ]
+    stale = sum(1 for t in targets if not t.current)
+    summary = f"{len(targets) - stale} of {len(targets)} targets run the current serial"
+    headers = ["HOST", "DIRECTORY", "SERIAL", "CURRENT", "INSTALLED", "HOOK"]
+    return f"\n\nDelivered to ({summary}):\n" + output.table(headers, rows)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
