@@ -23,7 +23,14 @@ from tests.issuer.conftest import AUTH, CA, OPERATOR_TOKEN, Client, issuer_setti
 class RestartableIssuer:
     """An in-process issuer on a fixed loopback port; `stop` then `start` is a restart."""
 
-    def __init__(self, data_dir: Path, ca: CA, **overrides: Any) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        ca: CA,
+        credentials: grpc.ChannelCredentials | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._credentials = credentials
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._settings = issuer_settings(data_dir, ca, grpc_address=self.address, **overrides)
@@ -36,8 +43,11 @@ class RestartableIssuer:
         self.metrics = CollectorRegistry()
         self.app = IssuerApp(self._settings, metrics_registry=self.metrics)
         await self.app.start()
-        self._channel = grpc.aio.insecure_channel(
-            self.address, options=[("grpc.use_local_subchannel_pool", 1)]
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        self._channel = (
+            grpc.aio.secure_channel(self.address, self._credentials, options=options)
+            if self._credentials is not None
+            else grpc.aio.insecure_channel(self.address, options=options)
         )
         self.client = Client(
             self.app,
@@ -83,8 +93,10 @@ class RestartableIssuer:
 
 
 @asynccontextmanager
-async def restartable_issuer(data_dir: Path, ca: CA) -> AsyncIterator[RestartableIssuer]:
-    issuer = RestartableIssuer(data_dir, ca)
+async def restartable_issuer(
+    data_dir: Path, ca: CA, credentials: grpc.ChannelCredentials | None = None, **overrides: Any
+) -> AsyncIterator[RestartableIssuer]:
+    issuer = RestartableIssuer(data_dir, ca, credentials, **overrides)
     try:
         yield issuer
     finally:

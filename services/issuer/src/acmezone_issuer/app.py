@@ -26,6 +26,7 @@ from acmezone.issuer.v1 import (
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
+from acmezone_common.tls import server_credentials
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import CertificateManager
 from acmezone_issuer.delivery import DeliveryTokens
@@ -108,8 +109,20 @@ class IssuerApp:
         )
         self.delivery_tokens = DeliveryTokens(self.store)
         auth = Authorizer(_secret(settings.operator_token), self.delivery_tokens)
+        credentials = (
+            server_credentials(
+                settings.grpc_tls_cert_file,
+                settings.grpc_tls_key_file,
+                settings.grpc_tls_client_ca_file,
+            )
+            if settings.grpc_tls_cert_file is not None and settings.grpc_tls_key_file is not None
+            else None
+        )
         self._grpc = GrpcServer(
-            settings.grpc_address, registry=self._registry, error_domain=ERROR_DOMAIN
+            settings.grpc_address,
+            registry=self._registry,
+            error_domain=ERROR_DOMAIN,
+            credentials=credentials,
         )
         self._grpc.add_service(
             account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],

@@ -18,6 +18,7 @@ from acmezone_clients.agent.settings import AgentSettings
 from acmezone_clients.agent.watcher import CertificateWatcher, Status, WatchPolicy
 from acmezone_common.addresses import HostPort
 from acmezone_common.metrics import MetricsServer
+from acmezone_common.tls import channel_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,14 @@ class AgentApp:
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().create_task(notify())
 
-    def _options(self) -> list[tuple[str, int]]:
+    def _options(self) -> list[tuple[str, int | str]]:
         """gRPC's own reconnect backoff follows the agent's settings, and the channel keeps its
         connections to itself: grpc shares them between channels of one process by default,
         so another client's failed connection would hold back the agent's reconnect. Keepalive
         pings (at the 5 minutes gRPC servers accept by default) find a peer that vanished
         without closing the connection, which an idle watch stream would never notice."""
         initial = int(self.settings.backoff_initial_seconds * 1000)
-        return [
+        options: list[tuple[str, int | str]] = [
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.initial_reconnect_backoff_ms", initial),
             ("grpc.min_reconnect_backoff_ms", initial),
@@ -86,12 +87,24 @@ class AgentApp:
             ("grpc.keepalive_time_ms", 300_000),
             ("grpc.keepalive_timeout_ms", 20_000),
         ]
+        if self.settings.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self.settings.tls_server_name))
+        return options
 
     async def start(self) -> None:
         """Open the channel (lazily: an issuer that is down is not an error) and start."""
         if self._metrics_server is not None:
             self.metrics_address = self._metrics_server.start()
-        self._channel = grpc.aio.insecure_channel(self.settings.issuer, options=self._options())
+        settings = self.settings
+        if settings.uses_tls:
+            credentials = channel_credentials(
+                settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file
+            )
+            self._channel = grpc.aio.secure_channel(
+                settings.issuer, credentials, options=self._options()
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(settings.issuer, options=self._options())
         stub = certificate_service_pb2_grpc.CertificateServiceStub(self._channel)
         targets = delivery_target_service_pb2_grpc.DeliveryTargetServiceStub(self._channel)
         for target in self.targets:

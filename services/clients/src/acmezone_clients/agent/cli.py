@@ -33,6 +33,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", help="group of the installed files")
     parser.add_argument("--key-mode", default="0600", help="mode of the key files (octal)")
     parser.add_argument("--config", type=Path, help="TOML file with [[certificate]] tables")
+    parser.add_argument("--tls", action="store_true", help="TLS to the issuer (system roots)")
+    parser.add_argument("--ca-file", type=Path, help="CA bundle to verify the issuer (TLS)")
+    parser.add_argument("--client-cert", type=Path, help="client certificate (mutual TLS)")
+    parser.add_argument("--client-key", type=Path, help="key of --client-cert")
     parser.add_argument(
         "--rollback",
         action="store_true",
@@ -90,6 +94,17 @@ async def rollback(targets: list[Target]) -> int:
 
 async def run_agent(args: argparse.Namespace, settings: AgentSettings) -> int:
     """Run the agent until SIGTERM/SIGINT (or roll back and exit); 2 on a bad configuration."""
+    tls: dict[str, object] = {
+        key: value
+        for key, value in (
+            ("tls", args.tls or None),
+            ("tls_ca_file", args.ca_file),
+            ("tls_client_cert_file", args.client_cert),
+            ("tls_client_key_file", args.client_key),
+        )
+        if value is not None
+    }
+    settings = settings.model_copy(update=tls)
     try:
         targets = targets_from_args(args)
         if args.rollback:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,21 @@ class AgentSettings(BaseSettings):
     issuer: str = Field(default="127.0.0.1:50053", description="issuer gRPC address")
     token: SecretStr | None = Field(
         default=None, description="token presented to the issuer (a delivery token)"
+    )
+    tls: bool = Field(
+        default=False, description="TLS to the issuer, verified against the system roots"
+    )
+    tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle to verify the issuer with (implies TLS)"
+    )
+    tls_client_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate for an issuer that requires one"
+    )
+    tls_client_key_file: Path | None = Field(
+        default=None, description="PEM key of tls_client_cert_file"
+    )
+    tls_server_name: str | None = Field(
+        default=None, description="name to verify in the issuer's certificate, if not the host"
     )
     metrics_address: Address | None = Field(
         default=None, description="where Prometheus scrapes the agent's /metrics; none if unset"
@@ -52,6 +68,14 @@ class AgentSettings(BaseSettings):
         ge=1,
         description="tests only: SIGKILL the agent after this many file renames",
     )
+
+    @property
+    def uses_tls(self) -> bool:
+        """TLS when asked for or when any TLS file is given."""
+        return self.tls or any(
+            f is not None
+            for f in (self.tls_ca_file, self.tls_client_cert_file, self.tls_client_key_file)
+        )
 
     def token_value(self) -> str | None:
         """The token as text."""
