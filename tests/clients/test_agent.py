@@ -1,6 +1,7 @@
 """The delivery agent against a real issuer and Pebble: started while the issuer is down, the
 issuer restarted mid-watch, a renewal while the agent was stopped, a hook that fails then
-succeeds, and the agent process SIGKILLed between writes and SIGTERMed after an install."""
+succeeds, and the agent process SIGKILLed between writes, SIGTERMed in the middle of an install
+(the hook then runs at the next start) and after one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 
 from cryptography import x509
@@ -25,6 +27,12 @@ from tests.issuer.conftest import CA, OPERATOR_TOKEN, ca, fake_dns
 __all__ = ["ca", "fake_dns"]
 
 WITHIN = 60.0
+
+
+def scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
 
 
 def installed_files(directory: Path) -> tuple[str, bool]:
@@ -43,7 +51,11 @@ async def test_agent_waits_for_a_down_issuer_and_follows_a_restart(tmp_path: Pat
     hook_log = tmp_path / "hook.log"
     hook = f'echo "$RENEWED_LINEAGE $RENEWED_DOMAINS $LEGO_CERT_KEY_PATH" >> {hook_log}'
     async with restartable_issuer(tmp_path / "issuer", ca) as issuer:
-        agent = AgentApp(agent_settings(issuer.address), [target("web", out, hook)], metrics)
+        agent = AgentApp(
+            agent_settings(issuer.address, metrics_address="127.0.0.1:0"),
+            [target("web", out, hook)],
+            metrics,
+        )
         await agent.start()
         try:
             # Nothing listens yet: the agent keeps retrying, with nothing installed.
@@ -60,6 +72,11 @@ async def test_agent_waits_for_a_down_issuer_and_follows_a_restart(tmp_path: Pat
             assert status.hook_runs[0].ok
             assert installed_files(out) == (first.serial_number, True)
             assert hook_log.read_text() == f"{out} www.agent.example.test {out}/privkey.pem\n"
+            scraped = await asyncio.to_thread(scrape, str(agent.metrics_address))
+            assert (
+                'acmezone_agent_installs_total{certificate="web",result="success"} 1.0' in scraped
+            )
+            assert 'acmezone_agent_watch_connected{certificate="web"} 1.0' in scraped
 
             # The issuer goes away mid-watch and comes back on the same port and database.
             await issuer.stop()
@@ -158,7 +175,7 @@ async def _read_until(stream: asyncio.StreamReader, needle: bytes, within: float
 
 
 async def _agent_process(
-    issuer: str, out: Path, token: str, **env: str
+    issuer: str, out: Path, token: str, *hook: str, **env: str
 ) -> asyncio.subprocess.Process:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ACMEZONE_")}
     environment.update(env)
@@ -173,6 +190,7 @@ async def _agent_process(
         "db",
         "--dir",
         str(out),
+        *(("--reload-command", *hook) if hook else ()),
         env=environment,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -220,3 +238,26 @@ async def test_agent_process_killed_between_writes_leaves_a_complete_set(
         assert await asyncio.wait_for(again.wait(), WITHIN) == 0
         assert installed_files(out) == (second.serial_number, True)
         assert len(list((out / ".acmezone" / "sets").iterdir())) == 2
+
+        # SIGTERM after the third rename of a new set: the install completes, the agent exits
+        # 0 before its hook ran, and the next start runs the hook for what it installed.
+        third = await issuer.renew("certificates/db", second.serial_number)
+        hook_log = tmp_path / "hook.log"
+        hook = f"echo $ACMEZONE_SERIAL >> {hook_log}"
+        stopped = await _agent_process(
+            issuer.address,
+            out,
+            token,
+            hook,
+            ACMEZONE_AGENT_CRASH_AFTER_WRITES="3",
+            ACMEZONE_AGENT_CRASH_SIGNAL="TERM",
+        )
+        assert await asyncio.wait_for(stopped.wait(), WITHIN) == 0
+        assert installed_files(out) == (third.serial_number, True)
+        assert not hook_log.exists()
+        resumed = await _agent_process(issuer.address, out, token, hook)
+        assert resumed.stderr is not None
+        await _read_until(resumed.stderr, b"hook ran", WITHIN)
+        resumed.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(resumed.wait(), WITHIN) == 0
+        assert hook_log.read_text() == f"{third.serial_number}\n"

@@ -480,6 +480,7 @@ def test_labels_were_checked_for_almost_every_metric(exported: Exported) -> None
         "acmezone_issuer_certificate_expiration_timestamp_seconds",
         "acmezone_issuer_certificate_renewal_timestamp_seconds",
         "acmezone_issuer_delivery_stale_expiration_timestamp_seconds",
+        "acmezone_issuer_delivery_targets",
     }
 
 
@@ -527,10 +528,12 @@ def test_every_dashboard_query_runs_on_prometheus(running: Run) -> None:
 
 
 def test_dashboard_queries_return_data(running: Run) -> None:
-    """Every query finds series, except those that need an issued certificate."""
+    """Every query finds series, except those that need an issued (or delivered) certificate."""
     needs_a_certificate = (
         "acmezone_issuer_certificate_expiration_timestamp_seconds",
         "acmezone_issuer_certificate_renewal_timestamp_seconds",
+        "acmezone_issuer_delivery_targets",
+        "acmezone_issuer_delivery_stale_expiration_timestamp_seconds",
     )
     empty = [
         expr

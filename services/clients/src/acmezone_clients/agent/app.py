@@ -62,7 +62,7 @@ class AgentApp:
             report_installs=settings.report_installs,
         )
         self._policy = policy
-        self._crash = CrashPoint(settings.crash_after_writes)
+        self._crash = CrashPoint(settings.crash_after_writes, settings.crash_signal)
 
     def _notify(self) -> None:
         async def notify() -> None:

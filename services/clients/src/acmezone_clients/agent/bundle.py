@@ -33,6 +33,32 @@ class CheckedBundle:
         return self.leaf_pem + self.chain_pem
 
 
+@dataclass(frozen=True)
+class LeafFacts:
+    """What the hook and the report need from an installed leaf."""
+
+    serial: str
+    not_after: datetime.datetime
+    dns_names: tuple[str, ...]
+
+
+def _names(leaf: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(san.get_values_for_type(x509.DNSName))
+
+
+def leaf_facts(pem: str) -> LeafFacts:
+    """Serial, end of validity and DNS names of the first certificate in `pem`."""
+    try:
+        leaf = x509.load_pem_x509_certificates(pem.encode())[0]
+    except ValueError as exc:
+        raise BundleError(f"the installed certificate is not valid PEM: {exc}") from None
+    return LeafFacts(format(leaf.serial_number, "x"), leaf.not_valid_after_utc, _names(leaf))
+
+
 def _pem(certificate: x509.Certificate) -> str:
     return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -56,11 +82,7 @@ def check_bundle(chain_pem: str, key_pem: str, expected_serial: str | None = Non
         raise BundleError(f"the private key does not match certificate {serial}")
     if expected_serial is not None and serial != expected_serial:
         raise BundleError(f"the bundle holds certificate {serial}, not {expected_serial}")
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = tuple(san.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        names = ()
+    names = _names(leaf)
     return CheckedBundle(
         serial=serial,
         not_after=leaf.not_valid_after_utc,

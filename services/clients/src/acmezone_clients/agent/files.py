@@ -92,18 +92,26 @@ def _gid(group: str | int | None) -> int:
 
 @dataclass
 class CrashPoint:
-    """Kills the process with SIGKILL after `after` writes (renames), to test crash safety.
+    """Signals the process after `after` writes (renames), to test crash and shutdown safety:
+    SIGKILL (again at every later write) or SIGTERM (once, the agent then stops as on any
+    SIGTERM).
 
-    Set only through the agent's settings (`ACMEZONE_AGENT_CRASH_AFTER_WRITES`); None in
-    production, where `tick` does nothing.
+    Set only through the agent's settings (`ACMEZONE_AGENT_CRASH_AFTER_WRITES`,
+    `..._CRASH_SIGNAL`); None in production, where `tick` does nothing.
     """
 
     after: int | None = None
+    signal_name: str = "KILL"
     count: int = field(default=0)
 
     def tick(self) -> None:
         self.count += 1
-        if self.after is not None and self.count >= self.after:
+        if self.after is None:
+            return
+        if self.signal_name == "TERM":
+            if self.count == self.after:
+                os.kill(os.getpid(), signal.SIGTERM)
+        elif self.count >= self.after:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -151,6 +159,13 @@ class Installer:
         """The serial of the set kept for rollback, or None."""
         target = self._link("previous")
         return _serial_of_set(Path(target).name) if target else None
+
+    def installed_leaf_pem(self) -> str | None:
+        """The current set's cert.pem, or None before the first install."""
+        try:
+            return (self._state / "current" / self.names.cert).read_text()
+        except OSError:
+            return None
 
     def live_path(self, name: str) -> Path:
         """The path a server is configured with, e.g. `<dir>/fullchain.pem`."""

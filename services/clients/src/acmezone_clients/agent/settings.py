@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,9 @@ class AgentSettings(BaseSettings):
         default=None,
         ge=1,
         description="tests only: SIGKILL the agent after this many file renames",
+    )
+    crash_signal: Literal["KILL", "TERM"] = Field(
+        default="KILL", description="tests only: the signal of crash_after_writes"
     )
 
     @property

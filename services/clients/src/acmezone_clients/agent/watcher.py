@@ -24,7 +24,7 @@ from acmezone.issuer.v1 import certificate_service_pb2 as pb
 from acmezone.issuer.v1 import certificate_service_pb2_grpc, delivery_target_service_pb2_grpc
 from acmezone.issuer.v1 import delivery_target_service_pb2 as dtpb
 from acmezone_clients.agent import report
-from acmezone_clients.agent.bundle import CheckedBundle, check_bundle
+from acmezone_clients.agent.bundle import CheckedBundle, check_bundle, leaf_facts
 from acmezone_clients.agent.config import Target
 from acmezone_clients.agent.errors import BundleError, InstallError
 from acmezone_clients.agent.files import Installer
@@ -159,11 +159,10 @@ class CertificateWatcher:
             ):
                 await self.deliver(serial)
             elif not self._reported:
-                # Once per connection: tell the issuer what is installed here, so a restarted
-                # agent (or issuer) shows up in the fleet view without waiting for a renewal.
-                last = report.load(self.target.directory)
-                if last is not None and last.serial == self.status.installed_serial:
-                    await self._report(last)
+                # Once per connection, so a restarted agent (or issuer) shows up in the fleet
+                # view without waiting for a renewal.
+                self._reported = True
+                await self._catch_up()
 
     async def deliver(self, announced: str) -> None:
         """Export, check, install, then run the hook; an export failure propagates (the watch
@@ -191,10 +190,38 @@ class CertificateWatcher:
         if bundle.serial == self.status.installed_serial:
             return
         await self._install(bundle)
-        await self._run_hook(bundle)
-        done = report.InstallReport.of(bundle.serial, bundle.not_after, self.status.hook_runs)
+        await self._finish(bundle.serial, bundle.not_after, bundle.dns_names)
+
+    async def _finish(
+        self, serial: str, not_after: datetime.datetime, dns_names: tuple[str, ...]
+    ) -> None:
+        """After an install: the hook, then the report, saved first so a restart knows both
+        happened."""
+        await self._run_hook(serial, dns_names)
+        done = report.InstallReport.of(serial, not_after, self.status.hook_runs)
         await asyncio.to_thread(report.save, self.target.directory, done)
         await self._report(done)
+
+    async def _catch_up(self) -> None:
+        """Once per connection, with nothing new to install: report what is installed; if the
+        agent stopped between an install and its hook (SIGTERM, SIGKILL, a crash), the saved
+        report is older than the installed set, and the hook runs now."""
+        installed = self.status.installed_serial
+        if installed is None:
+            return
+        last = await asyncio.to_thread(report.load, self.target.directory)
+        if last is not None and last.serial == installed:
+            await self._report(last)
+            return
+        leaf = await asyncio.to_thread(self._installer.installed_leaf_pem)
+        if leaf is None:
+            return
+        facts = leaf_facts(leaf)
+        logger.info(
+            "install without a hook run found; running it now",
+            extra={"certificate": self._label, "serial": installed},
+        )
+        await self._finish(installed, facts.not_after, facts.dns_names)
 
     async def _report(self, done: report.InstallReport) -> None:
         """Best effort: a failed report is logged and sent again on the next connection."""
@@ -262,7 +289,7 @@ class CertificateWatcher:
         self._metrics.install_result(self._label, result, time.time())
         self._changed()
 
-    async def _run_hook(self, bundle: CheckedBundle) -> None:
+    async def _run_hook(self, serial: str, dns_names: tuple[str, ...]) -> None:
         self.status.hook_runs = []
         command = self.target.reload_command
         if not command:
@@ -270,9 +297,9 @@ class CertificateWatcher:
         names = self.target.names
         env = hook_environment(
             certificate=self.target.certificate,
-            serial=bundle.serial,
+            serial=serial,
             directory=str(self.target.directory),
-            dns_names=bundle.dns_names,
+            dns_names=dns_names,
             fullchain_path=str(self._installer.live_path(names.fullchain)),
             key_path=str(self._installer.live_path(names.privkey)),
             combined_path=str(self._installer.live_path(names.combined))
