@@ -5,6 +5,7 @@ gauges count current and stale targets with the earliest expiry among the stale 
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -156,6 +157,13 @@ async def test_fleet_view_follows_what_each_target_runs(tmp_path: Path, ca: CA) 
             )
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_info_reason(invalid.value) == "INVALID_DELIVERY_TARGET"
+
+        # web-2 is decommissioned: the operator forgets its target.
+        web2 = target_id("web-2.fra1", tmp_path / "web-2")
+        assert web2 in await cli(issuer, "delivery-target", "list", "fleet")
+        assert "deleted" in await cli(issuer, "delivery-target", "delete", "fleet", web2)
+        remaining = json.loads(await cli(issuer, "--json", "delivery-target", "list", "fleet"))
+        assert [t["host"] for t in remaining] == ["web-1.fra1"]
 
         # The operator lists, shows and revokes the token with the CLI; the agent is refused.
         token_id = token.split("_")[1]

@@ -186,7 +186,7 @@ async def test_a_delivery_token_reaches_its_certificate_and_nothing_else(
                 )
                 assert error_info_reason(refused.value) == expected, path
                 checked += 1
-        assert checked == 19  # 4 account, 9 certificate, 4 delivery token, 2 delivery target
+        assert checked == 20  # 4 account, 9 certificate, 4 delivery token, 3 delivery target
 
         stub = delivery_token_service_pb2_grpc.DeliveryTokenServiceStub(channel)
         await stub.DeleteDeliveryToken(

@@ -41,7 +41,7 @@ from acmezone_issuer.delivery import DeliveryTokens, is_delivery_token
 from acmezone_issuer.errors import IssuanceError
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.fleet import DeliveryTargets, Report
-from acmezone_issuer.names import dns_name_problem, parse_name
+from acmezone_issuer.names import check_id, dns_name_problem, parse_name
 from acmezone_issuer.solvers.dns01 import Dns01Solver
 from acmezone_issuer.store import (
     AccountRow,
@@ -632,3 +632,29 @@ class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServ
             delivery_targets=[delivery_target_to_proto(r, certificate.serial_number) for r in rows],
             next_page_token=encode_page_token(last) if last else "",
         )
+
+    @override
+    async def DeleteDeliveryTarget(
+        self, request: delivery_target_service_pb2.DeleteDeliveryTargetRequest, context: Context
+    ) -> empty_pb2.Empty:
+        self._auth.check(context)
+        certificate_id, target_id = parse_target_name(request.name)
+        await self._store.delete_delivery_target(certificate_id, target_id)
+        logger.info(
+            "delivery target deleted", extra={"certificate": certificate_id, "target": target_id}
+        )
+        return empty_pb2.Empty()
+
+
+def parse_target_name(name: str) -> tuple[str, str]:
+    """`certificates/a/deliveryTargets/b` -> ("a", "b"), or INVALID_ARGUMENT."""
+    parent, sep, target = name.partition("/deliveryTargets/")
+    if not sep:
+        raise InvalidArgumentError(
+            "INVALID_NAME",
+            f"{name!r}: expected certificates/{{id}}/deliveryTargets/{{id}}",
+            field="name",
+        )
+    certificate_id = parse_name(parent, "certificates", "name")
+    check_id(target, "name")
+    return certificate_id, target

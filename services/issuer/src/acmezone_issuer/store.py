@@ -751,6 +751,22 @@ class Store:
         return rows, (rows[-1].seq if more else 0)
 
     @_shielded
+    async def delete_delivery_target(self, certificate_id: str, target_id: str) -> None:
+        """Forget one target; NOT_FOUND when there is none."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(DeliveryTargetRow).where(
+                    DeliveryTargetRow.certificate_id == certificate_id,
+                    DeliveryTargetRow.target_id == target_id,
+                )
+            )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFoundError(
+                "DELIVERY_TARGET_NOT_FOUND",
+                f"certificates/{certificate_id}/deliveryTargets/{target_id} does not exist",
+            )
+
+    @_shielded
     async def delivery_summary(self) -> list[tuple[str, str, str, datetime]]:
         """(certificate id, its current serial, a target's serial, that one's not-after) for
         every target of a certificate that still exists, for the fleet gauges."""

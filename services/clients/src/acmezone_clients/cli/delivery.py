@@ -1,5 +1,5 @@
-"""`acmezone delivery-token create|list|show|delete`: the scoped credentials agents use, and the
-table of delivery targets `acmezone cert show` prints.
+"""`acmezone delivery-token create|list|show|delete`: the scoped credentials agents use;
+`acmezone delivery-target list|delete` and the table `acmezone cert show` prints: the fleet.
 
 Kept out of `commands` so the certificate commands there stay one module of their own; the
 parser hooks these in with `add_commands`.
@@ -112,24 +112,53 @@ _HOOK = {
 }
 
 
-async def targets_table(cli: Cli, certificate: str) -> str:
-    """ "Delivered to" and one row per target, or "" when none reported (or the issuer predates
-    the fleet view)."""
-    stub = delivery_target_service_pb2_grpc.DeliveryTargetServiceStub(cli.channel(cli.args.issuer))
+def _targets_stub(cli: Cli) -> delivery_target_service_pb2_grpc.DeliveryTargetServiceAsyncStub:
+    return delivery_target_service_pb2_grpc.DeliveryTargetServiceStub(cli.channel(cli.args.issuer))
+
+
+async def list_targets(cli: Cli, certificate: str) -> list[tpb.DeliveryTarget]:
+    """Every target of a certificate, all pages."""
     targets: list[tpb.DeliveryTarget] = []
     page_token = ""
+    while True:
+        page = await _targets_stub(cli).ListDeliveryTargets(
+            tpb.ListDeliveryTargetsRequest(
+                parent=certificate, page_size=100, page_token=page_token
+            ),
+            metadata=cli.issuer_metadata,
+        )
+        targets += page.delivery_targets
+        page_token = page.next_page_token
+        if not page_token:
+            return targets
+
+
+async def cmd_target_list(cli: Cli) -> int:
+    certificate = _cert_name(cli.args.certificate)
+    targets = await list_targets(cli, certificate)
+    cli.emit(list(targets), (await targets_table(cli, certificate)).lstrip("\n"))
+    return 0
+
+
+async def cmd_target_delete(cli: Cli) -> int:
+    target = cli.args.target
+    name = (
+        target
+        if "/deliveryTargets/" in target
+        else f"{_cert_name(cli.args.certificate)}/deliveryTargets/{target}"
+    )
+    await _targets_stub(cli).DeleteDeliveryTarget(
+        tpb.DeleteDeliveryTargetRequest(name=name), metadata=cli.issuer_metadata
+    )
+    cli.emit({"deleted": name}, f"deleted {name}")
+    return 0
+
+
+async def targets_table(cli: Cli, certificate: str) -> str:
+    """A "Delivered to" heading and one row per target, or "" when the issuer predates the
+    fleet view."""
     try:
-        while True:
-            page = await stub.ListDeliveryTargets(
-                tpb.ListDeliveryTargetsRequest(
-                    parent=certificate, page_size=100, page_token=page_token
-                ),
-                metadata=cli.issuer_metadata,
-            )
-            targets += page.delivery_targets
-            page_token = page.next_page_token
-            if not page_token:
-                break
+        targets = await list_targets(cli, certificate)
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED):
             return ""
@@ -138,6 +167,7 @@ async def targets_table(cli: Cli, certificate: str) -> str:
         return "\n\nDelivered to: no agent has reported an install yet."
     rows = [
         [
+            t.name.rsplit("/", 1)[-1],
             t.host,
             t.directory,
             t.serial_number,
@@ -150,7 +180,7 @@ async def targets_table(cli: Cli, certificate: str) -> str:
     ]
     stale = sum(1 for t in targets if not t.current)
     summary = f"{len(targets) - stale} of {len(targets)} targets run the current serial"
-    headers = ["HOST", "DIRECTORY", "SERIAL", "CURRENT", "INSTALLED", "HOOK"]
+    headers = ["TARGET", "HOST", "DIRECTORY", "SERIAL", "CURRENT", "INSTALLED", "HOOK"]
     return f"\n\nDelivered to ({summary}):\n" + output.table(headers, rows)
 
 
@@ -173,3 +203,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     delete = tokens.add_parser("delete", help="revoke a token at once")
     delete.add_argument("name")
     delete.set_defaults(run=cmd_delete)
+
+    targets = sub.add_parser(
+        "delivery-target", help="where agents installed a certificate (the fleet view)"
+    ).add_subparsers(dest="sub", required=True)
+    tlist = targets.add_parser("list", help="a certificate's targets, current or not")
+    tlist.add_argument("certificate")
+    tlist.set_defaults(run=cmd_target_list)
+    tdelete = targets.add_parser("delete", help="forget a target (a decommissioned host)")
+    tdelete.add_argument("certificate")
+    tdelete.add_argument("target", help="target id (first column of the list) or full name")
+    tdelete.set_defaults(run=cmd_target_delete)
