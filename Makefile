@@ -19,12 +19,15 @@ SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml)
 # C extensions are compiled by the editable install: a changed source needs a reinstall.
 NATIVE_SOURCES := $(wildcard services/*/setup.py services/*/src/*/*.c)
 # Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
-TEST_DEB_PACKAGES := pebble bind9-dnsutils lego nginx
+# libpcsclite1 and libzstd1 are what ../shared/bin/step-ca links against.
+TEST_DEB_PACKAGES := pebble bind9-dnsutils lego libpcsclite1 libzstd1 nginx
 # Debian packages the deployment tests need (tests/deploy): promtool for the alert rules, and
 # docker-compose to check docker-compose.yaml offline. Installed without recommends: docker-compose
 # would bring a whole container engine.
 DEPLOY_DEB_PACKAGES := prometheus docker-compose
-BENCH_DEB_PACKAGES := dnsperf nsd
+BENCH_DEB_PACKAGES := dnsperf nsd knot
+# The Pebble `make run` starts: Debian's by default; a current upstream one adds ARI and profiles.
+PEBBLE_BIN ?= pebble
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
 .PHONY: help install protos run test test-fast lint fmt bench clean system-deps bench-deps
@@ -94,7 +97,7 @@ $(BUF):
 	npm install --silent --prefix .tools/node --no-save --no-package-lock @bufbuild/buf@$(BUF_VERSION)
 
 run: install system-deps
-	$(PY) tools/run_local.py
+	PEBBLE_BIN="$(PEBBLE_BIN)" $(PY) tools/run_local.py
 
 $(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json
 	cd $(NODE_CLIENT) && npm install --silent

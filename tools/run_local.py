@@ -97,6 +97,9 @@ def components() -> list[Component]:
                 "acmezone_clients.devpebble",
                 "--workdir",
                 str(VAR / "pebble"),
+                # `make run PEBBLE_BIN=../shared/bin/pebble` for ARI, profiles, dns-account-01.
+                "--binary",
+                os.environ.get("PEBBLE_BIN") or "pebble",
             ],
             ready=tcp_open("127.0.0.1", 14000),
             summary="pebble    ACME https://127.0.0.1:14000/dir (test CA; resolves through dns)",

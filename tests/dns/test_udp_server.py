@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 from acmezone_common.addresses import HostPort
 from acmezone_dns import datagram_batch
 from acmezone_dns.app import DnsApp
-from acmezone_dns.store import TxtChange
 from tests.dns.conftest import SNAPSHOT, ZONE, query_udp, raw_udp, running_dns, v4
 
 
@@ -190,23 +189,20 @@ async def raw_udp_nowait(address: HostPort, payload: bytes) -> None:
 
 
 async def test_queries_are_answered_while_a_large_relist_is_built(dns_app: DnsApp) -> None:
-    """A re-list of 2,000 names is built in steps: a query sent after the build started is
-    answered from the current snapshot before the build ends, and the new snapshot takes
-    over only when it is complete."""
-    relist = [TxtChange(f"bulk{i}.{ZONE}.", (f"bulk-{i}",)) for i in range(2000)]
-    relist.append(TxtChange(f"one.{ZONE}.", ("after-relist",)))
-    build = asyncio.create_task(dns_app.store.apply_snapshot_cooperatively(relist, 2, "test-feed"))
-    await asyncio.sleep(0)  # the build has started and yielded
-    assert not build.done()
+    """A re-list is built aside as its batches arrive: a query sent between two batches is
+    answered from the current snapshot, and the new snapshot takes over only when complete."""
+    relist = dns_app.store.relist()
+    for i in range(2000):
+        relist.add(f"bulk{i}.{ZONE}.", (f"bulk-{i}",))
+    relist.add(f"one.{ZONE}.", ("after-relist",))
     during = await query_udp(v4(dns_app), "one.acme.example.test", "TXT")
-    assert not build.done(), "the query waited for the whole build"
     assert sorted(rd.strings[0] for rd in during.answer[0]) == [
         b"value-one-newest",
         b"value-one-older",
     ]
     missing = await query_udp(v4(dns_app), "bulk1999.acme.example.test", "TXT")
     assert missing.rcode() == dns.rcode.NXDOMAIN
-    await build
+    relist.finish(2, "test-feed")
     after = await query_udp(v4(dns_app), "one.acme.example.test", "TXT")
     assert [rd.strings[0] for rd in after.answer[0]] == [b"after-relist"]
     bulk = await query_udp(v4(dns_app), "bulk1999.acme.example.test", "TXT")

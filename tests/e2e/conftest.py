@@ -32,9 +32,11 @@ from tests.issuer.conftest import (
     CA,
     ENCRYPTION_KEY,
     OPERATOR_TOKEN,
+    PEBBLE_PROFILES,
     Client,
     FakeDns,
     fake_dns,
+    upstream_pebble_binary,
 )
 
 __all__ = ["fake_dns"]
@@ -45,8 +47,9 @@ CHALLENGE_ZONE = "acme.example.test"
 REGISTRY_GRACE = 1.0
 
 
-def zone_text(cnames: dict[str, str]) -> str:
-    """The dev zone `example.test` with `_acme-challenge` CNAMEs for the given names."""
+def zone_text(cnames: dict[str, str], records: list[str] | None = None) -> str:
+    """The dev zone `example.test` with `_acme-challenge` CNAMEs for the given names (a name
+    starting with `_` is taken as the CNAME's whole owner name)."""
     lines = [
         "$ORIGIN example.test.",
         "$TTL 60",
@@ -55,10 +58,14 @@ def zone_text(cnames: dict[str, str]) -> str:
         "@ A 127.0.0.1",
     ]
     for name, target in sorted(cnames.items()):
-        label = name.removesuffix(".example.test").removesuffix("example.test")
-        owner = "_acme-challenge" + (f".{label}" if label else "")
+        if name.startswith("_"):
+            # A whole owner name already, e.g. a dns-account-01 `_<label>._acme-challenge.x`.
+            owner = name.removesuffix(".example.test")
+        else:
+            label = name.removesuffix(".example.test").removesuffix("example.test")
+            owner = "_acme-challenge" + (f".{label}" if label else "")
         lines.append(f"{owner} CNAME {target}.")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *(records or [])]) + "\n"
 
 
 @dataclass
@@ -90,6 +97,27 @@ def e2e_ca(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Iterator[C
         pebble.stop()
 
 
+@pytest.fixture(scope="session")
+def e2e_upstream_ca(
+    tmp_path_factory: pytest.TempPathFactory, ports: Ports, e2e_ca: CA
+) -> Iterator[CA]:
+    """A current upstream Pebble (dns-account-01, profiles, ARI) resolving through the dns
+    service's port; it shares the e2e Pebble's TLS material and HTTP-01 port."""
+    pebble = LocalPebble(
+        tmp_path_factory.mktemp("e2e-upstream-pebble"),
+        dns_server=f"127.0.0.1:{ports.dns}",
+        http01_port=ports.http01,
+        binary=upstream_pebble_binary(),
+        tls_dir=e2e_ca.pebble.tls_dir,
+        extra_config={"profiles": PEBBLE_PROFILES},
+    )
+    pebble.start()
+    try:
+        yield CA(pebble, ports.http01)
+    finally:
+        pebble.stop()
+
+
 @dataclass
 class System:
     """Registry, dns and issuer running together, and a client for the issuer."""
@@ -102,6 +130,8 @@ class System:
     metrics: CollectorRegistry
     dns: DnsApp | None = None
     cnames: dict[str, str] = field(default_factory=dict)
+    # Other records of the dev zone, as zone file lines (what an operator publishes directly).
+    records: list[str] = field(default_factory=list)
     registry_running: bool = True
 
     @property
@@ -123,7 +153,7 @@ class System:
         )
 
     async def start_dns(self) -> None:
-        self.zone_file.write_text(zone_text(self.cnames))
+        self.zone_file.write_text(zone_text(self.cnames, self.records))
         self.dns = DnsApp(self.dns_settings(), CollectorRegistry())
         await self.dns.start()
 
@@ -147,8 +177,19 @@ class System:
         self.registry_running = True
 
     async def add_cname(self, name: str, target: str) -> None:
-        """The domain owner adds `_acme-challenge.<name> CNAME <target>`."""
-        self.cnames[name] = target
+        """The domain owner adds `_acme-challenge.<name> CNAME <target>` (or, for a name
+        starting with `_`, `<name> CNAME <target>`)."""
+        await self.add_cnames({name: target})
+
+    async def add_cnames(self, cnames: dict[str, str]) -> None:
+        """Several CNAMEs in one change of the zone."""
+        self.cnames.update(cnames)
+        await self.stop_dns()
+        await self.start_dns()
+
+    async def add_record(self, line: str) -> None:
+        """The domain owner publishes one record (a zone file line, relative to example.test)."""
+        self.records.append(line)
         await self.stop_dns()
         await self.start_dns()
 

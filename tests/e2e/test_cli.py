@@ -8,11 +8,13 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
 from acmezone_clients.cli.commands import run
+from acmezone_issuer.challenges import dns_account_label
 from tests.e2e.conftest import Ports, System, running_system
 from tests.issuer.conftest import CA, OPERATOR_TOKEN
 
@@ -119,3 +121,102 @@ async def test_cli_request_follow_and_manage(
         code, out = await acmezone(system, "cert", "revoke", "cli", "--reason", "superseded")
         assert code == 0
         assert "state:       revoked" in out
+
+
+async def test_cli_dns_account01_shows_the_accounts_own_owner_name(
+    tmp_path: Path, e2e_ca: CA, ports: Ports, metrics_registry: CollectorRegistry
+) -> None:
+    async with running_system(tmp_path, e2e_ca, ports, metrics_registry) as system:
+        code, out = await acmezone(
+            system, "--json", "account", "create", "--id", "acct", "--agree-tos"
+        )
+        assert code == 0, out
+        account = json.loads(out)
+        assert account["accountUrl"].startswith("https://127.0.0.1")
+        label = dns_account_label(account["accountUrl"])
+        assert account["dnsAccountLabel"] == label
+
+        code, out = await acmezone(
+            system,
+            "cert",
+            "request",
+            "*.mine.example.test",
+            "--account",
+            "acct",
+            "--id",
+            "mine",
+            "--challenge",
+            "dns-account-01",
+            "--no-follow",
+        )
+        assert code == 0, out
+        waiting = await system.client.wait_for(
+            "certificates/mine", lambda c: c.state == pb.STATE_WAITING_FOR_DELEGATION
+        )
+        assert waiting.challenge_type == pb.CHALLENGE_TYPE_DNS_ACCOUNT_01
+        target = waiting.delegations[0].cname_target
+        code, out = await acmezone(system, "cert", "show", "mine")
+        assert f"{label}._acme-challenge.mine.example.test.  CNAME  {target}." in out
+        code, out = await acmezone(
+            system,
+            "delegation",
+            "check",
+            "mine.example.test",
+            "--challenge",
+            "dns-account-01",
+            "--account",
+            "acct",
+        )
+        assert code == 2
+        assert f"{label}._acme-challenge.mine.example.test. CNAME {target}." in out
+        # --http01 is the shorthand of --challenge http-01: both at once is a usage error.
+        with pytest.raises(SystemExit):
+            await acmezone(
+                system,
+                "cert",
+                "request",
+                "x.example.test",
+                "--account",
+                "acct",
+                "--http01",
+                "--challenge",
+                "auto",
+            )
+
+
+async def test_cli_dns_persist01_shows_the_record_to_publish_and_its_end(
+    tmp_path: Path, e2e_upstream_ca: CA, ports: Ports, metrics_registry: CollectorRegistry
+) -> None:
+    async with running_system(tmp_path, e2e_upstream_ca, ports, metrics_registry) as system:
+        code, out = await acmezone(
+            system, "--json", "account", "create", "--id", "keep", "--agree-tos"
+        )
+        assert code == 0, out
+        url = json.loads(out)["accountUrl"]
+        code, out = await acmezone(
+            system,
+            *("cert", "request", "*.wait.example.test", "--account", "keep", "--id", "wait"),
+            *("--challenge", "dns-persist-01", "--no-follow"),
+        )
+        assert code == 0, out
+        await system.client.wait_for(
+            "certificates/wait", lambda c: c.state == pb.STATE_WAITING_FOR_DELEGATION
+        )
+        code, out = await acmezone(system, "cert", "show", "wait")
+        record = f'"pebble.letsencrypt.org; accounturi={url}; policy=wildcard"'
+        assert f"_validation-persist.wait.example.test.  TXT    {record}" in out
+        assert "or this, not the CNAME" in out
+
+        await system.add_record(
+            f'_validation-persist.kept TXT "pebble.letsencrypt.org; accounturi={url}; '
+            'persistUntil=1893456000"'
+        )
+        code, out = await acmezone(
+            system,
+            *("cert", "request", "kept.example.test", "--account", "keep", "--id", "kept"),
+            *("--challenge", "dns-persist-01", "--profile", "shortlived", "--timeout", "60"),
+        )
+        assert code == 0, out
+        assert "state:       issued" in out
+        assert "challenge:   dns-persist-01  profile: shortlived" in out
+        assert "ok until 2030-01-01 00:00:00Z" in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -150,6 +151,48 @@ def eab_ca(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns, ca: CA) 
     pebble.start()
     try:
         yield CA(pebble, 0)
+    finally:
+        pebble.stop()
+
+
+# The profiles of upstream Pebble's test/config/pebble-config.json (validity in seconds).
+PEBBLE_PROFILES = {
+    "default": {"description": "The profile you know and love", "validityPeriod": 7776000},
+    "shortlived": {"description": "A short-lived cert profile", "validityPeriod": 518400},
+}
+
+
+def upstream_pebble_binary() -> str:
+    """The current upstream Pebble named by ACMEZONE_TEST_PEBBLE; skips the test when unset."""
+    binary = os.environ.get("ACMEZONE_TEST_PEBBLE", "")
+    if not binary:
+        pytest.skip(
+            "ACMEZONE_TEST_PEBBLE is unset: this test needs a current upstream Pebble "
+            "(ARI, profiles, dns-account-01); .ci/run sets it to ../shared/bin/pebble"
+        )
+    if not Path(binary).is_file():
+        pytest.fail(f"ACMEZONE_TEST_PEBBLE={binary} is not a file")
+    return str(Path(binary).resolve())
+
+
+@pytest.fixture(scope="session")
+def upstream_ca(
+    tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeDns, ca: CA
+) -> Iterator[CA]:
+    """A current upstream Pebble (ARI, `meta.profiles`) resolving through pebble-challtestsrv;
+    HTTP-01 validations go to the session CA's port, and it shares the session CA's TLS
+    material, so one `acme_ca_bundle` trusts both."""
+    pebble = LocalPebble(
+        tmp_path_factory.mktemp("upstream-pebble"),
+        dns_server=fake_dns.address,
+        http01_port=ca.http01_port,
+        binary=upstream_pebble_binary(),
+        tls_dir=ca.pebble.tls_dir,
+        extra_config={"profiles": PEBBLE_PROFILES},
+    )
+    pebble.start()
+    try:
+        yield CA(pebble, ca.http01_port)
     finally:
         pebble.stop()
 

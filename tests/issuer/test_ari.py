@@ -1,10 +1,11 @@
-"""ACME Renewal Information: the issuer renews inside the window the CA suggests, and follows
-the CA when it moves the window.
+"""ACME Renewal Information with Debian's Pebble: the issuer re-asks when the CA's short
+`Retry-After` says, and follows the CA when it moves the window, by itself.
 
 Debian's Pebble (2.4) has no ARI endpoint, so this test puts a small HTTPS front in front of its
-directory that adds `renewalInfo` and serves windows the test chooses; every other ACME request
-goes to Pebble itself. The issuer only ever sees a directory that offers ARI, as Let's Encrypt's
-does.
+directory that adds `renewalInfo` and serves windows (and a one-second `Retry-After`) the test
+chooses; every other ACME request goes to Pebble itself. Renewal inside a real CA's window, and
+renewal when the real CA moves it, are tested against a current Pebble in test_profiles_ari.py;
+the front stays only for what a real CA never does in a test's time: ask again within a second.
 """
 
 from __future__ import annotations

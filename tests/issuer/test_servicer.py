@@ -74,6 +74,11 @@ async def account(client: Client) -> apb.Account:
             "certificate.key_type",
         ),
         (
+            {"dns_names": ["a.example.test"], "challenge_type": 99},
+            "INVALID_CHALLENGE_TYPE",
+            "certificate.challenge_type",
+        ),
+        (
             {"dns_names": ["a.example.test"], "profile": "nonexistent"},
             "INVALID_PROFILE",
             "certificate.profile",
@@ -291,3 +296,28 @@ async def test_revocation_needs_a_reason_and_an_issued_certificate(
             dns_names=["x.example.test"], account=account.name, challenge_type=7
         )
     assert violations(bad_challenge.value) == ["certificate.challenge_type"]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "reason", "field"),
+    [
+        ({"challenge_type": pb.CHALLENGE_TYPE_HTTP_01}, "INVALID_CHALLENGE_TYPE", "challenge_type"),
+        ({"challenge_type": pb.CHALLENGE_TYPE_AUTO}, "INVALID_CHALLENGE_TYPE", "challenge_type"),
+        ({"challenge_type": pb.CHALLENGE_TYPE_DNS_ACCOUNT_01}, "INVALID_NAME", "account"),
+        (
+            {"challenge_type": pb.CHALLENGE_TYPE_DNS_ACCOUNT_01, "account": "accounts/nobody"},
+            "INVALID_ACCOUNT",
+            "account",
+        ),
+    ],
+)
+async def test_bad_delegation_checks_are_invalid_argument(
+    client: Client, request_fields: dict[str, Any], reason: str, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.certificates.CheckDelegation(
+            pb.CheckDelegationRequest(domain="example.test", **request_fields), metadata=AUTH
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info_reason(caught.value) == reason
+    assert violations(caught.value) == [field]

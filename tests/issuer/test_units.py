@@ -11,6 +11,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidTag
 
 from acmezone_common.errors import InvalidArgumentError
+from acmezone_issuer.challenges import (
+    ChallengeType,
+    challenge_owner,
+    dns_account_label,
+    parse_persist_value,
+    persist_value,
+)
 from acmezone_issuer.keys import KEY_TYPES, KeySealer, build_csr, generate_key, key_to_pem
 from acmezone_issuer.names import base_domain, dns_name_problem, normalise_dns_names
 from acmezone_issuer.renewal import lifetime_renewal_time, retry_delay
@@ -156,3 +163,44 @@ def test_a_rate_limited_answer_keeps_the_cas_retry_after() -> None:
     assert error.retry_after is not None
     wait = error.retry_after - datetime.now(UTC)
     assert timedelta(minutes=59) < wait <= timedelta(hours=1)
+
+
+def test_dns_account_label_matches_the_drafts_example() -> None:
+    # draft-ietf-acme-dns-account-label's example account and its label.
+    url = "https://example.com/acme/acct/ExampleAccount"
+    assert dns_account_label(url) == "_ujmmovf2vn55tgye"
+    assert challenge_owner(ChallengeType.DNS_ACCOUNT01, "example.org", url) == (
+        "_ujmmovf2vn55tgye._acme-challenge.example.org"
+    )
+    assert challenge_owner(ChallengeType.DNS01, "example.org", url) == (
+        "_acme-challenge.example.org"
+    )
+    assert dns_account_label(url + "2") != dns_account_label(url)
+
+
+def test_dns_persist_values_are_composed_and_read_as_the_draft_says() -> None:
+    url = "https://ca.example/acct/1"
+    assert persist_value("ca.example", url, wildcard=False) == f"ca.example; accounturi={url}"
+    wildcard = persist_value("ca.example", url, wildcard=True)
+    assert wildcard == f"ca.example; accounturi={url}; policy=wildcard"
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    parsed = parse_persist_value(wildcard)
+    assert parsed is not None
+    assert parsed.authorizes(["ca.example"], url, True, now)
+    assert not parsed.authorizes(["other.example"], url, True, now)
+    assert not parsed.authorizes(["ca.example"], url + "2", True, now)
+    plain = parse_persist_value(f"ca.example;AccountURI={url};Policy=other;persistUntil=1798761600")
+    assert plain is not None
+    assert plain.persist_until == datetime(2027, 1, 1, tzinfo=UTC)
+    assert not plain.authorizes(["ca.example"], url, True, now)  # policy other than wildcard
+    assert plain.authorizes(["ca.example"], url, False, now)
+    assert not plain.authorizes(["ca.example"], url, False, now + timedelta(seconds=1))
+    for bad in (
+        "",
+        "ca.example",
+        "ca.example; accounturi=",
+        "ca.example; policy",
+        "; accounturi=x",
+    ):
+        assert parse_persist_value(bad) is None, bad
+    assert parse_persist_value("ca.example; accounturi=x; persistUntil=soon") is None

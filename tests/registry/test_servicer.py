@@ -869,3 +869,28 @@ async def test_watch_rejects_bad_start_positions(
     assert_error(error, code, reason)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         assert field_violations(error) == ["start_revision"]
+
+
+async def test_a_persistent_value_is_accepted_in_strict_mode_and_kept(api: Api) -> None:
+    created = await create(api)
+    persist = "ca.example; accounturi=https://ca.example/acct/1"
+    # Not a digest: refused as a challenge value, accepted as a persistent one.
+    error = await rpc_error(add(api, created, persist))
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_TXT_VALUE, "value")
+    record = await api.txt.AddTxtValue(
+        txt_pb.AddTxtValueRequest(name=txt_name(created), value=persist, persistent=True),
+        metadata=owner(created),
+    )
+    assert [(v.value, v.persistent) for v in record.values] == [(persist, True)]
+    error = await rpc_error(
+        api.txt.AddTxtValue(
+            txt_pb.AddTxtValueRequest(
+                name=txt_name(created), value="no-semicolon", persistent=True
+            ),
+            metadata=owner(created),
+        )
+    )
+    assert_error(error, grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_TXT_VALUE, "value")
+    for i in range(3):
+        record = await add(api, created, acme_digest(f"{created.subdomain}-{i}"))
+    assert [v.persistent for v in record.values] == [False, False, True]

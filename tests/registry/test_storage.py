@@ -20,6 +20,7 @@ from acmezone_registry.access import Caller, parse_address
 from acmezone_registry.model import ChangeType, RecordSet, RegistrationChanges
 from acmezone_registry.storage import migrate
 from tests.registry.conftest import ZONE, Stack, open_stack
+from tests.registry.snapshots import full_snapshot
 from tests.registry.values import acme_digest
 
 ANYONE = Caller(address=parse_address("127.0.0.1"))
@@ -44,7 +45,7 @@ async def test_create_returns_credentials_and_name_exists_without_values(stack: 
     assert stored is not None
     assert issued.password not in stored.password_hash
     assert stored.password_hash.startswith("scrypt$")
-    revision, record_sets = await stack.repository.snapshot()
+    revision, record_sets = await full_snapshot(stack.repository)
     assert revision == 1
     assert record_sets == [RecordSet(f"{registration.fulldomain}.", ())]
 
@@ -221,7 +222,7 @@ async def test_delete_removes_values_and_name(stack: Stack) -> None:
     me = owner(issued.registration.username, issued.password)
     await stack.registrations.add_txt_value(me, sub, acme_digest(1))
     await stack.registrations.delete(ANYONE, sub)
-    revision, record_sets = await stack.repository.snapshot()
+    revision, record_sets = await full_snapshot(stack.repository)
     assert record_sets == []
     last = (await stack.repository.changes_since(revision, 1))[0]
     assert last.type is ChangeType.DELETE
@@ -266,7 +267,7 @@ async def test_concurrent_updates_to_many_registrations_lose_nothing(stack: Stac
         )
 
     await asyncio.gather(*(publish(i) for i in range(len(issued))))
-    revision, record_sets = await stack.repository.snapshot()
+    revision, record_sets = await full_snapshot(stack.repository)
     assert revision == len(issued) * (1 + per_registration)
     by_name = {rs.fqdn: set(rs.txt_values) for rs in record_sets}
     for index, mine in enumerate(issued):
@@ -330,3 +331,30 @@ async def test_compaction_makes_old_revisions_out_of_range(stack: Stack) -> None
     assert [c.revision for c in await stack.repository.changes_since(5, 10)] == [5, 6]
     assert (await stack.repository.feed_status()).compacted_revision == 4
     assert await stack.repository.compact(keep_revisions=2) == 4  # idempotent
+
+
+async def test_persistent_values_are_neither_trimmed_nor_expired(database_url: str) -> None:
+    stack = await open_stack(database_url, lifetime=timedelta(seconds=30))
+    try:
+        issued = await stack.registrations.create(ANYONE)
+        me = owner(issued.registration.username, issued.password)
+        sub = issued.registration.subdomain
+        persist = "ca.example; accounturi=https://ca.example/acct/1; policy=wildcard"
+        record = await stack.registrations.add_txt_value(me, sub, persist, persistent=True)
+        assert record.values[0].persistent
+        assert record.values[0].expire_time is None
+        for i in range(4):  # twice the default limit of challenge values
+            record = await stack.registrations.add_txt_value(me, sub, acme_digest(i))
+        assert [v.value for v in record.values] == [acme_digest(3), acme_digest(2), persist]
+        latest = max(v.expire_time for v in record.values if v.expire_time is not None)
+        assert await stack.repository.expire_txt_values(latest + timedelta(seconds=1)) == 2
+        record = await stack.repository.get_txt_record(sub)
+        assert [(v.value, v.persistent) for v in record.values] == [(persist, True)]
+        # Published again: no change, no new revision.
+        again = await stack.registrations.add_txt_value(me, sub, persist, persistent=True)
+        assert again.revision == record.revision
+        # Removing it takes it away, strict mode or not.
+        removed = await stack.registrations.remove_txt_value(me, sub, persist)
+        assert removed.values == ()
+    finally:
+        await stack.database.dispose()

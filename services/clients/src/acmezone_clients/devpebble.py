@@ -119,6 +119,7 @@ class LocalPebble:
         extra_env: dict[str, str] | None = None,
         binary: str = "pebble",
         tls_dir: Path | None = None,
+        extra_config: dict[str, object] | None = None,
     ) -> None:
         self.workdir = workdir
         self._dns_server = dns_server
@@ -128,6 +129,8 @@ class LocalPebble:
         self._eab_keys = eab_keys
         self._extra_env = extra_env or {}
         self._binary = binary
+        # Settings only a newer Pebble knows (its `profiles` block), merged into the config.
+        self._extra_config = extra_config or {}
         self._process: subprocess.Popen[bytes] | None = None
         self.tls_dir = tls_dir or workdir / "tls"
         self.ca_bundle = self.tls_dir / "ca.pem"
@@ -159,6 +162,7 @@ class LocalPebble:
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": bool(self._eab_keys),
                 "externalAccountMACKeys": self._eab_keys or {},
+                **self._extra_config,
             }
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +268,7 @@ def main() -> None:
     parser.add_argument("--management-port", type=int, default=15000)
     parser.add_argument("--http01-port", type=int, default=5002)
     parser.add_argument("--dns-server", default="127.0.0.1:5353")
+    parser.add_argument("--binary", default="pebble", help="the Pebble to run ($PEBBLE_BIN)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     pebble = LocalPebble(
@@ -271,6 +276,14 @@ def main() -> None:
         dns_server=args.dns_server,
         http01_port=args.http01_port,
         listen_port=args.listen_port,
+        binary=args.binary,
+        # Upstream's test profiles; Debian's Pebble 2.4 ignores the block.
+        extra_config={
+            "profiles": {
+                "default": {"description": "90 days", "validityPeriod": 7776000},
+                "shortlived": {"description": "6 days", "validityPeriod": 518400},
+            }
+        },
     )
     pebble.management_port = args.management_port
     stop = threading.Event()

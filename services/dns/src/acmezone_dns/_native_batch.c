@@ -384,9 +384,9 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
             goto done;
         }
         /* Not pre-packed: NODATA, NXDOMAIN or REFUSED, for class IN and the types
-         * Responder._not_prepacked takes (not OPT, TKEY, TSIG, IXFR, AXFR, MAILB, MAILA). */
+         * Responder._not_prepacked takes (not OPT, TKEY, TSIG, IXFR, AXFR, MAILB, MAILA, ANY). */
         unsigned int qtype = ((unsigned int)q[qlen - 4] << 8) | q[qlen - 3];
-        if (q[qlen - 2] != 0 || q[qlen - 1] != 1 || qtype == 41 || (qtype >= 249 && qtype <= 254)) {
+        if (q[qlen - 2] != 0 || q[qlen - 1] != 1 || qtype == 41 || (qtype >= 249 && qtype <= 255)) {
             goto done;
         }
         packed = not_prepacked(tables, key, qlen - 4, qtype, &counter);

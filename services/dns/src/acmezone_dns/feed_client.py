@@ -8,8 +8,8 @@ database) it re-lists at once. Reconnects back off exponentially with full jitte
 replicas does not stampede a registry that just came back.
 
 While disconnected the store keeps its last snapshot: the zone goes on answering from the last
-good state. A re-list builds the new state aside, in steps that let queries go on being answered
-from the current one, and swaps it in only when complete.
+good state. A re-list builds the new state aside as the snapshot streams in, batch by batch, so
+queries go on being answered from the current one, and swaps it in only when complete.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from acmezone.registry.v1 import record_feed_service_pb2 as feed_pb2
 from acmezone.registry.v1 import record_feed_service_pb2_grpc as feed_grpc
 from acmezone_dns.errors import FeedProtocolError
 from acmezone_dns.metrics import FeedMetrics
-from acmezone_dns.store import TxtChange, ZoneStore
+from acmezone_dns.store import Relist, TxtChange, ZoneStore
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class FeedClient:
         self._delay = backoff_initial
         self.state = FeedState.SYNCING
         self.last_sync_time: datetime | None = None
+        self._relist_started = 0.0
 
     @property
     def feed_id(self) -> str:
@@ -168,21 +169,26 @@ class FeedClient:
             start_revision=self._store.snapshot.revision + 1 if resume else 0,
             feed_id=self._feed_id if resume else "",
         )
-        snapshot: list[TxtChange] = []
+        relist: Relist | None = None
         call = stub.WatchRecords(request)
         try:
             async for message in call:
                 self._heard_from_registry()
                 event = message.WhichOneof("event")
                 if event == "snapshot":
-                    if await self._snapshot_part(message.snapshot, snapshot):
-                        snapshot = []
+                    if relist is None:
+                        relist = self._store.relist()
+                        self._relist_started = time.perf_counter()
+                    if await self._snapshot_part(message.snapshot, relist):
+                        relist = None
                 elif event == "changes":
                     self._apply(message.changes)
                 elif event == "bookmark":
                     self._bookmark(message.bookmark)
         finally:
             call.cancel()
+            if relist is not None:
+                relist.release()  # abandoned half-way: the live tables were never touched
         raise FeedProtocolError("the feed stream ended without a status")
 
     def _heard_from_registry(self) -> None:
@@ -192,18 +198,22 @@ class FeedClient:
         if self._synced:
             self.state = FeedState.LIVE
 
-    async def _snapshot_part(self, part: feed_pb2.SnapshotBatch, acc: list[TxtChange]) -> bool:
-        """Collect one snapshot batch; apply the whole snapshot on the last. True when applied."""
+    async def _snapshot_part(self, part: feed_pb2.SnapshotBatch, relist: Relist) -> bool:
+        """Add one snapshot batch to the re-list being built; swap it in on the last. True
+        when applied. Each batch is built as it arrives (a few ms for a thousand names) and
+        the stream's next read gives the event loop back, so queries go on being answered
+        from the current tables while a million names stream in."""
         if part.zone.rstrip(".").lower() != self._zone.rstrip(".").lower():
             raise FeedProtocolError(f"the feed is for zone {part.zone!r}, we serve {self._zone!r}")
+        txt = feed_pb2.RECORD_TYPE_TXT
+        add = relist.add
         for record_set in part.record_sets:
-            if record_set.type != feed_pb2.RECORD_TYPE_TXT:
-                continue
-            acc.append(TxtChange(record_set.fqdn, tuple(record_set.txt_values)))
+            if record_set.type == txt:
+                add(record_set.fqdn, record_set.txt_values)
         if not part.last:
+            await asyncio.sleep(0)  # a stream read that finds data buffered does not yield
             return False
-        started = time.perf_counter()
-        await self._store.apply_snapshot_cooperatively(acc, part.revision, part.feed_id)
+        relist.finish(part.revision, part.feed_id)
         self._feed_id = part.feed_id
         self._metrics.revision = part.revision
         self._metrics.snapshots_applied += 1
@@ -214,8 +224,8 @@ class FeedClient:
             "feed snapshot applied",
             extra={
                 "revision": part.revision,
-                "names": len(acc),
-                "build_seconds": round(time.perf_counter() - started, 4),
+                "names": relist.names,
+                "build_seconds": round(time.perf_counter() - self._relist_started, 4),
             },
         )
         if first:

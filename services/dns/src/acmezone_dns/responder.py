@@ -65,10 +65,13 @@ _TCP_SIZE = 65535
 
 _TYPE_OPT, _TYPE_TKEY, _TYPE_TSIG = 41, 249, 250
 _TYPE_IXFR, _TYPE_AXFR, _TYPE_MAILB, _TYPE_MAILA = 251, 252, 253, 254
+_TYPE_ANY = 255
 _CLASS_ANY = 255
 _SLOW_QTYPES = frozenset(
-    {_TYPE_OPT, _TYPE_TKEY, _TYPE_TSIG, _TYPE_IXFR, _TYPE_AXFR, _TYPE_MAILB, _TYPE_MAILA}
+    {_TYPE_OPT, _TYPE_TKEY, _TYPE_TSIG, _TYPE_IXFR, _TYPE_AXFR, _TYPE_MAILB, _TYPE_MAILA, _TYPE_ANY}
 )
+"""Types never answered from `defaults` or `fallbacks`: meta types, and ANY, which feed names
+do not pre-pack (store module docstring) and whose answer is the name's data, not NODATA."""
 
 
 def question_end(data: bytes) -> int:

@@ -1,12 +1,24 @@
-"""The zone store: applies record-feed revisions by building a new immutable `Snapshot` and
-swapping it in with one attribute assignment.
+"""The zone store: the served tables, changed in place by feed revisions and replaced whole by a
+re-list.
 
-Queries read `store.snapshot` once and use that object to the end, so they never take a lock and
-never see half a revision. Building a snapshot copies the name and answer tables (a flat dict
-copy, a few ms for 100k names) and re-packs only the names a revision touched: the changed names,
-the empty non-terminals above them that appeared or vanished, and every static CNAME whose chain
-passes through any of those. The first snapshot (and a re-list) re-packs everything, in steps
-that give the event loop back every few names, so answers go on during a large re-list.
+The cost of a revision is proportional to the names it touches, never to the zone: a revision
+rewrites the table entries of the changed names, the empty non-terminals above them that
+appeared or vanished, and the static CNAMEs whose chains end at them, in place, in one
+synchronous call. Queries run on the same event loop (the C loop's batches included) and never
+across an await, so a query sees a revision wholly or not at all without taking a lock or copying
+a table. (Until this design every revision copied three tables of about 3N entries: 8 ms a
+revision at 50k names, growing faster than linearly.)
+
+A re-list (the first snapshot, or one after OUT_OF_RANGE) builds fresh tables aside with a
+`Relist`, fed batch by batch as the snapshot streams in, and swaps them in at the end: until then
+queries are answered from the current tables, and a cancelled re-list leaves them untouched.
+
+Memory is budgeted per name (about 0.5 KB for a challenge name with one value; NSD needs 0.3):
+a feed name is two table entries (its TXT answer under `answers`, the shared NODATA body of every
+name of its length under `defaults`) and its entry in the feed map; no dnspython object is kept
+for it. The slow path, which needs RRsets, gets them made on demand by `NodeIndex`. ANY for a
+feed name is answered by the slow path (it is never pre-packed and never answered from
+`defaults`): CAs do not ask it, and a third table entry per name would cost a third more memory.
 
 The store is written only from the event loop that runs the DNS servers and the feed client, so
 its own bookkeeping needs no lock either.
@@ -14,16 +26,16 @@ its own bookkeeping needs no lock either.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
+import re
 from collections import Counter
-from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 
 import dns.exception
 import dns.name
+import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
@@ -31,8 +43,17 @@ import dns.rdtypes.ANY.TXT
 
 from acmezone_dns import metrics
 from acmezone_dns.static_zones import StaticZone
-from acmezone_dns.wire import Packed, folds_with_case, name_suffixes, pack_answer
+from acmezone_dns.wire import (
+    AA,
+    Packed,
+    answer_count,
+    folds_with_case,
+    name_suffixes,
+    pack_answer,
+    txt_answer,
+)
 from acmezone_dns.zone import (
+    NOERROR,
     NXDOMAIN,
     REFUSED,
     SERVFAIL,
@@ -49,29 +70,69 @@ from acmezone_dns.zone import (
 logger = logging.getLogger(__name__)
 
 _CLASS_IN = b"\x00\x01"
+_TXT_IN = TYPE_TXT.to_bytes(2, "big") + _CLASS_IN
 _MAX_CHARACTER_STRING = 255
+_MAX_NAME = 255
+_RR_HEADER = 12  # a pointer to the question name, type, class, TTL, RDLENGTH
+_PLAIN_LABELS = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
+"""Feed names in this form (the registry's are: UUIDs and `_acme-challenge`) are turned into
+keys without dnspython; anything else takes dnspython's parser."""
+
+StaticNames = dict[bytes, tuple[dns.name.Name, dict[int, dns.rdataset.Rdataset]]]
 
 
-@dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything a query needs, immutable: the zone view and its pre-packed answers.
+    """Everything a query needs: the zone view and its pre-packed answers.
 
-    `answers` maps name key + qtype + class IN (wire bytes) to the exact answer; `defaults` maps a
-    name key to the answer for any other type (NODATA, or the CNAME chain's); `fallbacks` maps a
-    zone apex key to the answer for names that don't exist in it (NXDOMAIN, or SERVFAIL while the
-    feed zone is not ready); `refused` answers names outside every zone.
+    `answers` maps name key + qtype + class IN (wire bytes) to the exact answer; `defaults` maps
+    a name key to the answer for any other type (NODATA, or the CNAME chain's); `fallbacks` maps
+    a zone apex key to the answer for names that don't exist in it (NXDOMAIN, or SERVFAIL while
+    the feed zone is not ready); `refused` answers names outside every zone.
+
+    Revisions change the tables in place (see the module docstring); a re-list makes a new
+    Snapshot, so a reader that keeps tables across a re-list (the C loop's `FastTables`) can
+    tell by identity.
     """
 
-    view: ZoneView
-    answers: dict[bytes, Packed]
-    defaults: dict[bytes, Packed]
-    fallbacks: Mapping[bytes, Packed]
-    refused: Packed
-    revision: int = 0
-    feed_id: str = ""
-    ready: bool = False
-    record_count: int = 0
-    zone_record_counts: Mapping[bytes, int] = field(default_factory=dict)
+    __slots__ = (
+        "answers",
+        "defaults",
+        "fallbacks",
+        "feed_id",
+        "ready",
+        "refused",
+        "revision",
+        "view",
+        "zone_record_counts",
+    )
+
+    def __init__(
+        self,
+        view: ZoneView,
+        answers: dict[bytes, Packed],
+        defaults: dict[bytes, Packed],
+        fallbacks: dict[bytes, Packed],
+        refused: Packed,
+        *,
+        revision: int,
+        feed_id: str,
+        ready: bool,
+        zone_record_counts: dict[bytes, int],
+    ) -> None:
+        self.view = view
+        self.answers = answers
+        self.defaults = defaults
+        self.fallbacks = fallbacks
+        self.refused = refused
+        self.revision = revision
+        self.feed_id = feed_id
+        self.ready = ready
+        self.zone_record_counts = zone_record_counts
+
+    @property
+    def record_count(self) -> int:
+        """Resource records served, over every zone."""
+        return sum(self.zone_record_counts.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,278 +158,193 @@ def txt_rdataset(values: Iterable[str], ttl: int) -> dns.rdataset.Rdataset | Non
     return dns.rdataset.from_rdata_list(ttl, rdatas)
 
 
-_NAMES_PER_STEP = 16
-"""Names put or packed per step of a cooperative build: a few milliseconds of work."""
-_CHEAP_PER_STEP = 256
-"""Names per step in the build's cheaper passes (nodes, CNAME dependents, record counts)."""
+def _txt_from_answer(packed: Packed) -> dns.rdataset.Rdataset:
+    """The TXT RRset a packed feed answer carries, read back from its bytes (slow path only)."""
+    body = packed.body
+    rdatas = []
+    ttl = 0
+    i = 0
+    while i < len(body):
+        ttl = int.from_bytes(body[i + 6 : i + 10], "big")
+        length = int.from_bytes(body[i + 10 : i + 12], "big")
+        start = i + _RR_HEADER
+        rdatas.append(
+            dns.rdata.from_wire(dns.rdataclass.IN, dns.rdatatype.TXT, body, start, length)
+        )
+        i = start + length
+    return dns.rdataset.from_rdata_list(ttl, rdatas)
 
-_T = TypeVar("_T")
 
-
-def _drain(steps: Generator[None, None, _T]) -> _T:
-    """Run a stepwise build to the end in one go; its result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: _T = done.value
-            return result
-
-
-class ZoneStore:
-    """Holds the current Snapshot and turns feed snapshots and changes into new ones."""
+class NodeIndex(Mapping[bytes, Node]):
+    """The existing names of one generation of the store, as `ZoneView.nodes`: static names,
+    feed names (with the TXT RRset read back from their packed answer) and empty non-terminals.
+    Nodes are made when asked for; only the slow path, CNAME packing and the tests ask."""
 
     def __init__(
-        self, zones: list[StaticZone], *, feed_zone: str, txt_ttl: int, freeze_gc: bool = False
+        self, static: StaticNames, feed: dict[bytes, Packed | None], below: Counter[bytes]
     ) -> None:
-        self._txt_ttl = txt_ttl
-        self._freeze_gc = freeze_gc
-        self._feed_zone = wire_key(dns.name.from_text(feed_zone))
-        self._static: dict[bytes, tuple[dns.name.Name, dict[int, dns.rdataset.Rdataset]]] = {}
-        self._zone_info: dict[bytes, ZoneInfo] = {}
-        for zone in zones:
-            key = wire_key(zone.name)
-            self._zone_info[key] = ZoneInfo(
-                key, zone.name, zone.source, zone.soa, ready=zone.source is ZoneSource.STATIC
-            )
-            self._static.update(zone.records)
-        if self._feed_zone not in self._zone_info:
-            raise ValueError(f"feed zone {feed_zone} is not among the static zones")
-        # The feed's names: key -> (name, TXT rdataset or None for "exists, no values").
-        self._txt: dict[bytes, tuple[dns.name.Name, dns.rdataset.Rdataset | None]] = {}
+        self._static = static
+        self._feed = feed
+        self._below = below
+
+    def get(self, key: bytes, default: Node | None = None) -> Node | None:  # type: ignore[override]
+        static = self._static.get(key)
+        if key in self._feed:
+            txt = self._feed[key]
+            rrsets = dict(static[1]) if static else {}
+            if txt is None:
+                rrsets.pop(TYPE_TXT, None)
+            else:
+                rrsets[TYPE_TXT] = _txt_from_answer(txt)
+            name = static[0] if static else dns.name.from_wire(key, 0)[0]
+            return Node(name, rrsets)
+        if static is not None:
+            return Node(static[0], static[1])
+        if self._below.get(key, 0) > 0:
+            return Node(dns.name.from_wire(key, 0)[0], {})
+        return default
+
+    def __getitem__(self, key: bytes) -> Node:
+        node = self.get(key)
+        if node is None:
+            raise KeyError(key)
+        return node
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._feed or key in self._static or self._below.get(key, 0) > 0  # type: ignore[call-overload]
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._feed
+        yield from (k for k in self._static if k not in self._feed)
+        yield from (k for k in self._below if k not in self._feed and k not in self._static)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _Tables:
+    """One generation of the store: the bookkeeping and the tables built from it. The live one
+    is changed in place by revisions; a re-list fills a new one."""
+
+    def __init__(self, store: ZoneStore, zones: dict[bytes, ZoneInfo]) -> None:
+        self.store = store
+        self.feed: dict[bytes, Packed | None] = {}
         # How many explicit names sit below each name: > 0 makes it exist (RFC 4592 ENT).
-        self._below: Counter[bytes] = Counter()
-        for key in self._static:
-            self._count_ancestors(key, +1)
-        # Which names' answers embed which other names' data, through static CNAME chains.
-        self._dependents: dict[bytes, set[bytes]] = {}
-        # The answer keys packed for each name, to drop them when it is re-packed.
-        self._answer_keys: dict[bytes, list[bytes]] = {}
-        self.snapshot = _drain(self._build_steps(revision=0, feed_id="", ready=False))
-
-    @property
-    def feed_zone(self) -> bytes:
-        """The key of the zone the feed fills."""
-        return self._feed_zone
-
-    def in_feed_zone(self, fqdn: str) -> bool:
-        """Whether a feed name lies inside the challenge zone (others are ignored)."""
-        try:
-            key = wire_key(dns.name.from_text(fqdn))
-        except dns.exception.DNSException:
-            return False
-        return (
-            key != self._feed_zone
-            and key.endswith(self._feed_zone)
-            and (key[len(key) - len(self._feed_zone) :] in name_suffixes(key))
-        )
-
-    def apply_snapshot(self, txt_sets: Iterable[TxtChange], revision: int, feed_id: str) -> None:
-        """Replace every feed record with a full snapshot's and re-pack everything."""
-        _drain(self._snapshot_steps(txt_sets, revision, feed_id))
-
-    async def apply_snapshot_cooperatively(
-        self, txt_sets: Iterable[TxtChange], revision: int, feed_id: str
-    ) -> None:
-        """`apply_snapshot`, giving the event loop back every few names. A re-list costs
-        about 250 µs of CPU per name (2.5 s at 10k names); built in one go, it would stop
-        every DNS answer for that long. Built in steps, queries go on being answered from the
-        current snapshot until the new one is swapped in. Cancelled half-way, the store is
-        left exactly as before the call."""
-        saved = (self._txt, self._below, self._dependents, self._answer_keys, self._zone_info)
-        # With freeze_gc (the service), the cyclic GC also waits for the build: the build
-        # allocates hundreds of thousands of tracked, acyclic objects, and the full
-        # collections they trigger stalled the loop for ~100 ms at a time at 10k names.
-        pause_gc = self._freeze_gc and gc.isenabled()
-        if pause_gc:
-            gc.disable()
-        try:
-            for _ in self._snapshot_steps(txt_sets, revision, feed_id):
-                await asyncio.sleep(0)
-        except BaseException:
-            self._txt, self._below, self._dependents, self._answer_keys, self._zone_info = saved
-            raise
-        finally:
-            if pause_gc:
-                gc.enable()
-
-    def _snapshot_steps(
-        self, txt_sets: Iterable[TxtChange], revision: int, feed_id: str
-    ) -> Generator[None, None, None]:
-        """Builds the snapshot, yielding between steps; swaps it in at the very end. Every
-        bookkeeping structure is replaced, never changed in place, so the caller can put the
-        old ones back."""
-        self._txt = {}
-        self._below = Counter()
-        for key in self._static:
-            self._count_ancestors(key, +1)
-        for n, change in enumerate(txt_sets, 1):
-            if not self.in_feed_zone(change.fqdn):
-                logger.warning("feed name outside the zone ignored", extra={"fqdn": change.fqdn})
-                continue
-            self._put(change)
-            if n % _NAMES_PER_STEP == 0:
-                yield
-        snapshot = yield from self._build_steps(revision=revision, feed_id=feed_id, ready=True)
-        self.snapshot = snapshot
-        if self._freeze_gc:
-            # Move the (large, long-lived, acyclic) zone out of the cyclic GC's sight: a full
-            # collection over 50k names takes ~0.5 s, a pause no DNS answer should wait for.
-            # Replaced snapshots are still freed by reference counting. Process-wide, so only
-            # the `acmezone-dns` command asks for it, never a test process.
-            gc.freeze()
-
-    def apply_changes(self, changes: Iterable[TxtChange], revision: int) -> None:
-        """Apply one or more whole transactions and swap in the snapshot at `revision`."""
-        touched: set[bytes] = set()
-        for change in changes:
-            if not self.in_feed_zone(change.fqdn):
-                logger.warning("feed name outside the zone ignored", extra={"fqdn": change.fqdn})
-                continue
-            touched |= self._put(change) if change.values is not None else self._delete(change)
-        old = self.snapshot
-        affected = set(touched)
-        for key in touched:
-            affected |= self._dependents.get(key, set())
-        # dict.copy() clones the hash table in one go (dict(d) re-inserts when the table is
-        # sparse), and overwriting entries that stay instead of deleting and re-adding them
-        # keeps the table free of holes, which that fast path needs.
-        nodes = old.view.nodes.copy()
-        counts = dict(old.zone_record_counts)
-        for key in affected:
-            previous = nodes.get(key)
-            node = self._node(key)
-            zone_key = self._zone_key(key)
-            if previous is not None:
-                counts[zone_key] -= previous.record_count
-            if node is not None:
-                nodes[key] = node
-                counts[zone_key] += node.record_count
-            elif previous is not None:
-                del nodes[key]
-        view = ZoneView(old.view.zones, nodes)
-        answers = old.answers.copy()
-        defaults = old.defaults.copy()
-        for key in affected:
-            stale = self._answer_keys.pop(key, [])
-            if key in nodes:
-                self._pack_name(view, key, answers, defaults)
-                kept = set(self._answer_keys[key])
-                stale = [k for k in stale if k not in kept]
-            elif key in defaults:
-                del defaults[key]
-            for answer_key in stale:
-                del answers[answer_key]
-        self.snapshot = replace(
-            old,
-            view=view,
-            answers=answers,
-            defaults=defaults,
-            revision=revision,
-            record_count=sum(counts.values()),
-            zone_record_counts=counts,
-        )
+        self.below: Counter[bytes] = Counter()
+        for key in store.static:
+            self.count_ancestors(key, +1)
+        self.view = ZoneView(zones, NodeIndex(store.static, self.feed, self.below))
+        self.answers: dict[bytes, Packed] = {}
+        self.defaults: dict[bytes, Packed] = {}
+        # The answer keys packed for each generically packed name, to drop them on a re-pack.
+        self.answer_keys: dict[bytes, list[bytes]] = {}
+        self.counts: dict[bytes, int] = dict.fromkeys(zones, 0)
 
     # -- bookkeeping ------------------------------------------------------------------------
 
-    def _put(self, change: TxtChange) -> set[bytes]:
-        name = dns.name.from_text(change.fqdn).canonicalize()
-        key = name.to_wire()
-        assert key is not None
-        touched = {key}
-        if key not in self._txt and key not in self._static:
-            touched |= self._count_ancestors(key, +1)
-        self._txt[key] = (name, txt_rdataset(change.values or (), self._txt_ttl))
-        return touched
-
-    def _delete(self, change: TxtChange) -> set[bytes]:
-        key = wire_key(dns.name.from_text(change.fqdn))
-        if self._txt.pop(key, None) is None:
-            return set()
-        touched = {key}
-        if key not in self._static:
-            touched |= self._count_ancestors(key, -1)
-        return touched
-
-    def _count_ancestors(self, key: bytes, delta: int) -> set[bytes]:
+    def count_ancestors(self, key: bytes, delta: int) -> list[bytes]:
         """Adjust the explicit-descendant count of every ancestor inside the zone; returns the
         ancestors whose existence changed (an empty non-terminal appeared or vanished)."""
-        changed: set[bytes] = set()
-        if key in self._zone_info:
+        changed: list[bytes] = []
+        zones = self.store.zone_info
+        if key in zones:
             return changed
+        below = self.below
         for ancestor in name_suffixes(key)[1:]:
-            if ancestor in self._zone_info:
+            if ancestor in zones:
                 break
-            before = self._below[ancestor]
-            self._below[ancestor] = before + delta
-            if (before == 0) != (before + delta == 0):
-                changed.add(ancestor)
-            if self._below[ancestor] == 0:
-                del self._below[ancestor]
+            before = below[ancestor]
+            after = before + delta
+            if (before == 0) != (after == 0):
+                changed.append(ancestor)
+            if after:
+                below[ancestor] = after
+            else:
+                del below[ancestor]
         return changed
 
-    def _zone_key(self, key: bytes) -> bytes:
-        for suffix in name_suffixes(key):
-            if suffix in self._zone_info:
-                return suffix
-        raise KeyError(key)
+    def put(self, key: bytes, values: Iterable[str]) -> list[bytes]:
+        """Set a feed name's values; returns the names whose existence changed besides it."""
+        new = key not in self.feed
+        self.feed[key] = self.store.txt_answer(values)
+        if new and key not in self.store.static and not self.store.is_child(key):
+            return self.count_ancestors(key, +1)
+        return []
 
-    def _node(self, key: bytes) -> Node | None:
-        """The current node at `key`, or None when the name does not exist."""
-        static = self._static.get(key)
-        txt = self._txt.get(key)
-        if static is None and txt is None:
-            if self._below.get(key, 0) > 0:
-                return Node(dns.name.from_wire(key, 0)[0], {})
+    def delete(self, key: bytes) -> list[bytes] | None:
+        """Remove a feed name; None when it was not there, else the names whose existence
+        changed besides it."""
+        if key not in self.feed:
             return None
-        rrsets: dict[int, dns.rdataset.Rdataset] = dict(static[1]) if static else {}
-        name = static[0] if static else txt[0]  # type: ignore[index]
-        if txt is not None:
-            if txt[1] is not None:
-                rrsets[TYPE_TXT] = txt[1]
+        del self.feed[key]
+        if key in self.store.static:
+            return []
+        return self.count_ancestors(key, -1)
+
+    def record_count(self, key: bytes) -> int:
+        """Resource records held at `key` now."""
+        static = self.store.static.get(key)
+        count = sum(len(r) for t, r in static[1].items() if t != TYPE_TXT) if static else 0
+        if key in self.feed:
+            txt = self.feed[key]
+            return count + (answer_count(txt) if txt is not None else 0)
+        if static is not None and TYPE_TXT in static[1]:
+            count += len(static[1][TYPE_TXT])
+        return count
+
+    # -- packing ----------------------------------------------------------------------------
+
+    def pack(self, key: bytes) -> None:
+        """(Re-)pack every answer of one name, or drop them when it no longer exists."""
+        answers = self.answers
+        for answer_key in self.answer_keys.pop(key, ()):
+            del answers[answer_key]
+        if key in self.feed and key not in self.store.static:
+            # A plain feed name: its TXT answer as made by `put`, and the NODATA body every
+            # name of its length shares.
+            txt = self.feed[key]
+            if txt is None:
+                answers.pop(key + _TXT_IN, None)
             else:
-                rrsets.pop(TYPE_TXT, None)
-        return Node(name, rrsets)
+                answers[key + _TXT_IN] = txt
+            self.defaults[key] = self.store.nodata(self.view, key)
+        elif key in self.view.nodes:
+            self.pack_generic(key)
+        else:
+            answers.pop(key + _TXT_IN, None)
+            self.defaults.pop(key, None)
 
-    # -- building and packing ---------------------------------------------------------------
+    def pack_generic(self, key: bytes) -> None:
+        """Pre-pack every answer of a static, mixed or empty name: each type it (or its CNAME
+        chain's end) holds, ANY, and the default for all other types."""
+        view = self.view
+        node = view.nodes[key]
+        types = {*node.rrsets, TYPE_ANY}
+        chain = view.cname_chain(key)
+        if chain:
+            end = view.nodes.get(chain[-1])
+            if end is not None:
+                types |= set(end.rrsets)
+        keys = []
+        answers = self.answers
+        answers.pop(key + _TXT_IN, None)
+        for qtype in sorted(types):
+            if folds_with_case(qtype):
+                continue  # answered by the responder's slow path (see folds_with_case)
+            packed = _pack(view, key, qtype)
+            packed.stat = metrics.slot(metrics.qtype_index(qtype), packed.rcode)
+            answer_key = key + qtype.to_bytes(2, "big") + _CLASS_IN
+            answers[answer_key] = packed
+            keys.append(answer_key)
+        self.answer_keys[key] = keys
+        default = _pack(view, key, TYPE_NONE)
+        default.stat = metrics.slot(0, default.rcode)  # qtype part added per query
+        self.defaults[key] = default
 
-    def _build_steps(
-        self, *, revision: int, feed_id: str, ready: bool
-    ) -> Generator[None, None, Snapshot]:
-        """Every node and pre-packed answer from the bookkeeping, yielding between steps."""
-        zones = {
-            key: (replace(info, ready=True) if key == self._feed_zone and ready else info)
-            for key, info in self._zone_info.items()
-        }
-        self._zone_info = zones
-        nodes: dict[bytes, Node] = {}
-        for n, key in enumerate({*self._static, *self._txt, *self._below}, 1):
-            node = self._node(key)
-            if node is not None:
-                nodes[key] = node
-            if n % _CHEAP_PER_STEP == 0:
-                yield
-        view = ZoneView(zones, nodes)
-        self._dependents = {}
-        for n, key in enumerate(nodes, 1):
-            for target in view.cname_chain(key):
-                self._dependents.setdefault(target, set()).add(key)
-            if n % _CHEAP_PER_STEP == 0:
-                yield
-        answers: dict[bytes, Packed] = {}
-        defaults: dict[bytes, Packed] = {}
-        self._answer_keys = {}
-        for n, key in enumerate(nodes, 1):
-            self._pack_name(view, key, answers, defaults)
-            if n % _NAMES_PER_STEP == 0:
-                yield
+    def snapshot(self, *, revision: int, feed_id: str, ready: bool) -> Snapshot:
+        """A Snapshot over these tables."""
         fallbacks = {}
-        counts = dict.fromkeys(zones, 0)
-        for n, (key, node) in enumerate(nodes.items(), 1):
-            counts[self._zone_key(key)] += node.record_count
-            if n % _CHEAP_PER_STEP == 0:
-                yield
-        for key, info in zones.items():
+        for key, info in self.view.zones.items():
             if info.ready:
                 packed = pack_answer(NXDOMAIN, True, (), [(key, info.negative_soa)], (), qname=None)
             else:
@@ -378,47 +354,256 @@ class ZoneStore:
         refused = pack_answer(REFUSED, False, (), (), (), qname=None)
         refused.stat = metrics.slot(0, REFUSED)
         return Snapshot(
-            view=view,
-            answers=answers,
-            defaults=defaults,
-            fallbacks=fallbacks,
-            refused=refused,
+            self.view,
+            self.answers,
+            self.defaults,
+            fallbacks,
+            refused,
             revision=revision,
             feed_id=feed_id,
             ready=ready,
-            record_count=sum(counts.values()),
-            zone_record_counts=counts,
+            zone_record_counts=self.counts,
         )
 
-    def _pack_name(
-        self,
-        view: ZoneView,
-        key: bytes,
-        answers: dict[bytes, Packed],
-        defaults: dict[bytes, Packed],
+
+class ZoneStore:
+    """Holds the current Snapshot, applies feed changes to it and swaps in re-lists."""
+
+    def __init__(
+        self, zones: list[StaticZone], *, feed_zone: str, txt_ttl: int, freeze_gc: bool = False
     ) -> None:
-        """Pre-pack every answer of one name: each type it (or its CNAME chain's end) holds,
-        ANY, and the default for all other types."""
-        node = view.nodes[key]
-        types = {*node.rrsets, TYPE_ANY}
-        chain = view.cname_chain(key)
-        if chain:
-            end = view.nodes.get(chain[-1])
-            if end is not None:
-                types |= set(end.rrsets)
-        keys = []
-        for qtype in sorted(types):
-            if folds_with_case(qtype):
-                continue  # answered by the responder's slow path (see folds_with_case)
-            packed = _pack(view, key, qtype)
-            packed.stat = metrics.slot(metrics.qtype_index(qtype), packed.rcode)
-            answer_key = key + qtype.to_bytes(2, "big") + _CLASS_IN
-            answers[answer_key] = packed
-            keys.append(answer_key)
-        self._answer_keys[key] = keys
-        default = _pack(view, key, TYPE_NONE)
-        default.stat = metrics.slot(0, default.rcode)  # qtype part added per query
-        defaults[key] = default
+        self._txt_ttl = txt_ttl
+        self._freeze_gc = freeze_gc
+        self._feed_zone = wire_key(dns.name.from_text(feed_zone))
+        self._feed_suffix = "." + dns.name.from_text(feed_zone).canonicalize().to_text()
+        self.feed_zone_length = len(self._feed_zone)
+        self.static: StaticNames = {}
+        self.zone_info: dict[bytes, ZoneInfo] = {}
+        for zone in zones:
+            key = wire_key(zone.name)
+            self.zone_info[key] = ZoneInfo(
+                key, zone.name, zone.source, zone.soa, ready=zone.source is ZoneSource.STATIC
+            )
+            self.static.update(zone.records)
+        if self._feed_zone not in self.zone_info:
+            raise ValueError(f"feed zone {feed_zone} is not among the static zones")
+        self._nodata: dict[int, Packed] = {}
+        self._txt_stat = metrics.slot(metrics.qtype_index(TYPE_TXT), NOERROR)
+        self._tables = _Tables(self, self.zone_info)
+        # Which names' answers embed which other names' data, through static CNAME chains.
+        # Only static names hold CNAMEs, so the chains (missing targets included) are fixed by
+        # the static data alone.
+        self.dependents: dict[bytes, set[bytes]] = {}
+        for key in self.static:
+            for target in self._tables.view.cname_chain(key):
+                self.dependents.setdefault(target, set()).add(key)
+        self._finish(self._tables)
+        self.snapshot = self._tables.snapshot(revision=0, feed_id="", ready=False)
+
+    @property
+    def feed_zone(self) -> bytes:
+        """The key of the zone the feed fills."""
+        return self._feed_zone
+
+    # -- names ------------------------------------------------------------------------------
+
+    def feed_key(self, fqdn: str) -> bytes | None:
+        """The key of a feed name, or None when it is not a name strictly inside the challenge
+        zone (such names are ignored)."""
+        text = fqdn.lower()
+        suffix = self._feed_suffix
+        if text.endswith(suffix) and text.isascii():
+            prefix = text[: -len(suffix)]
+            if _PLAIN_LABELS.fullmatch(prefix):
+                if "." not in prefix:
+                    key = bytes((len(prefix),)) + prefix.encode() + self._feed_zone
+                else:
+                    key = (
+                        b"".join(bytes((len(p),)) + p.encode() for p in prefix.split("."))
+                        + self._feed_zone
+                    )
+                return key if len(key) <= _MAX_NAME else None
+        try:
+            key = wire_key(dns.name.from_text(fqdn))
+        except dns.exception.DNSException:
+            return None
+        zone = self._feed_zone
+        if key != zone and key.endswith(zone) and key[len(key) - len(zone) :] in name_suffixes(key):
+            return key
+        return None
+
+    def is_child(self, key: bytes) -> bool:
+        """Whether a feed name is one label below the zone apex: it has no ancestor that could
+        be an empty non-terminal (the commonest case by far: `<uuid>.<zone>`)."""
+        return key[0] + 1 + self.feed_zone_length == len(key)
+
+    def in_feed_zone(self, fqdn: str) -> bool:
+        """Whether a feed name lies inside the challenge zone (others are ignored)."""
+        return self.feed_key(fqdn) is not None
+
+    # -- shared answers ---------------------------------------------------------------------
+
+    def txt_answer(self, values: Iterable[str]) -> Packed | None:
+        """The packed TXT answer of a feed name holding `values`; None for no values."""
+        body, count = txt_answer(values, self._txt_ttl)
+        if not count:
+            return None
+        packed = Packed(AA, NOERROR, count, 0, 0, body)
+        packed.stat = self._txt_stat
+        return packed
+
+    def nodata(self, view: ZoneView, key: bytes) -> Packed:
+        """The default answer of a plain feed name: NODATA with the zone's SOA, whose owner is
+        a pointer into the question, so one body serves every name of the same length."""
+        packed = self._nodata.get(len(key))
+        if packed is None:
+            packed = _pack(view, key, TYPE_NONE)
+            packed.stat = metrics.slot(0, packed.rcode)
+            if packed.rcode == NOERROR:  # not the SERVFAIL of a zone that is not ready yet
+                self._nodata[len(key)] = packed
+        return packed
+
+    # -- revisions --------------------------------------------------------------------------
+
+    def apply_changes(self, changes: Iterable[TxtChange], revision: int) -> None:
+        """Apply one or more whole transactions to the live tables, in place, and move the
+        snapshot to `revision`. The work is proportional to the names the changes touch."""
+        tables = self._tables
+        touched: dict[bytes, int] = {}  # key -> its record count before
+        for change in changes:
+            key = self.feed_key(change.fqdn)
+            if key is None:
+                logger.warning("feed name outside the zone ignored", extra={"fqdn": change.fqdn})
+                continue
+            if key not in touched:
+                touched[key] = tables.record_count(key)
+            if change.values is None:
+                appeared = tables.delete(key)
+                if appeared is None:
+                    continue
+            else:
+                appeared = tables.put(key, change.values)
+            for ancestor in appeared:
+                # Whether a name is an empty non-terminal changes no record count.
+                touched.setdefault(ancestor, tables.record_count(ancestor))
+        affected = set(touched)
+        for key in touched:
+            affected |= self.dependents.get(key, set())
+        counts = tables.counts
+        for key in affected:
+            zone_key = self._zone_key(key)
+            counts[zone_key] += tables.record_count(key) - touched.get(
+                key, tables.record_count(key)
+            )
+            tables.pack(key)
+        self.snapshot.revision = revision
+
+    def relist(self) -> Relist:
+        """Start building a full snapshot aside; the live tables stay as they are until
+        `Relist.finish`."""
+        return Relist(self)
+
+    def apply_snapshot(self, txt_sets: Iterable[TxtChange], revision: int, feed_id: str) -> None:
+        """Replace every feed record with a full snapshot's (one go, for tests and tools)."""
+        relist = self.relist()
+        for change in txt_sets:
+            relist.add(change.fqdn, change.values or ())
+        relist.finish(revision, feed_id)
+
+    def _finish(self, tables: _Tables) -> None:
+        """Pack the names a re-list leaves to the end: static names (the CNAMEs into feed names
+        among them), mixed and empty non-terminal names; then count their records."""
+        for key in {*self.static, *tables.below}:
+            tables.pack(key)
+        for key in {*self.static, *tables.below}:
+            if key not in tables.feed:
+                tables.counts[self._zone_key(key)] += tables.record_count(key)
+
+    def _swap(self, tables: _Tables, revision: int, feed_id: str) -> None:
+        self._tables = tables
+        self.snapshot = tables.snapshot(revision=revision, feed_id=feed_id, ready=True)
+
+    def _zone_key(self, key: bytes) -> bytes:
+        for suffix in name_suffixes(key):
+            if suffix in self.zone_info:
+                return suffix
+        raise KeyError(key)
+
+    def _ready_zones(self) -> dict[bytes, ZoneInfo]:
+        return {
+            key: (replace(info, ready=True) if key == self._feed_zone else info)
+            for key, info in self.zone_info.items()
+        }
+
+
+class Relist:
+    """A full snapshot being built aside, a batch at a time, while the live tables go on
+    answering. `finish` swaps it in; dropping it (a cancelled or failed re-list) leaves the
+    store exactly as it was.
+
+    With `freeze_gc` (the service), the cyclic GC waits from the first `add` to `finish`: a
+    million-name build allocates millions of tracked, acyclic objects, and the full
+    collections they would trigger stall the loop for hundreds of ms at a time. At the end the
+    new zone is moved out of the collector's sight (`gc.freeze`); replaced tables are still
+    freed by reference counting.
+    """
+
+    def __init__(self, store: ZoneStore) -> None:
+        self._store = store
+        self._tables = _Tables(store, store._ready_zones())
+        self._holding_gc = False
+        self.names = 0
+
+    def add(self, fqdn: str, values: Iterable[str]) -> None:
+        """One record set of the snapshot."""
+        store = self._store
+        if store._freeze_gc and not self._holding_gc and gc.isenabled():
+            gc.disable()
+            self._holding_gc = True
+        key = store.feed_key(fqdn)
+        if key is None:
+            logger.warning("feed name outside the zone ignored", extra={"fqdn": fqdn})
+            return
+        tables = self._tables
+        self.names += 1
+        feed = tables.feed
+        if key in feed or key in store.static or not store.is_child(key):
+            # A repeated, mixed or deeper name: the general bookkeeping.
+            if key in feed:
+                tables.counts[store.feed_zone] -= tables.record_count(key)
+            tables.put(key, values)
+            tables.counts[store.feed_zone] += tables.record_count(key)
+            tables.pack(key)
+            return
+        # `put` and `pack` of a plain `<label>.<zone>` name, inlined: a million of these make
+        # a cold start, and each call saved is about a second there.
+        txt = store.txt_answer(values)
+        feed[key] = txt
+        if txt is not None:
+            tables.answers[key + _TXT_IN] = txt
+            tables.counts[store.feed_zone] += answer_count(txt)
+        tables.defaults[key] = store.nodata(tables.view, key)
+
+    def finish(self, revision: int, feed_id: str) -> None:
+        """Swap the built tables in at `revision`."""
+        try:
+            store = self._store
+            tables = self._tables
+            # Feed names counted above are all inside the feed zone; _finish adds the rest.
+            store._finish(tables)
+            store._swap(tables, revision, feed_id)
+            store.zone_info = dict(tables.view.zones)
+        finally:
+            self.release()
+        if self._store._freeze_gc:
+            gc.freeze()
+
+    def release(self) -> None:
+        """Give the cyclic GC back (idempotent): after `finish`, or when the re-list is
+        abandoned."""
+        if self._holding_gc:
+            self._holding_gc = False
+            gc.enable()
 
 
 def _pack(view: ZoneView, key: bytes, qtype: int) -> Packed:

@@ -1,10 +1,10 @@
 """The zone data model and the one place that decides how a question is answered.
 
-A `ZoneView` is an immutable picture of every zone the server is authoritative for: the zone
-apexes and every existing name (empty non-terminals included) with its RRsets. `resolve` turns a
-question into response sections following RFC 1034 section 4.3.2 for a server without
-delegations or wildcards: CNAMEs are followed inside the served zones (RFC 6604 rcodes), ANY is
-answered minimally (RFC 8482), negative answers carry the SOA with the negative-caching TTL
+A `ZoneView` is the picture of every zone the server is authoritative for: the zone apexes and
+every existing name (empty non-terminals included) with its RRsets, as the store holds them.
+`resolve` turns a question into response sections following RFC 1034 section 4.3.2 for a server
+without delegations or wildcards: CNAMEs are followed inside the served zones (RFC 6604 rcodes),
+ANY is answered minimally (RFC 8482), negative answers carry the SOA with the negative-caching TTL
 (RFC 2308). Both the pre-packed fast path and the slow path take their answers from here, so they
 can never disagree.
 
@@ -129,10 +129,11 @@ SERVFAIL_RESOLUTION = Resolution(SERVFAIL, False)
 
 @dataclass(frozen=True, slots=True)
 class ZoneView:
-    """Every served zone and existing name, immutable once built."""
+    """Every served zone and existing name; the store changes `nodes` between queries, never
+    during one."""
 
     zones: Mapping[bytes, ZoneInfo]
-    nodes: dict[bytes, Node]
+    nodes: Mapping[bytes, Node]
 
     def zone_of(self, name: bytes) -> ZoneInfo | None:
         """The closest enclosing zone of a name, or None when we are not authoritative."""

@@ -25,6 +25,7 @@ from acme import challenges, client, messages
 from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.json_util import field as jose_field
 from josepy.jwa import ES256, ES384, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
 
@@ -43,6 +44,48 @@ T = TypeVar("T")
 _endpoint: contextvars.ContextVar[str] = contextvars.ContextVar("acme_endpoint", default="")
 _USER_AGENT = "acmezone-issuer/0.1 acme-python"
 _TIMEOUT_SECONDS = 30
+
+
+@challenges.ChallengeResponse.register
+class DNSAccount01Response(challenges.KeyAuthorizationChallengeResponse):
+    """The (empty) answer to a dns-account-01 challenge."""
+
+    typ = "dns-account-01"
+
+
+@challenges.Challenge.register
+class DNSAccount01(challenges.DNS01):
+    """dns-account-01 (draft-ietf-acme-dns-account-label): dns-01's TXT value at the account's
+    own label. acme 5.9 does not know the type; without this class it would parse as
+    `UnrecognizedChallenge`, which has neither a token nor a response."""
+
+    response_cls = DNSAccount01Response
+    typ = response_cls.typ
+
+
+@challenges.ChallengeResponse.register
+class DNSPersist01Response(challenges.ChallengeResponse):
+    """The (empty) answer to a dns-persist-01 challenge."""
+
+    typ = "dns-persist-01"
+
+    def __bool__(self) -> bool:
+        # Without fields the object is an empty mapping, hence falsy, and acme's network layer
+        # would send it as POST-as-GET (an empty body), which reads the challenge instead of
+        # answering it.
+        return True
+
+
+@challenges.Challenge.register
+class DNSPersist01(challenges.Challenge):
+    """dns-persist-01 (draft-ietf-acme-dns-persist): no token; the CA names the issuer domain
+    names it accepts in the record (and the account URI it expects)."""
+
+    typ = "dns-persist-01"
+    issuer_domain_names: tuple[str, ...] = jose_field(
+        "issuer-domain-names", omitempty=True, decoder=tuple, default=()
+    )
+    account_uri: str = jose_field("accounturi", omitempty=True, default="")
 
 
 def status_name(status: object) -> str:
@@ -219,6 +262,11 @@ class AcmeClient:
         """The account key."""
         return self._key
 
+    @property
+    def account_url(self) -> str:
+        """The account URL (dns-account-01 labels derive from it)."""
+        return self._account_url
+
     async def directory(self) -> messages.Directory:
         """The directory, fetched once."""
         async with self._lock:
@@ -247,6 +295,13 @@ class AcmeClient:
         meta = getattr(directory, "meta", None)
         profiles = getattr(meta, "profiles", None) if meta is not None else None
         return dict(profiles or {})
+
+    async def caa_identities(self) -> list[str]:
+        """The issuer domain names the CA's directory lists (`meta.caaIdentities`): what a
+        dns-persist-01 record must name. Empty when it lists none."""
+        directory = await self.directory()
+        meta = getattr(directory, "meta", None)
+        return [str(n).lower() for n in (getattr(meta, "caa_identities", None) or ())]
 
     async def new_order(self, dns_names: list[str], profile: str) -> Order:
         """Place an order for the names (the CSR is sent later, at finalization)."""
@@ -309,7 +364,8 @@ class AcmeClient:
         )
 
     def dns01_value(self, challenge: messages.ChallengeBody) -> str:
-        """The TXT value for a DNS-01 challenge (base64url SHA-256 of the key authorization)."""
+        """The TXT value for a dns-01 or dns-account-01 challenge (base64url SHA-256 of the key
+        authorization)."""
         chall = challenge.chall
         assert isinstance(chall, challenges.DNS01)
         return str(chall.validation(self._jwk))
@@ -323,6 +379,9 @@ class AcmeClient:
     async def answer_challenge(self, challenge: messages.ChallengeBody) -> None:
         """Tell the CA the challenge is ready to be validated."""
         chall = challenge.chall
+        if isinstance(chall, DNSPersist01):
+            await self._post("challenge", challenge.uri, DNSPersist01Response())
+            return
         assert isinstance(chall, challenges.KeyAuthorizationChallenge)
         await self._post("challenge", challenge.uri, chall.response(self._jwk))
 

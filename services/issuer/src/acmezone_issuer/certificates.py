@@ -18,12 +18,13 @@ from acmezone_common.errors import (
     UnavailableError,
 )
 from acmezone_issuer.accounts import AccountManager
+from acmezone_issuer.challenges import ChallengeType
 from acmezone_issuer.errors import AcmeProblemError, IssuanceError
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.keys import KEY_TYPES, KeySealer, key_to_pem
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.names import check_id, normalise_dns_names
-from acmezone_issuer.reconciler import DNS01, HTTP01, PENDING, REVOKED, Reconciler
+from acmezone_issuer.reconciler import HTTP01, PENDING, REVOKED, Reconciler
 from acmezone_issuer.store import CertificateRow, Store, utcnow
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class CertificateManager:
             raise InvalidArgumentError(
                 "INVALID_KEY_TYPE", f"unknown key type {key_type!r}", field="certificate.key_type"
             )
-        if challenge_type not in (DNS01, HTTP01):
+        if challenge_type not in set(ChallengeType):
             raise InvalidArgumentError(
                 "INVALID_CHALLENGE_TYPE",
                 f"unknown challenge type {challenge_type!r}",

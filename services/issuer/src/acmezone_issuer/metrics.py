@@ -91,6 +91,13 @@ class IssuerMetrics:
             ("certificate",),
             registry=registry,
         )
+        self.persist_until = Gauge(
+            "acmezone_issuer_dns_persist_until_timestamp_seconds",
+            "The earliest persistUntil of the dns-persist-01 records a certificate relies on, "
+            "as Unix time; absent when they have none.",
+            ("certificate",),
+            registry=registry,
+        )
         self.renewal = Gauge(
             "acmezone_issuer_certificate_renewal_timestamp_seconds",
             "When each certificate is planned to be renewed, as Unix time.",
@@ -157,8 +164,17 @@ class IssuerMetrics:
                 self.delivery_stale_expiry.remove(certificate)
         self._delivered = set(figures)
 
+    def set_persist_until(self, certificate: str, until: datetime | None) -> None:
+        """Set (or, without an end, drop) a certificate's dns-persist-01 record end. Set by the
+        replica that last checked the records."""
+        if until is not None:
+            self.persist_until.labels(certificate).set(until.timestamp())
+        else:
+            with contextlib.suppress(KeyError):
+                self.persist_until.remove(certificate)
+
     def forget_certificate(self, certificate: str) -> None:
         """Drop a deleted certificate's series."""
-        for gauge in (self.expiry, self.renewal):
+        for gauge in (self.expiry, self.renewal, self.persist_until):
             with contextlib.suppress(KeyError):
                 gauge.remove(certificate)

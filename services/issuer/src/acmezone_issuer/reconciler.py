@@ -31,6 +31,11 @@ from acmezone_issuer.acme_client import (
     describe_problem,
     status_name,
 )
+from acmezone_issuer.challenges import (
+    AUTO_PREFERENCE,
+    DNS_METHODS,
+    ChallengeType,
+)
 from acmezone_issuer.errors import (
     AcmeProblemError,
     AcmeUnavailableError,
@@ -61,8 +66,8 @@ RENEWING = "renewing"
 FAILED = "failed"
 REVOKED = "revoked"
 
-DNS01 = "dns-01"
-HTTP01 = "http-01"
+DNS01 = ChallengeType.DNS01
+HTTP01 = ChallengeType.HTTP01
 
 _CONCURRENCY = 8
 # Polling without Retry-After: soon at first (Pebble and step-ca validate in milliseconds), then
@@ -83,6 +88,31 @@ _ORDERS_TO_SCAN = 20
 def default_replica_id() -> str:
     """host:pid:random, unique per process."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def delegation_methods(challenge_type: str) -> tuple[ChallengeType, ...]:
+    """The delegated DNS methods a certificate's setting may use (none for http-01)."""
+    if challenge_type == ChallengeType.AUTO:
+        return DNS_METHODS
+    if challenge_type in (*DNS_METHODS, ChallengeType.DNS_PERSIST01):
+        return (ChallengeType(challenge_type),)
+    return ()
+
+
+def missing_delegations(row: CertificateRow) -> list[str]:
+    """The CNAMEs still needed before ordering: every checked one for dns-01 and
+    dns-account-01; for `auto`, one per domain that has a wildcard name (the others can fall
+    back to HTTP-01) and no ready CNAME of either kind."""
+    delegations = row.delegations or []
+    if row.challenge_type != ChallengeType.AUTO:
+        return [d["cname_name"] for d in delegations if not d["ready"]]
+    wildcard_domains = {base_domain(n) for n in row.dns_names if n.startswith("*.")}
+    missing = []
+    for domain in sorted(wildcard_domains):
+        checks = [d for d in delegations if d["domain"] == domain]
+        if checks and not any(d["ready"] for d in checks):
+            missing += [d["cname_name"] for d in checks]
+    return missing
 
 
 def compute_conditions(row: CertificateRow, now: datetime) -> list[dict[str, Any]]:
@@ -110,12 +140,12 @@ def compute_conditions(row: CertificateRow, now: datetime) -> list[dict[str, Any
     else:
         issuing = ("False", "Idle", "no issuance in progress")
     conditions = [("Ready", *ready), ("Issuing", *issuing)]
-    if row.challenge_type == DNS01 and row.delegations:
-        missing = [d["cname_name"] for d in row.delegations if not d["ready"]]
+    if delegation_methods(row.challenge_type) and row.delegations:
+        missing = missing_delegations(row)
         if missing:
             delegation = ("False", "WaitingForCNAME", "missing: " + ", ".join(missing))
         else:
-            delegation = ("True", "CNAMEsInPlace", "every _acme-challenge CNAME resolves")
+            delegation = ("True", "CNAMEsInPlace", "every CNAME needed resolves")
         conditions.append(("DelegationReady", *delegation))
     result = []
     for ctype, status, reason, message in conditions:
@@ -135,6 +165,11 @@ def compute_conditions(row: CertificateRow, now: datetime) -> list[dict[str, Any
             }
         )
     return result
+
+
+def _earliest_end(checks: list[dict[str, Any]]) -> datetime | None:
+    ends = [datetime.fromisoformat(c["persist_until"]) for c in checks if c.get("persist_until")]
+    return min(ends) if ends else None
 
 
 class LeaseLostError(Exception):
@@ -347,31 +382,56 @@ class _CertificateJob:
             return
         if await self.recheck_renewal_info(client):
             return
-        if self.row.challenge_type == DNS01 and not await self.delegations_ready():
+        if delegation_methods(self.row.challenge_type) and not await self.delegations_ready(client):
             return
         await self.place_order(client)
 
-    async def delegations_ready(self) -> bool:
-        """Check every CNAME; without all of them wait, placing no order."""
+    async def delegations_ready(self, client: AcmeClient) -> bool:
+        """Check every CNAME (for dns-persist-01: every record); without those needed wait,
+        placing no order."""
+        account_url = client.account_url
         await self.save(
             state=RENEWING if self.has_valid_certificate() else ISSUING,
             stage="checking_delegation",
         )
         domains = sorted({base_domain(name) for name in self.row.dns_names})
         checks = []
+        issuer_domains: list[str] = []
+        if self.row.challenge_type == ChallengeType.DNS_PERSIST01:
+            issuer_domains = await client.caa_identities()
+            if not issuer_domains:
+                raise AcmeProblemError(
+                    "the CA's directory lists no caaIdentities, so the dns-persist-01 record "
+                    "cannot name it; use another challenge type"
+                )
         for domain in domains:
-            check = await self.r._dns01.check(domain)
-            checks.append(
-                {
-                    "domain": check.domain,
-                    "cname_name": check.cname_name,
-                    "cname_target": check.cname_target,
-                    "ready": check.ready,
-                    "detail": check.detail,
-                    "check_time": utcnow().isoformat(),
-                }
-            )
-        if all(c["ready"] for c in checks):
+            for method in delegation_methods(self.row.challenge_type):
+                if method == ChallengeType.DNS_PERSIST01:
+                    wildcard = f"*.{domain}" in self.row.dns_names
+                    check = await self.r._dns01.check_persist(
+                        domain, account_url, issuer_domains, wildcard
+                    )
+                else:
+                    check = await self.r._dns01.check(domain, method, account_url)
+                checks.append(
+                    {
+                        "domain": check.domain,
+                        "challenge_type": str(check.method),
+                        "cname_name": check.cname_name,
+                        "cname_target": check.cname_target,
+                        "ready": check.ready,
+                        "detail": check.detail,
+                        "check_time": utcnow().isoformat(),
+                        "txt_value": check.txt_value,
+                        "persist_until": (
+                            check.persist_until.isoformat() if check.persist_until else None
+                        ),
+                    }
+                )
+        self.r._metrics.set_persist_until(f"certificates/{self.row.id}", _earliest_end(checks))
+        self.row.delegations = checks
+        missing = missing_delegations(self.row)
+        if not missing:
             await self.save(delegations=checks)
             return True
         await self.save(
@@ -384,7 +444,7 @@ class _CertificateJob:
             "waiting for CNAMEs",
             extra={
                 "certificate": self.row.id,
-                "missing": [c["cname_name"] for c in checks if not c["ready"]],
+                "missing": missing,
             },
         )
         return False
@@ -491,9 +551,14 @@ class _CertificateJob:
         await self.save(stage="presenting")
         for authorization in pending:
             challenge = self.pick_challenge(authorization)
-            if self.row.challenge_type == DNS01:
+            method = ChallengeType(str(challenge.chall.typ))
+            if method == ChallengeType.DNS_PERSIST01:
+                # Nothing to write: the record is in place (checked before ordering); the CA
+                # must accept the issuer domain name it carries.
+                self.check_persist_issuer(challenge, authorization)
+            elif method in DNS_METHODS:
                 domain = base_domain(authorization.identifier)
-                delegation = await self.r._dns01.delegation(domain)
+                delegation = await self.r._dns01.delegation(domain, method, client.account_url)
                 value = client.dns01_value(challenge)
                 await self.r._dns01.present(delegation, value)
                 entry = self.attempt.txt.setdefault(delegation.fulldomain, (delegation, set()))
@@ -515,15 +580,48 @@ class _CertificateJob:
         for authorization in pending:
             await self.poll_authorization(client, authorization, deadline)
 
+    def check_persist_issuer(self, challenge: Any, authorization: Authorization) -> None:
+        named = {
+            d["txt_value"].split(";")[0]
+            for d in self.row.delegations or []
+            if d.get("challenge_type") == ChallengeType.DNS_PERSIST01
+            and d["domain"] == authorization.identifier
+        }
+        accepted = list(getattr(challenge.chall, "issuer_domain_names", ()))
+        if accepted and not named & set(accepted):
+            raise AcmeProblemError(
+                f"the CA accepts dns-persist-01 records for {authorization.identifier} only "
+                f"from {', '.join(accepted)}, not {', '.join(sorted(named)) or 'none'}"
+            )
+
+    def usable_methods(self, authorization: Authorization) -> list[ChallengeType]:
+        """The methods this certificate may use for the authorization, best first."""
+        setting = self.row.challenge_type
+        if setting != ChallengeType.AUTO:
+            return [ChallengeType(setting)]
+        ready = {
+            d["challenge_type"]
+            for d in self.row.delegations or []
+            if d["ready"] and d["domain"] == base_domain(authorization.identifier)
+        }
+        return [
+            method
+            for method in AUTO_PREFERENCE
+            if method in ready or (method == ChallengeType.HTTP01 and not authorization.wildcard)
+        ]
+
     def pick_challenge(self, authorization: Authorization) -> Any:
-        wanted = self.row.challenge_type
-        for challenge in authorization.challenges:
-            if challenge.chall.typ == wanted:
-                return challenge
-        offered = ", ".join(str(c.chall.typ) for c in authorization.challenges)
+        """The challenge to answer: the best allowed type the CA offers for this name."""
+        allowed = self.usable_methods(authorization)
+        by_type = {str(c.chall.typ): c for c in authorization.challenges}
+        for method in allowed:
+            if str(method) in by_type:
+                return by_type[str(method)]
+        name = ("*." if authorization.wildcard else "") + authorization.identifier
         raise AcmeProblemError(
-            f"the CA offers no {wanted} challenge for {authorization.identifier} "
-            f"(offered: {offered})"
+            f"the CA offers none of the allowed challenge types for {name} "
+            f"(allowed: {', '.join(allowed) or 'none'}; offered: "
+            f"{', '.join(sorted(by_type)) or 'none'})"
         )
 
     async def poll_authorization(

@@ -37,6 +37,7 @@ from acmezone_common.errors import (
 from acmezone_common.paging import page_size
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
+from acmezone_issuer.challenges import DNS_METHODS, ChallengeType, dns_account_label
 from acmezone_issuer.delivery import DeliveryTokens, is_delivery_token
 from acmezone_issuer.errors import IssuanceError
 from acmezone_issuer.events import CertificateEvents
@@ -66,8 +67,11 @@ _KEY_TYPES = {
 }
 _KEY_TYPE_ENUM = {v: k for k, v in _KEY_TYPES.items()}
 _CHALLENGES = {
-    certificate_service_pb2.CHALLENGE_TYPE_DNS_01: "dns-01",
-    certificate_service_pb2.CHALLENGE_TYPE_HTTP_01: "http-01",
+    certificate_service_pb2.CHALLENGE_TYPE_DNS_01: ChallengeType.DNS01,
+    certificate_service_pb2.CHALLENGE_TYPE_HTTP_01: ChallengeType.HTTP01,
+    certificate_service_pb2.CHALLENGE_TYPE_DNS_ACCOUNT_01: ChallengeType.DNS_ACCOUNT01,
+    certificate_service_pb2.CHALLENGE_TYPE_AUTO: ChallengeType.AUTO,
+    certificate_service_pb2.CHALLENGE_TYPE_DNS_PERSIST_01: ChallengeType.DNS_PERSIST01,
 }
 _CHALLENGE_ENUM = {v: k for k, v in _CHALLENGES.items()}
 _ACCOUNT_STATUS = {
@@ -176,6 +180,7 @@ def account_to_proto(row: AccountRow) -> account_service_pb2.Account:
         terms_of_service_url=row.terms_url,
         key_type=_KEY_TYPE_ENUM[row.key_type],
         account_url=row.account_url,
+        dns_account_label=dns_account_label(row.account_url) if row.account_url else "",
         status=_ACCOUNT_STATUS.get(row.status, account_service_pb2.ACCOUNT_STATUS_UNSPECIFIED),
         create_time=_timestamp(row.create_time),
     )
@@ -193,7 +198,7 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
         account=f"accounts/{row.account_id}",
         key_type=_KEY_TYPE_ENUM[row.key_type],
         profile=row.profile,
-        challenge_type=_CHALLENGE_ENUM[row.challenge_type],
+        challenge_type=_CHALLENGE_ENUM[ChallengeType(row.challenge_type)],
         state=_enum_by_name(pb.State, "STATE", row.state),
         stage=_enum_by_name(pb.Stage, "STAGE", row.stage),
         failed_attempts=row.failed_attempts,
@@ -229,6 +234,11 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
                 ready=delegation["ready"],
                 detail=delegation["detail"],
                 check_time=_timestamp(delegation["check_time"]),
+                challenge_type=_CHALLENGE_ENUM[
+                    ChallengeType(delegation.get("challenge_type", "dns-01"))
+                ],
+                txt_value=delegation.get("txt_value", ""),
+                persist_until_time=_timestamp(delegation.get("persist_until")),
             )
         )
     if row.last_failure:
@@ -465,8 +475,29 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
             raise InvalidArgumentError(
                 "INVALID_DOMAIN", f"{request.domain!r}: {problem}", field="domain"
             )
+        method = (
+            ChallengeType.DNS01
+            if request.challenge_type == certificate_service_pb2.CHALLENGE_TYPE_UNSPECIFIED
+            else _CHALLENGES.get(request.challenge_type)
+        )
+        if method not in DNS_METHODS:
+            raise InvalidArgumentError(
+                "INVALID_CHALLENGE_TYPE",
+                "only dns-01 and dns-account-01 are checked here (a dns-persist-01 "
+                "certificate shows its record in its delegations)",
+                field="challenge_type",
+            )
+        account_url = ""
+        if method == ChallengeType.DNS_ACCOUNT01:
+            account_id = parse_name(request.account, "accounts", "account")
+            try:
+                account_url = (await self._store.get_account(account_id)).account_url
+            except NotFoundError as exc:
+                raise InvalidArgumentError(
+                    "INVALID_ACCOUNT", f"{request.account} does not exist", field="account"
+                ) from exc
         try:
-            check = await self._dns01.check(domain)
+            check = await self._dns01.check(domain, method, account_url)
         except IssuanceError as exc:
             raise UnavailableError("REGISTRY_UNAVAILABLE", exc.message) from exc
         return certificate_service_pb2.Delegation(
@@ -475,6 +506,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
             cname_target=check.cname_target,
             ready=check.ready,
             detail=check.detail,
+            challenge_type=_CHALLENGE_ENUM[check.method],
             check_time=_timestamp(utcnow()),
         )
 

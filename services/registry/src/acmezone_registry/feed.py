@@ -37,6 +37,7 @@ from acmezone_registry.model import (
     ChangeBatch,
     FeedStatus,
     RecordChange,
+    RecordSet,
     SnapshotPart,
     WatchEvent,
 )
@@ -171,16 +172,20 @@ class RecordFeed:
     async def _watch(self, start_revision: int, feed_id: str) -> AsyncIterator[WatchEvent]:
         status = await self._repository.feed_status()
         if start_revision == 0:
-            revision, record_sets = await self._repository.snapshot()
-            for offset in range(0, max(len(record_sets), 1), SNAPSHOT_BATCH_SIZE):
-                chunk = record_sets[offset : offset + SNAPSHOT_BATCH_SIZE]
-                yield SnapshotPart(
-                    record_sets=tuple(chunk),
-                    revision=revision,
-                    last=offset + SNAPSHOT_BATCH_SIZE >= len(record_sets),
-                    feed_id=status.feed_id,
-                    zone=status.zone,
-                )
+            # Parts are streamed from the table as the watcher takes them (gRPC flow
+            # control), one held back to know which is the last.
+            revision = 0
+            held: list[RecordSet] | None = None
+            async with contextlib.aclosing(
+                self._repository.snapshot_parts(SNAPSHOT_BATCH_SIZE)
+            ) as parts:
+                async for revision, record_sets in parts:
+                    if held is not None:
+                        yield SnapshotPart(
+                            tuple(held), revision, False, status.feed_id, status.zone
+                        )
+                    held = record_sets
+            yield SnapshotPart(tuple(held or ()), revision, True, status.feed_id, status.zone)
             next_revision = revision + 1
         else:
             if feed_id and feed_id != status.feed_id:

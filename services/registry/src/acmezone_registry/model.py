@@ -45,6 +45,7 @@ class TxtValue:
     value: str
     create_time: datetime
     expire_time: datetime | None
+    persistent: bool = False
 
 
 @dataclass(frozen=True)

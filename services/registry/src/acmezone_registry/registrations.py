@@ -174,12 +174,19 @@ class Registrations:
         stored = await self.authorizer.owner(caller, subdomain, operation="get")
         return await self._repository.get_txt_record(stored.registration.subdomain)
 
-    async def add_txt_value(self, caller: Caller, subdomain: str, value: str) -> TxtRecord:
-        """Publish a value (newest first, dropping the oldest beyond the registration's limit)."""
+    async def add_txt_value(
+        self, caller: Caller, subdomain: str, value: str, *, persistent: bool = False
+    ) -> TxtRecord:
+        """Publish a value (newest first, dropping the oldest beyond the registration's limit);
+        a persistent one is kept until removed."""
         stored = await self.authorizer.owner(caller, subdomain, operation="add")
         try:
-            checked = validation.txt_value(
-                value, field="value", strict=self._policy.strict_txt_values
+            checked = (
+                validation.persistent_txt_value(value, field="value")
+                if persistent
+                else validation.txt_value(
+                    value, field="value", strict=self._policy.strict_txt_values
+                )
             )
         except InvalidArgumentError:
             self._metrics.txt_updates.labels("add", "invalid").inc()
@@ -191,6 +198,7 @@ class Registrations:
             checked,
             now=now,
             expire_time=now + lifetime if lifetime else None,
+            persistent=persistent,
         )
         self._metrics.txt_updates.labels("add", "ok").inc()
         return record
@@ -200,7 +208,13 @@ class Registrations:
         stored = await self.authorizer.owner(caller, subdomain, operation="remove")
         # Same rule as for adding: a value that could never have been published is an error,
         # not something to look up (and a NUL byte must never reach the database).
-        checked = validation.txt_value(value, field="value", strict=self._policy.strict_txt_values)
+        try:
+            checked = validation.txt_value(
+                value, field="value", strict=self._policy.strict_txt_values
+            )
+        except InvalidArgumentError:
+            # It may be a persistent value, which is not held to the strict form.
+            checked = validation.persistent_txt_value(value, field="value")
         record = await self._repository.remove_txt_values(stored.registration.subdomain, checked)
         self._metrics.txt_updates.labels("remove", "ok").inc()
         return record

@@ -173,7 +173,9 @@ def txt_record_to_proto(record: model.TxtRecord) -> txt_record_service_pb2.TxtRe
     values = []
     for value in record.values:
         message = txt_record_service_pb2.TxtValue(
-            value=value.value, create_time=_timestamp(value.create_time)
+            value=value.value,
+            create_time=_timestamp(value.create_time),
+            persistent=value.persistent,
         )
         if value.expire_time is not None:
             message.expire_time.CopyFrom(_timestamp(value.expire_time))
@@ -203,15 +205,18 @@ def _record_set_to_proto(record_set: model.RecordSet) -> record_feed_service_pb2
 def watch_event_to_proto(event: model.WatchEvent) -> record_feed_service_pb2.WatchRecordsResponse:
     """One feed event as one WatchRecords stream message."""
     if isinstance(event, model.SnapshotPart):
-        return record_feed_service_pb2.WatchRecordsResponse(
+        response = record_feed_service_pb2.WatchRecordsResponse(
             snapshot=record_feed_service_pb2.SnapshotBatch(
-                record_sets=[_record_set_to_proto(s) for s in event.record_sets],
-                revision=event.revision,
-                last=event.last,
-                feed_id=event.feed_id,
-                zone=event.zone,
+                revision=event.revision, last=event.last, feed_id=event.feed_id, zone=event.zone
             )
         )
+        # add() builds each message in place: half the cost of a list of messages, and a
+        # million-name snapshot makes a million of them.
+        add = response.snapshot.record_sets.add
+        txt = record_feed_service_pb2.RECORD_TYPE_TXT
+        for record_set in event.record_sets:
+            add(fqdn=record_set.fqdn, type=txt, txt_values=record_set.txt_values)
+        return response
     if isinstance(event, model.ChangeBatch):
         return record_feed_service_pb2.WatchRecordsResponse(
             changes=record_feed_service_pb2.ChangeBatch(
@@ -359,7 +364,10 @@ class TxtRecordServicer(txt_record_service_pb2_grpc.TxtRecordServiceServicer):
     ) -> txt_record_service_pb2.TxtRecord:
         subdomain = txt_record_subdomain(request.name)
         record = await self._registrations.add_txt_value(
-            _caller(context, self._resolver), subdomain, request.value
+            _caller(context, self._resolver),
+            subdomain,
+            request.value,
+            persistent=request.persistent,
         )
         return txt_record_to_proto(record)
 

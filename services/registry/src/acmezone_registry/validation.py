@@ -84,6 +84,19 @@ def max_txt_values(value: int, *, field: str, default: int) -> int:
     return value
 
 
+def persistent_txt_value(value: str, *, field: str) -> str:
+    """A persistent record's value, e.g. dns-persist-01's `<issuer>; accounturi=<url>`: 1 to 255
+    printable ASCII characters with at least one `;`, whatever the strictness."""
+    if not _PRINTABLE_ASCII.fullmatch(value) or ";" not in value:
+        raise InvalidArgumentError(
+            errors.INVALID_TXT_VALUE,
+            "a persistent TXT value must be 1 to 255 printable ASCII characters with a ';' "
+            "(e.g. 'ca.example; accounturi=https://ca.example/acct/1')",
+            field=field,
+        )
+    return value
+
+
 def txt_value(value: str, *, field: str, strict: bool) -> str:
     """An ACME digest (43 chars of base64url) or, when not strict, 1-255 printable ASCII."""
     if strict and not _ACME_DIGEST.fullmatch(value):

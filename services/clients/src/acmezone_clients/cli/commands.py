@@ -117,6 +117,16 @@ class Cli:
             print(text, file=self.out)
 
 
+# `--challenge` values: the ACME type names, and `auto`.
+_CHALLENGE_TYPES = {
+    "dns-01": pb.CHALLENGE_TYPE_DNS_01,
+    "dns-account-01": pb.CHALLENGE_TYPE_DNS_ACCOUNT_01,
+    "dns-persist-01": pb.CHALLENGE_TYPE_DNS_PERSIST_01,
+    "http-01": pb.CHALLENGE_TYPE_HTTP_01,
+    "auto": pb.CHALLENGE_TYPE_AUTO,
+}
+
+
 def _cert_name(value: str) -> str:
     return value if value.startswith("certificates/") else f"certificates/{value}"
 
@@ -243,7 +253,7 @@ async def cmd_cert_request(cli: Cli) -> int:
         account=_account_name(a.account),
         key_type=_KEY_TYPES[a.key_type],
         profile=a.profile or "",
-        challenge_type=pb.CHALLENGE_TYPE_HTTP_01 if a.http01 else pb.CHALLENGE_TYPE_DNS_01,
+        challenge_type=_CHALLENGE_TYPES["http-01" if a.http01 else a.challenge],
     )
     created = await cli.certificates().CreateCertificate(
         pb.CreateCertificateRequest(certificate=certificate, certificate_id=a.id or ""),
@@ -401,8 +411,14 @@ def write_bundle(out_dir: Path, bundle: pb.CertificateBundle) -> tuple[Path, Pat
 
 
 async def cmd_delegation_check(cli: Cli) -> int:
+    a = cli.args
     delegation = await cli.certificates().CheckDelegation(
-        pb.CheckDelegationRequest(domain=cli.args.domain), metadata=cli.issuer_metadata
+        pb.CheckDelegationRequest(
+            domain=a.domain,
+            challenge_type=_CHALLENGE_TYPES[a.challenge],
+            account=_account_name(a.account) if a.account else "",
+        ),
+        metadata=cli.issuer_metadata,
     )
     cli.emit(delegation, output.delegation(delegation))
     return 0 if delegation.ready else 2
@@ -579,7 +595,14 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     request.add_argument("names", nargs="+", help="DNS names, e.g. '*.example.test' example.test")
     request.add_argument("--account", required=True, help="account id or name")
     request.add_argument("--id", help="certificate id (default: random)")
-    request.add_argument("--http01", action="store_true", help="HTTP-01 instead of DNS-01")
+    challenge = request.add_mutually_exclusive_group()
+    challenge.add_argument(
+        "--challenge",
+        choices=sorted(_CHALLENGE_TYPES),
+        default="dns-01",
+        help="how to prove control (auto: the best the CA offers per name)",
+    )
+    challenge.add_argument("--http01", action="store_true", help="shorthand: --challenge http-01")
     request.add_argument("--key-type", choices=sorted(_KEY_TYPES), default="ecdsa-p256")
     request.add_argument("--profile", help="ACME profile the CA offers")
     request.add_argument("--no-follow", action="store_true", help="return at once")
@@ -616,6 +639,13 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     )
     check = delegation.add_parser("check", help="the CNAME a domain needs, and whether it is set")
     check.add_argument("domain")
+    check.add_argument(
+        "--challenge",
+        choices=["dns-01", "dns-account-01"],
+        default="dns-01",
+        help="dns-account-01: the account's own label under _acme-challenge",
+    )
+    check.add_argument("--account", help="account id or name (for dns-account-01)")
     check.set_defaults(run=cmd_delegation_check)
 
     registration = sub.add_parser("registration", help="registry registrations").add_subparsers(

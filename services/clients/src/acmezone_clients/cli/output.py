@@ -41,6 +41,12 @@ def stage(cert: pb.Certificate) -> str:
     return pb.Stage.Name(cert.stage).removeprefix("STAGE_").lower().replace("_", " ")
 
 
+def challenge(value: pb.ChallengeType.ValueType) -> str:
+    """`dns-01`, `dns-account-01`, ... as the CLI's --challenge spells them."""
+    name = pb.ChallengeType.Name(value).removeprefix("CHALLENGE_TYPE_").lower()
+    return name.replace("_01", "-01").replace("_", "-")
+
+
 def progress_line(cert: pb.Certificate) -> str:
     """One line saying where the certificate is."""
     text = f"[{state(cert)}]"
@@ -58,11 +64,16 @@ def progress_line(cert: pb.Certificate) -> str:
 
 
 def cname_table(cert: pb.Certificate) -> str:
-    """The CNAMEs to add, as Kalm's UI shows them."""
-    rows = [
-        [d.cname_name + ".", "CNAME", d.cname_target + ".", "ok" if d.ready else d.detail]
-        for d in cert.delegations
-    ]
+    """The CNAMEs to add, as Kalm's UI shows them; for dns-persist-01 also the TXT record that
+    may be published instead, and until when the one found holds."""
+    rows = []
+    for d in cert.delegations:
+        now = "ok" if d.ready else d.detail
+        if d.ready and d.HasField("persist_until_time"):
+            now = f"ok until {when(d.persist_until_time)}"
+        rows.append([d.cname_name + ".", "CNAME", d.cname_target + ".", now])
+        if d.txt_value:
+            rows.append([d.cname_name + ".", "TXT", f'"{d.txt_value}"', "or this, not the CNAME"])
     missing = any(not d.ready for d in cert.delegations)
     title = "Add these records at your DNS provider:" if missing else "Delegations (in place):"
     return f"{title}\n" + table(["NAME", "TYPE", "VALUE", "NOW"], rows)
@@ -74,6 +85,8 @@ def certificate(cert: pb.Certificate) -> str:
         f"name:        {cert.name}",
         f"dns names:   {', '.join(cert.dns_names)}",
         f"account:     {cert.account}",
+        f"challenge:   {challenge(cert.challenge_type)}"
+        + (f"  profile: {cert.profile}" if cert.profile else ""),
         f"state:       {state(cert)}" + (f" ({stage(cert)})" if cert.stage else ""),
     ]
     if cert.serial_number:
@@ -112,6 +125,7 @@ def account(item: account_service_pb2.Account) -> str:
             f"name:      {item.name}",
             f"directory: {item.directory_url}",
             f"url:       {item.account_url}",
+            f"label:     {item.dns_account_label or '-'} (dns-account-01)",
             f"contact:   {', '.join(item.contact_emails) or '-'}",
             f"key:       {account_service_pb2.KeyType.Name(item.key_type)[9:].lower()}",
         ]

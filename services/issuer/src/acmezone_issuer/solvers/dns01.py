@@ -2,9 +2,12 @@
 
 For each base domain the issuer creates one registry registration the first time it is needed and
 keeps it (sealed password in the store), so the `_acme-challenge` CNAME a domain owner adds once
-stays valid for every renewal. Before an order is placed every CNAME is checked through the
-configured resolver; after TXT values are set, the same resolver must answer them before the CA is
-told to look, so the CA never sees a missing value.
+stays valid for every renewal. dns-account-01 works the same way at the account's own owner name
+(`_<label>._acme-challenge.<domain>`), with a registration of its own per account and domain, so
+two accounts never share TXT values (or the registry's per-registration limit on them).
+Before an order is placed every CNAME is checked through the configured resolver; after TXT
+values are set, the same resolver must answer them before the CA is told to look, so the CA
+never sees a missing value.
 
 Talks to the registry only through its gRPC stubs.
 """
@@ -14,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -33,6 +37,12 @@ from acmezone.registry.v1 import (
     txt_record_service_pb2_grpc,
 )
 from acmezone_common.addresses import HostPort
+from acmezone_issuer.challenges import (
+    ChallengeType,
+    challenge_owner,
+    parse_persist_value,
+    persist_value,
+)
 from acmezone_issuer.errors import PropagationTimeoutError, RegistryError
 from acmezone_issuer.keys import KeySealer
 from acmezone_issuer.store import DelegationRow, Store, utcnow
@@ -50,10 +60,15 @@ class CnameCheck:
     """The outcome of checking one `_acme-challenge` CNAME."""
 
     domain: str
+    method: ChallengeType
     cname_name: str
     cname_target: str
     ready: bool
     detail: str
+    # dns-persist-01 only: the value to publish at cname_name (if not delegating), and the
+    # earliest persistUntil of the records that authorize the account (None: no end).
+    txt_value: str = ""
+    persist_until: datetime | None = None
 
 
 class Resolver:
@@ -131,13 +146,24 @@ class Dns01Solver:
         self._create_lock = asyncio.Lock()
         self._id_from_domain = registration_id_from_domain
 
-    async def delegation(self, domain: str) -> DelegationRow:
-        """The registration for a base domain, created at the registry the first time."""
-        existing = await self._store.get_delegation(domain)
+    async def delegation(
+        self, domain: str, method: ChallengeType = ChallengeType.DNS01, account_url: str = ""
+    ) -> DelegationRow:
+        """The registration for a base domain (dns-01) or for an account's label on it
+        (dns-account-01), created at the registry the first time.
+
+        dns-01 registrations are stored under the domain itself, dns-account-01 ones under
+        their whole owner name: it starts with `_`, which no certificate domain can.
+        """
+        owner = challenge_owner(method, domain, account_url)
+        key = owner if method == ChallengeType.DNS_ACCOUNT01 else domain
+        if len(owner) > 253:
+            raise RegistryError(f"{owner}: the challenge owner name is longer than 253 characters")
+        existing = await self._store.get_delegation(key)
         if existing is not None:
             return existing
         async with self._create_lock:
-            existing = await self._store.get_delegation(domain)
+            existing = await self._store.get_delegation(key)
             if existing is not None:
                 return existing
             metadata = (
@@ -145,13 +171,14 @@ class Dns01Solver:
                 if self._registry_token
                 else ()
             )
-            label = domain.replace(".", "-")
+            label = key.replace(".", "-")
+            named = self._id_from_domain and len(label) <= 63 and key == domain
             request = registration_service_pb2.CreateRegistrationRequest(
                 registration=registration_service_pb2.Registration(
-                    description=f"acmezone issuer: _acme-challenge.{domain}",
+                    description=f"acmezone issuer: {owner}",
                     max_txt_values=_MAX_TXT_VALUES,
                 ),
-                registration_id=label if self._id_from_domain and len(label) <= 63 else "",
+                registration_id=label if named else "",
             )
             try:
                 created = await self._registrations.CreateRegistration(
@@ -162,33 +189,83 @@ class Dns01Solver:
                     f"registry CreateRegistration failed: {exc.code().name}: {exc.details()}"
                 ) from exc
             row = DelegationRow(
-                domain=domain,
+                domain=key,
                 registration_name=created.name,
                 username=created.username,
-                sealed_password=self._sealer.seal(
-                    created.password.encode(), f"delegation/{domain}"
-                ),
+                sealed_password=self._sealer.seal(created.password.encode(), f"delegation/{key}"),
                 fulldomain=created.fulldomain.lower().rstrip("."),
                 create_time=utcnow(),
             )
             logger.info(
                 "registration created for domain",
-                extra={"domain": domain, "registration": created.name},
+                extra={"owner": owner, "registration": created.name},
             )
             return await self._store.insert_delegation(row)
 
-    async def check(self, domain: str) -> CnameCheck:
-        """Whether `_acme-challenge.<domain>` is a CNAME to the domain's registration."""
-        delegation = await self.delegation(domain)
-        cname_name = f"_acme-challenge.{domain}"
+    async def check(
+        self, domain: str, method: ChallengeType = ChallengeType.DNS01, account_url: str = ""
+    ) -> CnameCheck:
+        """Whether the challenge owner name of `domain` (`_acme-challenge.<domain>`, or the
+        account's label under it) is a CNAME to its registration."""
+        delegation = await self.delegation(domain, method, account_url)
+        cname_name = challenge_owner(method, domain, account_url)
         target, detail = await self._resolver.cname_of(cname_name)
         ready = target == delegation.fulldomain
         return CnameCheck(
             domain=domain,
+            method=method,
             cname_name=cname_name,
             cname_target=delegation.fulldomain,
             ready=ready,
             detail="" if ready else detail,
+        )
+
+    async def check_persist(
+        self, domain: str, account_url: str, issuer_domains: list[str], wildcard: bool
+    ) -> CnameCheck:
+        """Whether `_validation-persist.<domain>` holds a dns-persist-01 record for this account
+        and CA; when it does not but is a CNAME to its registration, publish the record there
+        as a persistent value (once: later checks find it) and wait until DNS answers it.
+
+        The operator may also publish the record directly; then nothing is written at all.
+        """
+        method = ChallengeType.DNS_PERSIST01
+        delegation = await self.delegation(domain, method, account_url)
+        owner = challenge_owner(method, domain, account_url)
+        wanted = persist_value(issuer_domains[0], account_url, wildcard)
+        try:
+            seen = await self._resolver.txt_values(owner)
+        except (dns.exception.DNSException, OSError):
+            seen = set()
+        now = utcnow()
+        records = [
+            r
+            for r in (parse_persist_value(v) for v in seen)
+            if r is not None and r.authorizes(issuer_domains, account_url, wildcard, now)
+        ]
+        result = CnameCheck(
+            domain=domain,
+            method=method,
+            cname_name=owner,
+            cname_target=delegation.fulldomain,
+            ready=True,
+            detail="",
+            txt_value=wanted,
+        )
+        if records:
+            ends = [r.persist_until for r in records]
+            until = None if None in ends else min(e for e in ends if e is not None)
+            return replace(result, persist_until=until)
+        target, detail = await self._resolver.cname_of(owner)
+        if target == delegation.fulldomain:
+            await self.present(delegation, wanted, persistent=True)
+            await self.wait_propagated({delegation.fulldomain: {wanted}})
+            logger.info("dns-persist-01 record published", extra={"owner": owner})
+            return result
+        return replace(
+            result,
+            ready=False,
+            detail=f"{detail}; no TXT record for {' or '.join(issuer_domains)} and this account",
         )
 
     def _credentials(self, delegation: DelegationRow) -> tuple[tuple[str, str], ...]:
@@ -197,12 +274,17 @@ class Dns01Solver:
         ).decode()
         return (("x-api-user", delegation.username), ("x-api-key", password))
 
-    async def present(self, delegation: DelegationRow, value: str) -> None:
-        """Publish one TXT value at the registration's fulldomain."""
+    async def present(
+        self, delegation: DelegationRow, value: str, *, persistent: bool = False
+    ) -> None:
+        """Publish one TXT value at the registration's fulldomain (a persistent one for
+        dns-persist-01: the registry neither trims nor expires it)."""
         try:
             await self._txt.AddTxtValue(
                 txt_record_service_pb2.AddTxtValueRequest(
-                    name=f"{delegation.registration_name}/txtRecord", value=value
+                    name=f"{delegation.registration_name}/txtRecord",
+                    value=value,
+                    persistent=persistent,
                 ),
                 metadata=self._credentials(delegation),
                 timeout=_RPC_TIMEOUT,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "acmezone_feed"
 _FEED_STATE_ID = 1
+_SNAPSHOT_ROWS_PER_READ = 2000
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class _WriteTransaction:
 
     session: AsyncSession
     now: datetime
+    # The locked feed_state row: writers keep its registration count.
+    state: FeedStateRow
     # The feed's revision when the lock was taken; nobody else can move it until we commit.
     base_revision: int
     changes: list[tuple[ChangeType, RecordSet]] = field(default_factory=list)
@@ -128,9 +131,15 @@ class Repository:
     # -- plumbing -----------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncSession]:
+    async def _reading(self, *, consistent: bool = False) -> AsyncIterator[AsyncSession]:
+        """A read transaction; `consistent` makes every statement in it see the same snapshot
+        on PostgreSQL too (REPEATABLE READ; a SQLite read transaction always does)."""
         try:
             async with self._db.reader_session() as session, session.begin():
+                if consistent and not self._db.is_sqlite:
+                    await session.connection(
+                        execution_options={"isolation_level": "REPEATABLE READ"}
+                    )
                 yield session
         except (OperationalError, DBAPIError) as exc:
             if isinstance(exc, IntegrityError):
@@ -151,7 +160,10 @@ class Repository:
                     )
                 ).scalar_one()
                 tx = _WriteTransaction(
-                    session=session, now=datetime.now(UTC), base_revision=state.revision
+                    session=session,
+                    now=datetime.now(UTC),
+                    state=state,
+                    base_revision=state.revision,
                 )
                 yield tx
                 if tx.changes:
@@ -214,7 +226,7 @@ class Repository:
             .where(TxtValueRow.subdomain == subdomain, TxtValueRow.owner == "")
             .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
         )
-        values = tuple(TxtValue(r.value, r.create_time, r.expire_time) for r in rows)
+        values = tuple(TxtValue(r.value, r.create_time, r.expire_time, r.persistent) for r in rows)
         return TxtRecord(subdomain, self.fqdn(subdomain), values, revision)
 
     async def _current_revision(self, session: AsyncSession) -> int:
@@ -271,6 +283,7 @@ class Repository:
                 )
                 tx.session.add(row)
                 await tx.session.flush()
+                tx.state.registration_count += 1
                 tx.changes.append((ChangeType.PUT, RecordSet(self.fqdn(subdomain), ())))
                 return self._to_registration(row)
         except IntegrityError as exc:
@@ -307,9 +320,14 @@ class Repository:
             return [self._to_registration(row) for row in rows]
 
     async def count_registrations(self) -> int:
-        """How many registrations are stored."""
+        """How many registrations are stored: a counter kept in the feed_state row by every
+        create and delete, so the gauge read every maintenance round costs one row, not a
+        scan of a table of millions."""
         async with self._reading() as session:
-            return int(await session.scalar(select(func.count()).select_from(RegistrationRow)) or 0)
+            count = await session.scalar(
+                select(FeedStateRow.registration_count).where(FeedStateRow.id == _FEED_STATE_ID)
+            )
+            return int(count or 0)
 
     async def update_registration(
         self, subdomain: str, changes: RegistrationChanges
@@ -341,6 +359,7 @@ class Repository:
             await tx.session.execute(delete(TxtValueRow).where(TxtValueRow.subdomain == subdomain))
             await tx.session.execute(delete(TsigKeyRow).where(TsigKeyRow.subdomain == subdomain))
             await tx.session.delete(row)
+            tx.state.registration_count -= 1
             tx.changes.append((ChangeType.DELETE, RecordSet(self.fqdn(subdomain), ())))
             if alias_in_use:
                 tx.changes.append(
@@ -368,12 +387,22 @@ class Repository:
             return await self._txt_record(session, subdomain, revision)
 
     async def add_txt_value(
-        self, subdomain: str, value: str, *, now: datetime, expire_time: datetime | None
+        self,
+        subdomain: str,
+        value: str,
+        *,
+        now: datetime,
+        expire_time: datetime | None,
+        persistent: bool = False,
     ) -> TxtRecord:
-        """Publish `value` newest first, keeping the registration's latest max_txt_values.
+        """Publish `value` newest first, keeping the registration's latest max_txt_values
+        challenge values (persistent ones are not counted, never trimmed, never expire).
 
-        Re-adding a published value only refreshes its expiry: no new revision.
+        Re-adding a published value only refreshes its expiry (or makes it persistent): no new
+        revision.
         """
+        if persistent:
+            expire_time = None
         async with self._writing() as tx:
             row = await tx.session.get(RegistrationRow, subdomain)
             if row is None:
@@ -386,11 +415,17 @@ class Repository:
                 )
             )
             if existing is not None:
-                existing.expire_time = expire_time
+                if not existing.persistent:
+                    existing.expire_time = expire_time
+                    existing.persistent = persistent
             else:
                 tx.session.add(
                     TxtValueRow(
-                        subdomain=subdomain, value=value, create_time=now, expire_time=expire_time
+                        subdomain=subdomain,
+                        value=value,
+                        create_time=now,
+                        expire_time=expire_time,
+                        persistent=persistent,
                     )
                 )
                 await tx.session.flush()
@@ -416,11 +451,16 @@ class Repository:
     async def _trim_values(
         self, session: AsyncSession, subdomain: str, keep: int, owner: str = ""
     ) -> bool:
-        """Delete all but the newest `keep` values at one owner; True when any were deleted."""
+        """Delete all but the newest `keep` challenge values at one owner (persistent values
+        stay); True when any were deleted."""
         ids = list(
             await session.scalars(
                 select(TxtValueRow.id)
-                .where(TxtValueRow.subdomain == subdomain, TxtValueRow.owner == owner)
+                .where(
+                    TxtValueRow.subdomain == subdomain,
+                    TxtValueRow.owner == owner,
+                    TxtValueRow.persistent.is_(False),
+                )
                 .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
                 .offset(keep)
             )
@@ -461,41 +501,52 @@ class Repository:
                 state.feed_id, state.revision, state.compacted_revision, self._zone + "."
             )
 
-    async def snapshot(self) -> tuple[int, list[RecordSet]]:
-        """Every record set and the revision they are consistent at.
+    async def snapshot_parts(self, batch_size: int) -> AsyncGenerator[tuple[int, list[RecordSet]]]:
+        """Every record set, in parts of at most `batch_size` (each name in exactly one), all
+        consistent at the revision that comes with each part; at least one part, empty when
+        there is nothing.
 
-        Read in one transaction, then checked: if the revision moved while reading (possible
-        under PostgreSQL's READ COMMITTED), read again; after a few tries, read under the feed
-        lock, which holds writers back for the duration.
+        One read transaction streams the rows (SQLite's WAL snapshot; REPEATABLE READ on
+        PostgreSQL), so the revision and every row come from the same moment without holding
+        writers back, and at most a few thousand rows are in memory at a time, however large
+        the table. Close the iterator (`aclose`) to end the transaction early.
         """
-        for _ in range(3):
-            async with self._reading() as session:
-                before = await self._current_revision(session)
-                record_sets = await self._all_record_sets(session)
-                if await self._current_revision(session) == before:
-                    return before, record_sets
-        async with self._writing() as tx:
-            return tx.base_revision, await self._all_record_sets(tx.session)
-
-    async def _all_record_sets(self, session: AsyncSession) -> list[RecordSet]:
-        subdomains = list(
-            await session.scalars(
-                select(RegistrationRow.subdomain).order_by(RegistrationRow.subdomain)
-            )
-        )
-        values: dict[tuple[str, str], list[str]] = {(s, ""): [] for s in subdomains}
-        rows = await session.execute(
-            select(TxtValueRow.subdomain, TxtValueRow.owner, TxtValueRow.value).order_by(
-                TxtValueRow.subdomain,
+        # Oldest first within an owner name, so the covering index ix_txt_values_snapshot_order
+        # gives the rows in order with no sort (3x cheaper on SQLite); reversed below.
+        statement = (
+            select(RegistrationRow.subdomain, TxtValueRow.owner, TxtValueRow.value)
+            .outerjoin(TxtValueRow, TxtValueRow.subdomain == RegistrationRow.subdomain)
+            .order_by(
+                RegistrationRow.subdomain,
                 TxtValueRow.owner,
-                TxtValueRow.create_time.desc(),
-                TxtValueRow.id.desc(),
+                TxtValueRow.create_time,
+                TxtValueRow.id,
             )
         )
-        for subdomain, owner, value in rows:
-            if (subdomain, "") in values:
-                values.setdefault((subdomain, owner), []).append(value)
-        return [RecordSet(self.fqdn(s, o), tuple(v)) for (s, o), v in values.items()]
+        async with self._reading(consistent=True) as session:
+            revision = await self._current_revision(session)
+            connection = await session.connection()
+            result = await connection.stream(statement)
+            part: list[RecordSet] = []
+            owner_key: tuple[str, str] | None = None
+            values: list[str] = []
+            async for rows in result.partitions(_SNAPSHOT_ROWS_PER_READ):
+                for subdomain, owner, value in rows:
+                    key = (subdomain, owner or "")
+                    if key != owner_key:
+                        if owner_key is not None:
+                            values.reverse()
+                            part.append(RecordSet(self.fqdn(*owner_key), tuple(values)))
+                            if len(part) >= batch_size:
+                                yield revision, part
+                                part = []
+                        owner_key, values = key, []
+                    if value is not None:
+                        values.append(value)
+            if owner_key is not None:
+                values.reverse()
+                part.append(RecordSet(self.fqdn(*owner_key), tuple(values)))
+            yield revision, part
 
     async def changes_since(self, start_revision: int, max_revisions: int) -> list[RecordChange]:
         """The changes of revisions start_revision .. start_revision + max_revisions - 1.

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -55,6 +57,8 @@ class FeedStateRow(Base):
     feed_id: Mapped[str] = mapped_column(String(36))
     revision: Mapped[int] = mapped_column(BigInteger)
     compacted_revision: Mapped[int] = mapped_column(BigInteger)
+    # How many registrations exist, kept by the writers that create and delete them (0004).
+    registration_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class RegistrationRow(Base):
@@ -80,6 +84,9 @@ class TxtValueRow(Base):
     __table_args__ = (
         UniqueConstraint("subdomain", "owner", "value", name="uq_txt_values_subdomain_owner_value"),
         Index("ix_txt_values_expire_time", "expire_time"),
+        # Every read of an owner name's values in order, the feed snapshot's among them, is
+        # answered from this index alone (migration 0003).
+        Index("ix_txt_values_snapshot_order", "subdomain", "owner", "create_time", "id", "value"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -92,6 +99,9 @@ class TxtValueRow(Base):
     value: Mapped[str] = mapped_column(String(255))
     create_time: Mapped[datetime] = mapped_column(UTCDateTime())
     expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A persistent value (dns-persist-01) is kept apart from challenge values: never trimmed to
+    # max_txt_values, never given an expire_time.
+    persistent: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
 
 
 class RecordChangeRow(Base):
