@@ -14,6 +14,7 @@ from acmezone_registry import errors
 from acmezone_registry.access import Caller
 from acmezone_registry.feed import RecordFeed
 from acmezone_registry.model import Bookmark, ChangeBatch, ChangeType, SnapshotPart, WatchEvent
+from acmezone_registry.replicas import ReplicaTracker
 from tests.registry.conftest import ZONE, Stack, open_stack
 from tests.registry.values import acme_digest
 
@@ -22,7 +23,11 @@ ANYONE = Caller(address=None)
 
 def make_feed(stack: Stack, *, bookmark: float = 30.0, poll: float = 30.0) -> RecordFeed:
     return RecordFeed(
-        stack.repository, stack.metrics, bookmark_interval=bookmark, poll_interval=poll
+        stack.repository,
+        stack.metrics,
+        bookmark_interval=bookmark,
+        poll_interval=poll,
+        replicas=ReplicaTracker(timeout=30.0),
     )
 
 

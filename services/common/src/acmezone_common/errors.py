@@ -38,6 +38,7 @@ class ErrorCode(enum.Enum):
     OUT_OF_RANGE = "OUT_OF_RANGE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,12 @@ class ResourceExhaustedError(AcmezoneError):
     """A quota or size limit was hit."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceededError(AcmezoneError):
+    """A wait the caller asked for ran out before its condition held."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
 
 
 class UnavailableError(AcmezoneError):

@@ -89,11 +89,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            # Unknown methods get UNIMPLEMENTED from grpc itself; we expose no client streams.
+        if handler is None or (handler.request_streaming and handler.response_streaming):
+            # Unknown methods get UNIMPLEMENTED from grpc itself; we expose no bidi streams.
             return handler
         service, method = split_method(handler_call_details.method)
         labels = (rpc_type(handler), service, method)
+        if handler.request_streaming:
+            # A client stream ends in one response: wrapped as a unary call is (the request
+            # argument is the iterator of requests).
+            assert handler.stream_unary is not None
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, labels),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.response_streaming:
             assert handler.unary_stream is not None
             return grpc.unary_stream_rpc_method_handler(

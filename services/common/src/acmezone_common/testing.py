@@ -113,6 +113,7 @@ class ServiceProcess:
         if process is None:
             return None
         if process.returncode is None:
+            process.send_signal(signal.SIGCONT)  # a stopped process could not act on SIGTERM
             process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), within)
@@ -120,6 +121,11 @@ class ServiceProcess:
                 process.kill()
                 await process.wait()
         return process.returncode
+
+    def send_signal(self, signum: int) -> None:
+        """Send a signal to the running process (SIGSTOP freezes it: a hung replica)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(signum)
 
     async def kill(self) -> None:
         """SIGKILL: a crash, with no chance to clean up."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from functools import partial
 
 from prometheus_client import CollectorRegistry
@@ -112,6 +113,9 @@ class DnsApp:
             await self.updates.stop()
             self.metrics_server.stop()
             raise
+        self.feed.replica = self.settings.replica_name or (
+            f"{socket.gethostname()}/{self.dns_addresses[0]}"
+        )
         await self.feed.start()
         logger.info(
             "dns serving",

@@ -103,6 +103,10 @@ class FeedClient:
         self.state = FeedState.SYNCING
         self.last_sync_time: datetime | None = None
         self._relist_started = 0.0
+        self._reporter: asyncio.Task[None] | None = None
+        self._served = asyncio.Event()
+        self.replica = ""
+        """The name the served revision is reported under (set before `start`)."""
 
     @property
     def feed_id(self) -> str:
@@ -113,15 +117,19 @@ class FeedClient:
     async def start(self) -> None:
         """Start following the feed in the background."""
         self._channel = grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
-        self._task = asyncio.create_task(self._run(feed_grpc.RecordFeedServiceStub(self._channel)))
+        stub = feed_grpc.RecordFeedServiceStub(self._channel)
+        self._task = asyncio.create_task(self._run(stub))
+        if self.replica:
+            self._reporter = asyncio.create_task(self._report(stub))
 
     async def stop(self) -> None:
         """Stop following and close the channel; the store keeps its state."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._reporter = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -156,6 +164,38 @@ class FeedClient:
             delay = self._rng.uniform(0, self._delay)
             self._delay = min(self._delay * 2, self._backoff_max)
             await asyncio.sleep(delay)
+
+    async def _report(self, stub: feed_grpc.RecordFeedServiceAsyncStub) -> None:
+        """Tell the registry which revision this replica serves, each time it moves (and at
+        every bookmark), over one long-lived stream; only the newest revision is sent, so a
+        burst of revisions costs one message once the stream is free. The registry's
+        readiness waits (WaitForReplicas) rest on these reports."""
+        while True:
+            await self._served.wait()
+            call = stub.ReportServedRevisions()
+            try:
+                while True:
+                    self._served.clear()
+                    await call.write(
+                        feed_pb2.ReportServedRevisionsRequest(
+                            replica=self.replica,
+                            feed_id=self._feed_id,
+                            revision=self._store.snapshot.revision,
+                        )
+                    )
+                    await self._served.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the registry went away: report again once it is back
+                logger.debug("served-revision report stream lost", extra={"error": str(exc)})
+            finally:
+                call.cancel()
+            self._served.set()
+            await asyncio.sleep(self._rng.uniform(self._backoff_initial, self._backoff_max))
+
+    def _report_served(self) -> None:
+        if self._synced:
+            self._served.set()
 
     def _disconnected(self) -> None:
         if self._metrics.connected:
@@ -228,6 +268,7 @@ class FeedClient:
                 "build_seconds": round(time.perf_counter() - self._relist_started, 4),
             },
         )
+        self._report_served()
         if first:
             await self._on_first_snapshot()
         return True
@@ -253,6 +294,7 @@ class FeedClient:
         if revision == applied:
             return
         self._store.apply_changes(pending, revision)
+        self._report_served()
         logger.debug(
             "feed changes applied",
             extra={"revision": revision, "changes": [(c.fqdn, c.values) for c in pending]},
@@ -264,3 +306,4 @@ class FeedClient:
         if bookmark.feed_id and self._feed_id and bookmark.feed_id != self._feed_id:
             raise FeedProtocolError("bookmark from another feed")
         self._metrics.lag_seconds = _lag(bookmark.time)
+        self._report_served()  # a heartbeat: the registry keeps counting this replica

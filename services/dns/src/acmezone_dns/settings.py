@@ -63,6 +63,12 @@ class DnsSettings(ServiceSettings):
         description="The registry's gRPC address (a grpc target) to stream the record feed from "
         "and forward RFC 2136 UPDATE messages to.",
     )
+    replica_name: str = Field(
+        default="",
+        max_length=253,
+        description="The name this replica reports its served revision under (readiness: the "
+        "registry waits for every replica). Empty: the host name and the first DNS address.",
+    )
     zone: str = Field(
         default="acme.example.test", description="The challenge zone the registry allocates in."
     )

@@ -548,6 +548,7 @@ class _CertificateJob:
         authorizations = [await client.get_authorization(url) for url in order.authorizations]
         pending = [a for a in authorizations if a.status == "pending"]
         to_answer = []
+        revision = 0  # the feed revision that carries every value written
         await self.save(stage="presenting")
         for authorization in pending:
             challenge = self.pick_challenge(authorization)
@@ -560,7 +561,7 @@ class _CertificateJob:
                 domain = base_domain(authorization.identifier)
                 delegation = await self.r._dns01.delegation(domain, method, client.account_url)
                 value = client.dns01_value(challenge)
-                await self.r._dns01.present(delegation, value)
+                revision = max(revision, await self.r._dns01.present(delegation, value))
                 entry = self.attempt.txt.setdefault(delegation.fulldomain, (delegation, set()))
                 entry[1].add(value)
             else:
@@ -571,6 +572,7 @@ class _CertificateJob:
                 to_answer.append(challenge)
         if self.attempt.txt:
             await self.save(stage="propagating")
+            await self.r._dns01.wait_replicas(revision)
             await self.r._dns01.wait_propagated(
                 {fulldomain: values for fulldomain, (_, values) in self.attempt.txt.items()}
             )

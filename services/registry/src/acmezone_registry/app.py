@@ -37,6 +37,7 @@ from acmezone_registry.http_api import HttpApi
 from acmezone_registry.maintenance import Maintenance
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
+from acmezone_registry.replicas import ReplicaTracker
 from acmezone_registry.servicer import RecordFeedServicer, RegistrationServicer, TxtRecordServicer
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
@@ -78,6 +79,7 @@ class RegistryApp:
             self.metrics,
             bookmark_interval=settings.feed_bookmark_interval_seconds,
             poll_interval=settings.feed_poll_interval_seconds,
+            replicas=ReplicaTracker(timeout=settings.replica_timeout_seconds),
         )
         self.maintenance = Maintenance(
             self.repository,

@@ -7,7 +7,8 @@ reasons below (the same list stands in the header of each proto file)::
                            INVALID_MAX_TXT_VALUES, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN,
                            INVALID_UPDATE_MASK, INVALID_TXT_VALUE, INVALID_START_REVISION,
                            INVALID_TSIG_KEY_ID, INVALID_TSIG_ALGORITHM, INVALID_DNS_MESSAGE,
-                           INVALID_CLIENT_ADDRESS
+                           INVALID_CLIENT_ADDRESS, INVALID_REPLICA, INVALID_REVISION,
+                           INVALID_TIMEOUT
     UnauthenticatedError   OPERATOR_TOKEN_REQUIRED, OPERATOR_TOKEN_INVALID,
                            CREDENTIALS_REQUIRED, CREDENTIALS_INVALID
     PermissionDeniedError  SOURCE_ADDRESS_NOT_ALLOWED, SUBDOMAIN_MISMATCH
@@ -16,6 +17,7 @@ reasons below (the same list stands in the header of each proto file)::
     ResourceExhaustedError TOO_MANY_TSIG_KEYS
     OutOfRangeError        REVISION_COMPACTED, REVISION_IN_FUTURE, FEED_ID_MISMATCH
     UnavailableError       STORAGE_UNAVAILABLE, SHUTTING_DOWN
+    DeadlineExceededError  REPLICAS_LAGGING
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ REVISION_IN_FUTURE = "REVISION_IN_FUTURE"
 FEED_ID_MISMATCH = "FEED_ID_MISMATCH"
 STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
 SHUTTING_DOWN = "SHUTTING_DOWN"
+INVALID_REPLICA = "INVALID_REPLICA"
+INVALID_REVISION = "INVALID_REVISION"
+INVALID_TIMEOUT = "INVALID_TIMEOUT"
+REPLICAS_LAGGING = "REPLICAS_LAGGING"
 
 
 def registration_not_found(subdomain: str) -> NotFoundError:

@@ -41,6 +41,7 @@ from acmezone_registry.model import (
     SnapshotPart,
     WatchEvent,
 )
+from acmezone_registry.replicas import ReplicaReport, ReplicaTracker
 from acmezone_registry.storage.repository import NOTIFY_CHANNEL, Repository
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,10 @@ class RecordFeed:
         *,
         bookmark_interval: float,
         poll_interval: float,
+        replicas: ReplicaTracker,
     ) -> None:
         self._repository = repository
+        self.replicas = replicas
         self._metrics = metrics
         self._bookmark_interval = bookmark_interval
         self._poll_interval = poll_interval
@@ -95,6 +98,12 @@ class RecordFeed:
     async def status(self) -> FeedStatus:
         """The feed's identity and revision bounds."""
         return await self._repository.feed_status()
+
+    async def wait_for_replicas(self, revision: int, within: float) -> list[ReplicaReport]:
+        """Return once every live dns replica serves `revision` of this feed (see
+        `replicas`); DeadlineExceededError naming the laggards after `within` seconds."""
+        status = await self._repository.feed_status()
+        return await self.replicas.wait_for(revision, status.feed_id, within)
 
     # -- wake-ups -----------------------------------------------------------------------------
 

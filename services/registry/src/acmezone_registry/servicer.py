@@ -35,6 +35,7 @@ from acmezone_common.errors import InvalidArgumentError
 from acmezone_registry import errors, model, validation
 from acmezone_registry.access import Caller, ClientAddressResolver, IPAddress, parse_address
 from acmezone_registry.registrations import Registrations
+from acmezone_registry.replicas import ReplicaReport, ReplicaTracker
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ _COLLECTION = "registrations"
 _TXT_RECORD = "txtRecord"
 # UpdateRegistrationRequest.update_mask paths and the RegistrationChanges field each one sets.
 UPDATABLE_FIELDS = ("allowed_cidrs", "description", "max_txt_values")
+DEFAULT_REPLICA_WAIT_SECONDS = 10.0
+MAX_REPLICA_WAIT_SECONDS = 300.0
 
 
 class RecordFeedSource(Protocol):
@@ -54,6 +57,13 @@ class RecordFeedSource(Protocol):
 
     def watch(self, start_revision: int, feed_id: str) -> AsyncIterator[model.WatchEvent]:
         """Snapshot parts (from 0) or changes (from a revision), then live changes and bookmarks."""
+
+    @property
+    def replicas(self) -> ReplicaTracker:
+        """The dns replicas' reports."""
+
+    async def wait_for_replicas(self, revision: int, within: float) -> list[ReplicaReport]:
+        """Once every live replica serves `revision`."""
 
 
 # -- call metadata --------------------------------------------------------------------------
@@ -430,4 +440,48 @@ class RecordFeedServicer(record_feed_service_pb2_grpc.RecordFeedServiceServicer)
             revision=status.revision,
             compacted_revision=status.compacted_revision,
             zone=status.zone,
+            replicas=[_replica_to_proto(r) for r in self._feed.replicas.live()],
         )
+
+    @override
+    async def ReportServedRevisions(
+        self,
+        request_iterator: AsyncIterator[record_feed_service_pb2.ReportServedRevisionsRequest],
+        context: Context,
+    ) -> record_feed_service_pb2.ReportServedRevisionsResponse:
+        with self._feed.replicas.stream() as report:
+            async for request in request_iterator:
+                report(request.replica, request.feed_id, request.revision)
+        return record_feed_service_pb2.ReportServedRevisionsResponse()
+
+    @override
+    async def WaitForReplicas(
+        self, request: record_feed_service_pb2.WaitForReplicasRequest, context: Context
+    ) -> record_feed_service_pb2.WaitForReplicasResponse:
+        if request.revision < 1:
+            raise InvalidArgumentError(
+                errors.INVALID_REVISION, "revision must be 1 or more", field="revision"
+            )
+        timeout = request.timeout.ToTimedelta().total_seconds()
+        if timeout < 0 or timeout > MAX_REPLICA_WAIT_SECONDS:
+            raise InvalidArgumentError(
+                errors.INVALID_TIMEOUT,
+                f"timeout must be 0 (the default, {DEFAULT_REPLICA_WAIT_SECONDS:g} s) to "
+                f"{MAX_REPLICA_WAIT_SECONDS:g} s",
+                field="timeout",
+            )
+        replicas = await self._feed.wait_for_replicas(
+            request.revision, timeout or DEFAULT_REPLICA_WAIT_SECONDS
+        )
+        return record_feed_service_pb2.WaitForReplicasResponse(
+            replicas=[_replica_to_proto(r) for r in replicas]
+        )
+
+
+def _replica_to_proto(report: ReplicaReport) -> record_feed_service_pb2.ReplicaStatus:
+    return record_feed_service_pb2.ReplicaStatus(
+        replica=report.replica,
+        revision=report.revision,
+        report_time=_timestamp(report.report_time),
+        connected=report.connected,
+    )

@@ -84,6 +84,19 @@ class RegistrySettings(ServiceSettings):
     feed_bookmark_interval_seconds: float = Field(
         default=10.0, gt=0, description="Idle watch streams get a bookmark this often."
     )
+    replica_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A dns replica whose report stream closed is still waited for (it may be "
+        "answering from its last state) until this long after its last report.",
+    )
+    wait_for_replicas_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="When above 0, the acme-dns /update and RFC 2136 answers wait until every "
+        "dns replica serves the change, up to this long (0: answer at once).",
+    )
     feed_poll_interval_seconds: float = Field(
         default=1.0,
         gt=0,

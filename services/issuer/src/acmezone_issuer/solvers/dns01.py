@@ -29,8 +29,11 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import grpc
+from google.protobuf import duration_pb2
 
 from acmezone.registry.v1 import (
+    record_feed_service_pb2,
+    record_feed_service_pb2_grpc,
     registration_service_pb2,
     registration_service_pb2_grpc,
     txt_record_service_pb2,
@@ -140,6 +143,7 @@ class Dns01Solver:
             registry_channel
         )
         self._txt = txt_record_service_pb2_grpc.TxtRecordServiceStub(registry_channel)
+        self._feed = record_feed_service_pb2_grpc.RecordFeedServiceStub(registry_channel)
         self._resolver = resolver
         self._registry_token = registry_token
         self._propagation_timeout = propagation_timeout
@@ -166,11 +170,7 @@ class Dns01Solver:
             existing = await self._store.get_delegation(key)
             if existing is not None:
                 return existing
-            metadata = (
-                (("authorization", f"Bearer {self._registry_token}"),)
-                if self._registry_token
-                else ()
-            )
+            metadata = self._token_metadata()
             label = key.replace(".", "-")
             named = self._id_from_domain and len(label) <= 63 and key == domain
             request = registration_service_pb2.CreateRegistrationRequest(
@@ -258,7 +258,7 @@ class Dns01Solver:
             return replace(result, persist_until=until)
         target, detail = await self._resolver.cname_of(owner)
         if target == delegation.fulldomain:
-            await self.present(delegation, wanted, persistent=True)
+            await self.wait_replicas(await self.present(delegation, wanted, persistent=True))
             await self.wait_propagated({delegation.fulldomain: {wanted}})
             logger.info("dns-persist-01 record published", extra={"owner": owner})
             return result
@@ -268,6 +268,12 @@ class Dns01Solver:
             detail=f"{detail}; no TXT record for {' or '.join(issuer_domains)} and this account",
         )
 
+    def _token_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The operator token, when the registry has one."""
+        if self._registry_token:
+            return (("authorization", f"Bearer {self._registry_token}"),)
+        return ()
+
     def _credentials(self, delegation: DelegationRow) -> tuple[tuple[str, str], ...]:
         password = self._sealer.open(
             delegation.sealed_password, f"delegation/{delegation.domain}"
@@ -276,11 +282,12 @@ class Dns01Solver:
 
     async def present(
         self, delegation: DelegationRow, value: str, *, persistent: bool = False
-    ) -> None:
+    ) -> int:
         """Publish one TXT value at the registration's fulldomain (a persistent one for
-        dns-persist-01: the registry neither trims nor expires it)."""
+        dns-persist-01: the registry neither trims nor expires it); returns the feed revision
+        that carries it."""
         try:
-            await self._txt.AddTxtValue(
+            record = await self._txt.AddTxtValue(
                 txt_record_service_pb2.AddTxtValueRequest(
                     name=f"{delegation.registration_name}/txtRecord",
                     value=value,
@@ -292,6 +299,33 @@ class Dns01Solver:
         except grpc.aio.AioRpcError as exc:
             raise RegistryError(
                 f"registry AddTxtValue failed: {exc.code().name}: {exc.details()}"
+            ) from exc
+        return int(record.revision)
+
+    async def wait_replicas(self, revision: int) -> None:
+        """Wait until every dns replica serves `revision`: CAs validate from several vantage
+        points, each may reach another replica, and none reuses another's answer. Raises
+        PropagationTimeoutError with the registry's account of the replicas behind."""
+        if revision <= 0:
+            return
+        try:
+            await self._feed.WaitForReplicas(
+                record_feed_service_pb2.WaitForReplicasRequest(
+                    revision=revision,
+                    timeout=duration_pb2.Duration(
+                        seconds=max(1, min(300, int(self._propagation_timeout)))
+                    ),
+                ),
+                metadata=self._token_metadata(),
+                timeout=self._propagation_timeout + _RPC_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return  # a registry without replica reports: the resolver check stands alone
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise PropagationTimeoutError(str(exc.details())) from exc
+            raise RegistryError(
+                f"registry WaitForReplicas failed: {exc.code().name}: {exc.details()}"
             ) from exc
 
     async def cleanup(self, delegation: DelegationRow, value: str) -> None:

@@ -1,0 +1,122 @@
+"""Replicas report the revision they serve to the registry over the real feed, and
+WaitForReplicas waits for all of them: three dns replicas in this process, one of which stops
+following the feed for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+
+from acmezone.registry.v1 import record_feed_service_pb2 as feed_pb
+from acmezone.registry.v1 import record_feed_service_pb2_grpc as feed_grpc
+from acmezone_common.testing import error_info_reason
+from acmezone_dns.app import DnsApp
+from tests.dns.conftest import running_dns
+from tests.dns.test_feed_client import registry_client
+from tests.registry.conftest import running_registry
+from tests.registry.values import acme_digest
+
+
+async def reported(feed: feed_grpc.RecordFeedServiceStub, count: int, revision: int) -> list[str]:
+    """Wait until `count` replicas report at least `revision`; their names."""
+    deadline = time.monotonic() + 10
+    while True:
+        status = await feed.GetFeedStatus(feed_pb.GetFeedStatusRequest())
+        names = [r.replica for r in status.replicas if r.revision >= revision and r.connected]
+        if len(names) >= count:
+            return names
+        if time.monotonic() > deadline:
+            raise AssertionError(f"replicas reported: {status.replicas}")
+        await asyncio.sleep(0.02)
+
+
+async def test_wait_for_replicas_waits_for_the_one_behind(tmp_path: Path) -> None:
+    async with running_registry(tmp_path / "registry") as registry:
+        target = str(registry.grpc_address)
+        apps: list[DnsApp] = []
+        async with (
+            grpc.aio.insecure_channel(target) as channel,
+            registry_client(registry.grpc_address) as api,
+            contextlib.AsyncExitStack() as replicas,
+        ):
+            feed = feed_grpc.RecordFeedServiceStub(channel)
+            for i in range(3):
+                (tmp_path / f"dns{i}").mkdir()
+                replica = running_dns(
+                    tmp_path / f"dns{i}", registry_target=target, replica_name=f"replica-{i}"
+                )
+                apps.append(await replicas.enter_async_context(replica))
+            await api.create("ready")
+            first = await api.add("ready", acme_digest(1))
+            assert sorted(await reported(feed, 3, first)) == [
+                "replica-0",
+                "replica-1",
+                "replica-2",
+            ]
+            done = await feed.WaitForReplicas(feed_pb.WaitForReplicasRequest(revision=first))
+            assert [r.replica for r in done.replicas] == ["replica-0", "replica-1", "replica-2"]
+
+            # replica-1 stops following: it still counts, and it is behind.
+            await apps[1].feed.stop()
+            second = await api.add("ready", acme_digest(2))
+            with pytest.raises(grpc.aio.AioRpcError) as lagging:
+                await feed.WaitForReplicas(
+                    feed_pb.WaitForReplicasRequest(
+                        revision=second, timeout=duration_pb2.Duration(nanos=300_000_000)
+                    )
+                )
+            assert lagging.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert error_info_reason(lagging.value) == "REPLICAS_LAGGING"
+            assert f"replica-1 at revision {first} (disconnected)" in str(lagging.value.details())
+            assert "replica-0" not in str(lagging.value.details())
+
+            # Back on the feed, it catches up and the same wait ends.
+            waiting = asyncio.ensure_future(
+                feed.WaitForReplicas(feed_pb.WaitForReplicasRequest(revision=second))
+            )
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            await apps[1].feed.start()
+            done = await asyncio.wait_for(waiting, 10)
+            assert all(r.revision >= second for r in done.replicas)
+            assert len(done.replicas) == 3
+
+
+async def test_bad_waits_are_refused(tmp_path: Path) -> None:
+    async with (
+        running_registry(tmp_path / "registry") as registry,
+        grpc.aio.insecure_channel(str(registry.grpc_address)) as channel,
+    ):
+        feed = feed_grpc.RecordFeedServiceStub(channel)
+        for request, reason in (
+            (feed_pb.WaitForReplicasRequest(revision=0), "INVALID_REVISION"),
+            (
+                feed_pb.WaitForReplicasRequest(
+                    revision=1, timeout=duration_pb2.Duration(seconds=301)
+                ),
+                "INVALID_TIMEOUT",
+            ),
+            (
+                feed_pb.WaitForReplicasRequest(
+                    revision=1, timeout=duration_pb2.Duration(seconds=-1)
+                ),
+                "INVALID_TIMEOUT",
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await feed.WaitForReplicas(request)
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_info_reason(bad.value) == reason
+        call = feed.ReportServedRevisions()
+        await call.write(feed_pb.ReportServedRevisionsRequest(replica="", revision=1))
+        await call.done_writing()
+        with pytest.raises(grpc.aio.AioRpcError) as bad_report:
+            await call
+        assert bad_report.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info_reason(bad_report.value) == "INVALID_REPLICA"
