@@ -31,12 +31,19 @@ ServiceStatus = health_pb2.HealthCheckResponse.ServingStatus
 
 
 class GrpcServer:
-    """A grpc.aio server bound to one address, with health checking and reflection."""
+    """A grpc.aio server bound to one address, with health checking and reflection; TLS when
+    given server `credentials` (acmezone_common.tls), plaintext otherwise."""
 
     def __init__(
-        self, address: HostPort, *, registry: CollectorRegistry, error_domain: str
+        self,
+        address: HostPort,
+        *,
+        registry: CollectorRegistry,
+        error_domain: str,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self._address = address
+        self._credentials = credentials
         self._metrics = GrpcServerMetrics(registry)
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(self._metrics, error_domain)],
@@ -80,7 +87,10 @@ class GrpcServer:
             [*self._services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         try:
-            port = self._server.add_insecure_port(str(self._address))
+            if self._credentials is None:
+                port = self._server.add_insecure_port(str(self._address))
+            else:
+                port = self._server.add_secure_port(str(self._address), self._credentials)
         except RuntimeError as exc:  # grpc's way of saying "address in use" and the like
             raise OSError(f"gRPC server could not bind {self._address}: {exc}") from exc
         await self._server.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from acmezone_common.addresses import HostPort
@@ -21,6 +21,18 @@ class IssuerSettings(ServiceSettings):
     )
 
     grpc_address: Address = Field(default=HostPort("127.0.0.1", 50053), description="gRPC API.")
+    grpc_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain for TLS on the gRPC port (agents on other hosts); "
+        "empty means plaintext.",
+    )
+    grpc_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of grpc_tls_cert_file."
+    )
+    grpc_tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: when set, gRPC clients must present a certificate it issued.",
+    )
     metrics_address: Address = Field(
         default=HostPort("127.0.0.1", 9103), description="Prometheus /metrics."
     )
@@ -104,3 +116,12 @@ class IssuerSettings(ServiceSettings):
     replica_id: str = Field(
         default="", description="Names this replica in leases; empty means host:pid:random."
     )
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> IssuerSettings:
+        """A certificate without its key (or a client CA without TLS) is refused at start."""
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError("grpc_tls_cert_file and grpc_tls_key_file are set together")
+        if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
+            raise ValueError("grpc_tls_client_ca_file needs grpc_tls_cert_file and its key")
+        return self
