@@ -276,3 +276,31 @@ def test_the_service_build_holds_the_cyclic_gc_and_freezes_the_result(tmp_path: 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_a_batch_add_equals_one_add_at_a_time(tmp_path: Path) -> None:
+    """`Relist.add_many` builds the commonest record sets itself: whatever the mix (plain
+    names, deeper ones, upper case, several or long values, a repeat, a name also holding
+    static data, a name outside the zone), it ends exactly where `add` one by one does."""
+    record_sets: list[tuple[str, tuple[str, ...]]] = [
+        *((c.fqdn, c.values or ()) for c in SNAPSHOT),
+        *((f"plain{i}.{ZONE}.", (f"v{i}",)) for i in range(50)),
+        (f"plain3.{ZONE}.", ("again",)),
+        (f"UPPER.{ZONE}.", ("u",)),
+        (f"deep.er.{ZONE}.", ("d",)),
+        (f"two.{ZONE}.", ("a", "b")),
+        (f"long.{ZONE}.", ("L" * 256,)),
+        (f"ns1.{ZONE}.", ("static-and-feed",)),
+        ("elsewhere.example.com.", ("x",)),
+    ]
+    batched = new_store(tmp_path)
+    relist = batched.relist()
+    relist.add_many(record_sets[:20])
+    relist.add_many(record_sets[20:])
+    relist.finish(1, "f")
+    one_by_one = new_store(tmp_path)
+    relist = one_by_one.relist()
+    for fqdn, values in record_sets:
+        relist.add(fqdn, values)
+    relist.finish(1, "f")
+    assert observable(batched) == observable(one_by_one)
