@@ -3,6 +3,7 @@ query holding an old snapshot keeps seeing it whole."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -304,3 +305,24 @@ def test_a_batch_add_equals_one_add_at_a_time(tmp_path: Path) -> None:
         relist.add(fqdn, values)
     relist.finish(1, "f")
     assert observable(batched) == observable(one_by_one)
+
+
+async def test_replaced_tables_are_taken_apart_in_slices(tmp_path: Path) -> None:
+    """After a re-list on the event loop, the old generation's tables are emptied in the
+    background, a slice per loop turn, and the new ones are untouched."""
+    store = new_store(tmp_path)
+    store.apply_snapshot([TxtChange(f"old{i}.{ZONE}.", ("o",)) for i in range(50_000)], 1, "f")
+    old = store.snapshot
+    relist = store.relist()
+    relist.add_many((f"new{i}.{ZONE}.", ("n",)) for i in range(1000))
+    relist.finish(2, "f")
+    new = observable(store)
+    before = len(old.answers)
+    assert before > 50_000  # the feed names' and the static names' answers
+    await asyncio.sleep(0)
+    assert 0 < len(old.answers) < before  # one slice gone, the loop was given back
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not old.answers
+    assert not old.defaults
+    assert observable(store) == new

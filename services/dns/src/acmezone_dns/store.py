@@ -26,6 +26,7 @@ its own bookkeeping needs no lock either.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
@@ -389,6 +390,7 @@ class ZoneStore:
         if self._feed_zone not in self.zone_info:
             raise ValueError(f"feed zone {feed_zone} is not among the static zones")
         self._nodata: dict[int, Packed] = {}
+        self._freeing: set[asyncio.Task[None]] = set()
         self._txt_stat = metrics.slot(metrics.qtype_index(TYPE_TXT), NOERROR)
         # What every one-value TXT answer shares: its header variants and the record's fixed
         # part up to RDLENGTH (the pointer to the question, type, class, TTL).
@@ -526,8 +528,18 @@ class ZoneStore:
                 tables.counts[self._zone_key(key)] += tables.record_count(key)
 
     def _swap(self, tables: _Tables, revision: int, feed_id: str) -> None:
+        retired = self._tables
         self._tables = tables
         self.snapshot = tables.snapshot(revision=revision, feed_id=feed_id, ready=True)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a tool or test): reference counting frees them now
+        # Freeing a million names' objects in one go stalls the loop for a few hundred ms
+        # (measured: 150-390 ms at 1M); take them apart a slice at a time instead.
+        task = loop.create_task(_take_apart(retired), name="zone-tables-free")
+        self._freeing.add(task)
+        task.add_done_callback(self._freeing.discard)
 
     def _zone_key(self, key: bytes) -> bytes:
         for suffix in name_suffixes(key):
@@ -656,6 +668,21 @@ class Relist:
         if self._holding_gc:
             self._holding_gc = False
             gc.enable()
+
+
+_FREED_PER_STEP = 20_000
+
+
+async def _take_apart(tables: _Tables) -> None:
+    """Empty a replaced generation's tables a slice at a time, giving the loop back between
+    slices. Nothing reads them any more: queries run on the current snapshot, and a C-loop
+    batch reads its tables within one call."""
+    for table in (tables.answers, tables.defaults, tables.feed, tables.answer_keys):
+        while table:
+            for _ in range(min(_FREED_PER_STEP, len(table))):
+                table.popitem()
+            await asyncio.sleep(0)
+    tables.below.clear()
 
 
 def _pack(view: ZoneView, key: bytes, qtype: int) -> Packed:
