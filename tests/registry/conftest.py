@@ -22,7 +22,7 @@ from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
 
 ZONE = "acme.example.test"
-FAST_SCRYPT_N = 1024
+CREDENTIAL_KEY = bytes(range(32))
 
 
 @dataclass
@@ -56,7 +56,7 @@ async def open_stack(
             default_max_txt_values=2,
             strict_txt_values=True,
             txt_value_lifetime=lifetime,
-            password_scrypt_n=FAST_SCRYPT_N,
+            credential_key=CREDENTIAL_KEY,
         ),
         metrics,
     )
@@ -74,14 +74,15 @@ async def stack(database_url: str, metrics_registry: CollectorRegistry) -> Async
 
 
 def registry_settings(data_dir: Path, **overrides: Any) -> RegistrySettings:
-    """Settings for an in-process registry on free loopback ports, with fast password hashing."""
+    """Settings for an in-process registry on free loopback ports, keeping its files (database,
+    generated keys) in `data_dir`."""
     values: dict[str, Any] = {
+        "data_dir": data_dir,
         "grpc_address": "127.0.0.1:0",
         "http_address": "127.0.0.1:0",
         "metrics_address": "127.0.0.1:0",
         "database_url": f"sqlite:///{data_dir}/registry.db",
         "zone": ZONE,
-        "password_scrypt_n": FAST_SCRYPT_N,
     }
     values.update(overrides)
     return RegistrySettings(**values)

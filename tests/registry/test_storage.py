@@ -43,7 +43,7 @@ async def test_create_returns_credentials_and_name_exists_without_values(stack: 
     stored = await stack.repository.get_registration(registration.subdomain)
     assert stored is not None
     assert issued.password not in stored.password_hash
-    assert stored.password_hash.startswith("scrypt$")
+    assert stored.password_hash.startswith("hmac-sha256$")
     revision, record_sets = await stack.repository.snapshot()
     assert revision == 1
     assert record_sets == [RecordSet(f"{registration.fulldomain}.", ())]

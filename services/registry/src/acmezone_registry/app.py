@@ -26,6 +26,7 @@ from acmezone.registry.v1 import (
     txt_record_service_pb2,
     txt_record_service_pb2_grpc,
 )
+from acmezone_common import keyfiles
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
@@ -69,7 +70,10 @@ class RegistryApp:
                 txt_value_lifetime=timedelta(seconds=settings.txt_value_lifetime_seconds)
                 if settings.txt_value_lifetime_seconds
                 else None,
-                password_scrypt_n=settings.password_scrypt_n,
+                credential_key=keyfiles.load_or_create_key(
+                    settings.credential_key.get_secret_value() if settings.credential_key else None,
+                    settings.data_dir / "credential.key",
+                ),
             ),
             self.metrics,
         )

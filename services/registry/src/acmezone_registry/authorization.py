@@ -5,19 +5,24 @@
   above, or the registration's own credentials.
 - TXT values: the registration's own credentials, from an address inside its allowed CIDRs.
 
-Unknown usernames cost the same scrypt time as known ones, so response time does not reveal
-which usernames exist. Every refusal is counted by reason.
+Passwords are checked against the keyed fast hash in microseconds; an unknown username is
+checked against a decoy fast hash, so response time does not reveal which usernames exist. A
+slow hash imported from elsewhere (bcrypt, or this registry's old scrypt) is verified in a thread
+and replaced by the fast form on its first success. Every refusal is counted by reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from acmezone_common.errors import PermissionDeniedError, UnauthenticatedError
 from acmezone_registry import credentials, errors, validation
 from acmezone_registry.access import Caller, address_allowed
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.storage.repository import Repository, StoredRegistration
+
+logger = logging.getLogger(__name__)
 
 
 class Authorizer:
@@ -29,15 +34,14 @@ class Authorizer:
         metrics: RegistryMetrics,
         *,
         operator_token: str | None,
-        password_scrypt_n: int,
+        hasher: credentials.PasswordHasher,
     ) -> None:
         self._repository = repository
         self._metrics = metrics
         self._operator_token = operator_token
+        self._hasher = hasher
         # A hash to verify against when the username is unknown: equal timing for both paths.
-        self._decoy_hash = credentials.hash_password(
-            credentials.new_password(), n=password_scrypt_n
-        )
+        self._decoy_hash = hasher.hash(credentials.new_password())
 
     @staticmethod
     def existing_label(subdomain: str) -> str:
@@ -103,11 +107,7 @@ class Authorizer:
             if credentials.plausible_username(caller.username)
             else None
         )
-        valid = await asyncio.to_thread(
-            credentials.verify_password,
-            caller.password,
-            stored.password_hash if stored else self._decoy_hash,
-        )
+        valid = await self._check_password(caller.password, stored)
         if stored is None or not valid:
             deny(UnauthenticatedError(errors.CREDENTIALS_INVALID, "username or password is wrong"))
         assert stored is not None
@@ -127,3 +127,20 @@ class Authorizer:
                 )
             )
         return stored
+
+    async def _check_password(self, password: str, stored: StoredRegistration | None) -> bool:
+        encoded = stored.password_hash if stored else self._decoy_hash
+        if credentials.is_fast_hash(encoded):
+            return self._hasher.verify_fast(password, encoded)
+        verification = await asyncio.to_thread(self._hasher.verify, password, encoded)
+        if stored is not None and verification.needs_rehash:
+            upgraded = await self._repository.upgrade_password_hash(
+                stored.registration.subdomain, encoded, self._hasher.hash(password)
+            )
+            if upgraded:
+                self._metrics.password_rehashes.inc()
+                logger.info(
+                    "password hash upgraded to the fast form",
+                    extra={"subdomain": stored.registration.subdomain},
+                )
+        return verification.valid

@@ -69,6 +69,12 @@ class RegistryMetrics:
             ("reason",),
             registry=registry,
         )
+        self.password_rehashes = Counter(
+            "acmezone_registry_password_rehashes_total",
+            "Slow password hashes (imported bcrypt, earlier scrypt) replaced by the fast form "
+            "after a successful check.",
+            registry=registry,
+        )
         self.feed_watchers = Gauge(
             "acmezone_registry_feed_watchers",
             "Record feed watch streams currently open on this replica.",

@@ -6,7 +6,6 @@ do what is decided by `authorization.Authorizer`, the same for every use case.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +40,8 @@ class RegistrationPolicy:
     default_max_txt_values: int
     strict_txt_values: bool
     txt_value_lifetime: timedelta | None
-    password_scrypt_n: int
+    # Keys the fast password hash (see `credentials`): 32 bytes, the same on every replica.
+    credential_key: bytes
 
 
 class Registrations:
@@ -53,11 +53,9 @@ class Registrations:
         self._repository = repository
         self._policy = policy
         self._metrics = metrics
+        self._hasher = credentials.PasswordHasher(policy.credential_key)
         self.authorizer = Authorizer(
-            repository,
-            metrics,
-            operator_token=policy.operator_token,
-            password_scrypt_n=policy.password_scrypt_n,
+            repository, metrics, operator_token=policy.operator_token, hasher=self._hasher
         )
 
     # -- management ---------------------------------------------------------------------------
@@ -88,14 +86,11 @@ class Registrations:
             default=self._policy.default_max_txt_values,
         )
         password = credentials.new_password()
-        password_hash = await asyncio.to_thread(
-            credentials.hash_password, password, n=self._policy.password_scrypt_n
-        )
         registration = await self._repository.create_registration(
             NewRegistration(
                 subdomain=label,
                 username=credentials.new_username(),
-                password_hash=password_hash,
+                password_hash=self._hasher.hash(password),
                 allowed_cidrs=networks,
                 description=note,
                 max_txt_values=limit,
@@ -158,11 +153,8 @@ class Registrations:
         """Replace the password; the old one stops working with this commit."""
         stored = await self.authorizer.self_or_operator(caller, subdomain)
         password = credentials.new_password()
-        password_hash = await asyncio.to_thread(
-            credentials.hash_password, password, n=self._policy.password_scrypt_n
-        )
         registration = await self._repository.set_password_hash(
-            stored.registration.subdomain, password_hash
+            stored.registration.subdomain, self._hasher.hash(password)
         )
         logger.info("password rotated", extra={"subdomain": registration.subdomain})
         return IssuedCredentials(registration, password)

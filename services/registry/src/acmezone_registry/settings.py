@@ -73,8 +73,11 @@ class RegistrySettings(ServiceSettings):
         ge=0,
         description="Remove TXT values this long after they were set; 0 keeps them.",
     )
-    password_scrypt_n: int = Field(
-        default=16384, ge=2, description="scrypt cost (a power of two) for new password hashes."
+    credential_key: SecretStr | None = Field(
+        default=None,
+        description="32 bytes, base64url, keying the fast password hash. Unset: generated once "
+        "into `<data_dir>/credential.key` (mode 0600). Replicas sharing a database need the "
+        "same key.",
     )
     feed_retention_revisions: int = Field(
         default=10000,
@@ -112,13 +115,6 @@ class RegistrySettings(ServiceSettings):
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(item.strip(), strict=False)) for item in value]
-
-    @field_validator("password_scrypt_n")
-    @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if value & (value - 1):
-            raise ValueError("scrypt N must be a power of two")
-        return value
 
     def resolved_database_url(self) -> str:
         """The database URL to use: the configured one, or SQLite inside data_dir."""

@@ -11,6 +11,7 @@ integrity conflicts become domain errors; nothing half-writes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -18,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, select, text, tuple_
+from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -110,6 +111,7 @@ class Repository:
         self._db = database
         self._zone = zone.rstrip(".").lower()
         self._commit_listeners: list[CommitListener] = []
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if database.is_sqlite else None
 
     @property
     def database(self) -> Database:
@@ -142,7 +144,7 @@ class Repository:
         """A transaction holding the feed lock; its record changes get the next revision."""
         tx: _WriteTransaction | None = None
         try:
-            async with self._db.writer_session() as session, session.begin():
+            async with self._write_turn(), self._db.writer_session() as session, session.begin():
                 state = (
                     await session.execute(
                         select(FeedStateRow)
@@ -183,6 +185,30 @@ class Repository:
             )
             for listener in self._commit_listeners:
                 listener(tx.revision, committed)
+
+    @asynccontextmanager
+    async def _writing_plain(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction for changes that publish no record (credentials, TSIG keys,
+        replay guard, compaction): no feed lock, so it never waits behind record writers on
+        PostgreSQL; on SQLite it queues on the same in-process lock as every writer."""
+        try:
+            async with self._write_turn(), self._db.writer_session() as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            raise _unavailable(exc) from exc
+
+    @asynccontextmanager
+    async def _write_turn(self) -> AsyncIterator[None]:
+        """SQLite has one writer at a time: queue this process's writers on an asyncio lock in
+        front of BEGIN IMMEDIATE, so they wait in order instead of spinning on SQLITE_BUSY (and
+        failing with `database is locked` past the busy timeout). PostgreSQL needs no turn."""
+        if self._write_lock is None:
+            yield
+            return
+        async with self._write_lock:
+            yield
 
     async def _values(self, session: AsyncSession, subdomain: str, owner: str = "") -> list[str]:
         """The values at one owner name, newest first."""
@@ -348,14 +374,31 @@ class Repository:
                 )
 
     async def set_password_hash(self, subdomain: str, password_hash: str) -> Registration:
-        """Replace a registration's password hash."""
-        async with self._writing() as tx:
-            row = await tx.session.get(RegistrationRow, subdomain)
+        """Replace a registration's password hash (no record changes: no feed lock)."""
+        async with self._writing_plain() as session:
+            row = await session.get(RegistrationRow, subdomain)
             if row is None:
                 raise errors.registration_not_found(subdomain)
             row.password_hash = password_hash
-            row.update_time = tx.now
+            row.update_time = datetime.now(UTC)
             return self._to_registration(row)
+
+    async def upgrade_password_hash(self, subdomain: str, old_hash: str, new_hash: str) -> bool:
+        """Store `new_hash` only if the hash is still `old_hash` (a rotation in between wins).
+
+        Used to replace an imported slow hash by the fast form after a successful check; the
+        registration itself does not change, so `update_time` stays.
+        """
+        async with self._writing_plain() as session:
+            result = await session.execute(
+                update(RegistrationRow)
+                .where(
+                    RegistrationRow.subdomain == subdomain,
+                    RegistrationRow.password_hash == old_hash,
+                )
+                .values(password_hash=new_hash)
+            )
+            return bool(getattr(result, "rowcount", 0))
 
     # -- TXT values ---------------------------------------------------------------------------
 
@@ -432,12 +475,14 @@ class Repository:
     async def expire_txt_values(self, now: datetime) -> int:
         """Remove every value whose expire_time has passed; all in one revision. Returns how
         many values were removed."""
+        due = (TxtValueRow.expire_time.is_not(None), TxtValueRow.expire_time <= now)
+        async with self._reading() as session:
+            if await session.scalar(select(TxtValueRow.id).where(*due).limit(1)) is None:
+                return 0
         async with self._writing() as tx:
             expired = list(
                 await tx.session.execute(
-                    select(TxtValueRow.id, TxtValueRow.subdomain, TxtValueRow.owner).where(
-                        TxtValueRow.expire_time.is_not(None), TxtValueRow.expire_time <= now
-                    )
+                    select(TxtValueRow.id, TxtValueRow.subdomain, TxtValueRow.owner).where(*due)
                 )
             )
             if not expired:
@@ -531,17 +576,28 @@ class Repository:
 
     async def compact(self, keep_revisions: int) -> int:
         """Drop feed history older than the latest `keep_revisions`; returns the new mark."""
-        async with self._writing() as tx:
-            state = await tx.session.get(FeedStateRow, _FEED_STATE_ID)
-            assert state is not None
-            mark = state.revision - keep_revisions
-            if mark <= state.compacted_revision:
-                return state.compacted_revision
-            await tx.session.execute(
-                delete(RecordChangeRow).where(RecordChangeRow.revision <= mark)
+        # Compaction publishes nothing: a read decides whether there is work at all, and the
+        # write takes no feed lock. The deleted rows and the new mark commit together, so a
+        # reader sees both or neither.
+        async with self._reading() as session:
+            revision, compacted = (
+                await session.execute(
+                    select(FeedStateRow.revision, FeedStateRow.compacted_revision).where(
+                        FeedStateRow.id == _FEED_STATE_ID
+                    )
+                )
+            ).one()
+        mark = revision - keep_revisions
+        if mark <= compacted:
+            return int(compacted)
+        async with self._writing_plain() as session:
+            await session.execute(delete(RecordChangeRow).where(RecordChangeRow.revision <= mark))
+            await session.execute(
+                update(FeedStateRow)
+                .where(FeedStateRow.id == _FEED_STATE_ID, FeedStateRow.compacted_revision < mark)
+                .values(compacted_revision=mark)
             )
-            state.compacted_revision = mark
-            return mark
+        return int(mark)
 
     # -- TSIG keys ----------------------------------------------------------------------------
 
@@ -555,10 +611,10 @@ class Repository:
         """Store a new key named `<key_id>.<fulldomain>.`."""
         key_name = f"{key_id}.{subdomain}.{self._zone}."
         try:
-            async with self._writing() as tx:
-                if await tx.session.get(RegistrationRow, subdomain) is None:
+            async with self._writing_plain() as session:
+                if await session.get(RegistrationRow, subdomain) is None:
                     raise errors.registration_not_found(subdomain)
-                count = await tx.session.scalar(
+                count = await session.scalar(
                     select(func.count())
                     .select_from(TsigKeyRow)
                     .where(TsigKeyRow.subdomain == subdomain)
@@ -568,7 +624,7 @@ class Repository:
                         errors.TOO_MANY_TSIG_KEYS,
                         f"a registration has at most {max_keys} TSIG keys; delete one first",
                     )
-                if await tx.session.get(TsigKeyRow, (subdomain, key_id)) is not None:
+                if await session.get(TsigKeyRow, (subdomain, key_id)) is not None:
                     raise _tsig_key_exists(key_id)
                 row = TsigKeyRow(
                     subdomain=subdomain,
@@ -576,10 +632,10 @@ class Repository:
                     key_name=key_name,
                     algorithm=algorithm,
                     secret=secret,
-                    create_time=tx.now,
+                    create_time=datetime.now(UTC),
                 )
-                tx.session.add(row)
-                await tx.session.flush()
+                session.add(row)
+                await session.flush()
                 return self._tsig_info(row)
         except IntegrityError as exc:
             raise _tsig_key_exists(key_id) from exc
@@ -610,11 +666,11 @@ class Repository:
 
     async def delete_tsig_key(self, subdomain: str, key_id: str) -> None:
         """Delete a key; it stops verifying with this commit."""
-        async with self._writing() as tx:
-            row = await tx.session.get(TsigKeyRow, (subdomain, key_id))
+        async with self._writing_plain() as session:
+            row = await session.get(TsigKeyRow, (subdomain, key_id))
             if row is None:
                 raise errors.tsig_key_not_found(subdomain, key_id)
-            await tx.session.delete(row)
+            await session.delete(row)
 
     async def find_tsig_key(
         self, key_name: str
@@ -697,10 +753,15 @@ class Repository:
 
     async def purge_replay_guard(self, now: datetime) -> int:
         """Forget MACs whose signatures have expired anyway; returns how many."""
-        async with self._writing() as tx:
-            result = await tx.session.execute(
-                delete(TsigReplayGuardRow).where(TsigReplayGuardRow.expire_time <= now)
-            )
+        expired = TsigReplayGuardRow.expire_time <= now
+        async with self._reading() as session:
+            if (
+                await session.scalar(select(TsigReplayGuardRow.mac_digest).where(expired).limit(1))
+                is None
+            ):
+                return 0
+        async with self._writing_plain() as session:
+            result = await session.execute(delete(TsigReplayGuardRow).where(expired))
             return int(getattr(result, "rowcount", 0) or 0)
 
 
