@@ -165,7 +165,7 @@ def read_acme_dns(
                     f"(tables records and txt): {_first_line(exc)}"
                 ) from exc
             pending = next(txt_rows, None)
-            for partition in records.partitions():
+            for partition in records.partitions(chunk_rows):
                 chunk: list[ImportItem] = []
                 for record in partition:
                     subdomain = str(record[2] or "")

@@ -166,7 +166,7 @@ class BulkImporter:
                     RegistrationRow.subdomain.in_(bindparam("names", expanding=True))
                 ),
                 {"names": [c.subdomain for c in candidates]},
-            )
+            ).all()
         )
         by_username: dict[str, str] = dict(
             conn.execute(
@@ -174,7 +174,7 @@ class BulkImporter:
                     RegistrationRow.username.in_(bindparam("names", expanding=True))
                 ),
                 {"names": [c.username for c in candidates]},
-            )
+            ).all()
         )
         admitted = []
         for candidate in candidates:
