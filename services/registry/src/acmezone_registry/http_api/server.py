@@ -11,7 +11,7 @@ codes and error names:
                INVALID_SUBDOMAIN                               -> 400 bad_subdomain
                INVALID_TXT_VALUE                               -> 400 bad_txt
     both       unparseable body                                -> 400 malformed_json_payload
-               STORAGE_UNAVAILABLE                             -> 500 db_error
+               STORAGE_UNAVAILABLE                             -> 503 db_error, Retry-After
 
 Every answer is JSON, including the 404, 405 and 413 that aiohttp itself would write as text and
 any unexpected failure (500 internal_error, logged). The caller's address is the socket peer;
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 _OTHER_ROUTE = "other"
 # A health probe answers within this even when the database hangs.
 _HEALTH_TIMEOUT_SECONDS = 5.0
+# What a client is told to wait before retrying while the database is unavailable.
+_UNAVAILABLE_RETRY_AFTER_SECONDS = 2
 # In-flight requests get this long to finish when the server stops.
 _SHUTDOWN_SECONDS = 5.0
 
@@ -83,7 +85,10 @@ def _domain_error(exc: AcmezoneError, invalid_names: dict[str, str]) -> web.Resp
     if isinstance(exc, InvalidArgumentError):
         return acme_dns.error(400, invalid_names.get(exc.reason, exc.reason.lower()))
     if isinstance(exc, UnavailableError):
-        return acme_dns.error(500, acme_dns.DB_ERROR)
+        # Temporary by nature: clients (and proxies) retry a 503 after Retry-After.
+        return acme_dns.error(
+            503, acme_dns.DB_ERROR, {"Retry-After": str(_UNAVAILABLE_RETRY_AFTER_SECONDS)}
+        )
     status = 409 if exc.code is ErrorCode.ALREADY_EXISTS else 400
     return acme_dns.error(status, exc.reason.lower())
 

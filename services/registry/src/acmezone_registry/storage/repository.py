@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import delete, func, insert, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -145,30 +145,40 @@ class Repository:
         tx: _WriteTransaction | None = None
         try:
             async with self._write_turn(), self._db.writer_session() as session, session.begin():
-                state = (
+                # Core statements, not ORM objects: this runs for every write in the system.
+                base_revision = (
                     await session.execute(
-                        select(FeedStateRow)
+                        select(FeedStateRow.revision)
                         .where(FeedStateRow.id == _FEED_STATE_ID)
                         .with_for_update()
                     )
                 ).scalar_one()
                 tx = _WriteTransaction(
-                    session=session, now=datetime.now(UTC), base_revision=state.revision
+                    session=session, now=datetime.now(UTC), base_revision=base_revision
                 )
                 yield tx
                 if tx.changes:
-                    state.revision = tx.revision = tx.resulting_revision
-                    for seq, (change_type, record_set) in enumerate(tx.changes):
-                        session.add(
-                            RecordChangeRow(
-                                revision=tx.revision,
-                                seq=seq,
-                                change_type=change_type.value,
-                                fqdn=record_set.fqdn,
-                                txt_values=list(record_set.txt_values),
-                                commit_time=tx.now,
-                            )
-                        )
+                    await session.flush()  # ORM changes of the body go first
+                    tx.revision = tx.resulting_revision
+                    await session.execute(
+                        update(FeedStateRow)
+                        .where(FeedStateRow.id == _FEED_STATE_ID)
+                        .values(revision=tx.revision)
+                    )
+                    await session.execute(
+                        insert(RecordChangeRow),
+                        [
+                            {
+                                "revision": tx.revision,
+                                "seq": seq,
+                                "change_type": change_type.value,
+                                "fqdn": record_set.fqdn,
+                                "txt_values": list(record_set.txt_values),
+                                "commit_time": tx.now,
+                            }
+                            for seq, (change_type, record_set) in enumerate(tx.changes)
+                        ],
+                    )
                     if not self._db.is_sqlite:
                         await session.execute(
                             text("SELECT pg_notify(:channel, :payload)"),
@@ -418,28 +428,62 @@ class Repository:
         Re-adding a published value only refreshes its expiry: no new revision.
         """
         async with self._writing() as tx:
-            row = await tx.session.get(RegistrationRow, subdomain)
-            if row is None:
+            # Four statements for a new value (limit, values, insert, trim); the record set and
+            # the answer are computed from what was read, not read again.
+            keep = await tx.session.scalar(
+                select(RegistrationRow.max_txt_values).where(RegistrationRow.subdomain == subdomain)
+            )
+            if keep is None:
                 raise errors.registration_not_found(subdomain)
-            existing = await tx.session.scalar(
-                select(TxtValueRow).where(
-                    TxtValueRow.subdomain == subdomain,
-                    TxtValueRow.owner == "",
-                    TxtValueRow.value == value,
+            where = (TxtValueRow.subdomain == subdomain, TxtValueRow.owner == "")
+            rows = (
+                await tx.session.execute(
+                    select(
+                        TxtValueRow.id,
+                        TxtValueRow.value,
+                        TxtValueRow.create_time,
+                        TxtValueRow.expire_time,
+                    )
+                    .where(*where)
+                    .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
+                )
+            ).all()
+            current = [TxtValue(r.value, r.create_time, r.expire_time) for r in rows]
+            match = next((i for i, r in enumerate(rows) if r.value == value), None)
+            if match is not None:
+                if rows[match].expire_time != expire_time:
+                    await tx.session.execute(
+                        update(TxtValueRow)
+                        .where(TxtValueRow.id == rows[match].id)
+                        .values(expire_time=expire_time)
+                    )
+                    current[match] = TxtValue(value, rows[match].create_time, expire_time)
+                return TxtRecord(
+                    subdomain, self.fqdn(subdomain), tuple(current), tx.resulting_revision
+                )
+            await tx.session.execute(
+                insert(TxtValueRow).values(
+                    subdomain=subdomain,
+                    owner="",
+                    value=value,
+                    create_time=now,
+                    expire_time=expire_time,
                 )
             )
-            if existing is not None:
-                existing.expire_time = expire_time
-            else:
-                tx.session.add(
-                    TxtValueRow(
-                        subdomain=subdomain, value=value, create_time=now, expire_time=expire_time
-                    )
-                )
-                await tx.session.flush()
-                await self._trim_values(tx.session, subdomain, row.max_txt_values)
-                tx.changes.append((ChangeType.PUT, await self._record_set(tx.session, subdomain)))
-            return await self._txt_record(tx.session, subdomain, tx.resulting_revision)
+            # Newest first; a value set at the same instant as an older one still sorts first
+            # (its id is higher), as the ORDER BY above would put it.
+            kept = sorted(
+                [TxtValue(value, now, expire_time), *current],
+                key=lambda v: v.create_time,
+                reverse=True,
+            )[:keep]
+            dropped = [r.id for r in rows if all(r.value != v.value for v in kept)]
+            if dropped:
+                await tx.session.execute(delete(TxtValueRow).where(TxtValueRow.id.in_(dropped)))
+            tx.changes.append(
+                (ChangeType.PUT, RecordSet(self.fqdn(subdomain), tuple(v.value for v in kept)))
+            )
+            return TxtRecord(subdomain, self.fqdn(subdomain), tuple(kept), tx.resulting_revision)
 
     async def remove_txt_values(self, subdomain: str, value: str | None) -> TxtRecord:
         """Remove one value, or every value when `value` is None. Removing nothing is no change."""
