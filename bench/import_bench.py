@@ -40,8 +40,7 @@ def write_source(path: Path, size: int) -> None:
         "Password TEXT UNIQUE NOT NULL, Subdomain TEXT UNIQUE NOT NULL, AllowFrom TEXT)"
     )
     conn.execute(
-        "CREATE TABLE txt(Subdomain TEXT NOT NULL, Value TEXT NOT NULL DEFAULT '', "
-        "LastUpdate INT)"
+        "CREATE TABLE txt(Subdomain TEXT NOT NULL, Value TEXT NOT NULL DEFAULT '', LastUpdate INT)"
     )
     batch = 50_000
     for start in range(0, size, batch):

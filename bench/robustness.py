@@ -108,7 +108,10 @@ async def acmezone(workdir: Path, **settings: str) -> AsyncIterator[Server]:
         "ACMEZONE_REGISTRY_LOG_LEVEL": "INFO",
         **{f"ACMEZONE_REGISTRY_{k.upper()}": v for k, v in settings.items()},
     }
-    with _process([REGISTRY_BIN, "serve"], env, workdir / "registry.log") as process:
+    argv = [REGISTRY_BIN, "serve"]
+    if os.environ.get("ROBUSTNESS_PROFILE"):
+        argv = [sys.executable, "-m", "cProfile", "-o", os.environ["ROBUSTNESS_PROFILE"], *argv]
+    with _process(argv, env, workdir / "registry.log") as process:
         await wait_http(f"http://{http}/health", process)
         yield Server("acmezone", f"http://{http}", process)
 
@@ -136,7 +139,7 @@ records = ["auth.example.org. A 127.0.0.1", "auth.example.org. NS auth.example.o
 debug = false
 [database]
 engine = "sqlite3"
-connection = "{workdir / 'acme-dns.db'}"
+connection = "{workdir / "acme-dns.db"}"
 [api]
 ip = "127.0.0.1"
 disable_registration = false
@@ -215,6 +218,12 @@ async def sustained_updates(
     return Load(len(latencies), errors, time.monotonic() - started, latencies)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def show_load(name: str, load: Load) -> None:
     print(
         f"  {name:<9} {load.rps:7.1f} req/s (target >= {UPDATE_RPS_TARGET:.0f}), "
@@ -228,8 +237,11 @@ async def probe_sustained(args: argparse.Namespace, workdir: Path) -> None:
     print(f"sustained /update, {args.clients} clients, {args.seconds:.0f} s, SQLite")
     async with acmezone(workdir / "acmezone") as server, aiohttp.ClientSession() as session:
         accounts = await register(session, server, args.clients)
+        cpu = cpu_seconds(server.process.pid)
         ours = await sustained_updates(server, accounts, args.seconds)
+        cpu = cpu_seconds(server.process.pid) - cpu
     show_load("acmezone", ours)
+    print(f"            server CPU {cpu / max(ours.count, 1) * 1e6:.0f} us per request")
     binary = acme_dns_binary()
     if binary is None:
         print("  acme-dns  skipped: set ACMEZONE_TEST_ACME_DNS (no ../shared/bin/acme-dns)")

@@ -18,9 +18,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, text, tuple_, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from acmezone_common.errors import (
@@ -64,6 +66,41 @@ NOTIFY_CHANNEL = "acmezone_feed"
 _FEED_STATE_ID = 1
 
 
+class _Hot:
+    """The statements of the hot paths, built once: constructing a statement and its cache key
+    costs more than executing it on SQLite."""
+
+    lock_feed = (
+        select(FeedStateRow.revision).where(FeedStateRow.id == _FEED_STATE_ID).with_for_update()
+    )
+    set_revision = (
+        update(FeedStateRow)
+        .where(FeedStateRow.id == _FEED_STATE_ID)
+        .values(revision=bindparam("new_revision"))
+    )
+    add_changes = insert(RecordChangeRow)
+    registration_by_username = select(RegistrationRow.__table__).where(
+        RegistrationRow.username == bindparam("username")
+    )
+    max_txt_values = select(RegistrationRow.max_txt_values).where(
+        RegistrationRow.subdomain == bindparam("subdomain")
+    )
+    values = (
+        select(TxtValueRow.id, TxtValueRow.value, TxtValueRow.create_time, TxtValueRow.expire_time)
+        .where(TxtValueRow.subdomain == bindparam("subdomain"), TxtValueRow.owner == "")
+        .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
+    )
+    add_value = insert(TxtValueRow)
+    set_expiry = (
+        update(TxtValueRow)
+        .where(TxtValueRow.id == bindparam("value_id"))
+        .values(expire_time=bindparam("new_expire_time"))
+    )
+    drop_values = delete(TxtValueRow).where(
+        TxtValueRow.id.in_(bindparam("value_ids", expanding=True))
+    )
+
+
 @dataclass(frozen=True)
 class NewRegistration:
     """What the domain decided for a new registration; `subdomain` None means a random UUID."""
@@ -101,7 +138,24 @@ class _WriteTransaction:
         return self.base_revision + (1 if self.changes else 0)
 
 
+@dataclass
+class _SyncWrite:
+    """`_WriteTransaction` for a synchronous transaction body (see `_write_fast`)."""
+
+    conn: Connection
+    now: datetime
+    base_revision: int
+    changes: list[tuple[ChangeType, RecordSet]] = field(default_factory=list)
+    revision: int = 0
+
+    @property
+    def resulting_revision(self) -> int:
+        """The revision the feed will be at once this transaction commits."""
+        return self.base_revision + (1 if self.changes else 0)
+
+
 CommitListener = Callable[[int, tuple[RecordChange, ...]], None]
+T = TypeVar("T")
 
 
 class Repository:
@@ -160,41 +214,89 @@ class Repository:
                 if tx.changes:
                     await session.flush()  # ORM changes of the body go first
                     tx.revision = tx.resulting_revision
-                    await session.execute(
-                        update(FeedStateRow)
-                        .where(FeedStateRow.id == _FEED_STATE_ID)
-                        .values(revision=tx.revision)
-                    )
-                    await session.execute(
-                        insert(RecordChangeRow),
-                        [
-                            {
-                                "revision": tx.revision,
-                                "seq": seq,
-                                "change_type": change_type.value,
-                                "fqdn": record_set.fqdn,
-                                "txt_values": list(record_set.txt_values),
-                                "commit_time": tx.now,
-                            }
-                            for seq, (change_type, record_set) in enumerate(tx.changes)
-                        ],
-                    )
-                    if not self._db.is_sqlite:
-                        await session.execute(
-                            text("SELECT pg_notify(:channel, :payload)"),
-                            {"channel": NOTIFY_CHANNEL, "payload": str(tx.revision)},
-                        )
+                    for statement, parameters in self._feed_statements(tx):
+                        await session.execute(statement, parameters)
         except IntegrityError:
             raise
         except (OperationalError, DBAPIError) as exc:
             raise _unavailable(exc) from exc
-        if tx is not None and tx.revision:
-            committed = tuple(
-                RecordChange(tx.revision, change_type, record_set, tx.now)
-                for change_type, record_set in tx.changes
+        if tx is not None:
+            self._announce(tx)
+
+    def _feed_statements(self, tx: _WriteTransaction | _SyncWrite) -> list[tuple[Any, Any]]:
+        """What records a transaction's changes under its revision: the counter, the change
+        rows, and on PostgreSQL the NOTIFY delivered at commit."""
+        statements: list[tuple[Any, Any]] = [
+            (_Hot.set_revision, {"new_revision": tx.revision}),
+            (
+                _Hot.add_changes,
+                [
+                    {
+                        "revision": tx.revision,
+                        "seq": seq,
+                        "change_type": change_type.value,
+                        "fqdn": record_set.fqdn,
+                        "txt_values": list(record_set.txt_values),
+                        "commit_time": tx.now,
+                    }
+                    for seq, (change_type, record_set) in enumerate(tx.changes)
+                ],
+            ),
+        ]
+        if not self._db.is_sqlite:
+            statements.append(
+                (
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": NOTIFY_CHANNEL, "payload": str(tx.revision)},
+                )
             )
-            for listener in self._commit_listeners:
-                listener(tx.revision, committed)
+        return statements
+
+    def _announce(self, tx: _WriteTransaction | _SyncWrite) -> None:
+        """Tell this process's listeners about a committed revision."""
+        if not tx.revision:
+            return
+        committed = tuple(
+            RecordChange(tx.revision, change_type, record_set, tx.now)
+            for change_type, record_set in tx.changes
+        )
+        for listener in self._commit_listeners:
+            listener(tx.revision, committed)
+
+    async def _write_fast(self, body: Callable[[_SyncWrite], T]) -> T:
+        """`_writing` for hot paths: the whole transaction, feed lock and bookkeeping included,
+        is one synchronous function (see `Database.run_transaction`)."""
+        started: list[_SyncWrite] = []
+
+        def run(conn: Connection) -> T:
+            base_revision = conn.execute(_Hot.lock_feed).scalar_one()
+            tx = _SyncWrite(conn, datetime.now(UTC), int(base_revision))
+            started.append(tx)
+            result = body(tx)
+            if tx.changes:
+                tx.revision = tx.resulting_revision
+                for statement, parameters in self._feed_statements(tx):
+                    conn.execute(statement, parameters)
+            return result
+
+        try:
+            async with self._write_turn():
+                result = await self._db.run_transaction(run, write=True)
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            raise _unavailable(exc) from exc
+        self._announce(started[0])
+        return result
+
+    async def _read_fast(self, body: Callable[[Connection], T]) -> T:
+        """`_reading` for hot paths, as one synchronous function."""
+        try:
+            return await self._db.run_transaction(body, write=False)
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            raise _unavailable(exc) from exc
 
     @asynccontextmanager
     async def _writing_plain(self) -> AsyncIterator[AsyncSession]:
@@ -259,7 +361,7 @@ class Repository:
         )
         return int(revision or 0)
 
-    def _to_registration(self, row: RegistrationRow) -> Registration:
+    def _to_registration(self, row: RegistrationRow | Row[Any]) -> Registration:
         return Registration(
             subdomain=row.subdomain,
             username=row.username,
@@ -271,7 +373,7 @@ class Repository:
             update_time=row.update_time,
         )
 
-    def _stored(self, row: RegistrationRow) -> StoredRegistration:
+    def _stored(self, row: RegistrationRow | Row[Any]) -> StoredRegistration:
         return StoredRegistration(self._to_registration(row), row.password_hash)
 
     # -- health -------------------------------------------------------------------------------
@@ -320,12 +422,13 @@ class Repository:
             return self._stored(row) if row else None
 
     async def get_registration_by_username(self, username: str) -> StoredRegistration | None:
-        """A registration by username, or None."""
-        async with self._reading() as session:
-            row = await session.scalar(
-                select(RegistrationRow).where(RegistrationRow.username == username)
-            )
+        """A registration by username, or None (every authenticated request asks this)."""
+
+        def read(conn: Connection) -> StoredRegistration | None:
+            row = conn.execute(_Hot.registration_by_username, {"username": username}).first()
             return self._stored(row) if row else None
+
+        return await self._read_fast(read)
 
     async def list_registrations(
         self, *, after: tuple[datetime, str] | None, limit: int
@@ -427,48 +530,35 @@ class Repository:
 
         Re-adding a published value only refreshes its expiry: no new revision.
         """
-        async with self._writing() as tx:
+
+        def write(tx: _SyncWrite) -> TxtRecord:
             # Four statements for a new value (limit, values, insert, trim); the record set and
             # the answer are computed from what was read, not read again.
-            keep = await tx.session.scalar(
-                select(RegistrationRow.max_txt_values).where(RegistrationRow.subdomain == subdomain)
-            )
+            keep = tx.conn.execute(_Hot.max_txt_values, {"subdomain": subdomain}).scalar()
             if keep is None:
                 raise errors.registration_not_found(subdomain)
-            where = (TxtValueRow.subdomain == subdomain, TxtValueRow.owner == "")
-            rows = (
-                await tx.session.execute(
-                    select(
-                        TxtValueRow.id,
-                        TxtValueRow.value,
-                        TxtValueRow.create_time,
-                        TxtValueRow.expire_time,
-                    )
-                    .where(*where)
-                    .order_by(TxtValueRow.create_time.desc(), TxtValueRow.id.desc())
-                )
-            ).all()
+            rows = tx.conn.execute(_Hot.values, {"subdomain": subdomain}).all()
             current = [TxtValue(r.value, r.create_time, r.expire_time) for r in rows]
             match = next((i for i, r in enumerate(rows) if r.value == value), None)
             if match is not None:
                 if rows[match].expire_time != expire_time:
-                    await tx.session.execute(
-                        update(TxtValueRow)
-                        .where(TxtValueRow.id == rows[match].id)
-                        .values(expire_time=expire_time)
+                    tx.conn.execute(
+                        _Hot.set_expiry,
+                        {"value_id": rows[match].id, "new_expire_time": expire_time},
                     )
                     current[match] = TxtValue(value, rows[match].create_time, expire_time)
                 return TxtRecord(
                     subdomain, self.fqdn(subdomain), tuple(current), tx.resulting_revision
                 )
-            await tx.session.execute(
-                insert(TxtValueRow).values(
-                    subdomain=subdomain,
-                    owner="",
-                    value=value,
-                    create_time=now,
-                    expire_time=expire_time,
-                )
+            tx.conn.execute(
+                _Hot.add_value,
+                {
+                    "subdomain": subdomain,
+                    "owner": "",
+                    "value": value,
+                    "create_time": now,
+                    "expire_time": expire_time,
+                },
             )
             # Newest first; a value set at the same instant as an older one still sorts first
             # (its id is higher), as the ORDER BY above would put it.
@@ -479,11 +569,13 @@ class Repository:
             )[:keep]
             dropped = [r.id for r in rows if all(r.value != v.value for v in kept)]
             if dropped:
-                await tx.session.execute(delete(TxtValueRow).where(TxtValueRow.id.in_(dropped)))
+                tx.conn.execute(_Hot.drop_values, {"value_ids": dropped})
             tx.changes.append(
                 (ChangeType.PUT, RecordSet(self.fqdn(subdomain), tuple(v.value for v in kept)))
             )
             return TxtRecord(subdomain, self.fqdn(subdomain), tuple(kept), tx.resulting_revision)
+
+        return await self._write_fast(write)
 
     async def remove_txt_values(self, subdomain: str, value: str | None) -> TxtRecord:
         """Remove one value, or every value when `value` is None. Removing nothing is no change."""
