@@ -83,6 +83,8 @@ def registry_settings(data_dir: Path, **overrides: Any) -> RegistrySettings:
         "metrics_address": "127.0.0.1:0",
         "database_url": f"sqlite:///{data_dir}/registry.db",
         "zone": ZONE,
+        # Tests register many accounts from 127.0.0.1; the quota has tests of its own.
+        "open_registrations_per_hour_per_source": 0,
     }
     values.update(overrides)
     return RegistrySettings(**values)

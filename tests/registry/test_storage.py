@@ -341,6 +341,7 @@ async def test_sixty_concurrent_writers_of_every_kind_all_land_quickly(
     """SQLite has one writer at a time: writers queue in-process in front of BEGIN IMMEDIATE,
     so none fails with `database is locked` and none waits behind the busy timeout."""
     issued = [await stack.registrations.create(ANYONE, max_txt_values=10) for _ in range(20)]
+    rotated = [await stack.registrations.create(ANYONE) for _ in range(20)]
     durations: list[float] = []
 
     async def timed(write: Awaitable[object]) -> None:
@@ -349,11 +350,15 @@ async def test_sixty_concurrent_writers_of_every_kind_all_land_quickly(
         durations.append(time.monotonic() - started)
 
     writes: list[Awaitable[object]] = []
-    for index, mine in enumerate(issued):
+    for index, (mine, other) in enumerate(zip(issued, rotated, strict=True)):
         me = owner(mine.registration.username, mine.password)
         subdomain = mine.registration.subdomain
         writes.append(stack.registrations.add_txt_value(me, subdomain, acme_digest(index)))
-        writes.append(stack.registrations.rotate_password(me, subdomain))
+        writes.append(
+            stack.registrations.rotate_password(
+                owner(other.registration.username, other.password), other.registration.subdomain
+            )
+        )
         writes.append(
             stack.repository.create_tsig_key(subdomain, "k", "hmac-sha256", "c2VjcmV0", max_keys=5)
         )

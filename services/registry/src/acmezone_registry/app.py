@@ -37,6 +37,7 @@ from acmezone_registry.feed import RecordFeed
 from acmezone_registry.http_api import HttpApi
 from acmezone_registry.maintenance import Maintenance
 from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.rate_limits import AbuseLimits
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
 from acmezone_registry.servicer import RecordFeedServicer, RegistrationServicer, TxtRecordServicer
 from acmezone_registry.settings import RegistrySettings
@@ -76,6 +77,12 @@ class RegistryApp:
                 ),
             ),
             self.metrics,
+            AbuseLimits.from_quotas(
+                auth_failures_per_minute_per_source=settings.auth_failures_per_minute_per_source,
+                auth_failures_per_minute_per_username=settings.auth_failures_per_minute_per_username,
+                open_registrations_per_hour_per_source=settings.open_registrations_per_hour_per_source,
+                open_registrations_per_hour=settings.open_registrations_per_hour,
+            ),
         )
         self.feed = RecordFeed(
             self.repository,

@@ -19,6 +19,8 @@ AUTH_FAILURE_REASONS = (
     "source_address_not_allowed",
 )
 HTTP_ROUTES = ("/register", "/update", "/health", "other")
+# The abuse limits of `rate_limits.AbuseLimits`, as metric labels.
+RATE_LIMITS = ("auth_source", "auth_username", "registration_source", "registration_global")
 DNS_UPDATE_RCODES = (
     "NOERROR",
     "FORMERR",
@@ -69,6 +71,14 @@ class RegistryMetrics:
             ("reason",),
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "acmezone_registry_rate_limited_total",
+            "Requests refused by an abuse limit (429 / RESOURCE_EXHAUSTED), by limit.",
+            ("limit",),
+            registry=registry,
+        )
+        for limit in RATE_LIMITS:
+            self.rate_limited.labels(limit)
         self.password_rehashes = Counter(
             "acmezone_registry_password_rehashes_total",
             "Slow password hashes (imported bcrypt, earlier scrypt) replaced by the fast form "

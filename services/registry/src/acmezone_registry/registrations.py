@@ -25,6 +25,7 @@ from acmezone_registry.model import (
     TxtRecord,
 )
 from acmezone_registry.paging import decode_page_token, encode_page_token
+from acmezone_registry.rate_limits import AbuseLimits, rate_limited, source_network
 from acmezone_registry.storage.repository import NewRegistration, Repository
 
 logger = logging.getLogger(__name__)
@@ -48,14 +49,23 @@ class Registrations:
     """Registration and TXT-value use cases over the repository."""
 
     def __init__(
-        self, repository: Repository, policy: RegistrationPolicy, metrics: RegistryMetrics
+        self,
+        repository: Repository,
+        policy: RegistrationPolicy,
+        metrics: RegistryMetrics,
+        limits: AbuseLimits | None = None,
     ) -> None:
         self._repository = repository
         self._policy = policy
         self._metrics = metrics
+        self._limits = limits or AbuseLimits.unlimited()
         self._hasher = credentials.PasswordHasher(policy.credential_key)
         self.authorizer = Authorizer(
-            repository, metrics, operator_token=policy.operator_token, hasher=self._hasher
+            repository,
+            metrics,
+            operator_token=policy.operator_token,
+            hasher=self._hasher,
+            limits=self._limits,
         )
 
     # -- management ---------------------------------------------------------------------------
@@ -85,6 +95,8 @@ class Registrations:
             field="registration.max_txt_values",
             default=self._policy.default_max_txt_values,
         )
+        if self._policy.operator_token is None:
+            self._take_open_registration(caller)
         password = credentials.new_password()
         registration = await self._repository.create_registration(
             NewRegistration(
@@ -102,6 +114,19 @@ class Registrations:
             extra={"subdomain": registration.subdomain, "username": registration.username},
         )
         return IssuedCredentials(registration, password)
+
+    def _take_open_registration(self, caller: Caller) -> None:
+        """Open registration (no operator token) has quotas per source network and in all."""
+        source = source_network(caller.address)
+        by_source = self._limits.open_registrations_by_source.wait(source)
+        overall = self._limits.open_registrations.wait("")
+        if by_source or overall:
+            limit = "registration_source" if by_source else "registration_global"
+            self._metrics.rate_limited.labels(limit).inc()
+            what = "registrations from this network" if by_source else "registrations"
+            raise rate_limited(limit, what, max(by_source, overall))
+        self._limits.open_registrations_by_source.take(source)
+        self._limits.open_registrations.take("")
 
     async def get(self, caller: Caller, subdomain: str) -> Registration:
         """One registration, for the operator or the registration itself."""

@@ -79,6 +79,28 @@ class RegistrySettings(ServiceSettings):
         "into `<data_dir>/credential.key` (mode 0600). Replicas sharing a database need the "
         "same key.",
     )
+    auth_failures_per_minute_per_source: float = Field(
+        default=60,
+        ge=0,
+        description="Failed authentications a source network (IPv4 /24, IPv6 /56) may make per "
+        "minute (as a burst, refilling over the minute) before getting 429; 0: no limit.",
+    )
+    auth_failures_per_minute_per_username: float = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications per minute per username before 429; 0: no limit.",
+    )
+    open_registrations_per_hour_per_source: float = Field(
+        default=100,
+        ge=0,
+        description="Open registrations (no operator token configured) a source network may make "
+        "per hour; 0: no limit.",
+    )
+    open_registrations_per_hour: float = Field(
+        default=10000,
+        ge=0,
+        description="Open registrations per hour from everyone together; 0: no limit.",
+    )
     feed_retention_revisions: int = Field(
         default=10000,
         ge=1,

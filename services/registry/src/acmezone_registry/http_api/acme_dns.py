@@ -36,6 +36,7 @@ METHOD_NOT_ALLOWED = "method_not_allowed"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL_ERROR = "internal_error"
+RATE_LIMITED = "rate_limited"
 
 
 class MalformedBodyError(ValueError):

@@ -12,6 +12,7 @@ codes and error names:
                INVALID_TXT_VALUE                               -> 400 bad_txt
     both       unparseable body                                -> 400 malformed_json_payload
                STORAGE_UNAVAILABLE                             -> 503 db_error, Retry-After
+               RATE_LIMITED                                    -> 429 rate_limited, Retry-After
 
 Every answer is JSON, including the 404, 405 and 413 that aiohttp itself would write as text and
 any unexpected failure (500 internal_error, logged). The caller's address is the socket peer;
@@ -79,6 +80,9 @@ def _bearer_token(request: web.Request) -> str | None:
 
 def _domain_error(exc: AcmezoneError, invalid_names: dict[str, str]) -> web.Response:
     """acme-dns's answer for a domain error."""
+    if exc.reason == errors.RATE_LIMITED:
+        retry_after = exc.metadata.get("retry_after_seconds", "1")
+        return acme_dns.error(429, acme_dns.RATE_LIMITED, {"Retry-After": retry_after})
     if exc.code in (ErrorCode.UNAUTHENTICATED, ErrorCode.PERMISSION_DENIED, ErrorCode.NOT_FOUND):
         # acme-dns answers every authentication and authorisation failure alike.
         return acme_dns.error(401, acme_dns.FORBIDDEN)
