@@ -35,6 +35,7 @@ from acmezone_registry.dns_updates import DnsUpdates
 from acmezone_registry.errors import ERROR_DOMAIN
 from acmezone_registry.feed import RecordFeed
 from acmezone_registry.http_api import HttpApi
+from acmezone_registry.http_api.connections import ConnectionLimits
 from acmezone_registry.maintenance import Maintenance
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.rate_limits import AbuseLimits
@@ -149,6 +150,13 @@ class RegistryApp:
             self.metrics,
             max_body_bytes=settings.http_max_body_bytes,
             storage_ok=self.repository.ping,
+            connection_limits=ConnectionLimits(
+                max_connections=settings.http_max_connections,
+                max_connections_per_source=settings.http_max_connections_per_source,
+                header_timeout=settings.http_header_timeout_seconds,
+                idle_timeout=settings.http_idle_timeout_seconds,
+            ),
+            body_timeout=settings.http_body_timeout_seconds,
         )
         self.metrics_server = MetricsServer(settings.metrics_address, metrics_registry)
         self.grpc_address: HostPort = settings.grpc_address

@@ -79,6 +79,27 @@ class RegistryMetrics:
         )
         for limit in RATE_LIMITS:
             self.rate_limited.labels(limit)
+        self.http_connections = Gauge(
+            "acmezone_registry_http_connections",
+            "HTTP API connections currently open.",
+            registry=registry,
+        )
+        self.http_connections_refused = Counter(
+            "acmezone_registry_http_connections_refused_total",
+            "HTTP API connections refused at a connection limit, by limit (global, per_source).",
+            ("limit",),
+            registry=registry,
+        )
+        self.http_timeouts = Counter(
+            "acmezone_registry_http_timeouts_total",
+            "HTTP API requests closed for taking too long to arrive, by phase (header, body).",
+            ("phase",),
+            registry=registry,
+        )
+        for limit in ("global", "per_source"):
+            self.http_connections_refused.labels(limit)
+        for phase in ("header", "body"):
+            self.http_timeouts.labels(phase)
         self.password_rehashes = Counter(
             "acmezone_registry_password_rehashes_total",
             "Slow password hashes (imported bcrypt, earlier scrypt) replaced by the fast form "

@@ -123,6 +123,23 @@ class RegistrySettings(ServiceSettings):
     http_max_body_bytes: int = Field(
         default=65536, ge=1024, description="Largest HTTP request body accepted."
     )
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's headers must arrive within this (JSON 408 and close otherwise).",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A request's body must arrive within this (JSON 408)."
+    )
+    http_idle_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Idle keep-alive HTTP connections are closed after this."
+    )
+    http_max_connections: int = Field(
+        default=1024, ge=1, description="HTTP connections open at once; more get a JSON 503."
+    )
+    http_max_connections_per_source: int = Field(
+        default=64, ge=1, description="HTTP connections one client address may hold open."
+    )
 
     @field_validator("zone")
     @classmethod

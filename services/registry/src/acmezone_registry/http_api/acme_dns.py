@@ -37,6 +37,7 @@ PAYLOAD_TOO_LARGE = "payload_too_large"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL_ERROR = "internal_error"
 RATE_LIMITED = "rate_limited"
+REQUEST_TIMEOUT = "request_timeout"
 
 
 class MalformedBodyError(ValueError):

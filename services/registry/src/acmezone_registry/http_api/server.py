@@ -38,6 +38,7 @@ from acmezone_common.errors import (
 from acmezone_registry import errors
 from acmezone_registry.access import Caller, ClientAddressResolver, parse_address
 from acmezone_registry.http_api import acme_dns
+from acmezone_registry.http_api.connections import ConnectionGuard, ConnectionLimits
 from acmezone_registry.metrics import HTTP_ROUTES, RegistryMetrics
 from acmezone_registry.registrations import Registrations
 
@@ -63,6 +64,10 @@ _UPDATE_ERRORS = {
     errors.INVALID_NAME: acme_dns.BAD_SUBDOMAIN,
     errors.INVALID_TXT_VALUE: acme_dns.BAD_TXT,
 }
+
+
+class RequestBodyTimeoutError(Exception):
+    """The request body did not arrive within the body timeout."""
 
 
 def _route(path: str) -> str:
@@ -108,13 +113,24 @@ class HttpApi:
         *,
         max_body_bytes: int,
         storage_ok: Callable[[], Awaitable[bool]],
+        connection_limits: ConnectionLimits | None = None,
+        body_timeout: float = 10.0,
     ) -> None:
         self._registrations = registrations
         self._resolver = resolver
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
         self._storage_ok = storage_ok
+        self._limits = connection_limits or ConnectionLimits(
+            max_connections=1024,
+            max_connections_per_source=256,
+            header_timeout=10.0,
+            idle_timeout=30.0,
+        )
+        self._body_timeout = body_timeout
+        self._guard = ConnectionGuard(self._limits, metrics)
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
 
     def application(self) -> web.Application:
         """The aiohttp application with acme-dns's routes."""
@@ -129,21 +145,37 @@ class HttpApi:
     async def start(self, address: HostPort) -> HostPort:
         """Bind and serve; returns the bound address (the real port when given port 0)."""
         runner = web.AppRunner(
-            self.application(), access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS
+            self.application(),
+            access_log=None,
+            shutdown_timeout=_SHUTDOWN_SECONDS,
+            # aiohttp's own idle close comes after the guard's deadlines, which answer first.
+            keepalive_timeout=self._limits.idle_timeout + self._limits.header_timeout + 1,
         )
         await runner.setup()
+        assert runner.server is not None
         try:
-            await web.TCPSite(runner, address.host, address.port).start()
+            # Our own listening socket, so every connection passes the guard first.
+            server = await asyncio.get_running_loop().create_server(
+                self._guard.factory(runner.server),
+                address.host,
+                address.port,
+                reuse_address=True,
+                backlog=1024,
+            )
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        bound = address.with_port(int(runner.addresses[0][1]))
+        self._server = server
+        bound = address.with_port(int(server.sockets[0].getsockname()[1]))
         logger.info("acme-dns HTTP API listening", extra={"address": str(bound)})
         return bound
 
     async def stop(self) -> None:
         """Stop accepting connections, let in-flight requests finish briefly, release the port."""
+        if self._server is not None:
+            self._server.close()  # no new connections; open ones drain below
+            self._server = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -160,8 +192,13 @@ class HttpApi:
         route = _route(request.path)
         start = time.perf_counter()
         response: web.StreamResponse
+        self._guard.request_started(request.transport)
         try:
             response = await handler(request)
+        except RequestBodyTimeoutError:
+            self._metrics.http_timeouts.labels("body").inc()
+            response = acme_dns.error(408, acme_dns.REQUEST_TIMEOUT)
+            response.force_close()
         except web.HTTPException as exc:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             name = _HTTP_ERRORS.get(exc.status, exc.reason.lower().replace(" ", "_"))
@@ -169,6 +206,8 @@ class HttpApi:
         except Exception:
             logger.exception("unhandled error in HTTP API", extra={"route": route})
             response = acme_dns.error(500, acme_dns.INTERNAL_ERROR)
+        finally:
+            self._guard.request_finished(request.transport)
         self._metrics.http_requests.labels(route, str(response.status)).inc()
         self._metrics.http_request_seconds.labels(route).observe(time.perf_counter() - start)
         return response
@@ -178,7 +217,11 @@ class HttpApi:
         length = request.content_length
         if length is not None and length > self._max_body_bytes:
             raise web.HTTPRequestEntityTooLarge(self._max_body_bytes, length)
-        return await request.read()
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                return await request.read()
+        except TimeoutError as exc:
+            raise RequestBodyTimeoutError from exc
 
     def _caller(
         self,
