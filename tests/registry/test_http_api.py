@@ -219,6 +219,10 @@ async def test_register_reads_allowfrom_like_acme_dns(
         (b'{"allowfrom": ["192.0.2.0/24", "not-a-network"]}', INVALID_CIDR),
         (b'{"allowfrom": ["2001:db8::/129"]}', INVALID_CIDR),
         (b'{"allowfrom": [""]}', INVALID_CIDR),
+        (
+            json.dumps({"allowfrom": [f"10.0.{i}.0/24" for i in range(65)]}).encode(),
+            b'{"error": "too_many_allowfrom_cidrs"}',
+        ),
     ],
 )
 async def test_register_rejects_bad_bodies_and_creates_nothing(

@@ -6,6 +6,7 @@ codes and error names:
 
     /register  OPERATOR_TOKEN_*                                -> 401 forbidden
                INVALID_CIDR                                    -> 400 invalid_allowfrom_cidr
+               TOO_MANY_CIDRS                                  -> 400 too_many_allowfrom_cidrs
     /update    CREDENTIALS_*, SUBDOMAIN_MISMATCH,
                SOURCE_ADDRESS_NOT_ALLOWED, REGISTRATION_NOT_FOUND -> 401 forbidden
                INVALID_SUBDOMAIN                               -> 400 bad_subdomain
@@ -58,7 +59,10 @@ _HTTP_ERRORS = {
     413: acme_dns.PAYLOAD_TOO_LARGE,
 }
 
-_REGISTER_ERRORS = {errors.INVALID_CIDR: acme_dns.INVALID_ALLOWFROM_CIDR}
+_REGISTER_ERRORS = {
+    errors.INVALID_CIDR: acme_dns.INVALID_ALLOWFROM_CIDR,
+    errors.TOO_MANY_CIDRS: acme_dns.TOO_MANY_ALLOWFROM_CIDRS,
+}
 _UPDATE_ERRORS = {
     errors.INVALID_SUBDOMAIN: acme_dns.BAD_SUBDOMAIN,
     errors.INVALID_NAME: acme_dns.BAD_SUBDOMAIN,
