@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,7 @@ from acmezone_registry import errors
 from acmezone_registry.access import Caller, parse_address
 from acmezone_registry.model import ChangeType, RecordSet, RegistrationChanges
 from acmezone_registry.storage import migrate
+from acmezone_registry.storage.database import Database
 from tests.registry.conftest import ZONE, Stack, open_stack
 from tests.registry.values import acme_digest
 
@@ -371,3 +374,48 @@ async def test_sixty_concurrent_writers_of_every_kind_all_land_quickly(
     for index, mine in enumerate(issued):
         record = await stack.repository.get_txt_record(mine.registration.subdomain)
         assert [v.value for v in record.values] == [acme_digest(index)]
+
+
+async def test_debug_logs_hold_no_secret(
+    database_url: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Registration, update, rotation and TSIG keys with every logger at DEBUG: no password,
+    hash or TSIG secret reaches the log."""
+    with caplog.at_level(logging.DEBUG):
+        opened = await open_stack(database_url)
+        try:
+            issued = await opened.registrations.create(ANYONE)
+            subdomain = issued.registration.subdomain
+            me = owner(issued.registration.username, issued.password)
+            await opened.registrations.add_txt_value(me, subdomain, acme_digest("debug"))
+            rotated = await opened.registrations.rotate_password(me, subdomain)
+            me = owner(issued.registration.username, rotated.password)
+            with pytest.raises(UnauthenticatedError):
+                await opened.registrations.add_txt_value(
+                    owner(issued.registration.username, issued.password), subdomain, "x" * 43
+                )
+            secret = "c2VjcmV0LXRzaWcta2V5LW1hdGVyaWFs"
+            await opened.repository.create_tsig_key(
+                subdomain, "k1", "hmac-sha256", secret, max_keys=5
+            )
+            found = await opened.repository.find_tsig_key(f"k1.{subdomain}.{ZONE}.")
+            assert found is not None
+            stored = await opened.repository.get_registration(subdomain)
+            assert stored is not None
+        finally:
+            await opened.database.dispose()
+    logged = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
+    assert "INSERT" in logged or "SELECT" in logged or caplog.records, "DEBUG was captured"
+    for value in (issued.password, rotated.password, stored.password_hash, secret):
+        assert value not in logged
+    assert stored.password_hash.split("$", 1)[1] not in logged
+
+
+def test_a_new_sqlite_database_is_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh" / "registry"
+    database = Database(f"sqlite:///{data_dir}/registry.db")
+    try:
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data_dir / "registry.db").stat().st_mode) == 0o600
+    finally:
+        asyncio.run(database.dispose())

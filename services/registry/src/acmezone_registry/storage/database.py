@@ -17,7 +17,9 @@ update); on PostgreSQL on the async connection through `run_sync`, which needs n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +32,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from acmezone_common.keyfiles import private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +51,14 @@ class Database:
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
         self.url = parsed
+        # aiosqlite logs every call with its arguments (bound SQL parameters: password hashes,
+        # TSIG secrets) at DEBUG; SQLAlchemy's engines are told to hide parameters as well.
+        logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
         if self.is_sqlite:
             database = parsed.database or ""
             if not database or database == ":memory:":
                 raise ValueError("SQLite needs a file path: the feed is shared through the file")
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _private_database_file(Path(database))
             self._writer = self._sqlite_engine(begin="BEGIN IMMEDIATE")
             self._reader = self._sqlite_engine(begin="BEGIN")
             self._sync_writer: Engine | None = self._sqlite_sync_engine(begin="BEGIN IMMEDIATE")
@@ -62,6 +69,7 @@ class Database:
                 pool_pre_ping=True,
                 pool_size=10,
                 max_overflow=10,
+                hide_parameters=True,
             )
             self._writer = self._reader = engine
             self._sync_writer = self._sync_reader = None
@@ -74,7 +82,9 @@ class Database:
         return self.dialect == "sqlite"
 
     def _sqlite_engine(self, *, begin: str) -> AsyncEngine:
-        engine = create_async_engine(self.url.set(drivername="sqlite+aiosqlite"))
+        engine = create_async_engine(
+            self.url.set(drivername="sqlite+aiosqlite"), hide_parameters=True
+        )
 
         event.listen(engine.sync_engine, "connect", _sqlite_connection_setup)
 
@@ -85,7 +95,7 @@ class Database:
         return engine
 
     def _sqlite_sync_engine(self, *, begin: str) -> Engine:
-        engine = create_engine(self.url.set(drivername="sqlite+pysqlite"))
+        engine = create_engine(self.url.set(drivername="sqlite+pysqlite"), hide_parameters=True)
         event.listen(engine, "connect", _sqlite_connection_setup)
 
         @event.listens_for(engine, "begin")
@@ -121,7 +131,7 @@ class Database:
 
     def create_sync_engine(self) -> Engine:
         """A short-lived synchronous engine, for migrations."""
-        return create_engine(self.sync_url())
+        return create_engine(self.sync_url(), hide_parameters=True)
 
     def writer_session(self) -> AsyncSession:
         """A session whose transactions take the write lock (SQLite) up front."""
@@ -146,6 +156,14 @@ class Database:
                 await asyncio.wait_for(engine.dispose(), within)
             except TimeoutError:
                 logger.warning("database connections did not close in time; abandoning them")
+
+
+def _private_database_file(path: Path) -> None:
+    """The database's directory readable only by us (0700 when we create it), and the file
+    created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the same mode."""
+    private_dir(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_connection_setup(dbapi_connection: Any, _record: Any) -> None:
