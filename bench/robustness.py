@@ -292,6 +292,113 @@ async def probe_sustained(args: argparse.Namespace, workdir: Path) -> None:
     print(f"  ratio     {ratio:7.1f}x acme-dns's requests/s (aim >= {ACME_DNS_RATIO_AIM:.0f}x)")
 
 
+async def wrong_password_flood(
+    server: Server, victims: list[Any], connections: int, stop: asyncio.Event, source: str
+) -> int:
+    """`connections` clients posting wrong passwords back to back until `stop`; how many."""
+    sent = 0
+    connector = aiohttp.TCPConnector(limit=connections, local_addr=(source, 0))
+
+    async def flooder(session: aiohttp.ClientSession, index: int) -> None:
+        nonlocal sent
+        victim = victims[index % len(victims)]
+        headers = {"X-Api-User": victim["username"], "X-Api-Key": "w" * 40}
+        body = json.dumps({"subdomain": victim["subdomain"], "txt": digest(index)})
+        while not stop.is_set():
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.post(f"{server.base}/update", data=body, headers=headers) as r:
+                    await r.read()
+            sent += 1
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(flooder(session, i) for i in range(connections)))
+    return sent
+
+
+async def probe_flood(args: argparse.Namespace, workdir: Path) -> None:
+    print(f"legitimate /update while {args.clients} connections flood wrong passwords")
+    async with acmezone(workdir / "flood") as server, aiohttp.ClientSession() as session:
+        accounts = await register(session, server, 10)
+        victims = await register(session, server, 5)
+        rate = 20.0  # legitimate requests/s, well under capacity
+        quiet = await paced_updates(server, accounts, rate, args.seconds / 2)
+        stop = asyncio.Event()
+        # The flood comes from another network (127.0.1.0/24), as an attacker's would.
+        flood = asyncio.create_task(
+            wrong_password_flood(server, victims, args.clients, stop, "127.0.1.2")
+        )
+        cpu = cpu_seconds(server.process.pid)
+        loaded = await paced_updates(server, accounts, rate, args.seconds)
+        cpu = cpu_seconds(server.process.pid) - cpu
+        stop.set()
+        sent = await flood
+    factor = loaded.quantile(0.99) / quiet.quantile(0.99)
+    print(
+        f"  unloaded p99 {quiet.quantile(0.99) * 1000:.1f} ms; under flood p99 "
+        f"{loaded.quantile(0.99) * 1000:.1f} ms = {factor:.2f}x "
+        f"(target <= {FLOOD_P99_FACTOR_TARGET:.0f}x), {loaded.errors} errors; flood "
+        f"{sent / args.seconds:.0f} req/s, server CPU {cpu / args.seconds * 100:.0f}% of a core"
+    )
+
+
+async def probe_slowloris(args: argparse.Namespace, workdir: Path) -> None:
+    header_timeout = 5.0
+    count = args.slowloris
+    print(f"slowloris: {count} sockets sending one header byte per second")
+    async with acmezone(
+        workdir / "slowloris",
+        http_header_timeout_seconds=str(header_timeout),
+        # One connection per loopback address: the per-address cap is not what is measured.
+        http_max_connections=str(count + 100),
+    ) as server:
+        host, port = server.base.removeprefix("http://").split(":")
+        closed_after: list[float] = []
+        started = time.monotonic()
+
+        async def slow_client(index: int) -> None:
+            source = f"127.0.{1 + index // 250}.{1 + index % 250}"
+            try:
+                reader, writer = await asyncio.open_connection(
+                    host, int(port), local_addr=(source, 0)
+                )
+            except OSError:
+                closed_after.append(0.0)
+                return
+            opened = time.monotonic()
+            request = b"POST /update HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+            try:
+                for byte in request:
+                    writer.write(bytes([byte]))
+                    with contextlib.suppress(TimeoutError):
+                        if await asyncio.wait_for(reader.read(1024), 1.0) == b"":
+                            break
+                    if reader.at_eof():
+                        break
+                    if time.monotonic() - opened > header_timeout * 4:
+                        break
+            except (ConnectionError, OSError):
+                pass
+            closed_after.append(time.monotonic() - opened)
+            writer.close()
+
+        tasks = [asyncio.create_task(slow_client(i)) for i in range(count)]
+        await asyncio.sleep(1.0)  # let the sockets connect before the normal client asks
+        answered = None
+        async with aiohttp.ClientSession() as session:
+            asked = time.monotonic()
+            async with session.get(f"{server.base}/health") as reply:
+                await reply.read()
+                answered = (reply.status, time.monotonic() - asked)
+        await asyncio.gather(*tasks)
+        total = time.monotonic() - started
+    within = sum(1 for t in closed_after if 0 < t <= header_timeout + 1.5)
+    print(
+        f"  {within}/{count} closed within the header timeout of {header_timeout:.0f} s "
+        f"(+1.5 s slack; target: all), slowest {max(closed_after):.1f} s, run {total:.0f} s; "
+        f"a normal client meanwhile: status {answered[0]} in {answered[1] * 1000:.0f} ms"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
@@ -301,10 +408,14 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="acmezone-robustness-") as tmp:
         workdir = Path(tmp)
-        for name in ("acmezone", "acme-dns"):
+        for name in ("acmezone", "acme-dns", "flood", "slowloris"):
             (workdir / name).mkdir()
         if args.only in (None, "sustained"):
             await probe_sustained(args, workdir)
+        if args.only in (None, "flood"):
+            await probe_flood(args, workdir)
+        if args.only in (None, "slowloris"):
+            await probe_slowloris(args, workdir)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ _OTHER_ROUTE = "other"
 _HEALTH_TIMEOUT_SECONDS = 5.0
 # What a client is told to wait before retrying while the database is unavailable.
 _UNAVAILABLE_RETRY_AFTER_SECONDS = 2
+# How long a rate-limited answer is held back (see `_tarpit`).
+_RATE_LIMITED_DELAY_SECONDS = 1.0
 # In-flight requests get this long to finish when the server stops.
 _SHUTDOWN_SECONDS = 5.0
 
@@ -85,6 +87,13 @@ def _bearer_token(request: web.Request) -> str | None:
         return None
     scheme, _, token = header.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def _tarpit(exc: AcmezoneError) -> None:
+    """Hold a rate-limited answer back a little: a flooding client then waits instead of
+    costing us a request per round trip (its connections are capped per address anyway)."""
+    if exc.reason == errors.RATE_LIMITED:
+        await asyncio.sleep(_RATE_LIMITED_DELAY_SECONDS)
 
 
 def _domain_error(exc: AcmezoneError, invalid_names: dict[str, str]) -> web.Response:
@@ -259,6 +268,7 @@ class HttpApi:
                 return acme_dns.error(
                     401, acme_dns.FORBIDDEN, {"WWW-Authenticate": 'Bearer realm="acmezone"'}
                 )
+            await _tarpit(exc)
             return _domain_error(exc, _REGISTER_ERRORS)
         return acme_dns.registered(issued.registration, issued.password)
 
@@ -275,6 +285,7 @@ class HttpApi:
         try:
             await self._registrations.add_txt_value(caller, wanted.subdomain, wanted.txt)
         except AcmezoneError as exc:
+            await _tarpit(exc)
             return _domain_error(exc, _UPDATE_ERRORS)
         return acme_dns.updated(wanted.txt)
 
