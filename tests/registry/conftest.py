@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
+from acmezone_registry.sealing import SecretSealer
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
@@ -23,6 +24,7 @@ from acmezone_registry.storage.repository import Repository
 
 ZONE = "acme.example.test"
 CREDENTIAL_KEY = bytes(range(32))
+SEALER = SecretSealer(bytes(range(32, 64)))
 
 
 @dataclass
@@ -45,7 +47,7 @@ async def open_stack(
     """Open (and migrate) a database and build the registry domain over it."""
     database = Database(url)
     await asyncio.to_thread(migrate.upgrade, database)
-    repository = Repository(database, ZONE)
+    repository = Repository(database, ZONE, SEALER)
     metrics = RegistryMetrics(metrics_registry or CollectorRegistry())
     registrations = Registrations(
         repository,

@@ -32,7 +32,7 @@ from acmezone_registry.storage import migrate
 from acmezone_registry.storage.bulk_import import BulkImporter
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
-from tests.registry.conftest import ZONE, running_registry
+from tests.registry.conftest import SEALER, ZONE, running_registry
 from tests.registry.values import acme_digest
 
 REGISTRY_BIN = str(Path(sys.executable).parent / "acmezone-registry")
@@ -129,7 +129,7 @@ ACCOUNTS = [
 async def _migrated(url: str) -> tuple[Database, Repository]:
     database = Database(url)
     await asyncio.to_thread(migrate.upgrade, database)
-    return database, Repository(database, ZONE)
+    return database, Repository(database, ZONE, SEALER)
 
 
 @pytest.fixture

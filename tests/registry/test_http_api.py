@@ -29,7 +29,7 @@ from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
-from tests.registry.conftest import CREDENTIAL_KEY, ZONE, running_registry
+from tests.registry.conftest import CREDENTIAL_KEY, SEALER, ZONE, running_registry
 from tests.registry.values import acme_digest
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -623,7 +623,7 @@ async def test_a_database_that_is_down_is_a_503_with_retry_after(
 ) -> None:
     """A real registry domain over a PostgreSQL URL whose port nobody listens on."""
     dead = Database(f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2")
-    repository = Repository(dead, ZONE)
+    repository = Repository(dead, ZONE, SEALER)
     registrations = Registrations(
         repository,
         RegistrationPolicy(

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from acmezone_common import runner
 from acmezone_common.logs import configure_logging
+from acmezone_registry.sealing import SecretSealer
 from acmezone_registry.settings import RegistrySettings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     from acmezone_registry.storage.database import Database
 
     if args.command == "migrate":
-        migrate.upgrade(Database(settings.resolved_database_url()))
+        migrate.upgrade(Database(settings.resolved_database_url()), _sealer(settings))
         return
     if args.command == "import-acme-dns":
         sys.exit(_import_acme_dns(settings, args.source))
@@ -65,7 +66,7 @@ def _import_acme_dns(settings: RegistrySettings, source: str) -> int:
     from acmezone_registry.storage.database import Database
 
     database = Database(settings.resolved_database_url())
-    migrate.upgrade(database)
+    migrate.upgrade(database, _sealer(settings))
     started = time.monotonic()
     try:
         report = import_acme_dns(
@@ -91,6 +92,11 @@ def _import_acme_dns(settings: RegistrySettings, source: str) -> int:
         f"{elapsed:.1f} s"
     )
     return 0
+
+
+def _sealer(settings: RegistrySettings) -> SecretSealer:
+    key = settings.encryption_key
+    return SecretSealer.from_setting(key.get_secret_value() if key else None, settings.data_dir)
 
 
 if __name__ == "__main__":

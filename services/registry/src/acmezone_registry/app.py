@@ -40,6 +40,7 @@ from acmezone_registry.maintenance import Maintenance
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.rate_limits import AbuseLimits
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
+from acmezone_registry.sealing import SecretSealer
 from acmezone_registry.servicer import RecordFeedServicer, RegistrationServicer, TxtRecordServicer
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
@@ -51,6 +52,11 @@ from acmezone_registry.update_servicer import DnsUpdateServicer, TsigKeyServicer
 logger = logging.getLogger(__name__)
 
 
+def _sealer(settings: RegistrySettings) -> SecretSealer:
+    key = settings.encryption_key
+    return SecretSealer.from_setting(key.get_secret_value() if key else None, settings.data_dir)
+
+
 class RegistryApp:
     """The whole registry service: storage, feed, gRPC API, HTTP API, metrics, maintenance."""
 
@@ -58,7 +64,8 @@ class RegistryApp:
         self.settings = settings
         self.database = Database(settings.resolved_database_url())
         self.metrics = RegistryMetrics(metrics_registry)
-        self.repository = Repository(self.database, settings.zone)
+        self.sealer = _sealer(settings)
+        self.repository = Repository(self.database, settings.zone, self.sealer)
         self.registrations = Registrations(
             self.repository,
             RegistrationPolicy(
@@ -166,7 +173,7 @@ class RegistryApp:
     async def start(self) -> None:
         """Migrate (if configured), then start serving on every port."""
         if self.settings.migrate_on_start:
-            await asyncio.to_thread(migrate.upgrade, self.database)
+            await asyncio.to_thread(migrate.upgrade, self.database, self.sealer)
         await self.feed.start()
         await self.maintenance.run_once()
         self.maintenance.start()

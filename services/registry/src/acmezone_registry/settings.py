@@ -73,6 +73,12 @@ class RegistrySettings(ServiceSettings):
         ge=0,
         description="Remove TXT values this long after they were set; 0 keeps them.",
     )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="32 bytes, base64url, sealing TSIG secrets at rest (AES-GCM). Unset: "
+        "generated once into `<data_dir>/encryption.key` (mode 0600). Replicas sharing a "
+        "database need the same key.",
+    )
     credential_key: SecretStr | None = Field(
         default=None,
         description="32 bytes, base64url, keying the fast password hash. Unset: generated once "

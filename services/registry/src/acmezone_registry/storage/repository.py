@@ -50,6 +50,7 @@ from acmezone_registry.model import (
     UpdateOperation,
     UpdateOutcome,
 )
+from acmezone_registry.sealing import SecretSealer
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.tables import (
     FeedStateRow,
@@ -161,8 +162,9 @@ T = TypeVar("T")
 class Repository:
     """All registry reads and writes."""
 
-    def __init__(self, database: Database, zone: str) -> None:
+    def __init__(self, database: Database, zone: str, sealer: SecretSealer) -> None:
         self._db = database
+        self._sealer = sealer
         self._zone = zone.rstrip(".").lower()
         self._commit_listeners: list[CommitListener] = []
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if database.is_sqlite else None
@@ -767,7 +769,7 @@ class Repository:
                     key_id=key_id,
                     key_name=key_name,
                     algorithm=algorithm,
-                    secret=secret,
+                    secret=self._sealer.seal(secret, key_name),
                     create_time=datetime.now(UTC),
                 )
                 session.add(row)
@@ -819,7 +821,13 @@ class Repository:
             registration = await session.get(RegistrationRow, row.subdomain)
             if registration is None:
                 return None
-            return TsigKeyWithSecret(self._tsig_info(row), row.secret), self._stored(registration)
+            try:
+                secret = self._sealer.open(row.secret, row.key_name)
+            except ValueError:
+                # Sealed under another key (a misconfigured replica): the key cannot verify.
+                logger.error("TSIG secret does not open", extra={"key_name": row.key_name})
+                return None
+            return TsigKeyWithSecret(self._tsig_info(row), secret), self._stored(registration)
 
     # -- RFC 2136 updates ---------------------------------------------------------------------
 

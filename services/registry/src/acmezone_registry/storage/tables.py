@@ -108,8 +108,8 @@ class RecordChangeRow(Base):
 
 
 class TsigKeyRow(Base):
-    """A TSIG key of a registration. The secret must be usable for HMAC, so it is stored as is:
-    protect the database (and its backups) like the keys themselves."""
+    """A TSIG key of a registration. The secret must be usable for HMAC, so it cannot be hashed:
+    it is sealed with AES-GCM under the registry's encryption key (`sealing`)."""
 
     __tablename__ = "tsig_keys"
 
