@@ -46,6 +46,7 @@ from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
+from acmezone_registry.storage_watch import StorageWatch
 from acmezone_registry.tsig_keys import TsigKeys
 from acmezone_registry.update_servicer import DnsUpdateServicer, TsigKeyServicer
 
@@ -165,6 +166,11 @@ class RegistryApp:
             ),
             body_timeout=settings.http_body_timeout_seconds,
         )
+        self.storage_watch = StorageWatch(
+            self.repository.ping,
+            self._report_storage,
+            interval=settings.maintenance_interval_seconds,
+        )
         self.metrics_server = MetricsServer(settings.metrics_address, metrics_registry)
         self.grpc_address: HostPort = settings.grpc_address
         self.http_address: HostPort = settings.http_address
@@ -180,6 +186,7 @@ class RegistryApp:
         self.metrics_address = self.metrics_server.start()
         self.http_address = await self.http.start(self.settings.http_address)
         self.grpc_address = await self.grpc.start()
+        self.storage_watch.start()
         logger.info(
             "registry serving",
             extra={
@@ -191,9 +198,14 @@ class RegistryApp:
             },
         )
 
+    async def _report_storage(self, up: bool) -> None:
+        """Health follows the database: the whole server is NOT_SERVING while it is down."""
+        await self.grpc.set_serving("", up)
+
     async def stop(self, grace: float) -> None:
         """Drain: health NOT_SERVING, end watches, finish RPCs within `grace`, close storage."""
         await self.grpc.health.enter_graceful_shutdown()
+        await self.storage_watch.stop()
         await self.feed.stop()
         await self.grpc.stop(grace)
         await self.http.stop()
