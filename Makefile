@@ -18,8 +18,9 @@ SERVICES := common registry dns issuer
 SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml))
 # C extensions are compiled by the editable install: a changed source needs a reinstall.
 NATIVE_SOURCES := $(wildcard services/*/setup.py services/*/src/*/*.c)
-# Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
-TEST_DEB_PACKAGES := pebble bind9-dnsutils lego
+# Debian packages the test suite runs against (real CA, real DNS tools; libsqlite3-0 for the
+# acme-dns binary of ../shared/bin); bench adds its own.
+TEST_DEB_PACKAGES := pebble bind9-dnsutils lego libsqlite3-0
 # Debian packages the deployment tests need (tests/deploy): promtool for the alert rules, and
 # docker-compose to check docker-compose.yaml offline. Installed without recommends: docker-compose
 # would bring a whole container engine.
