@@ -105,6 +105,11 @@ async def test_an_outage_is_503_unavailable_and_not_serving_then_recovers(
             )
         assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
         await asyncio.wait_for(_next_status(watch, health_pb2.HealthCheckResponse.NOT_SERVING), 10)
+        # What the liveness probe asks stays SERVING: an outage is no reason to restart.
+        alive = await health.Check(
+            health_pb2.HealthCheckRequest(service="acmezone.registry.v1.RegistrationService")
+        )
+        assert alive.status == health_pb2.HealthCheckResponse.SERVING
 
         await proxy.start()
         await asyncio.wait_for(_next_status(watch, health_pb2.HealthCheckResponse.SERVING), 10)
