@@ -19,6 +19,8 @@ AUTH_FAILURE_REASONS = (
     "source_address_not_allowed",
 )
 HTTP_ROUTES = ("/register", "/update", "/health", "other")
+# The abuse limits of `rate_limits.AbuseLimits`, as metric labels.
+RATE_LIMITS = ("auth_source", "auth_username", "registration_source", "registration_global")
 DNS_UPDATE_RCODES = (
     "NOERROR",
     "FORMERR",
@@ -67,6 +69,41 @@ class RegistryMetrics:
             "acmezone_registry_auth_failures_total",
             "Requests refused for missing or wrong credentials, by reason.",
             ("reason",),
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "acmezone_registry_rate_limited_total",
+            "Requests refused by an abuse limit (429 / RESOURCE_EXHAUSTED), by limit.",
+            ("limit",),
+            registry=registry,
+        )
+        for limit in RATE_LIMITS:
+            self.rate_limited.labels(limit)
+        self.http_connections = Gauge(
+            "acmezone_registry_http_connections",
+            "HTTP API connections currently open.",
+            registry=registry,
+        )
+        self.http_connections_refused = Counter(
+            "acmezone_registry_http_connections_refused_total",
+            "HTTP API connections refused at a connection limit, by limit (global, per_source).",
+            ("limit",),
+            registry=registry,
+        )
+        self.http_timeouts = Counter(
+            "acmezone_registry_http_timeouts_total",
+            "HTTP API requests closed for taking too long to arrive, by phase (header, body).",
+            ("phase",),
+            registry=registry,
+        )
+        for limit in ("global", "per_source"):
+            self.http_connections_refused.labels(limit)
+        for phase in ("header", "body"):
+            self.http_timeouts.labels(phase)
+        self.password_rehashes = Counter(
+            "acmezone_registry_password_rehashes_total",
+            "Slow password hashes (imported bcrypt, earlier scrypt) replaced by the fast form "
+            "after a successful check.",
             registry=registry,
         )
         self.feed_watchers = Gauge(
