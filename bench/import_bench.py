@@ -32,8 +32,8 @@ TARGET_SECONDS_PER_MILLION = 60.0
 TARGET_RSS_MB = 300.0
 
 
-def write_source(path: Path, size: int) -> None:
-    conn = sqlite3.connect(path)
+def create_acme_dns_schema(conn: sqlite3.Connection) -> None:
+    """The tables acme-dns (db.go) creates in a SQLite database."""
     conn.execute("CREATE TABLE acmedns(Name TEXT, Value TEXT)")
     conn.execute(
         "CREATE TABLE records(Username TEXT UNIQUE NOT NULL PRIMARY KEY, "
@@ -42,6 +42,11 @@ def write_source(path: Path, size: int) -> None:
     conn.execute(
         "CREATE TABLE txt(Subdomain TEXT NOT NULL, Value TEXT NOT NULL DEFAULT '', LastUpdate INT)"
     )
+
+
+def write_source(path: Path, size: int) -> None:
+    conn = sqlite3.connect(path)
+    create_acme_dns_schema(conn)
     batch = 50_000
     for start in range(0, size, batch):
         records = []
