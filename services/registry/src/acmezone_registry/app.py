@@ -100,6 +100,7 @@ class RegistryApp:
             bookmark_interval=settings.feed_bookmark_interval_seconds,
             poll_interval=settings.feed_poll_interval_seconds,
             replicas=ReplicaTracker(timeout=settings.replica_timeout_seconds),
+            settle_within=settings.wait_for_replicas_seconds,
         )
         self.maintenance = Maintenance(
             self.repository,
@@ -139,6 +140,7 @@ class RegistryApp:
             self.metrics,
             zone=settings.zone,
             strict_txt_values=settings.strict_txt_values,
+            settle=self.feed.settle,
         )
         self.grpc.add_service(
             tsig_key_service_pb2.DESCRIPTOR.services_by_name["TsigKeyService"],
@@ -167,6 +169,7 @@ class RegistryApp:
                 idle_timeout=settings.http_idle_timeout_seconds,
             ),
             body_timeout=settings.http_body_timeout_seconds,
+            settle=self.feed.settle,
         )
         self.storage_watch = StorageWatch(
             self.repository.ping,

@@ -29,7 +29,12 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from acmezone_common.errors import InvalidArgumentError, OutOfRangeError, UnavailableError
+from acmezone_common.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    OutOfRangeError,
+    UnavailableError,
+)
 from acmezone_registry import errors
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.model import (
@@ -62,9 +67,11 @@ class RecordFeed:
         bookmark_interval: float,
         poll_interval: float,
         replicas: ReplicaTracker,
+        settle_within: float = 0.0,
     ) -> None:
         self._repository = repository
         self.replicas = replicas
+        self._settle_within = settle_within
         self._metrics = metrics
         self._bookmark_interval = bookmark_interval
         self._poll_interval = poll_interval
@@ -99,6 +106,25 @@ class RecordFeed:
     async def status(self) -> FeedStatus:
         """The feed's identity and revision bounds."""
         return await self._repository.feed_status()
+
+    async def settle(self, revision: int) -> None:
+        """Hold an acme-dns `/update` or RFC 2136 answer until every dns replica serves
+        `revision` (WAIT_FOR_REPLICAS_SECONDS; 0: at once). Those clients ask the CA right
+        after the answer, and the CA asks any replica. Past the bound it answers anyway (the
+        change is stored) and counts the timeout: a refusal would only make the client retry
+        a write that already happened."""
+        if self._settle_within <= 0 or revision <= 0:
+            return
+        try:
+            await self.wait_for_replicas(revision, self._settle_within)
+        except DeadlineExceededError as exc:
+            self._metrics.replica_waits.labels("timeout").inc()
+            logger.warning(
+                "answering before every dns replica serves the change",
+                extra={"revision": revision, "detail": exc.message},
+            )
+            return
+        self._metrics.replica_waits.labels("ready").inc()
 
     async def wait_for_replicas(self, revision: int, within: float) -> list[ReplicaReport]:
         """Return once every live dns replica serves `revision` of this feed (see

@@ -140,6 +140,13 @@ class RegistryMetrics:
             ("rcode",),
             registry=registry,
         )
+        self.replica_waits = Counter(
+            "acmezone_registry_replica_waits_total",
+            "acme-dns /update and RFC 2136 answers held until every dns replica served the "
+            "change (WAIT_FOR_REPLICAS_SECONDS), by how the wait ended.",
+            ("result",),
+            registry=registry,
+        )
         self.replay_guard_purged = Counter(
             "acmezone_registry_tsig_replay_guard_purged_total",
             "Remembered TSIG MACs forgotten after their signatures expired.",
@@ -147,6 +154,8 @@ class RegistryMetrics:
         )
         for rcode in DNS_UPDATE_RCODES:
             self.dns_updates.labels(rcode)
+        for result in ("ready", "timeout"):
+            self.replica_waits.labels(result)
         for operation in TXT_OPERATIONS:
             for result in TXT_RESULTS:
                 self.txt_updates.labels(operation, result)

@@ -128,8 +128,12 @@ class HttpApi:
         storage_ok: Callable[[], Awaitable[bool]],
         connection_limits: ConnectionLimits | None = None,
         body_timeout: float = 10.0,
+        settle: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
+        """`settle(revision)` holds an `/update` answer until the change is served
+        (`RecordFeed.settle`); None answers at once."""
         self._registrations = registrations
+        self._settle = settle or _answer_at_once
         self._resolver = resolver
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
@@ -283,10 +287,11 @@ class HttpApi:
             password=request.headers.get("X-Api-Key"),
         )
         try:
-            await self._registrations.add_txt_value(caller, wanted.subdomain, wanted.txt)
+            record = await self._registrations.add_txt_value(caller, wanted.subdomain, wanted.txt)
         except AcmezoneError as exc:
             await _tarpit(exc)
             return _domain_error(exc, _UPDATE_ERRORS)
+        await self._settle(record.revision)
         return acme_dns.updated(wanted.txt)
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
@@ -299,3 +304,7 @@ class HttpApi:
         if healthy:
             return web.Response(status=200)  # acme-dns answers 200 with an empty body
         return acme_dns.error(503, acme_dns.STORAGE_UNAVAILABLE)
+
+
+async def _answer_at_once(_revision: int) -> None:
+    """The `settle` of an HttpApi that does not wait for the dns replicas."""
