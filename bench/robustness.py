@@ -78,6 +78,7 @@ class Server:
     name: str
     base: str
     process: subprocess.Popen[bytes]
+    dns_port: int = 0  # where it answers DNS (acme-dns), 0 when not known here
 
 
 @contextlib.contextmanager
@@ -125,11 +126,11 @@ def acme_dns_binary() -> str | None:
 
 @contextlib.asynccontextmanager
 async def acme_dns(binary: str, workdir: Path) -> AsyncIterator[Server]:
-    api_port = free_port()
+    api_port, dns_port = free_port(), free_port()
     config = workdir / "acme-dns.cfg"
     config.write_text(
         f"""[general]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{dns_port}"
 protocol = "both4"
 domain = "auth.example.org"
 nsname = "auth.example.org"
@@ -155,7 +156,7 @@ logformat = "text"
     )
     with _process([binary, "-c", str(config)], dict(os.environ), workdir / "acme-dns.log") as p:
         await wait_http(f"http://127.0.0.1:{api_port}/health", p)
-        yield Server("acme-dns", f"http://127.0.0.1:{api_port}", p)
+        yield Server("acme-dns", f"http://127.0.0.1:{api_port}", p, dns_port)
 
 
 async def register(session: aiohttp.ClientSession, server: Server, count: int) -> list[Any]:

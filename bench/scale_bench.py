@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import dns.asyncquery
 import dns.message
 import dns.query
@@ -76,6 +77,7 @@ from dns_bench import (
     wait_answering,
 )
 from import_bench import create_acme_dns_schema
+from robustness import acme_dns, acme_dns_binary
 
 ZONE = "acme.example.test"
 BIN = Path(sys.executable).parent
@@ -468,6 +470,60 @@ async def registry_latencies(
     return {name: percentile(values, 0.99) for name, values in results.items()}
 
 
+async def http_update_latency(
+    base: str, dns_port: int, updates: int, token: str | None = None
+) -> list[float]:
+    """Seconds from an acme-dns `/update` answer to its value answered over UDP, one update at
+    a time, for a registration made with `/register` (acme-dns's API, ours or acme-dns's)."""
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        register = {"Authorization": f"Bearer {token}"} if token else {}
+        async with http.post(f"{base}/register", headers=register) as reply:
+            account = await reply.json()
+            if reply.status != 201:
+                raise RuntimeError(f"{base}/register answered {reply.status}: {account}")
+        headers = {"X-Api-User": account["username"], "X-Api-Key": account["password"]}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", dns_port))
+            for i in range(updates):
+                value = digest(("http-update", i, base))
+                body = {"subdomain": account["subdomain"], "txt": value}
+                async with http.post(f"{base}/update", json=body, headers=headers) as reply:
+                    if reply.status != 200:
+                        raise RuntimeError(f"{base}/update answered {reply.status}")
+                started = time.perf_counter()
+                while True:
+                    await loop.sock_sendall(sock, udp_query(account["fulldomain"], i % 65536))
+                    answer = await asyncio.wait_for(loop.sock_recv(sock, 4096), 2)
+                    if value.encode() in answer:
+                        break
+                    if time.perf_counter() - started > 10:
+                        raise RuntimeError(f"update {i} not answered after 10 s")
+                delays.append(time.perf_counter() - started)
+    return delays
+
+
+async def replica_count(target: str) -> int:
+    """How many dns replicas report to a registry."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        status = await feed_grpc.RecordFeedServiceStub(channel).GetFeedStatus(
+            feed_pb.GetFeedStatusRequest()
+        )
+    return sum(1 for r in status.replicas if r.connected)
+
+
+async def acme_dns_update_latency(workdir: Path, updates: int) -> list[float] | None:
+    """The same for the real acme-dns (None when its binary is not here)."""
+    binary = acme_dns_binary()
+    if binary is None:
+        return None
+    (workdir / "acme-dns").mkdir(exist_ok=True)
+    async with acme_dns(binary, workdir / "acme-dns") as server:
+        return await http_update_latency(server.base, server.dns_port, updates)
+
+
 def zone_file_lines(names: int) -> Iterator[str]:
     yield f"$ORIGIN {ZONE}."
     yield "$TTL 60"
@@ -809,6 +865,35 @@ def run(args: argparse.Namespace, skip: set[str], workdir: Path, children: Child
             figure = f"registry {what} p99 at {names:,} / at {SMALL:,}"
             value = f"{p99_big * 1e3:.2f} / {p99_small * 1e3:.2f} ms"
             status(figure, value, "<= 2x", p99_big <= 2 * p99_small)
+    small_http = f"http://{small['ACMEZONE_REGISTRY_HTTP_ADDRESS']}"
+    ours = asyncio.run(
+        http_update_latency(small_http, dns_port(small_env), args.updates, OPERATOR_TOKEN)
+    )
+    theirs = asyncio.run(acme_dns_update_latency(workdir, args.updates))
+    ours_p99 = percentile(ours, 0.99) * 1e3
+    value = f"{percentile(ours, 0.5) * 1e3:.2f} / {ours_p99:.2f} ms"
+    if theirs is None:
+        status("/update -> answered (p50 / p99)", value, "<= acme-dns's", None)
+        print("    (acme-dns not run: set ACMEZONE_TEST_ACME_DNS or add ../shared/bin/acme-dns)")
+    else:
+        theirs_p99 = percentile(theirs, 0.99) * 1e3
+        ok = ours_p99 <= theirs_p99
+        status("/update -> answered (p50 / p99)", value, "<= acme-dns's", ok)
+        value = f"{percentile(theirs, 0.5) * 1e3:.2f} / {theirs_p99:.2f} ms"
+        status("  acme-dns, same run", value, "-", None)
+    # The same with the registry holding each answer until every replica serves the value.
+    children.stop(small_registry)
+    waiting = {**small, "ACMEZONE_REGISTRY_WAIT_FOR_REPLICAS_SECONDS": "5"}
+    small_registry = start_registry(children, "registry-small", waiting)
+    for _ in range(200):  # the replica reconnects and reports again
+        if asyncio.run(replica_count(small_grpc)):
+            break
+        time.sleep(0.05)
+    held = asyncio.run(
+        http_update_latency(small_http, dns_port(small_env), args.updates, OPERATOR_TOKEN)
+    )
+    value = f"{percentile(held, 0.5) * 1e3:.2f} / {percentile(held, 0.99) * 1e3:.2f} ms"
+    status("  with WAIT_FOR_REPLICAS_SECONDS", value, "-", None)
     time.sleep(2)
     idle_small = rss_mib(small_registry.pid)
     figure = f"registry idle memory at {SMALL:,}"
