@@ -84,6 +84,7 @@ BIN = Path(sys.executable).parent
 OPERATOR_TOKEN = "scale-bench-operator-token-0123456789abcdef"  # noqa: S105 (a bench's own)
 SMALL = 1000
 _MAX_IN_FLIGHT = 32
+PROBE_EVERY = 25  # replica-test updates probed; the probes' own queries load the machine too
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -676,7 +677,7 @@ async def served_values(port: int, names: list[str]) -> dict[str, tuple[str, ...
 async def replicas_under_load(
     registry: str, ports: list[int], made: list[tuple[str, str, str]], rate: float, seconds: float
 ) -> tuple[dict[int, list[float]], int, float]:
-    """`rate` updates a second for `seconds`; every tenth update is probed on every replica
+    """`rate` updates a second for `seconds`; every PROBE_EVERY-th update is probed on every replica
     (a query a millisecond until it answers the new value). Returns each replica's lag samples
     (seconds from the update's acknowledgement to the value answered), the updates made and
     the rate achieved."""
@@ -711,7 +712,7 @@ async def replicas_under_load(
             )
             acked = time.perf_counter()
             done[0] += 1
-            if n % 10 == 0:
+            if n % PROBE_EVERY == 0:
                 await asyncio.gather(
                     *(probe(port, f"{sub}.{ZONE}", value.encode(), acked) for port in ports)
                 )
