@@ -678,9 +678,9 @@ async def replicas_under_load(
     registry: str, ports: list[int], made: list[tuple[str, str, str]], rate: float, seconds: float
 ) -> tuple[dict[int, list[float]], int, float]:
     """`rate` updates a second for `seconds`; one update in PROBE_EVERY is probed on every
-    replica (a query a millisecond until it answers the new value). Returns each replica's lag samples
-    (seconds from the update's acknowledgement to the value answered), the updates made and
-    the rate achieved."""
+    replica (a query a millisecond until it answers the new value). Returns each replica's lag
+    samples (seconds from the update's acknowledgement to the value answered), the updates
+    made and the rate achieved."""
     loop = asyncio.get_running_loop()
     lags: dict[int, list[float]] = {port: [] for port in ports}
     in_flight: set[asyncio.Future[None]] = set()
