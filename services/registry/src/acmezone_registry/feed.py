@@ -27,8 +27,6 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import psycopg
-
 from acmezone_common.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -174,6 +172,10 @@ class RecordFeed:
                 self._wake()
 
     async def _listen_loop(self) -> None:
+        # Imported here: only PostgreSQL deployments listen, and psycopg costs a SQLite
+        # registry about 9 MB of its idle memory.
+        import psycopg
+
         conninfo = self._repository.database.libpq_conninfo()
         while True:
             try:
