@@ -41,7 +41,12 @@ async def reported(feed: feed_grpc.RecordFeedServiceStub, count: int, revision: 
 
 
 async def test_wait_for_replicas_waits_for_the_one_behind(tmp_path: Path) -> None:
-    async with running_registry(tmp_path / "registry") as registry:
+    metrics = CollectorRegistry()
+
+    def in_state(state: str) -> float | None:
+        return metrics.get_sample_value("acmezone_registry_feed_replicas", {"state": state})
+
+    async with running_registry(tmp_path / "registry", metrics) as registry:
         target = str(registry.grpc_address)
         apps: list[DnsApp] = []
         async with (
@@ -65,6 +70,7 @@ async def test_wait_for_replicas_waits_for_the_one_behind(tmp_path: Path) -> Non
             ]
             done = await feed.WaitForReplicas(feed_pb.WaitForReplicasRequest(revision=first))
             assert [r.replica for r in done.replicas] == ["replica-0", "replica-1", "replica-2"]
+            assert [in_state(s) for s in ("current", "behind", "disconnected")] == [3, 0, 0]
 
             # replica-1 stops following: it still counts, and it is behind.
             await apps[1].feed.stop()
@@ -79,6 +85,9 @@ async def test_wait_for_replicas_waits_for_the_one_behind(tmp_path: Path) -> Non
             assert error_info_reason(lagging.value) == "REPLICAS_LAGGING"
             assert f"replica-1 at revision {first} (disconnected)" in str(lagging.value.details())
             assert "replica-0" not in str(lagging.value.details())
+            assert in_state("disconnected") == 1
+            lag = metrics.get_sample_value("acmezone_registry_feed_replica_lag_revisions")
+            assert lag == second - first
 
             # Back on the feed, it catches up and the same wait ends.
             waiting = asyncio.ensure_future(

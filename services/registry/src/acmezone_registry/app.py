@@ -37,7 +37,7 @@ from acmezone_registry.feed import RecordFeed
 from acmezone_registry.http_api import HttpApi
 from acmezone_registry.http_api.connections import ConnectionLimits
 from acmezone_registry.maintenance import Maintenance
-from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.metrics import RegistryMetrics, ReplicaCollector
 from acmezone_registry.rate_limits import AbuseLimits
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
 from acmezone_registry.replicas import ReplicaTracker
@@ -102,6 +102,7 @@ class RegistryApp:
             replicas=ReplicaTracker(timeout=settings.replica_timeout_seconds),
             settle_within=settings.wait_for_replicas_seconds,
         )
+        metrics_registry.register(ReplicaCollector(self.feed.replica_states))
         self.maintenance = Maintenance(
             self.repository,
             self.metrics,

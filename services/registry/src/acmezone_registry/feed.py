@@ -105,6 +105,20 @@ class RecordFeed:
         """The feed's identity and revision bounds."""
         return await self._repository.feed_status()
 
+    def replica_states(self) -> tuple[dict[str, int], int]:
+        """How many reporting replicas are current, behind or disconnected, and the most
+        revisions one is behind the head this process knows (for the metrics)."""
+        counts = dict.fromkeys(("current", "behind", "disconnected"), 0)
+        lag = 0
+        for report in self.replicas.live():
+            behind = max(0, self._known_revision - report.revision)
+            lag = max(lag, behind)
+            if not report.connected:
+                counts["disconnected"] += 1
+            else:
+                counts["behind" if behind else "current"] += 1
+        return counts, lag
+
     async def settle(self, revision: int) -> None:
         """Hold an acme-dns `/update` or RFC 2136 answer until every dns replica serves
         `revision` (WAIT_FOR_REPLICAS_SECONDS; 0: at once). Those clients ask the CA right

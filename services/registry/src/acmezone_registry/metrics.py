@@ -6,7 +6,12 @@ username. Every known label set is created at 0 so rates and alerts work before 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 TXT_OPERATIONS = ("add", "remove", "clear", "get")
 TXT_RESULTS = ("ok", "invalid", "denied")
@@ -163,3 +168,31 @@ class RegistryMetrics:
             self.auth_failures.labels(reason)
         for route in HTTP_ROUTES:
             self.http_request_seconds.labels(route)
+
+
+REPLICA_STATES = ("current", "behind", "disconnected")
+
+
+class ReplicaCollector(Collector):
+    """The dns replicas reporting to this registry replica, read at scrape time: how many are
+    current, behind or disconnected (but still waited for), and the most revisions any live
+    one is behind. No replica name is a label: pods come and go."""
+
+    def __init__(self, read: Callable[[], tuple[dict[str, int], int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        counts, lag = self._read()
+        replicas = GaugeMetricFamily(
+            "acmezone_registry_feed_replicas",
+            "dns replicas reporting the revision they serve to this registry replica, by state.",
+            labels=["state"],
+        )
+        for state in REPLICA_STATES:
+            replicas.add_metric([state], counts.get(state, 0))
+        yield replicas
+        yield GaugeMetricFamily(
+            "acmezone_registry_feed_replica_lag_revisions",
+            "The most feed revisions any reporting dns replica is behind this registry's head.",
+            value=lag,
+        )
