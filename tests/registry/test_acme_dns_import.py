@@ -32,6 +32,8 @@ from acmezone_registry.storage import migrate
 from acmezone_registry.storage.bulk_import import BulkImporter
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
+from tests.dns.conftest import running_dns
+from tests.dns.test_feed_client import eventually
 from tests.registry.conftest import SEALER, ZONE, running_registry
 from tests.registry.snapshots import full_snapshot
 from tests.registry.values import acme_digest
@@ -450,8 +452,16 @@ async def test_accounts_made_by_real_acme_dns_keep_working_here(
     finally:
         await database.dispose()
 
-    async with running_registry(data_dir) as app, aiohttp.ClientSession() as session:
+    (tmp_path / "dns").mkdir()
+    async with (
+        running_registry(data_dir) as app,
+        running_dns(tmp_path / "dns", registry_target=str(app.grpc_address)) as replica,
+        aiohttp.ClientSession() as session,
+    ):
         base = f"http://{app.http_address}"
+        for account in accounts:
+            # What acme-dns answered is what our dns answers, from the first snapshot on.
+            await eventually(replica, f"{account.subdomain}.{ZONE}.", set(account.values))
         for account in accounts:
             new_value = acme_digest(f"{account.subdomain}-after")
             async with session.post(
@@ -468,6 +478,7 @@ async def test_accounts_made_by_real_acme_dns_keep_working_here(
             stored = await app.repository.get_registration(account.subdomain)
             assert stored is not None
             assert credentials.is_fast_hash(stored.password_hash)
+            await eventually(replica, f"{account.subdomain}.{ZONE}.", set(held))
         wrong = accounts[0]
         async with session.post(
             f"{base}/update",
