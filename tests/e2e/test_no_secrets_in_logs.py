@@ -1,0 +1,101 @@
+"""No secret, hash or token reaches the logs, at any level: the registry, dns and issuer run
+at DEBUG through registration, TXT updates, a TSIG-signed RFC 2136 UPDATE through the dns
+service, an ACME account and an issuance, and the captured log is searched for every secret
+the run created or saw."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.tsig
+import dns.update
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from acmezone.issuer.v1 import certificate_service_pb2 as pb
+from acmezone.registry.v1 import registration_service_pb2 as reg_pb
+from acmezone.registry.v1 import registration_service_pb2_grpc as reg_grpc
+from acmezone.registry.v1 import tsig_key_service_pb2 as key_pb
+from acmezone.registry.v1 import tsig_key_service_pb2_grpc as key_grpc
+from acmezone.registry.v1 import txt_record_service_pb2 as txt_pb
+from acmezone.registry.v1 import txt_record_service_pb2_grpc as txt_grpc
+from tests.e2e.conftest import CHALLENGE_ZONE, Ports, running_system
+from tests.issuer.conftest import AUTH, CA, ENCRYPTION_KEY, OPERATOR_TOKEN
+from tests.registry.values import acme_digest
+
+
+async def test_no_secret_is_logged_at_debug(
+    tmp_path: Path,
+    e2e_ca: CA,
+    ports: Ports,
+    metrics_registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secrets: dict[str, str] = {"issuer operator token": OPERATOR_TOKEN}
+    async with running_system(tmp_path, e2e_ca, ports, metrics_registry) as system:
+        async with grpc.aio.insecure_channel(str(system.registry.grpc_address)) as channel:
+            registration = await reg_grpc.RegistrationServiceStub(channel).CreateRegistration(
+                reg_pb.CreateRegistrationRequest(registration_id="secret-check")
+            )
+            secrets["registration password"] = registration.password
+            auth = (("x-api-user", registration.username), ("x-api-key", registration.password))
+            await txt_grpc.TxtRecordServiceStub(channel).AddTxtValue(
+                txt_pb.AddTxtValueRequest(
+                    name="registrations/secret-check/txtRecord", value=acme_digest("grpc")
+                ),
+                metadata=auth,
+            )
+            key = await key_grpc.TsigKeyServiceStub(channel).CreateTsigKey(
+                key_pb.CreateTsigKeyRequest(
+                    parent=registration.name,
+                    tsig_key=key_pb.TsigKey(algorithm=key_pb.TSIG_ALGORITHM_HMAC_SHA256),
+                ),
+                metadata=auth,
+            )
+            secrets["TSIG secret"] = key.secret
+        stored = await system.registry.repository.get_registration("secret-check")
+        assert stored is not None
+        secrets["password hash"] = stored.password_hash.split("$")[-1]
+
+        name = dns.name.from_text(key.key_name)
+        keyring = {name: dns.tsig.Key(name, base64.b64decode(key.secret), dns.tsig.HMAC_SHA256)}
+        update = dns.update.UpdateMessage(f"{CHALLENGE_ZONE}.")
+        update.use_tsig(keyring)
+        update.add(f"{registration.fulldomain}.", 60, "TXT", f'"{acme_digest("rfc2136")}"')
+        reply = await dns.asyncquery.udp(update, "127.0.0.1", port=ports.dns, timeout=5)
+        assert reply.rcode() == dns.rcode.NOERROR
+
+        client = system.client
+        delegation = await client.certificates.CheckDelegation(
+            pb.CheckDelegationRequest(domain="logs.example.test"), metadata=AUTH
+        )
+        await system.add_cname("logs.example.test", delegation.cname_target)
+        account = await client.create_account()
+        cert = await client.create_certificate(
+            "logs", dns_names=["*.logs.example.test"], account=account.name
+        )
+        await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED)
+        bundle = await client.certificates.ExportCertificate(
+            pb.ExportCertificateRequest(name=cert.name), metadata=AUTH
+        )
+        key_lines = [
+            line
+            for line in bundle.private_key_pem.splitlines()
+            if line and not line.startswith("-----")
+        ]
+        secrets["certificate private key"] = key_lines[1]
+    secrets["issuer encryption key"] = ENCRYPTION_KEY
+    logged = caplog.text + "\n".join(str(r.__dict__) for r in caplog.records)
+    assert len(caplog.records) > 100, "the services logged at DEBUG"
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)
+    leaked = [what for what, secret in secrets.items() if secret and secret in logged]
+    assert leaked == []
