@@ -34,9 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import dns.message
+
+from acmezone_common.testing import wait_for_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_BIN = str(Path(sys.executable).parent / "acmezone-registry")
+DNS_BIN = str(Path(sys.executable).parent / "acmezone-dns")
 UPDATE_RPS_TARGET = 300.0
 UPDATE_P99_TARGET = 0.100
 ACME_DNS_RATIO_AIM = 20.0
@@ -79,6 +83,7 @@ class Server:
     base: str
     process: subprocess.Popen[bytes]
     dns_port: int = 0  # where it answers DNS (acme-dns), 0 when not known here
+    grpc_target: str = ""  # acmezone's registry gRPC address
 
 
 @contextlib.contextmanager
@@ -108,12 +113,31 @@ async def acmezone(workdir: Path, **settings: str) -> AsyncIterator[Server]:
         "ACMEZONE_REGISTRY_LOG_LEVEL": "INFO",
         **{f"ACMEZONE_REGISTRY_{k.upper()}": v for k, v in settings.items()},
     }
+    grpc_target = env["ACMEZONE_REGISTRY_GRPC_ADDRESS"]
     argv = [REGISTRY_BIN, "serve"]
     if os.environ.get("ROBUSTNESS_PROFILE"):
         argv = [sys.executable, "-m", "cProfile", "-o", os.environ["ROBUSTNESS_PROFILE"], *argv]
     with _process(argv, env, workdir / "registry.log") as process:
         await wait_http(f"http://{http}/health", process)
-        yield Server("acmezone", f"http://{http}", process)
+        yield Server("acmezone", f"http://{http}", process, grpc_target=grpc_target)
+
+
+@contextlib.asynccontextmanager
+async def dns_replica(workdir: Path, registry: str) -> AsyncIterator[int]:
+    """A dns service following `registry`; yields its DNS port once it serves the feed."""
+    os.makedirs(workdir, exist_ok=True)
+    port, grpc_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "ACMEZONE_DNS_DNS_ADDRESSES": f'["127.0.0.1:{port}"]',
+        "ACMEZONE_DNS_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+        "ACMEZONE_DNS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "ACMEZONE_DNS_REGISTRY_TARGET": registry,
+        "ACMEZONE_DNS_LOG_LEVEL": "WARNING",
+    }
+    with _process([DNS_BIN], env, workdir / "dns.log"):
+        await wait_for_serving(f"127.0.0.1:{grpc_port}", within=60)
+        yield port
 
 
 def acme_dns_binary() -> str | None:
@@ -218,10 +242,36 @@ async def sustained_updates(
     return Load(len(latencies), errors, time.monotonic() - started, latencies)
 
 
-async def paced_updates(server: Server, accounts: list[Any], rate: float, seconds: float) -> Load:
+async def answered_after(port: int, name: str, value: str, since: float) -> float:
+    """Seconds from `since` until the dns service at `port` answers `value` at `name`."""
+    loop = asyncio.get_running_loop()
+    query = dns.message.make_query(name, "TXT", use_edns=False).to_wire()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(("127.0.0.1", port))
+        while time.monotonic() - since < 10:
+            await loop.sock_sendall(sock, query)
+            with contextlib.suppress(TimeoutError):
+                if value.encode() in await asyncio.wait_for(loop.sock_recv(sock, 4096), 1):
+                    return time.monotonic() - since
+            await asyncio.sleep(0.001)
+    return float("inf")
+
+
+async def paced_updates(
+    server: Server,
+    accounts: list[Any],
+    rate: float,
+    seconds: float,
+    dns_port: int = 0,
+    answered: list[float] | None = None,
+) -> Load:
     """Open loop: the clients together send `rate` requests/s on a fixed schedule; latency is
-    counted from when a request was due, so a server that falls behind cannot hide it."""
+    counted from when a request was due, so a server that falls behind cannot hide it. With a
+    `dns_port`, one update in 30 is also timed from its answer to the dns service answering
+    its value (into `answered`)."""
     latencies: list[float] = []
+    probes: list[asyncio.Task[float]] = []
     errors = 0
     interval = len(accounts) / rate
     begin = time.monotonic() + 0.2
@@ -241,12 +291,22 @@ async def paced_updates(server: Server, accounts: list[Any], rate: float, second
             except aiohttp.ClientError:
                 errors += 1
             latencies.append(time.monotonic() - due)
+            if dns_port and len(latencies) % 30 == 0:
+                probes.append(
+                    asyncio.ensure_future(
+                        answered_after(
+                            dns_port, account["fulldomain"], digest((index, n)), time.monotonic()
+                        )
+                    )
+                )
             n += 1
             due += interval
 
     connector = aiohttp.TCPConnector(limit=len(accounts))
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(client(session, i, a) for i, a in enumerate(accounts)))
+    if answered is not None:
+        answered.extend(await asyncio.gather(*probes))
     return Load(len(latencies), errors, seconds, latencies)
 
 
@@ -272,7 +332,11 @@ async def probe_sustained(args: argparse.Namespace, workdir: Path) -> None:
         cpu = cpu_seconds(server.process.pid)
         ours = await sustained_updates(server, accounts, args.seconds)
         cpu = cpu_seconds(server.process.pid) - cpu
-        paced = await paced_updates(server, accounts, UPDATE_RPS_TARGET, args.seconds)
+        answered: list[float] = []
+        async with dns_replica(workdir / "dns", server.grpc_target) as dns_port:
+            paced = await paced_updates(
+                server, accounts, UPDATE_RPS_TARGET, args.seconds, dns_port, answered
+            )
     show_load("acmezone", ours)
     print(f"            server CPU {cpu / max(ours.count, 1) * 1e6:.0f} us per request")
     print(
@@ -281,6 +345,13 @@ async def probe_sustained(args: argparse.Namespace, workdir: Path) -> None:
         f"p99 {paced.quantile(0.99) * 1000:.1f} ms (target <= {UPDATE_P99_TARGET * 1000:.0f} ms), "
         f"{paced.count} requests, {paced.errors} errors"
     )
+    if answered:
+        ordered = sorted(answered)
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        print(
+            f"  update -> answered by dns at that rate: p50 {ordered[len(ordered) // 2] * 1000:.1f}"
+            f" ms, p99 {p99 * 1000:.1f} ms (target <= 50 ms), {len(ordered)} updates timed"
+        )
     binary = acme_dns_binary()
     if binary is None:
         print("  acme-dns  skipped: set ACMEZONE_TEST_ACME_DNS (no ../shared/bin/acme-dns)")
