@@ -35,7 +35,10 @@ from typing import Any
 
 import aiohttp
 import dns.message
+import grpc
 
+from acmezone.registry.v1 import txt_record_service_pb2 as txt_pb
+from acmezone.registry.v1 import txt_record_service_pb2_grpc as txt_grpc
 from acmezone_common.testing import wait_for_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -471,16 +474,78 @@ async def probe_slowloris(args: argparse.Namespace, workdir: Path) -> None:
     )
 
 
+async def acknowledged_burst(
+    server: Server, accounts: list[Any], stop: asyncio.Event
+) -> dict[str, str]:
+    """Every account's client sends `/update`s back to back until `stop` or an error; the
+    value each last had acknowledged (200), by subdomain."""
+    acknowledged: dict[str, str] = {}
+
+    async def client(session: aiohttp.ClientSession, index: int, account: Any) -> None:
+        headers = {"X-Api-User": account["username"], "X-Api-Key": account["password"]}
+        n = 0
+        while not stop.is_set():
+            value = digest(("kill", index, n))
+            body = json.dumps({"subdomain": account["subdomain"], "txt": value})
+            try:
+                async with session.post(f"{server.base}/update", data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        return
+            except (aiohttp.ClientError, OSError):
+                return
+            acknowledged[account["subdomain"]] = value
+            n += 1
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(session, i, a) for i, a in enumerate(accounts)))
+    return acknowledged
+
+
+async def probe_kill(args: argparse.Namespace, workdir: Path) -> None:
+    """kill -9 of the registry in the middle of a burst of updates; every update it had
+    acknowledged must be there when it comes back."""
+    print("kill -9 of the registry during a burst of /update (SQLite)")
+    data = workdir / "kill"
+    async with acmezone(data) as server, aiohttp.ClientSession() as session:
+        accounts = await register(session, server, 20)
+        stop = asyncio.Event()
+        burst = asyncio.ensure_future(acknowledged_burst(server, accounts, stop))
+        await asyncio.sleep(2.0)
+        server.process.kill()  # SIGKILL: no chance to flush anything
+        server.process.wait()
+        acknowledged = await burst
+    lost = 0
+    async with acmezone(data) as server, grpc.aio.insecure_channel(server.grpc_target) as channel:
+        txt = txt_grpc.TxtRecordServiceStub(channel)
+        for account in accounts:
+            value = acknowledged.get(account["subdomain"])
+            if value is None:
+                continue
+            record = await txt.GetTxtRecord(
+                txt_pb.GetTxtRecordRequest(name=f"registrations/{account['subdomain']}/txtRecord"),
+                metadata=(
+                    ("x-api-user", account["username"]),
+                    ("x-api-key", account["password"]),
+                ),
+            )
+            lost += value not in {v.value for v in record.values}
+    print(
+        f"  acknowledged updates lost: {lost} of the {len(acknowledged)} accounts' last"
+        " acknowledged values (target 0)"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--slowloris", type=int, default=1000)
-    parser.add_argument("--only", choices=("sustained", "flood", "slowloris"), default=None)
+    parser.add_argument("--only", choices=("sustained", "flood", "slowloris", "kill"), default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="acmezone-robustness-") as tmp:
         workdir = Path(tmp)
-        for name in ("acmezone", "acme-dns", "flood", "slowloris"):
+        for name in ("acmezone", "acme-dns", "flood", "slowloris", "kill"):
             (workdir / name).mkdir()
         if args.only in (None, "sustained"):
             await probe_sustained(args, workdir)
@@ -488,6 +553,8 @@ async def main() -> None:
             await probe_flood(args, workdir)
         if args.only in (None, "slowloris"):
             await probe_slowloris(args, workdir)
+        if args.only in (None, "kill"):
+            await probe_kill(args, workdir)
 
 
 if __name__ == "__main__":
