@@ -45,6 +45,10 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+_REPORT_INTERVAL = 0.005
+"""Least time between two served-revision reports (seconds)."""
+
+
 class FeedState(enum.Enum):
     """Where the client is in the feed protocol."""
 
@@ -185,6 +189,10 @@ class FeedClient:
                             revision=self._store.snapshot.revision,
                         )
                     )
+                    # At most one report per interval: a quiet replica reports a change at
+                    # once, a busy one (hundreds of revisions a second) reports the newest
+                    # revision every few ms instead of every one.
+                    await asyncio.sleep(_REPORT_INTERVAL)
                     await self._served.wait()
             except asyncio.CancelledError:
                 raise
