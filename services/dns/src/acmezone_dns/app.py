@@ -147,6 +147,7 @@ class DnsApp:
                 self.stats,
                 idle_timeout=self.settings.tcp_idle_timeout_seconds,
                 max_connections=self.settings.tcp_max_connections,
+                max_per_source=self.settings.tcp_max_connections_per_source,
                 updates=self.updates,
             )
             try:

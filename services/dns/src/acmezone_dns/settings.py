@@ -142,7 +142,16 @@ class DnsSettings(ServiceSettings):
         default=10.0, gt=0, description="Close TCP connections idle this long (RFC 7766)."
     )
     tcp_max_connections: int = Field(
-        default=256, ge=1, description="TCP connections served at once; more are closed."
+        default=256,
+        ge=1,
+        description="TCP connections open at once; a new one past it evicts the connection "
+        "idle the longest (RFC 7766 section 6.2.3), or is closed when none is idle.",
+    )
+    tcp_max_connections_per_source: int = Field(
+        default=32,
+        ge=1,
+        description="TCP connections open at once from one IPv4 address or IPv6 /64; a new one "
+        "past it evicts that source's oldest idle connection, or is closed when none is idle.",
     )
     update_timeout_seconds: float = Field(
         default=5.0,

@@ -1,6 +1,7 @@
 """DNS over TCP (RFC 7766): two-byte length-prefixed messages, several queries per connection
-answered in order, connections closed after an idle timeout, and a cap on open connections so a
-flood of idle clients cannot exhaust file descriptors.
+answered in order, connections closed after an idle timeout, and a global and per-source cap on
+open connections that evicts the oldest idle one when reached (`tcp_pool`), so a flood of idle
+clients can neither exhaust file descriptors nor lock other clients out.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_dns import sockets
 from acmezone_dns.metrics import QueryStats
 from acmezone_dns.responder import Responder
+from acmezone_dns.tcp_pool import Connection, TcpPool, source_of
 from acmezone_dns.updates import UpdateForwarder, is_update
 
 logger = logging.getLogger(__name__)
@@ -30,14 +32,20 @@ class TcpServer:
         *,
         idle_timeout: float,
         max_connections: int,
+        max_per_source: int | None = None,
         updates: UpdateForwarder | None = None,
     ) -> None:
+        """`max_connections` open at once in all, `max_per_source` from one IPv4 address or
+        IPv6 /64 (None: no per-source cap); past either the oldest idle one is evicted."""
         self._address = address
         self._updates = updates
         self._responder = responder
         self._stats = stats
         self._idle_timeout = idle_timeout
-        self._max_connections = max_connections
+        self.pool = TcpPool(
+            max_connections=max_connections,
+            max_per_source=max_connections if max_per_source is None else max_per_source,
+        )
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._bound: HostPort | None = None
@@ -58,28 +66,48 @@ class TcpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= self._max_connections:
-            self._stats.dropped += 1
-            writer.close()
+        connection = self._admit(writer)
+        if connection is None:
+            writer.transport.abort()
             return
         self._connections.add(task)
         try:
-            await self._exchange(reader, writer)
+            await self._exchange(reader, writer, connection)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except Exception:
             logger.exception("DNS over TCP failed")
         finally:
+            self.pool.release(connection)
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _admit(self, writer: asyncio.StreamWriter) -> Connection | None:
+        """The pool's slot for a new connection (evicting an idle one if need be), or None.
+        An evicted connection is aborted: its pending read ends and its task returns."""
+        peer = writer.get_extra_info("peername")
+        pool = self.pool
+        evicted, refused = pool.evicted, pool.refused
+        connection = pool.admit(source_of(str(peer[0]) if peer else ""), writer.transport.abort)
+        self._stats.tcp_evicted += pool.evicted - evicted
+        self._stats.tcp_refused += pool.refused - refused
+        return connection
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: Connection,
+    ) -> None:
         answer = self._responder.answer
+        pool = self.pool
         while True:
+            pool.idle(connection)
             async with asyncio.timeout(self._idle_timeout):
                 prefix = await reader.readexactly(2)
+                pool.busy(connection)
                 message = await reader.readexactly(int.from_bytes(prefix, "big"))
             if self._updates is not None and is_update(message):
                 peer = writer.get_extra_info("peername")
