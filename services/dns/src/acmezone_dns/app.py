@@ -19,6 +19,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
 from acmezone_dns import metrics
+from acmezone_dns.cookies import CookieJar, load_secret
 from acmezone_dns.feed_client import FeedClient
 from acmezone_dns.inspection import ZoneInspector
 from acmezone_dns.responder import Responder
@@ -72,7 +73,17 @@ class DnsApp:
             timeout=settings.update_timeout_seconds,
             revision_wait=settings.update_revision_wait_seconds,
         )
-        self.responder = Responder(self.store, self.stats, edns_udp_size=settings.edns_udp_size)
+        secret = settings.cookie_secret
+        self.responder = Responder(
+            self.store,
+            self.stats,
+            edns_udp_size=settings.edns_udp_size,
+            cookies=CookieJar(
+                load_secret(
+                    secret.get_secret_value() if secret else None, settings.cookie_secret_file
+                )
+            ),
+        )
         self.grpc = GrpcServer(
             settings.grpc_address, registry=metrics_registry, error_domain=ERROR_DOMAIN
         )

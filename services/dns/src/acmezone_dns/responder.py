@@ -16,6 +16,11 @@ Over UDP the C loop of `_native_batch.c` takes the same shortcuts (`answer` and
 must be made there too. tests/dns/test_native_batch.py checks, byte for byte and counter for
 counter, that the two agree and that C hands Python exactly what needs the slow paths.
 
+A query whose OPT carries options is never settled by the shortcuts (they take option-less OPTs
+only, in C too): `_plain_opt` and `_slow` read its options, and a COOKIE gets our answer with a
+server cookie (`cookies`, RFC 7873 and 9018) for the peer that `answer` was told of. Other
+options are ignored.
+
 Nothing here raises on bad input: a message the slow path cannot parse gets FORMERR, and one too
 short to carry an ID, or that is itself a response, gets no answer at all.
 """
@@ -23,10 +28,13 @@ short to carry an ID, or that is itself a response, gets no answer at all.
 from __future__ import annotations
 
 import logging
+import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 import dnslib
 
+from acmezone_dns.cookies import CookieJar, MalformedCookieError, find_cookie, load_secret
 from acmezone_dns.metrics import (
     QTYPE_INDEX,
     QTYPE_OTHER,
@@ -113,8 +121,19 @@ class FastTables(NamedTuple):
 class Responder:
     """Answers DNS messages from the store's current snapshot; counts into `stats`."""
 
-    def __init__(self, store: ZoneStore, stats: QueryStats, *, edns_udp_size: int) -> None:
+    def __init__(
+        self,
+        store: ZoneStore,
+        stats: QueryStats,
+        *,
+        edns_udp_size: int,
+        cookies: CookieJar | None = None,
+    ) -> None:
+        """`cookies` makes the server cookies; None: a jar with a secret of this process's own."""
         self._store = store
+        self.cookies = cookies or CookieJar(load_secret(None, None))
+        """Makes and checks server cookies; replaceable (a test fixes its clock)."""
+        self._peer: Callable[[], str] | None = None
         self._stats = stats
         self._counts = stats.counts
         self._udp_size = edns_udp_size
@@ -150,8 +169,10 @@ class Responder:
             )
         return tables
 
-    def answer(self, data: bytes, tcp: bool) -> bytes | None:
+    def answer(self, data: bytes, tcp: bool, peer: Callable[[], str] | None = None) -> bytes | None:
         """The hot path: pre-packed answers for plain queries, the slow path for the rest.
+        `peer` tells the sender's IP address when a server cookie has to be made for it (only
+        the paths past the shortcuts ask).
 
         The two commonest shapes are tried first without locating the question: one question
         and nothing else (the question runs to the end), or one question and an option-less
@@ -166,6 +187,7 @@ class Responder:
             packed = snapshot.answers.get(question.lower())
             if packed is None:
                 # The question runs to the end; `_not_prepacked` checks it is well formed.
+                self._peer = peer
                 limit = _TCP_SIZE if tcp else _PLAIN_UDP_SIZE
                 return self._not_prepacked(data, snapshot, tcp, len(data), None, limit)
             if tcp or len(data) + packed.size <= _PLAIN_UDP_SIZE:
@@ -185,6 +207,7 @@ class Responder:
                 packed = snapshot.answers.get(question.lower())
                 limit = _TCP_SIZE if tcp else edns[1]
                 if packed is None:
+                    self._peer = peer
                     qend = len(data) - _OPT_LEN
                     return self._not_prepacked(data, snapshot, tcp, qend, edns[0], limit)
                 if len(data) + packed.size <= limit:
@@ -198,6 +221,7 @@ class Responder:
                             edns[0],
                         )
                     )
+        self._peer = peer
         return self._answer_located(data, snapshot, tcp)
 
     def _answer_located(self, data: bytes, snapshot: Snapshot, tcp: bool) -> bytes | None:
@@ -233,16 +257,17 @@ class Responder:
         packed = snapshot.answers.get(data[12:qend].lower())
         if packed is None:
             return self._not_prepacked(data, snapshot, tcp, qend, opt, limit)
-        if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+        if qend + packed.size + (len(opt) if opt else 0) > limit:
             return self._slow(data, snapshot, tcp)
         self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
         return splice(packed, data, qend, opt)
 
     def _plain_opt(self, tail: bytes) -> tuple[bytes, int] | None:
         """Our OPT record and the UDP size limit for a query's additional section when it is
-        exactly one EDNS(0) OPT at the root (options ignored, as RFC 6891 allows); None
-        otherwise. Option-less OPTs are remembered: clients use a handful of sizes, and the
-        cache is bounded by the 2^16 sizes times the DO bit."""
+        exactly one EDNS(0) OPT at the root (a COOKIE answered, other options ignored, as RFC
+        6891 allows); None otherwise, and for a malformed COOKIE (`_slow` says FORMERR).
+        Option-less OPTs are remembered: clients use a handful of sizes, and the cache is
+        bounded by the 2^16 sizes times the DO bit."""
         if (
             len(tail) < _OPT_LEN
             or tail[0]
@@ -253,9 +278,26 @@ class Responder:
             return None
         opt = self._opt_do if tail[7] & 0x80 else self._opt
         limit = min(max(int.from_bytes(tail[3:5], "big"), _PLAIN_UDP_SIZE), self._udp_size)
-        if len(tail) == _OPT_LEN and not tail[5] and not tail[7] & 0x7F and not tail[8]:
+        if len(tail) > _OPT_LEN:
+            try:
+                cookie = self._cookie_opt(tail[_OPT_LEN:], bool(tail[7] & 0x80))
+            except MalformedCookieError:
+                return None
+            return cookie or opt, limit
+        if not tail[5] and not tail[7] & 0x7F and not tail[8]:
             self._edns[tail] = (opt, limit)
         return opt, limit
+
+    def _cookie_opt(self, options: bytes, do: bool) -> bytes | None:
+        """Our OPT record answering a COOKIE among `options`, with a server cookie for the
+        peer `answer` was given; None when there is no COOKIE. `MalformedCookieError` when the
+        options are malformed."""
+        cookie = find_cookie(options)
+        if cookie is None:
+            return None
+        peer = self._peer
+        option = self.cookies.option(cookie, peer() if peer is not None else "")
+        return opt_record(self._udp_size, do=do, options=option)
 
     def _not_prepacked(
         self,
@@ -297,7 +339,7 @@ class Responder:
             if i != last or name[last]:
                 return self._slow(data, snapshot, tcp)
         packed = snapshot.refused if found is None else found
-        if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+        if qend + packed.size + (len(opt) if opt else 0) > limit:
             return self._slow(data, snapshot, tcp)
         self._count(packed.stat + QTYPE_INDEX.get(qtype, QTYPE_OTHER) * RCODE_SLOTS, tcp)
         return splice(packed, data, qend, opt)
@@ -330,16 +372,24 @@ class Responder:
                 return self._formerr(data, tcp)
             ttl = int(opts[0].ttl)
             do = bool(ttl & 0x8000)
+            try:
+                cookie = self._cookie_opt(_options_of(opts[0]), do)
+            except MalformedCookieError:
+                return self._formerr(data, tcp)
             if (ttl >> 16) & 0xFF:
-                # RFC 6891 section 6.1.3: BADVERS, with our highest version (0) in the OPT.
+                # RFC 6891 section 6.1.3: BADVERS, with our highest version (0) in the OPT
+                # (and the cookie, as BIND sends it).
                 self._count(slot(QTYPE_OTHER, BADVERS), tcp)
+                cookie_option = cookie[_OPT_LEN:] if cookie else b""
                 return splice(
                     Packed(0, 0, 0, 0, 0, b""),
                     data,
                     qend,
-                    opt_record(self._udp_size, do=do, ext_rcode=BADVERS >> 4),
+                    opt_record(
+                        self._udp_size, do=do, ext_rcode=BADVERS >> 4, options=cookie_option
+                    ),
                 )
-            opt = self._opt_do if do else self._opt
+            opt = cookie or (self._opt_do if do else self._opt)
             if not tcp:
                 limit = min(max(int(opts[0].rclass), _PLAIN_UDP_SIZE), self._udp_size)
         qtype = int.from_bytes(data[qend - 4 : qend - 2], "big")
@@ -363,7 +413,7 @@ class Responder:
                 resolution.additional,
                 qname=qname,
             )
-            if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+            if qend + packed.size + (len(opt) if opt else 0) > limit:
                 # RFC 2181 section 9: set TC and send what fits; we send no records at all,
                 # and the resolver asks again over TCP.
                 flags = TC | (AA if resolution.authoritative else 0)
@@ -375,3 +425,10 @@ class Responder:
     def _formerr(self, data: bytes, tcp: bool, qtype_idx: int = QTYPE_OTHER) -> bytes:
         self._count(slot(qtype_idx, FORMERR), tcp)
         return header_only(data, FORMERR)
+
+
+def _options_of(opt: dnslib.RR) -> bytes:
+    """The EDNS options of an OPT record dnslib parsed, encoded again (code, length, data)."""
+    return b"".join(
+        struct.pack("!HH", option.code, len(option.data)) + option.data for option in opt.rdata
+    )

@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from acmezone_common.addresses import HostPort
@@ -153,6 +153,16 @@ class DnsSettings(ServiceSettings):
         description="TCP connections open at once from one IPv4 address or IPv6 /64; a new one "
         "past it evicts that source's oldest idle connection, or is closed when none is idle.",
     )
+    cookie_secret: SecretStr | None = Field(
+        default=None,
+        description="The DNS COOKIE server secret (RFC 9018), 32 hex digits; give every "
+        "replica behind one address the same one. Unset: COOKIE_SECRET_FILE.",
+    )
+    cookie_secret_file: Path | None = Field(
+        default=None,
+        description="A file holding the server secret in hex, generated (0600) when missing. "
+        "Unset too: a random secret for this process only.",
+    )
     update_timeout_seconds: float = Field(
         default=5.0,
         gt=0,
@@ -186,6 +196,17 @@ class DnsSettings(ServiceSettings):
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_address(v)) for v in value]
+
+    @field_validator("cookie_secret")
+    @classmethod
+    def _cookie_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            try:
+                if len(bytes.fromhex(value.get_secret_value())) != 16:
+                    raise ValueError
+            except ValueError:
+                raise ValueError("cookie_secret must be 32 hex digits (16 bytes)") from None
+        return value
 
     @field_validator("zone_files")
     @classmethod

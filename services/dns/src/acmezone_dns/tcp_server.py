@@ -103,6 +103,8 @@ class TcpServer:
     ) -> None:
         answer = self._responder.answer
         pool = self.pool
+        peername = writer.get_extra_info("peername")
+        host = str(peername[0]) if peername else ""
         while True:
             pool.idle(connection)
             async with asyncio.timeout(self._idle_timeout):
@@ -115,7 +117,7 @@ class TcpServer:
                     message, str(peer[0]) if peer else "", tcp=True
                 )
             else:
-                response = answer(message, True)
+                response = answer(message, True, lambda: host)
                 if response is not None and self._responder.signed_query and self._updates:
                     # TSIG-signed query: the registry signs the answer (it holds the keys).
                     self._responder.signed_query = False
