@@ -19,8 +19,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from acmezone_common.addresses import HostPort
+from acmezone_common.guard import TokenGuard
 from acmezone_common.interceptors import ServerInterceptor
 from acmezone_common.metrics import GrpcServerMetrics
+from acmezone_common.transport import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,27 @@ class GrpcServer:
     """A grpc.aio server bound to one address, with health checking and reflection."""
 
     def __init__(
-        self, address: HostPort, *, registry: CollectorRegistry, error_domain: str
+        self,
+        address: HostPort,
+        *,
+        registry: CollectorRegistry,
+        error_domain: str,
+        guard: TokenGuard | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
+        """`guard`, when given, runs inside the shared interceptor (its refusals are counted
+        and mapped like any error) and requires a token on the services it names. `tls`
+        makes the port serve TLS (and ask for client certificates when it has a client CA)."""
         self._address = address
+        self._tls = tls
         self._metrics = GrpcServerMetrics(registry)
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ServerInterceptor(self._metrics, error_domain)
+        ]
+        if guard is not None:
+            interceptors.append(guard)
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self._metrics, error_domain)],
+            interceptors=interceptors,
             options=[
                 # grpc enables SO_REUSEPORT by default, which lets a second process bind the same
                 # port silently; a port conflict must be an error instead.
@@ -80,7 +97,10 @@ class GrpcServer:
             [*self._services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         try:
-            port = self._server.add_insecure_port(str(self._address))
+            if self._tls is None:
+                port = self._server.add_insecure_port(str(self._address))
+            else:
+                port = self._server.add_secure_port(str(self._address), self._tls.credentials())
         except RuntimeError as exc:  # grpc's way of saying "address in use" and the like
             raise OSError(f"gRPC server could not bind {self._address}: {exc}") from exc
         await self._server.start()
@@ -88,7 +108,15 @@ class GrpcServer:
         self._bound = self._address.with_port(port)
         for name in ("", *self._services):
             await self.set_serving(name, serving)
-        logger.info("gRPC listening", extra={"address": str(self._bound)})
+        logger.info(
+            "gRPC listening",
+            extra={
+                "address": str(self._bound),
+                "tls": "off"
+                if self._tls is None
+                else ("mutual" if self._tls.client_ca_file else "server"),
+            },
+        )
         return self._bound
 
     async def set_serving(self, service: str, serving: bool) -> None:

@@ -18,6 +18,7 @@ from acmezone.dns.v1 import zone_service_pb2, zone_service_pb2_grpc
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
+from acmezone_common.transport import open_channel
 from acmezone_dns import metrics
 from acmezone_dns.cookies import CookieJar, load_secret
 from acmezone_dns.feed_client import FeedClient
@@ -66,8 +67,12 @@ class DnsApp:
         )
         self.update_stats = metrics.UpdateStats()
         metrics_registry.register(metrics.UpdateCollector(self.update_stats))
+        token = settings.registry_token.get_secret_value() if settings.registry_token else None
+        registry_channel = partial(
+            open_channel, settings.registry_target, tls=settings.registry_client_tls(), token=token
+        )
         self.updates = UpdateForwarder(
-            settings.registry_target,
+            registry_channel,
             self.store,
             self.update_stats,
             timeout=settings.update_timeout_seconds,
@@ -85,10 +90,13 @@ class DnsApp:
             ),
         )
         self.grpc = GrpcServer(
-            settings.grpc_address, registry=metrics_registry, error_domain=ERROR_DOMAIN
+            settings.grpc_address,
+            registry=metrics_registry,
+            error_domain=ERROR_DOMAIN,
+            tls=settings.grpc_server_tls(),
         )
         self.feed = FeedClient(
-            settings.registry_target,
+            registry_channel,
             self.store,
             self.feed_metrics,
             zone=settings.zone,

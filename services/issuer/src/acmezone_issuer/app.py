@@ -10,7 +10,6 @@ import asyncio
 import functools
 import logging
 
-import grpc
 from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import (
@@ -22,6 +21,7 @@ from acmezone.issuer.v1 import (
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
+from acmezone_common.transport import open_channel
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import CertificateManager
 from acmezone_issuer.errors import ERROR_DOMAIN
@@ -63,7 +63,9 @@ class IssuerApp:
             default_directory_url=settings.default_directory_url,
             ca_bundle=settings.acme_ca_bundle,
         )
-        self._registry_channel = grpc.aio.insecure_channel(settings.registry_address)
+        self._registry_channel = open_channel(
+            settings.registry_address, tls=settings.registry_client_tls()
+        )
         self.dns01 = Dns01Solver(
             self.store,
             self.sealer,
@@ -96,7 +98,10 @@ class IssuerApp:
         )
         auth = Authorizer(_secret(settings.operator_token))
         self._grpc = GrpcServer(
-            settings.grpc_address, registry=self._registry, error_domain=ERROR_DOMAIN
+            settings.grpc_address,
+            registry=self._registry,
+            error_domain=ERROR_DOMAIN,
+            tls=settings.grpc_server_tls(),
         )
         self._grpc.add_service(
             account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],

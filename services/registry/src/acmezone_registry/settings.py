@@ -49,6 +49,12 @@ class RegistrySettings(ServiceSettings):
         description="When set, creating, listing, updating and deleting registrations need "
         "`Authorization: Bearer <token>`. Unset: open, as acme-dns.",
     )
+    feed_token: SecretStr | None = Field(
+        default=None,
+        description="The credential dns replicas present (`authorization: Bearer <token>`) on "
+        "the record feed, UPDATE forwarding and reflection. With it or the operator token set, "
+        "those need one of the two; with neither they stay open.",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="Networks whose X-Forwarded-For header is believed (JSON list of CIDRs).",
