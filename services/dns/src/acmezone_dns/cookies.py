@@ -17,9 +17,10 @@ carrying it; `validate` tells whether a received cookie was ours and still withi
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import os
 import secrets
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ _LIFETIME = 3600  # RFC 9018 section 4.3: accepted for an hour...
 _FUTURE = 300  # ... and up to five minutes ahead of our clock
 
 _M64 = 0xFFFFFFFFFFFFFFFF
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
 class MalformedCookieError(ValueError):
@@ -45,10 +47,10 @@ def _rotl(x: int, b: int) -> int:
     return ((x << b) | (x >> (64 - b))) & _M64
 
 
-def siphash24(key: bytes, message: bytes) -> bytes:
+def python_siphash24(key: bytes, message: bytes) -> bytes:
     """SipHash-2-4 (Aumasson and Bernstein) of `message` under a 16-byte key, as the eight
-    little-endian bytes RFC 9018 puts in the cookie. Pure Python: it runs only for queries
-    carrying a COOKIE option, never on the plain fast path."""
+    little-endian bytes RFC 9018 puts in the cookie. Pure Python (about 20 us): `siphash24` is
+    the C accelerator's (about 0.1 us) wherever it was built."""
     k0, k1 = struct.unpack("<QQ", key)
     v0 = k0 ^ 0x736F6D6570736575
     v1 = k1 ^ 0x646F72616E646F6D
@@ -89,6 +91,12 @@ def siphash24(key: bytes, message: bytes) -> bytes:
                 v1 = _rotl(v1, 17) ^ v2
                 v2 = _rotl(v2, 32)
     return struct.pack("<Q", v0 ^ v1 ^ v2 ^ v3)
+
+
+try:
+    from acmezone_dns._native_batch import siphash24
+except ImportError:  # pragma: no cover - the accelerator is optional (no compiler at install)
+    siphash24 = python_siphash24
 
 
 def load_secret(secret_hex: str | None, secret_file: Path | None) -> bytes:
@@ -163,16 +171,19 @@ class CookieJar:
         return struct.pack("!HH", COOKIE_OPTION, len(data)) + data
 
 
+@functools.lru_cache(maxsize=4096)
 def client_ip(host: str) -> bytes:
     """A peer's address as the bytes the hash covers (4 for IPv4, 16 for IPv6; an IPv4-mapped
-    IPv6 peer counts as IPv4); empty when the peer is unknown."""
+    IPv6 peer counts as IPv4); empty when the peer is unknown. Cached: resolvers come back."""
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+    except OSError:
         return b""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.packed
-    return address.packed
+    return packed[12:] if packed[:12] == _V4_MAPPED else packed
 
 
 def find_cookie(options: bytes) -> bytes | None:
