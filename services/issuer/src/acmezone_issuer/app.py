@@ -26,9 +26,10 @@ from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import CertificateManager
 from acmezone_issuer.errors import ERROR_DOMAIN
 from acmezone_issuer.events import CertificateEvents
+from acmezone_issuer.identity import replica_identity
 from acmezone_issuer.keys import KeySealer
 from acmezone_issuer.metrics import IssuerMetrics
-from acmezone_issuer.reconciler import Reconciler, default_replica_id
+from acmezone_issuer.reconciler import Reconciler
 from acmezone_issuer.servicer import AccountServicer, Authorizer, CertificateServicer
 from acmezone_issuer.settings import IssuerSettings
 from acmezone_issuer.solvers.dns01 import Dns01Solver, Resolver
@@ -84,7 +85,7 @@ class IssuerApp:
             self.http01,
             self.events,
             self.metrics,
-            replica_id=settings.replica_id or default_replica_id(),
+            replica_id=replica_identity(settings.replica_id, settings.data_dir),
             interval=settings.reconcile_interval_seconds,
             delegation_recheck=settings.delegation_recheck_seconds,
             validation_timeout=settings.validation_timeout_seconds,

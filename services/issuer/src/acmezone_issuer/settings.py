@@ -132,5 +132,7 @@ class IssuerSettings(ServiceSettings):
         description="How long a replica owns a certificate it works on; renewed while working.",
     )
     replica_id: str = Field(
-        default="", description="Names this replica in leases; empty means host:pid:random."
+        default="",
+        description="Names this replica in leases, the same across restarts so it reclaims its "
+        "own at once (e.g. the pod name); empty: one kept in `<data_dir>/replica-id`.",
     )
