@@ -35,6 +35,7 @@ from acmezone_registry.dns_updates import DnsUpdates
 from acmezone_registry.errors import ERROR_DOMAIN
 from acmezone_registry.feed import RecordFeed
 from acmezone_registry.http_api import HttpApi
+from acmezone_registry.http_api.tls import ReloadingCertificate
 from acmezone_registry.maintenance import Maintenance
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
@@ -160,6 +161,13 @@ class RegistryApp:
             self.metrics,
             max_body_bytes=settings.http_max_body_bytes,
             storage_ok=self.repository.ping,
+            tls=ReloadingCertificate(
+                settings.http_tls_cert_file,
+                settings.http_tls_key_file,
+                interval=settings.http_tls_reload_seconds,
+            )
+            if settings.http_tls_cert_file and settings.http_tls_key_file
+            else None,
         )
         self.metrics_server = MetricsServer(settings.metrics_address, metrics_registry)
         self.grpc_address: HostPort = settings.grpc_address

@@ -37,6 +37,7 @@ from acmezone_common.errors import (
 from acmezone_registry import errors
 from acmezone_registry.access import Caller, ClientAddressResolver, parse_address
 from acmezone_registry.http_api import acme_dns
+from acmezone_registry.http_api.tls import ReloadingCertificate
 from acmezone_registry.metrics import HTTP_ROUTES, RegistryMetrics
 from acmezone_registry.registrations import Registrations
 
@@ -99,7 +100,10 @@ class HttpApi:
         *,
         max_body_bytes: int,
         storage_ok: Callable[[], Awaitable[bool]],
+        tls: ReloadingCertificate | None = None,
     ) -> None:
+        """`tls`: serve HTTPS with this (reloading) certificate instead of plain HTTP."""
+        self.tls = tls
         self._registrations = registrations
         self._resolver = resolver
         self._metrics = metrics
@@ -124,17 +128,29 @@ class HttpApi:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, address.host, address.port).start()
+            await web.TCPSite(
+                runner,
+                address.host,
+                address.port,
+                ssl_context=self.tls.context if self.tls else None,
+            ).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         bound = address.with_port(int(runner.addresses[0][1]))
-        logger.info("acme-dns HTTP API listening", extra={"address": str(bound)})
+        if self.tls is not None:
+            self.tls.start()
+        logger.info(
+            "acme-dns HTTP API listening",
+            extra={"address": str(bound), "scheme": "https" if self.tls else "http"},
+        )
         return bound
 
     async def stop(self) -> None:
         """Stop accepting connections, let in-flight requests finish briefly, release the port."""
+        if self.tls is not None:
+            await self.tls.stop()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
