@@ -46,6 +46,7 @@ COPY services/common/ services/common/
 COPY services/registry/ services/registry/
 COPY services/dns/ services/dns/
 COPY services/issuer/ services/issuer/
+COPY services/clients/ services/clients/
 COPY docker/healthcheck.py docker/healthcheck.py
 
 # Each service gets its own virtualenv, without pip: the tools venv's pip installs into it.
@@ -62,10 +63,12 @@ RUN python -m venv --without-pip /opt/venv \
         ./gen/python ./services/common ./services/dns \
     && /opt/venv/bin/python -c "import acmezone_dns._native_batch"
 
+# The issuer image carries the `acmezone` CLI (acmezone-clients) too, so operators can
+# `docker compose exec issuer acmezone ...`.
 FROM sources AS build-issuer
 RUN python -m venv --without-pip /opt/venv \
     && /opt/tools/bin/pip --python /opt/venv/bin/python install -q -c constraints.txt \
-        ./gen/python ./services/common ./services/issuer
+        ./gen/python ./services/common ./services/issuer ./services/clients
 
 # What every final image shares: the slim base, no packaging tools, a fixed non-root user
 # (uid/gid 10001, matching runAsUser in deploy/k8s), JSON logs, listening on all interfaces.

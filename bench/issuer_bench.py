@@ -32,11 +32,11 @@ from acmezone.issuer.v1 import (
     certificate_service_pb2,
     certificate_service_pb2_grpc,
 )
+from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import free_port
 from acmezone_dns.app import DnsApp
 from acmezone_dns.settings import DnsSettings
 from acmezone_issuer.app import IssuerApp
-from acmezone_issuer.devpebble import LocalPebble
 from acmezone_issuer.settings import IssuerSettings
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.settings import RegistrySettings

@@ -942,12 +942,50 @@ def issuer() -> dict[str, Any]:
                 ),
             ],
         ),
+        Row(
+            "Delivery",
+            [
+                Panel(
+                    "Delivery targets by status",
+                    [
+                        (
+                            "sum by (status) (max by (certificate, status) "
+                            f"(acmezone_issuer_delivery_targets{{{JI}}}))",
+                            "{{status}}",
+                        )
+                    ],
+                    stack=True,
+                    width=12,
+                    description="Hosts and directories agents reported: on the current serial "
+                    "or an older one.",
+                ),
+                Panel(
+                    "Stale targets: time left (soonest first)",
+                    [
+                        (
+                            "sort(min by (certificate) "
+                            "(acmezone_issuer_delivery_stale_expiration_timestamp_seconds"
+                            f"{{{JI}}}) - time())",
+                            "{{certificate}}",
+                        )
+                    ],
+                    kind="table",
+                    unit="s",
+                    width=12,
+                    instant=True,
+                    thresholds=[(None, "red"), (7 * 86400, "green")],
+                    description="Certificates with a target still on an older serial; "
+                    "`acmezone cert show` names the hosts.",
+                ),
+            ],
+        ),
         grpc_row(JI),
     ]
     return dashboard(
         "acmezone-issuer",
         "acmezone / Issuer",
-        "Certificates by state, expiry and renewal, issuance attempts and the ACME server.",
+        "Certificates by state, expiry and renewal, issuance attempts, the ACME server and "
+        "delivery to the hosts.",
         rows,
         job_query_metric="acmezone_issuer_certificates",
         job_regex="acmezone-issuer.*",

@@ -14,6 +14,7 @@ SERVICES = [
     ("registry", "acmezone_registry.settings", "RegistrySettings"),
     ("dns", "acmezone_dns.settings", "DnsSettings"),
     ("issuer", "acmezone_issuer.settings", "IssuerSettings"),
+    ("agent", "acmezone_clients.agent.settings", "AgentSettings"),
 ]
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acmezone_issuer.devpebble import write_dev_zone
+from acmezone_clients.devpebble import write_dev_zone
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
@@ -94,7 +94,7 @@ def components() -> list[Component]:
             argv=[
                 str(BIN / "python"),
                 "-m",
-                "acmezone_issuer.devpebble",
+                "acmezone_clients.devpebble",
                 "--workdir",
                 str(VAR / "pebble"),
                 # `make run PEBBLE_BIN=../shared/bin/pebble` for ARI, profiles, dns-account-01.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from acmezone_issuer.cli.commands import run as cli_run
+from acmezone_clients.cli.commands import run as cli_run
 from tests.clients.test_nsupdate import Setup, dig_txt, run, setup
 from tests.registry.values import acme_digest
 

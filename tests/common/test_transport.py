@@ -14,11 +14,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from acmezone_clients.cli import commands as cli
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.testing import wait_for_serving
 from acmezone_common.transport import ClientTls, ServerTls, open_channel
-from acmezone_issuer.cli import commands as cli
 from acmezone_registry.settings import RegistrySettings
 from tests.common.local_ca import Issued, LocalCa
 from tests.dns.conftest import running_dns
@@ -37,7 +37,10 @@ def other_ca(tmp_path: Path) -> LocalCa:
 
 async def started(tls: ServerTls) -> GrpcServer:
     server = GrpcServer(
-        HostPort("127.0.0.1", 0), registry=CollectorRegistry(), error_domain="test", tls=tls
+        HostPort("127.0.0.1", 0),
+        registry=CollectorRegistry(),
+        error_domain="test",
+        credentials=tls.credentials(),
     )
     await server.start()
     return server
@@ -113,7 +116,7 @@ def test_incomplete_or_unreadable_tls_settings_are_named(tmp_path: Path, ca: Loc
     with pytest.raises(ValueError, match="both its certificate and key"):
         ClientTls(ca.cert_file, cert_file=issued.cert_file)
     missing = ServerTls(tmp_path / "absent.pem", issued.key_file)
-    with pytest.raises(OSError, match=r"TLS certificate file .*absent\.pem"):
+    with pytest.raises(ValueError, match=r"cannot read the TLS certificate .*absent\.pem"):
         missing.credentials()
 
 

@@ -472,13 +472,15 @@ def test_grouping_uses_labels_some_used_metric_has(exported: Exported) -> None:
 
 
 def test_labels_were_checked_for_almost_every_metric(exported: Exported) -> None:
-    """Only the per-certificate gauges (no certificate is issued here, none relies on a
-    dns-persist-01 record) lack samples."""
+    """Only the per-certificate gauges (no certificate is issued or delivered here, none
+    relies on a dns-persist-01 record) lack samples."""
     used = {m for _, e in all_expressions() for m in promql_uses(e).metrics}
     unsampled = used - exported.sampled - PROMETHEUS_SERIES
     assert unsampled <= {
         "acmezone_issuer_certificate_expiration_timestamp_seconds",
         "acmezone_issuer_certificate_renewal_timestamp_seconds",
+        "acmezone_issuer_delivery_stale_expiration_timestamp_seconds",
+        "acmezone_issuer_delivery_targets",
         "acmezone_issuer_dns_persist_until_timestamp_seconds",
     }
 
@@ -527,10 +529,12 @@ def test_every_dashboard_query_runs_on_prometheus(running: Run) -> None:
 
 
 def test_dashboard_queries_return_data(running: Run) -> None:
-    """Every query finds series, except those that need an issued certificate."""
+    """Every query finds series, except those that need an issued (or delivered) certificate."""
     needs_a_certificate = (
         "acmezone_issuer_certificate_expiration_timestamp_seconds",
         "acmezone_issuer_certificate_renewal_timestamp_seconds",
+        "acmezone_issuer_delivery_targets",
+        "acmezone_issuer_delivery_stale_expiration_timestamp_seconds",
     )
     empty = [
         expr

@@ -120,3 +120,22 @@ async def test_bad_waits_are_refused(tmp_path: Path) -> None:
             await call
         assert bad_report.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_info_reason(bad_report.value) == "INVALID_REPLICA"
+
+
+async def test_a_stopping_registry_ends_the_report_streams_at_once(tmp_path: Path) -> None:
+    """A report stream never ends by itself: the registry ends them when it stops, so its
+    graceful stop does not wait the whole grace for them."""
+    async with running_registry(tmp_path / "registry") as registry:
+        (tmp_path / "dns").mkdir()
+        async with running_dns(
+            tmp_path / "dns", registry_target=str(registry.grpc_address), replica_name="r"
+        ):
+            for _ in range(200):
+                if registry.feed.replicas.live():
+                    break
+                await asyncio.sleep(0.02)
+            assert registry.feed.replicas.live()[0].connected
+            started = time.monotonic()
+            await registry.stop(grace=20)
+            assert time.monotonic() - started < 5
+            assert not registry.feed.replicas.live()[0].connected

@@ -3,6 +3,7 @@ query holding an old snapshot keeps seeing it whole."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -276,3 +277,52 @@ def test_the_service_build_holds_the_cyclic_gc_and_freezes_the_result(tmp_path: 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_a_batch_add_equals_one_add_at_a_time(tmp_path: Path) -> None:
+    """`Relist.add_many` builds the commonest record sets itself: whatever the mix (plain
+    names, deeper ones, upper case, several or long values, a repeat, a name also holding
+    static data, a name outside the zone), it ends exactly where `add` one by one does."""
+    record_sets: list[tuple[str, tuple[str, ...]]] = [
+        *((c.fqdn, c.values or ()) for c in SNAPSHOT),
+        *((f"plain{i}.{ZONE}.", (f"v{i}",)) for i in range(50)),
+        (f"plain3.{ZONE}.", ("again",)),
+        (f"UPPER.{ZONE}.", ("u",)),
+        (f"deep.er.{ZONE}.", ("d",)),
+        (f"two.{ZONE}.", ("a", "b")),
+        (f"long.{ZONE}.", ("L" * 256,)),
+        (f"ns1.{ZONE}.", ("static-and-feed",)),
+        ("elsewhere.example.com.", ("x",)),
+    ]
+    batched = new_store(tmp_path)
+    relist = batched.relist()
+    relist.add_many(record_sets[:20])
+    relist.add_many(record_sets[20:])
+    relist.finish(1, "f")
+    one_by_one = new_store(tmp_path)
+    relist = one_by_one.relist()
+    for fqdn, values in record_sets:
+        relist.add(fqdn, values)
+    relist.finish(1, "f")
+    assert observable(batched) == observable(one_by_one)
+
+
+async def test_replaced_tables_are_taken_apart_in_slices(tmp_path: Path) -> None:
+    """After a re-list on the event loop, the old generation's tables are emptied in the
+    background, a slice per loop turn, and the new ones are untouched."""
+    store = new_store(tmp_path)
+    store.apply_snapshot([TxtChange(f"old{i}.{ZONE}.", ("o",)) for i in range(50_000)], 1, "f")
+    old = store.snapshot
+    relist = store.relist()
+    relist.add_many((f"new{i}.{ZONE}.", ("n",)) for i in range(1000))
+    relist.finish(2, "f")
+    new = observable(store)
+    before = len(old.answers)
+    assert before > 50_000  # the feed names' and the static names' answers
+    await asyncio.sleep(0)
+    assert 0 < len(old.answers) < before  # one slice gone, the loop was given back
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not old.answers
+    assert not old.defaults
+    assert observable(store) == new

@@ -13,8 +13,8 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
+from acmezone_clients.cli.commands import run
 from acmezone_issuer.challenges import dns_account_label
-from acmezone_issuer.cli.commands import run
 from tests.e2e.conftest import Ports, System, running_system
 from tests.issuer.conftest import CA, OPERATOR_TOKEN
 

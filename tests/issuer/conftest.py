@@ -30,9 +30,9 @@ from acmezone.issuer.v1 import (
     certificate_service_pb2,
     certificate_service_pb2_grpc,
 )
+from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import free_port
 from acmezone_issuer.app import IssuerApp
-from acmezone_issuer.devpebble import LocalPebble
 from acmezone_issuer.settings import IssuerSettings
 
 OPERATOR_TOKEN = "issuer-test-token"
@@ -227,6 +227,7 @@ class Client:
     app: IssuerApp
     accounts: account_service_pb2_grpc.AccountServiceStub
     certificates: certificate_service_pb2_grpc.CertificateServiceStub
+    channel: grpc.aio.Channel | None = None
 
     async def create_account(self, **fields: Any) -> account_service_pb2.Account:
         account = account_service_pb2.Account(terms_of_service_agreed=True, **fields)
@@ -290,6 +291,7 @@ async def running_issuer(
             app,
             account_service_pb2_grpc.AccountServiceStub(channel),
             certificate_service_pb2_grpc.CertificateServiceStub(channel),
+            channel,
         )
     finally:
         await channel.close()

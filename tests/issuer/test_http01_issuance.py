@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import account_service_pb2 as apb
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
+from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import error_info_reason, free_port
-from acmezone_issuer.devpebble import LocalPebble
 from acmezone_issuer.store import CertificateRow
 from tests.issuer.conftest import AUTH, CA, FakeDns, running_issuer, state_name
 from tests.issuer.test_store import certificate as certificate_row_for_store

@@ -22,7 +22,6 @@ from acmezone_common.addresses import HostPort
 from acmezone_common.guard import TokenGuard
 from acmezone_common.interceptors import ServerInterceptor
 from acmezone_common.metrics import GrpcServerMetrics
-from acmezone_common.transport import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,8 @@ ServiceStatus = health_pb2.HealthCheckResponse.ServingStatus
 
 
 class GrpcServer:
-    """A grpc.aio server bound to one address, with health checking and reflection."""
+    """A grpc.aio server bound to one address, with health checking and reflection; TLS when
+    given server `credentials` (acmezone_common.tls), plaintext otherwise."""
 
     def __init__(
         self,
@@ -41,14 +41,15 @@ class GrpcServer:
         *,
         registry: CollectorRegistry,
         error_domain: str,
+        credentials: grpc.ServerCredentials | None = None,
         guard: TokenGuard | None = None,
-        tls: ServerTls | None = None,
     ) -> None:
-        """`guard`, when given, runs inside the shared interceptor (its refusals are counted
-        and mapped like any error) and requires a token on the services it names. `tls`
-        makes the port serve TLS (and ask for client certificates when it has a client CA)."""
+        """`credentials` (`acmezone_common.tls`, or `ServiceSettings.grpc_server_tls`) make
+        the port serve TLS.
+        `guard`, when given, runs inside the shared interceptor (its refusals are counted and
+        mapped like any error) and requires a token on the services it names."""
         self._address = address
-        self._tls = tls
+        self._credentials = credentials
         self._metrics = GrpcServerMetrics(registry)
         interceptors: list[grpc.aio.ServerInterceptor] = [
             ServerInterceptor(self._metrics, error_domain)
@@ -97,10 +98,10 @@ class GrpcServer:
             [*self._services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         try:
-            if self._tls is None:
+            if self._credentials is None:
                 port = self._server.add_insecure_port(str(self._address))
             else:
-                port = self._server.add_secure_port(str(self._address), self._tls.credentials())
+                port = self._server.add_secure_port(str(self._address), self._credentials)
         except RuntimeError as exc:  # grpc's way of saying "address in use" and the like
             raise OSError(f"gRPC server could not bind {self._address}: {exc}") from exc
         await self._server.start()
@@ -112,9 +113,7 @@ class GrpcServer:
             "gRPC listening",
             extra={
                 "address": str(self._bound),
-                "tls": "off"
-                if self._tls is None
-                else ("mutual" if self._tls.client_ca_file else "server"),
+                "tls": "off" if self._credentials is None else "on",
             },
         )
         return self._bound

@@ -7,8 +7,10 @@ service uses TLS when given a CA (or told to use the system roots), presents a c
 certificate when given one, and can add `authorization: Bearer <token>` to every call (the feed
 credential, `guard`). Without any of this everything stays plaintext on loopback, as before.
 
-Files are read once, when the server or channel is made: a rotated certificate takes a
-restart (gRPC's own reloading needs a certificate config fetcher the aio API lacks).
+The credentials themselves come from `acmezone_common.tls`; this module holds what settings
+describe and how a channel is opened. Files are read once, when the server or channel is made:
+a rotated certificate takes a restart (gRPC's own reloading needs a certificate config fetcher
+the aio API lacks).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+
+from acmezone_common import tls
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
@@ -40,16 +44,9 @@ class ServerTls:
     client_ca_file: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
-        """The server credentials these files make; a missing or unreadable file is an
-        `OSError` naming it, before any port is bound."""
-        chain = _read(self.cert_file, "certificate")
-        key = _read(self.key_file, "private key")
-        client_ca = _read(self.client_ca_file, "client CA") if self.client_ca_file else None
-        return grpc.ssl_server_credentials(
-            [(key, chain)],
-            root_certificates=client_ca,
-            require_client_auth=client_ca is not None,
-        )
+        """The server credentials these files make (`acmezone_common.tls`); a missing or
+        unreadable file is a `ValueError` naming it, before any port is bound."""
+        return tls.server_credentials(self.cert_file, self.key_file, self.client_ca_file)
 
 
 @dataclass(frozen=True)
@@ -68,14 +65,8 @@ class ClientTls:
             raise ValueError("a client certificate needs both its certificate and key file")
 
     def credentials(self) -> grpc.ChannelCredentials:
-        """The channel credentials these files make (`OSError` naming a file that fails)."""
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca_file, "CA") if self.ca_file else None,
-            private_key=_read(self.key_file, "client key") if self.key_file else None,
-            certificate_chain=_read(self.cert_file, "client certificate")
-            if self.cert_file
-            else None,
-        )
+        """The channel credentials these files make (`ValueError` naming a file that fails)."""
+        return tls.channel_credentials(self.ca_file, self.cert_file, self.key_file)
 
 
 def client_tls(
@@ -89,14 +80,6 @@ def client_tls(
     if not (enabled or ca_file or cert_file or key_file):
         return None
     return ClientTls(ca_file, cert_file, key_file, server_name or None)
-
-
-def _read(path: Path | None, what: str) -> bytes:
-    assert path is not None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise OSError(f"cannot read the TLS {what} file {path}: {exc.strerror}") from exc
 
 
 def open_channel(

@@ -93,7 +93,7 @@ class DnsApp:
             settings.grpc_address,
             registry=metrics_registry,
             error_domain=ERROR_DOMAIN,
-            tls=settings.grpc_server_tls(),
+            credentials=settings.grpc_server_credentials(),
         )
         self.feed = FeedClient(
             registry_channel,

@@ -252,10 +252,11 @@ class FeedClient:
         if part.zone.rstrip(".").lower() != self._zone.rstrip(".").lower():
             raise FeedProtocolError(f"the feed is for zone {part.zone!r}, we serve {self._zone!r}")
         txt = feed_pb2.RECORD_TYPE_TXT
-        add = relist.add
-        for record_set in part.record_sets:
-            if record_set.type == txt:
-                add(record_set.fqdn, record_set.txt_values)
+        relist.add_many(
+            (record_set.fqdn, record_set.txt_values)
+            for record_set in part.record_sets
+            if record_set.type == txt
+        )
         if not part.last:
             await asyncio.sleep(0)  # a stream read that finds data buffered does not yield
             return False

@@ -17,6 +17,10 @@ from acmezone.issuer.v1 import (
     account_service_pb2_grpc,
     certificate_service_pb2,
     certificate_service_pb2_grpc,
+    delivery_target_service_pb2,
+    delivery_target_service_pb2_grpc,
+    delivery_token_service_pb2,
+    delivery_token_service_pb2_grpc,
 )
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
@@ -24,13 +28,21 @@ from acmezone_common.metrics import MetricsServer
 from acmezone_common.transport import open_channel
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import CertificateManager
+from acmezone_issuer.delivery import DeliveryTokens
 from acmezone_issuer.errors import ERROR_DOMAIN
 from acmezone_issuer.events import CertificateEvents
+from acmezone_issuer.fleet import DeliveryTargets
 from acmezone_issuer.identity import replica_identity
 from acmezone_issuer.keys import KeySealer
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.reconciler import Reconciler
-from acmezone_issuer.servicer import AccountServicer, Authorizer, CertificateServicer
+from acmezone_issuer.servicer import (
+    AccountServicer,
+    Authorizer,
+    CertificateServicer,
+    DeliveryTargetServicer,
+    DeliveryTokenServicer,
+)
 from acmezone_issuer.settings import IssuerSettings
 from acmezone_issuer.solvers.dns01 import Dns01Solver, Resolver
 from acmezone_issuer.solvers.http01 import Http01Solver
@@ -97,12 +109,13 @@ class IssuerApp:
         self.certificates = CertificateManager(
             self.store, self.sealer, self.accounts, self.reconciler, self.events, self.metrics
         )
-        auth = Authorizer(_secret(settings.operator_token))
+        self.delivery_tokens = DeliveryTokens(self.store)
+        auth = Authorizer(_secret(settings.operator_token), self.delivery_tokens)
         self._grpc = GrpcServer(
             settings.grpc_address,
             registry=self._registry,
             error_domain=ERROR_DOMAIN,
-            tls=settings.grpc_server_tls(),
+            credentials=settings.grpc_server_credentials(),
         )
         self._grpc.add_service(
             account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
@@ -116,6 +129,20 @@ class IssuerApp:
             functools.partial(
                 certificate_service_pb2_grpc.add_CertificateServiceServicer_to_server,
                 CertificateServicer(self.store, self.certificates, self.dns01, self.events, auth),
+            ),
+        )
+        self._grpc.add_service(
+            delivery_token_service_pb2.DESCRIPTOR.services_by_name["DeliveryTokenService"],
+            functools.partial(
+                delivery_token_service_pb2_grpc.add_DeliveryTokenServiceServicer_to_server,
+                DeliveryTokenServicer(self.store, self.delivery_tokens, auth),
+            ),
+        )
+        self._grpc.add_service(
+            delivery_target_service_pb2.DESCRIPTOR.services_by_name["DeliveryTargetService"],
+            functools.partial(
+                delivery_target_service_pb2_grpc.add_DeliveryTargetServiceServicer_to_server,
+                DeliveryTargetServicer(self.store, DeliveryTargets(self.store), auth),
             ),
         )
         self._metrics_server = MetricsServer(settings.metrics_address, self._registry)

@@ -104,7 +104,22 @@ class IssuerMetrics:
             ("certificate",),
             registry=registry,
         )
+        self.delivery_targets = Gauge(
+            "acmezone_issuer_delivery_targets",
+            "Targets (host and directory) agents reported for each certificate, by whether they "
+            "run its current serial (`current`) or an older one (`stale`).",
+            ("certificate", "status"),
+            registry=registry,
+        )
+        self.delivery_stale_expiry = Gauge(
+            "acmezone_issuer_delivery_stale_expiration_timestamp_seconds",
+            "The earliest notAfter among a certificate's targets that run an older serial, as "
+            "Unix time; no series while every target runs the current serial.",
+            ("certificate",),
+            registry=registry,
+        )
         self._known: set[str] = set()
+        self._delivered: set[str] = set()
         for state in STATES:
             self.certificates.labels(state)
         for reason in FAILURE_REASONS:
@@ -129,6 +144,25 @@ class IssuerMetrics:
         for certificate in self._known - schedules.keys():
             self.forget_certificate(certificate)
         self._known = set(schedules)
+
+    def set_delivery(self, figures: dict[str, tuple[int, int, datetime | None]]) -> None:
+        """Per certificate (name): (current targets, stale targets, earliest stale notAfter);
+        series of certificates no longer reported are removed."""
+        for certificate, (current, stale, earliest) in figures.items():
+            self.delivery_targets.labels(certificate, "current").set(current)
+            self.delivery_targets.labels(certificate, "stale").set(stale)
+            if earliest is not None:
+                self.delivery_stale_expiry.labels(certificate).set(earliest.timestamp())
+            else:
+                with contextlib.suppress(KeyError):
+                    self.delivery_stale_expiry.remove(certificate)
+        for certificate in self._delivered - figures.keys():
+            for status in ("current", "stale"):
+                with contextlib.suppress(KeyError):
+                    self.delivery_targets.remove(certificate, status)
+            with contextlib.suppress(KeyError):
+                self.delivery_stale_expiry.remove(certificate)
+        self._delivered = set(figures)
 
     def set_persist_until(self, certificate: str, until: datetime | None) -> None:
         """Set (or, without an end, drop) a certificate's dns-persist-01 record end. Set by the

@@ -43,6 +43,7 @@ from acmezone_issuer.errors import (
     ValidationFailedError,
 )
 from acmezone_issuer.events import CertificateEvents
+from acmezone_issuer.fleet import summarise
 from acmezone_issuer.keys import KeySealer, build_csr, generate_key
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.names import base_domain
@@ -281,6 +282,12 @@ class Reconciler:
             {
                 f"certificates/{cid}": (not_after, renewal)
                 for cid, not_after, renewal in await self._store.all_schedules()
+            }
+        )
+        self._metrics.set_delivery(
+            {
+                f"certificates/{cid}": (f.current, f.stale, f.earliest_stale_not_after)
+                for cid, f in summarise(await self._store.delivery_summary()).items()
             }
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -21,11 +21,16 @@ from acmezone.issuer.v1 import (
     account_service_pb2_grpc,
     certificate_service_pb2,
     certificate_service_pb2_grpc,
+    delivery_target_service_pb2,
+    delivery_target_service_pb2_grpc,
+    delivery_token_service_pb2,
+    delivery_token_service_pb2_grpc,
 )
 from acmezone_common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -33,13 +38,17 @@ from acmezone_common.paging import page_size
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
 from acmezone_issuer.challenges import DNS_METHODS, ChallengeType, dns_account_label
+from acmezone_issuer.delivery import DeliveryTokens, is_delivery_token
 from acmezone_issuer.errors import IssuanceError
 from acmezone_issuer.events import CertificateEvents
-from acmezone_issuer.names import dns_name_problem, parse_name
+from acmezone_issuer.fleet import DeliveryTargets, Report
+from acmezone_issuer.names import check_id, dns_name_problem, parse_name
 from acmezone_issuer.solvers.dns01 import Dns01Solver
 from acmezone_issuer.store import (
     AccountRow,
     CertificateRow,
+    DeliveryTargetRow,
+    DeliveryTokenRow,
     Store,
     decode_page_token,
     encode_page_token,
@@ -101,33 +110,64 @@ def _enum_by_name(enum: Any, prefix: str, value: str) -> Any:
 
 
 class Authorizer:
-    """Checks `authorization: Bearer <operator token>` when a token is configured."""
+    """Checks `authorization: Bearer <token>`: the operator token on every method when one is
+    configured, and delivery tokens (`azdt_...`), scoped to certificates, on the few methods a
+    delivery agent needs (`check_certificate`); a delivery token anywhere else is
+    PERMISSION_DENIED, without a database query."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, delivery: DeliveryTokens | None = None) -> None:
         self._token = token.encode() if token else None
+        self._delivery = delivery
 
     @property
     def configured(self) -> bool:
         """Whether an operator token is configured."""
         return self._token is not None
 
-    def check(self, context: Context) -> None:
-        """Raise UNAUTHENTICATED unless the call carries the token (or none is configured)."""
-        if self._token is None:
-            return
+    @staticmethod
+    def _presented(context: Context) -> str:
         presented = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
                 presented = value
+        return presented
+
+    @staticmethod
+    def _bearer(presented: str) -> str | None:
+        scheme, _, token = presented.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+
+    def check(self, context: Context) -> None:
+        """Raise UNAUTHENTICATED unless the call carries the operator token (or none is
+        configured), PERMISSION_DENIED for a delivery token."""
+        presented = self._presented(context)
+        bearer = self._bearer(presented)
+        if bearer is not None and is_delivery_token(bearer):
+            raise PermissionDeniedError(
+                "DELIVERY_TOKEN_NOT_ALLOWED",
+                "a delivery token may only get, watch and export its certificates",
+            )
+        if self._token is None:
+            return
         if not presented:
             raise UnauthenticatedError(
                 "OPERATOR_TOKEN_REQUIRED", "this issuer needs `authorization: Bearer <token>`"
             )
-        scheme, _, token = presented.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self._token
-        ):
+        if bearer is None or not hmac.compare_digest(bearer.encode(), self._token):
             raise UnauthenticatedError("OPERATOR_TOKEN_INVALID", "the operator token is wrong")
+
+    async def check_certificate(self, context: Context, certificate_id: str) -> None:
+        """Like `check`, but a delivery token whose scope holds the certificate passes too."""
+        bearer = self._bearer(self._presented(context))
+        if bearer is None or not is_delivery_token(bearer) or self._delivery is None:
+            self.check(context)
+            return
+        scope = await self._delivery.authenticate(bearer)
+        if certificate_id not in scope.certificate_ids:
+            raise PermissionDeniedError(
+                "CERTIFICATE_NOT_IN_SCOPE",
+                f"delivery token {scope.token_id} does not cover certificates/{certificate_id}",
+            )
 
 
 def account_to_proto(row: AccountRow) -> account_service_pb2.Account:
@@ -332,8 +372,8 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     async def GetCertificate(
         self, request: certificate_service_pb2.GetCertificateRequest, context: Context
     ) -> certificate_service_pb2.Certificate:
-        self._auth.check(context)
         certificate_id = parse_name(request.name, "certificates", "name")
+        await self._auth.check_certificate(context, certificate_id)
         return certificate_to_proto(await self._store.get_certificate(certificate_id))
 
     @override
@@ -384,8 +424,8 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     async def WatchCertificate(
         self, request: certificate_service_pb2.WatchCertificateRequest, context: Context
     ) -> AsyncIterator[certificate_service_pb2.WatchCertificateResponse]:
-        self._auth.check(context)
         certificate_id = parse_name(request.name, "certificates", "name")
+        await self._auth.check_certificate(context, certificate_id)
         last_revision = -1
         while True:
             row = await self._store.find_certificate(certificate_id)
@@ -394,6 +434,9 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
                     "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
                 )
             if row.revision != last_revision:
+                if last_revision != -1:
+                    # A delivery token revoked mid-stream stops the stream at the next change.
+                    await self._auth.check_certificate(context, certificate_id)
                 last_revision = row.revision
                 yield certificate_service_pb2.WatchCertificateResponse(
                     certificate=certificate_to_proto(row)
@@ -409,8 +452,8 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
                 "EXPORT_DISABLED",
                 "exporting private keys needs an operator token configured on the issuer",
             )
-        self._auth.check(context)
         certificate_id = parse_name(request.name, "certificates", "name")
+        await self._auth.check_certificate(context, certificate_id)
         row, key_pem = await self._certificates.export(certificate_id)
         logger.info("certificate exported", extra={"certificate": certificate_id})
         return certificate_service_pb2.CertificateBundle(
@@ -466,3 +509,184 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
             challenge_type=_CHALLENGE_ENUM[check.method],
             check_time=_timestamp(utcnow()),
         )
+
+
+def delivery_token_to_proto(
+    row: DeliveryTokenRow, secret: str = ""
+) -> delivery_token_service_pb2.DeliveryToken:
+    """The DeliveryToken message; `secret` only in CreateDeliveryToken's response."""
+    return delivery_token_service_pb2.DeliveryToken(
+        name=f"deliveryTokens/{row.id}",
+        certificates=[f"certificates/{c}" for c in row.certificate_ids],
+        description=row.description,
+        secret=secret,
+        create_time=_timestamp(row.create_time),
+    )
+
+
+class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenServiceServicer):
+    """DeliveryTokenService: operator-only management of delivery tokens."""
+
+    def __init__(self, store: Store, tokens: DeliveryTokens, auth: Authorizer) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._auth = auth
+
+    def _check(self, context: Context) -> None:
+        if not self._auth.configured:
+            raise FailedPreconditionError(
+                "OPERATOR_TOKEN_NOT_SET",
+                "delivery tokens need an operator token configured on the issuer",
+            )
+        self._auth.check(context)
+
+    @override
+    async def CreateDeliveryToken(
+        self, request: delivery_token_service_pb2.CreateDeliveryTokenRequest, context: Context
+    ) -> delivery_token_service_pb2.DeliveryToken:
+        self._check(context)
+        token = request.delivery_token
+        row, secret = await self._tokens.create(
+            request.delivery_token_id, list(token.certificates), token.description
+        )
+        return delivery_token_to_proto(row, secret)
+
+    @override
+    async def GetDeliveryToken(
+        self, request: delivery_token_service_pb2.GetDeliveryTokenRequest, context: Context
+    ) -> delivery_token_service_pb2.DeliveryToken:
+        self._check(context)
+        token_id = parse_name(request.name, "deliveryTokens", "name")
+        return delivery_token_to_proto(await self._store.get_delivery_token(token_id))
+
+    @override
+    async def ListDeliveryTokens(
+        self, request: delivery_token_service_pb2.ListDeliveryTokensRequest, context: Context
+    ) -> delivery_token_service_pb2.ListDeliveryTokensResponse:
+        self._check(context)
+        limit = page_size(request.page_size)
+        rows, last = await self._store.list_delivery_tokens(
+            decode_page_token(request.page_token), limit
+        )
+        return delivery_token_service_pb2.ListDeliveryTokensResponse(
+            delivery_tokens=[delivery_token_to_proto(r) for r in rows],
+            next_page_token=encode_page_token(last) if last else "",
+        )
+
+    @override
+    async def DeleteDeliveryToken(
+        self, request: delivery_token_service_pb2.DeleteDeliveryTokenRequest, context: Context
+    ) -> empty_pb2.Empty:
+        self._check(context)
+        token_id = parse_name(request.name, "deliveryTokens", "name")
+        await self._store.delete_delivery_token(token_id)
+        logger.info("delivery token deleted", extra={"token": token_id})
+        return empty_pb2.Empty()
+
+
+_HOOK_RESULTS = {
+    delivery_target_service_pb2.HOOK_RESULT_NONE: "none",
+    delivery_target_service_pb2.HOOK_RESULT_SUCCEEDED: "success",
+    delivery_target_service_pb2.HOOK_RESULT_FAILED: "failure",
+    delivery_target_service_pb2.HOOK_RESULT_TIMED_OUT: "timeout",
+}
+_HOOK_RESULT_ENUM = {v: k for k, v in _HOOK_RESULTS.items()}
+
+
+def delivery_target_to_proto(
+    row: DeliveryTargetRow, current_serial: str
+) -> delivery_target_service_pb2.DeliveryTarget:
+    """The DeliveryTarget message, `current` against the certificate's serial."""
+    return delivery_target_service_pb2.DeliveryTarget(
+        name=f"certificates/{row.certificate_id}/deliveryTargets/{row.target_id}",
+        host=row.host,
+        directory=row.directory,
+        serial_number=row.serial_number,
+        not_after_time=_timestamp(row.not_after),
+        install_time=_timestamp(row.install_time),
+        hook_result=_HOOK_RESULT_ENUM.get(
+            row.hook_result, delivery_target_service_pb2.HOOK_RESULT_UNSPECIFIED
+        ),
+        hook_exit_code=row.hook_exit_code,
+        hook_output_tail=row.hook_output_tail,
+        report_time=_timestamp(row.report_time),
+        current=bool(current_serial) and row.serial_number == current_serial,
+    )
+
+
+class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServiceServicer):
+    """DeliveryTargetService: agents report installs, operators list them."""
+
+    def __init__(self, store: Store, targets: DeliveryTargets, auth: Authorizer) -> None:
+        self._store = store
+        self._targets = targets
+        self._auth = auth
+
+    @override
+    async def ReportDeliveryTarget(
+        self, request: delivery_target_service_pb2.ReportDeliveryTargetRequest, context: Context
+    ) -> delivery_target_service_pb2.DeliveryTarget:
+        certificate_id = parse_name(request.parent, "certificates", "parent")
+        await self._auth.check_certificate(context, certificate_id)
+        target = request.delivery_target
+        row, current = await self._targets.report(
+            Report(
+                certificate_id=certificate_id,
+                target_id=request.delivery_target_id,
+                host=target.host,
+                directory=target.directory,
+                serial_number=target.serial_number,
+                not_after=target.not_after_time.ToDatetime(UTC)
+                if target.HasField("not_after_time")
+                else None,
+                install_time=target.install_time.ToDatetime(UTC)
+                if target.HasField("install_time")
+                else None,
+                hook_result=_HOOK_RESULTS.get(target.hook_result),
+                hook_exit_code=target.hook_exit_code,
+                hook_output_tail=target.hook_output_tail,
+            )
+        )
+        return delivery_target_to_proto(row, row.serial_number if current else "")
+
+    @override
+    async def ListDeliveryTargets(
+        self, request: delivery_target_service_pb2.ListDeliveryTargetsRequest, context: Context
+    ) -> delivery_target_service_pb2.ListDeliveryTargetsResponse:
+        self._auth.check(context)
+        certificate_id = parse_name(request.parent, "certificates", "parent")
+        certificate = await self._store.get_certificate(certificate_id)
+        limit = page_size(request.page_size)
+        rows, last = await self._store.list_delivery_targets(
+            certificate_id, decode_page_token(request.page_token), limit
+        )
+        return delivery_target_service_pb2.ListDeliveryTargetsResponse(
+            delivery_targets=[delivery_target_to_proto(r, certificate.serial_number) for r in rows],
+            next_page_token=encode_page_token(last) if last else "",
+        )
+
+    @override
+    async def DeleteDeliveryTarget(
+        self, request: delivery_target_service_pb2.DeleteDeliveryTargetRequest, context: Context
+    ) -> empty_pb2.Empty:
+        self._auth.check(context)
+        certificate_id, target_id = parse_target_name(request.name)
+        await self._store.delete_delivery_target(certificate_id, target_id)
+        logger.info(
+            "delivery target deleted", extra={"certificate": certificate_id, "target": target_id}
+        )
+        return empty_pb2.Empty()
+
+
+def parse_target_name(name: str) -> tuple[str, str]:
+    """`certificates/a/deliveryTargets/b` -> ("a", "b"), or INVALID_ARGUMENT."""
+    parent, sep, target = name.partition("/deliveryTargets/")
+    if not sep:
+        raise InvalidArgumentError(
+            "INVALID_NAME",
+            f"{name!r}: expected certificates/{{id}}/deliveryTargets/{{id}}",
+            field="name",
+        )
+    certificate_id = parse_name(parent, "certificates", "name")
+    check_id(target, "name")
+    return certificate_id, target

@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     delete,
     func,
     or_,
@@ -177,6 +178,39 @@ class DelegationRow(Base):
     sealed_password: Mapped[bytes] = mapped_column(LargeBinary)
     fulldomain: Mapped[str] = mapped_column(String(253))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DeliveryTokenRow(Base):
+    """A delivery token: its scope and the SHA-256 of its secret (the secret is never stored)."""
+
+    __tablename__ = "delivery_tokens"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(63), unique=True)
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    certificate_ids: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(String(256), default="")
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DeliveryTargetRow(Base):
+    """What an agent last reported installing into one directory of one host."""
+
+    __tablename__ = "delivery_targets"
+    __table_args__ = (UniqueConstraint("certificate_id", "target_id"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    certificate_id: Mapped[str] = mapped_column(String(63), index=True)
+    target_id: Mapped[str] = mapped_column(String(63))
+    host: Mapped[str] = mapped_column(String(253))
+    directory: Mapped[str] = mapped_column(String(1024))
+    serial_number: Mapped[str] = mapped_column(String(64))
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime)
+    install_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    hook_result: Mapped[str] = mapped_column(String(16))
+    hook_exit_code: Mapped[int] = mapped_column(Integer, default=0)
+    hook_output_tail: Mapped[str] = mapped_column(Text, default="")
+    report_time: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 def async_url(database_url: str, data_dir: Path) -> str:
@@ -606,3 +640,150 @@ class Store:
                 raise
             return existing
         return row
+
+    # -- delivery tokens -----------------------------------------------------------------------
+
+    @_shielded
+    async def insert_delivery_token(self, row: DeliveryTokenRow) -> DeliveryTokenRow:
+        """Store a new delivery token; ALREADY_EXISTS when the id is taken."""
+        try:
+            async with self._sessions.begin() as session:
+                session.add(row)
+        except IntegrityError as exc:
+            raise AlreadyExistsError(
+                "DELIVERY_TOKEN_EXISTS", f"delivery token {row.id!r} exists already"
+            ) from exc
+        return row
+
+    @_shielded
+    async def find_delivery_token(self, token_id: str) -> DeliveryTokenRow | None:
+        """A delivery token by id, or None (authentication must not tell the two apart)."""
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(DeliveryTokenRow).where(DeliveryTokenRow.id == token_id)
+            )
+
+    async def get_delivery_token(self, token_id: str) -> DeliveryTokenRow:
+        """A delivery token by id, or NOT_FOUND."""
+        row = await self.find_delivery_token(token_id)
+        if row is None:
+            raise NotFoundError(
+                "DELIVERY_TOKEN_NOT_FOUND", f"deliveryTokens/{token_id} does not exist"
+            )
+        return row
+
+    @_shielded
+    async def list_delivery_tokens(
+        self, after_seq: int, limit: int
+    ) -> tuple[list[DeliveryTokenRow], int]:
+        """A page of delivery tokens after `after_seq`, and the seq to continue after."""
+        async with self._sessions() as session:
+            rows = list(
+                await session.scalars(
+                    select(DeliveryTokenRow)
+                    .where(DeliveryTokenRow.seq > after_seq)
+                    .order_by(DeliveryTokenRow.seq)
+                    .limit(limit + 1)
+                )
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].seq if more else 0)
+
+    @_shielded
+    async def delete_delivery_token(self, token_id: str) -> None:
+        """Remove a delivery token; NOT_FOUND when there is none."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(DeliveryTokenRow).where(DeliveryTokenRow.id == token_id)
+            )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFoundError(
+                "DELIVERY_TOKEN_NOT_FOUND", f"deliveryTokens/{token_id} does not exist"
+            )
+
+    # -- delivery targets ----------------------------------------------------------------------
+
+    @_shielded
+    async def put_delivery_target(self, row: DeliveryTargetRow) -> DeliveryTargetRow:
+        """Create the target or replace its last report (one row per certificate and target)."""
+        for _ in range(3):
+            try:
+                async with self._sessions.begin() as session:
+                    existing = await session.scalar(
+                        select(DeliveryTargetRow).where(
+                            DeliveryTargetRow.certificate_id == row.certificate_id,
+                            DeliveryTargetRow.target_id == row.target_id,
+                        )
+                    )
+                    if existing is None:
+                        session.add(row)
+                        return row
+                    for column in (
+                        "host",
+                        "directory",
+                        "serial_number",
+                        "not_after",
+                        "install_time",
+                        "hook_result",
+                        "hook_exit_code",
+                        "hook_output_tail",
+                        "report_time",
+                    ):
+                        setattr(existing, column, getattr(row, column))
+                    return existing
+            except IntegrityError:
+                continue  # another replica inserted it first: update that row instead
+        raise AlreadyExistsError("DELIVERY_TARGET_CONFLICT", "concurrent reports kept colliding")
+
+    @_shielded
+    async def list_delivery_targets(
+        self, certificate_id: str, after_seq: int, limit: int
+    ) -> tuple[list[DeliveryTargetRow], int]:
+        """A page of one certificate's targets after `after_seq`, and the seq to continue after."""
+        async with self._sessions() as session:
+            rows = list(
+                await session.scalars(
+                    select(DeliveryTargetRow)
+                    .where(
+                        DeliveryTargetRow.certificate_id == certificate_id,
+                        DeliveryTargetRow.seq > after_seq,
+                    )
+                    .order_by(DeliveryTargetRow.seq)
+                    .limit(limit + 1)
+                )
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].seq if more else 0)
+
+    @_shielded
+    async def delete_delivery_target(self, certificate_id: str, target_id: str) -> None:
+        """Forget one target; NOT_FOUND when there is none."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(DeliveryTargetRow).where(
+                    DeliveryTargetRow.certificate_id == certificate_id,
+                    DeliveryTargetRow.target_id == target_id,
+                )
+            )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFoundError(
+                "DELIVERY_TARGET_NOT_FOUND",
+                f"certificates/{certificate_id}/deliveryTargets/{target_id} does not exist",
+            )
+
+    @_shielded
+    async def delivery_summary(self) -> list[tuple[str, str, str, datetime]]:
+        """(certificate id, its current serial, a target's serial, that one's not-after) for
+        every target of a certificate that still exists, for the fleet gauges."""
+        async with self._sessions() as session:
+            result = await session.execute(
+                select(
+                    DeliveryTargetRow.certificate_id,
+                    CertificateRow.serial_number,
+                    DeliveryTargetRow.serial_number,
+                    DeliveryTargetRow.not_after,
+                ).join(CertificateRow, CertificateRow.id == DeliveryTargetRow.certificate_id)
+            )
+            return [(a, b, c, d) for a, b, c, d in result.all()]

@@ -111,7 +111,7 @@ class RegistryApp:
             registry=metrics_registry,
             error_domain=ERROR_DOMAIN,
             guard=_feed_guard(settings),
-            tls=settings.grpc_server_tls(),
+            credentials=settings.grpc_server_credentials(),
         )
         self.grpc.add_service(
             registration_service_pb2.DESCRIPTOR.services_by_name["RegistrationService"],

@@ -88,6 +88,7 @@ class RecordFeed:
         """End every open watch with UNAVAILABLE (clients move to another replica) and stop."""
         self._closing = True
         self._wake()
+        self.replicas.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from acmezone_common.errors import DeadlineExceededError, InvalidArgumentError
+from acmezone_common.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
 from acmezone_registry import errors
 
 MAX_REPLICA_NAME = 253
@@ -49,6 +49,8 @@ class ReplicaTracker:
         self._clock = clock
         self._reports: dict[str, ReplicaReport] = {}
         self._streams: dict[str, int] = {}  # open report streams per replica name
+        self.closing = asyncio.Event()
+        """Set when the registry stops: report streams end then (see `close`)."""
         self._changed = asyncio.Event()
 
     def _wake(self) -> None:
@@ -59,6 +61,8 @@ class ReplicaTracker:
     def stream(self) -> Iterator[Callable[[str, str, int], None]]:
         """One replica's report stream: yields the function that takes each report, and marks
         the replica disconnected when the stream ends."""
+        if self.closing.is_set():
+            raise UnavailableError(errors.SHUTTING_DOWN, "this registry replica is stopping")
         names: set[str] = set()
 
         def report(replica: str, feed_id: str, revision: int) -> None:
@@ -91,6 +95,12 @@ class ReplicaTracker:
                     if last is not None:
                         self._reports[name] = replace(last, connected=False, seen=self._clock())
             self._wake()
+
+    def close(self) -> None:
+        """End every open report stream (the registry is stopping): a report stream never
+        ends by itself, and a graceful server stop would otherwise wait its whole grace for
+        them. The replicas report again to whichever registry replica they reach next."""
+        self.closing.set()
 
     def live(self) -> list[ReplicaReport]:
         """The replicas still counted, ordered by name; forgets the long-gone ones."""

@@ -13,11 +13,12 @@ feed's start revision.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -31,7 +32,7 @@ from acmezone.registry.v1 import (
     txt_record_service_pb2,
     txt_record_service_pb2_grpc,
 )
-from acmezone_common.errors import InvalidArgumentError
+from acmezone_common.errors import InvalidArgumentError, UnavailableError
 from acmezone_registry import errors, model, validation
 from acmezone_registry.access import Caller, ClientAddressResolver, IPAddress, parse_address
 from acmezone_registry.registrations import Registrations
@@ -46,6 +47,7 @@ _TXT_RECORD = "txtRecord"
 # UpdateRegistrationRequest.update_mask paths and the RegistrationChanges field each one sets.
 UPDATABLE_FIELDS = ("allowed_cidrs", "description", "max_txt_values")
 DEFAULT_REPLICA_WAIT_SECONDS = 10.0
+_T = TypeVar("_T")
 MAX_REPLICA_WAIT_SECONDS = 300.0
 
 
@@ -449,8 +451,9 @@ class RecordFeedServicer(record_feed_service_pb2_grpc.RecordFeedServiceServicer)
         request_iterator: AsyncIterator[record_feed_service_pb2.ReportServedRevisionsRequest],
         context: Context,
     ) -> record_feed_service_pb2.ReportServedRevisionsResponse:
-        with self._feed.replicas.stream() as report:
-            async for request in request_iterator:
+        replicas = self._feed.replicas
+        with replicas.stream() as report:
+            async for request in _until(request_iterator, replicas.closing):
                 report(request.replica, request.feed_id, request.revision)
         return record_feed_service_pb2.ReportServedRevisionsResponse()
 
@@ -476,6 +479,33 @@ class RecordFeedServicer(record_feed_service_pb2_grpc.RecordFeedServiceServicer)
         return record_feed_service_pb2.WaitForReplicasResponse(
             replicas=[_replica_to_proto(r) for r in replicas]
         )
+
+
+async def _until(requests: AsyncIterator[_T], closing: asyncio.Event) -> AsyncIterator[_T]:
+    """The requests of a client stream until the client ends it or `closing` is set (then
+    UNAVAILABLE, SHUTTING_DOWN: the client reconnects elsewhere)."""
+    reading = aiter(requests)
+    stop = asyncio.ensure_future(closing.wait())
+    step: asyncio.Future[_T] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(reading))
+            await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                raise UnavailableError(errors.SHUTTING_DOWN, "this registry replica is stopping")
+            try:
+                request = step.result()
+            except StopAsyncIteration:
+                return
+            yield request
+    finally:
+        stop.cancel()
+        if step is not None:
+            if step.done():
+                step.cancelled() or step.exception()  # retrieved: no "never retrieved" noise
+            else:
+                step.cancel()
 
 
 def _replica_to_proto(report: ReplicaReport) -> record_feed_service_pb2.ReplicaStatus:

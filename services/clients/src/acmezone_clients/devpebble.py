@@ -258,7 +258,7 @@ def write_dev_zone(path: Path) -> Path:
 
 
 def main() -> None:
-    """`python -m acmezone_issuer.devpebble`: run Pebble for `make run` until SIGTERM/SIGINT."""
+    """`python -m acmezone_clients.devpebble`: run Pebble for `make run` until SIGTERM/SIGINT."""
     import argparse
     import signal
 

@@ -21,6 +21,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 
 from acmezone.dns.v1 import zone_service_pb2, zone_service_pb2_grpc
 from acmezone.issuer.v1 import (
@@ -35,9 +36,12 @@ from acmezone.registry.v1 import (
     tsig_key_service_pb2,
     tsig_key_service_pb2_grpc,
 )
+from acmezone_clients.agent.cli import add_agent_arguments, run_agent
+from acmezone_clients.agent.settings import AgentSettings
+from acmezone_clients.cli import delivery, output
+from acmezone_clients.cli.settings import CliSettings
+from acmezone_common.logs import configure_logging
 from acmezone_common.transport import client_tls, open_channel
-from acmezone_issuer.cli import output
-from acmezone_issuer.cli.settings import CliSettings
 
 pb = certificate_service_pb2
 apb = account_service_pb2
@@ -346,7 +350,10 @@ async def cmd_cert_show(cli: Cli) -> int:
     cert = await cli.certificates().GetCertificate(
         pb.GetCertificateRequest(name=_cert_name(cli.args.name)), metadata=cli.issuer_metadata
     )
-    cli.emit(cert, output.certificate(cert))
+    text = output.certificate(cert)
+    if not cli.json:
+        text += await delivery.targets_table(cli, cert.name)
+    cli.emit(cert, text)
     return 0
 
 
@@ -530,6 +537,20 @@ async def cmd_tsig_key_delete(cli: Cli) -> int:
     return 0
 
 
+# -- agent -----------------------------------------------------------------------------------
+
+
+async def cmd_agent(cli: Cli) -> int:
+    """The delivery agent, talking to `--issuer` with `--token` (else ACMEZONE_AGENT_TOKEN)."""
+    settings = AgentSettings()
+    update: dict[str, Any] = {"issuer": cli.args.issuer}
+    if cli.args.token:
+        update["token"] = SecretStr(cli.args.token)
+    settings = settings.model_copy(update=update)
+    configure_logging(settings.log_level, settings.log_format)
+    return await run_agent(cli.args, settings)
+
+
 # -- parsing ---------------------------------------------------------------------------------
 
 
@@ -678,6 +699,12 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     tdelete.add_argument("registration")
     tdelete.add_argument("key", help="key id or full resource name")
     tdelete.set_defaults(run=cmd_tsig_key_delete)
+
+    delivery.add_commands(sub)
+
+    agent = sub.add_parser("agent", help="install certificates as files and keep them current")
+    add_agent_arguments(agent)
+    agent.set_defaults(run=cmd_agent)
     return parser
 
 
