@@ -109,7 +109,7 @@ async def test_client_certificates_required_and_checked(
 
 def test_incomplete_or_unreadable_tls_settings_are_named(tmp_path: Path, ca: LocalCa) -> None:
     issued = ca.issue("server")
-    with pytest.raises(pydantic.ValidationError, match="go together"):
+    with pytest.raises(pydantic.ValidationError, match="set together"):
         RegistrySettings(grpc_tls_cert_file=issued.cert_file)
     with pytest.raises(pydantic.ValidationError, match="needs grpc_tls_cert_file"):
         RegistrySettings(grpc_tls_client_ca_file=ca.cert_file)

@@ -60,9 +60,9 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _grpc_tls_complete(self) -> ServiceSettings:
         if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
-            raise ValueError("grpc_tls_cert_file and grpc_tls_key_file go together")
+            raise ValueError("grpc_tls_cert_file and grpc_tls_key_file are set together")
         if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
-            raise ValueError("grpc_tls_client_ca_file needs grpc_tls_cert_file and key")
+            raise ValueError("grpc_tls_client_ca_file needs grpc_tls_cert_file and its key")
         return self
 
     def grpc_server_credentials(self) -> grpc.ServerCredentials | None:
