@@ -137,6 +137,15 @@ class CookieJar:
         self._secret = secret
         self._clock = clock
 
+    @property
+    def secret(self) -> bytes:
+        """The server secret (the C loop makes cookies with it too)."""
+        return self._secret
+
+    def now(self) -> int:
+        """The cookie timestamp now: Unix seconds, 32 bits."""
+        return int(self._clock()) & 0xFFFFFFFF
+
     def server_cookie(
         self, client_cookie: bytes, client_ip: bytes, now: int | None = None
     ) -> bytes:

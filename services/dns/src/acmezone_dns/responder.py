@@ -34,7 +34,13 @@ from typing import NamedTuple
 
 import dnslib
 
-from acmezone_dns.cookies import CookieJar, MalformedCookieError, find_cookie, load_secret
+from acmezone_dns.cookies import (
+    CookieJar,
+    MalformedCookieError,
+    client_ip,
+    find_cookie,
+    load_secret,
+)
 from acmezone_dns.metrics import (
     QTYPE_INDEX,
     QTYPE_OTHER,
@@ -67,6 +73,12 @@ _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_TYPE = b"\x00\x29"
 _CLASS_IN = b"\x00\x01"
 _OPT_LEN = 11
+_MIN_QUERY = 17  # header, root name, type, class
+_COOKIE_SHAPES = (
+    (12, b"\x00\x0c\x00\x0a\x00\x08"),  # OPT RDLEN 12: COOKIE of a client cookie alone
+    (28, b"\x00\x1c\x00\x0a\x00\x18"),  # OPT RDLEN 28: client and 16-byte server cookie
+)
+_COOKIE_REPLY_HEAD = b"\x00\x1c\x00\x0a\x00\x18"  # RDLEN 28, COOKIE, 24 bytes
 _PLAIN_UDP_SIZE = 512
 _MAX_NAME = 255  # bytes of a wire name, root label included (RFC 1035 section 3.1)
 _TCP_SIZE = 65535
@@ -104,8 +116,8 @@ def question_end(data: bytes) -> int:
 class FastTables(NamedTuple):
     """Everything the C hot loop (`_native_batch.c`) reads, in the order it reads it: the
     snapshot's three answer tables and REFUSED answer, the remembered option-less OPT records
-    with their UDP size limits, the query counters, and how a counter slot is made
-    (`metrics.slot`)."""
+    with their UDP size limits, the query counters, how a counter slot is made
+    (`metrics.slot`), and the server cookie secret and current time (`cookies`)."""
 
     answers: dict[bytes, Packed]
     edns: dict[bytes, tuple[bytes, int]]
@@ -116,6 +128,8 @@ class FastTables(NamedTuple):
     qtype_index: dict[int, int]
     qtype_other: int
     rcode_slots: int
+    cookie_secret: bytes
+    cookie_time: int
 
 
 class Responder:
@@ -153,7 +167,8 @@ class Responder:
         between batches, never during one."""
         snapshot = self._store.snapshot
         tables = self._fast_tables
-        if tables is None or self._fast_tables_of is not snapshot:
+        now = self.cookies.now()
+        if tables is None or self._fast_tables_of is not snapshot or tables.cookie_time != now:
             self._fast_tables_of = snapshot
             fallbacks = snapshot.fallbacks
             tables = self._fast_tables = FastTables(
@@ -166,6 +181,8 @@ class Responder:
                 QTYPE_INDEX,
                 QTYPE_OTHER,
                 RCODE_SLOTS,
+                self.cookies.secret,
+                now,
             )
         return tables
 
@@ -221,8 +238,42 @@ class Responder:
                             edns[0],
                         )
                     )
+            else:
+                return self._cookie_shortcut(data, snapshot, tcp, peer)
         self._peer = peer
         return self._answer_located(data, snapshot, tcp)
+
+    def _cookie_shortcut(
+        self, data: bytes, snapshot: Snapshot, tcp: bool, peer: Callable[[], str] | None
+    ) -> bytes | None:
+        """A query whose OPT's only option is a COOKIE (a client cookie, alone or with a
+        16-byte server cookie; tried in that order) and whose option-less OPT is remembered:
+        answered like an option-less one, with our OPT carrying a fresh server cookie. The C
+        loop takes the same shortcut (`cookie_shape`); anything else goes on as before."""
+        self._peer = peer
+        n = len(data)
+        for size, shape in _COOKIE_SHAPES:
+            qend = n - size - _OPT_LEN
+            if qend >= _MIN_QUERY and data[qend + 9 : qend + 15] == shape:
+                break
+        else:
+            return self._answer_located(data, snapshot, tcp)
+        edns = self._edns.get(data[qend : qend + 9] + _NO_ADDITIONAL)
+        if edns is None or len(edns[0]) != _OPT_LEN:
+            return self._answer_located(data, snapshot, tcp)
+        client = data[n - size + 4 : n - size + 12]
+        server = self.cookies.server_cookie(
+            client, client_ip(peer() if peer is not None else ""), self.cookies.now()
+        )
+        opt = edns[0][:9] + _COOKIE_REPLY_HEAD + client + server
+        limit = _TCP_SIZE if tcp else edns[1]
+        packed = snapshot.answers.get(data[12:qend].lower())
+        if packed is None:
+            return self._not_prepacked(data, snapshot, tcp, qend, opt, limit)
+        if qend + packed.size + len(opt) > limit:
+            return self._answer_located(data, snapshot, tcp)
+        self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
+        return splice(packed, data, qend, opt)
 
     def _answer_located(self, data: bytes, snapshot: Snapshot, tcp: bool) -> bytes | None:
         """Plain queries of any shape the fast checks in `answer` did not settle: finds where
@@ -279,6 +330,10 @@ class Responder:
         opt = self._opt_do if tail[7] & 0x80 else self._opt
         limit = min(max(int.from_bytes(tail[3:5], "big"), _PLAIN_UDP_SIZE), self._udp_size)
         if len(tail) > _OPT_LEN:
+            if not tail[5] and not tail[7] & 0x7F and not tail[8]:
+                # Remembered under its option-less form, for `_cookie_shortcut` (and C's):
+                # a resolver that sends a cookie with every query never sends that form.
+                self._edns.setdefault(tail[:9] + _NO_ADDITIONAL, (opt, limit))
             try:
                 cookie = self._cookie_opt(tail[_OPT_LEN:], bool(tail[7] & 0x80))
             except MalformedCookieError:
