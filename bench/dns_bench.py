@@ -11,7 +11,7 @@ What it does, all on loopback:
    at the target load (75% of NSD's QPS), each the median of as many alternating runs (this
    host's neighbours move single-run tails by milliseconds, for NSD too);
    Then the same throughput runs with a client COOKIE in every query (dnsperf -E 10:<cookie>):
-   acmezone answers each with an RFC 9018 server cookie from its Python path; NSD 4.6 ignores the
+   acmezone answers each with an RFC 9018 server cookie (in its C loop); NSD 4.6 ignores the
    option (it answers cookies from 4.8 on), so its figure is the cost of the longer packets alone;
 5. makes U registry updates one after another and times each from the update RPC returning to the
    new value being answered over UDP, and prints p50/p99.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from pathlib import Path
 
 import dns.message
@@ -153,3 +154,26 @@ async def test_an_idle_flood_from_one_address_leaves_room_for_others(tmp_path: P
                 assert app.stats.tcp_evicted >= 1000 - min(per_source, 256)
             finally:
                 await close_all(flood)
+
+
+async def test_a_client_that_stops_reading_loses_its_slot(tmp_path: Path) -> None:
+    """A busy connection is never evicted, so one stalled on writing must not be busy for
+    longer than the idle timeout."""
+    async with running_dns(tmp_path, tcp_idle_timeout_seconds=0.3) as app:
+        app.store.apply_snapshot(SNAPSHOT, 1, "f")
+        address = v4(app)
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        try:
+            assert await ask(reader, writer, 1) == dns.rcode.NOERROR  # the server holds it now
+            (task,) = app.tcp[0].connection_tasks
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader._transport.pause_reading()  # type: ignore[attr-defined]  # never read
+            query = dns.message.make_query("big.acme.example.test", "TXT").to_wire()
+            # About 20 MB of answers asked for and never read: the server's writes stall.
+            writer.write((len(query).to_bytes(2, "big") + query) * 10_000)
+            done, _ = await asyncio.wait([task], timeout=10)
+            assert done == {task}  # the stalled write timed out and the slot is free
+            assert len(app.tcp[0].pool) == 0
+        finally:
+            writer.transport.abort()

@@ -16,10 +16,11 @@ Over UDP the C loop of `_native_batch.c` takes the same shortcuts (`answer` and
 must be made there too. tests/dns/test_native_batch.py checks, byte for byte and counter for
 counter, that the two agree and that C hands Python exactly what needs the slow paths.
 
-A query whose OPT carries options is never settled by the shortcuts (they take option-less OPTs
-only, in C too): `_plain_opt` and `_slow` read its options, and a COOKIE gets our answer with a
-server cookie (`cookies`, RFC 7873 and 9018) for the peer that `answer` was told of. Other
-options are ignored.
+DNS COOKIE (RFC 7873, server cookies per RFC 9018, `cookies`) is answered on every path for the
+peer `answer` was told of. The commonest shapes, a lone COOKIE option holding a client cookie
+alone or with a 16-byte server cookie, take `_cookie_shortcut` (and the same shortcut in C);
+any other OPT with options is read by `_plain_opt` or `_slow`, which answer a COOKIE among
+other options the same way, FORMERR a malformed one and ignore options they do not know.
 
 Nothing here raises on bad input: a message the slow path cannot parse gets FORMERR, and one too
 short to carry an ID, or that is itself a response, gets no answer at all.

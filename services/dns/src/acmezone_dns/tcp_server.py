@@ -7,7 +7,6 @@ clients can neither exhaust file descriptors nor lock other clients out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 
@@ -55,6 +54,11 @@ class TcpServer:
         """The bound address once started."""
         return self._bound or self._address
 
+    @property
+    def connection_tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The tasks serving the open connections (each ends when its connection closes)."""
+        return frozenset(self._connections)
+
     async def start(self) -> HostPort:
         """Bind, listen and start accepting connections."""
         sock = sockets.bind(self._address, socket.SOCK_STREAM)
@@ -80,9 +84,19 @@ class TcpServer:
         finally:
             self.pool.release(connection)
             self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
+            await self._close(writer)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close gracefully (what was written is flushed), but abort a connection whose peer
+        does not read: a graceful close would wait for it forever."""
+        writer.close()
+        try:
+            async with asyncio.timeout(self._idle_timeout):
                 await writer.wait_closed()
+        except TimeoutError:
+            writer.transport.abort()
+        except Exception:  # noqa: S110 - the peer reset it: closed all the same
+            pass
 
     def _admit(self, writer: asyncio.StreamWriter) -> Connection | None:
         """The pool's slot for a new connection (evicting an idle one if need be), or None.
@@ -129,7 +143,10 @@ class TcpServer:
                 # A runt or a response: nothing sensible can follow on this stream.
                 return
             writer.write(len(response).to_bytes(2, "big") + response)
-            await writer.drain()
+            # A client that stops reading holds a busy (never evicted) slot: not for longer
+            # than it may sit idle.
+            async with asyncio.timeout(self._idle_timeout):
+                await writer.drain()
 
     async def stop(self) -> None:
         """Stop accepting, then close every open connection."""
