@@ -9,17 +9,21 @@ import contextlib
 import time
 from pathlib import Path
 
+import aiohttp
+import dns.rcode
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from prometheus_client import CollectorRegistry
 
 from acmezone.registry.v1 import record_feed_service_pb2 as feed_pb
 from acmezone.registry.v1 import record_feed_service_pb2_grpc as feed_grpc
 from acmezone_common.testing import error_info_reason
 from acmezone_dns.app import DnsApp
 from tests.dns.conftest import running_dns
-from tests.dns.test_feed_client import registry_client
+from tests.dns.test_feed_client import registry_client, txt_values
 from tests.registry.conftest import running_registry
+from tests.registry.test_dns_updates import new_client
 from tests.registry.values import acme_digest
 
 
@@ -37,7 +41,12 @@ async def reported(feed: feed_grpc.RecordFeedServiceStub, count: int, revision: 
 
 
 async def test_wait_for_replicas_waits_for_the_one_behind(tmp_path: Path) -> None:
-    async with running_registry(tmp_path / "registry") as registry:
+    metrics = CollectorRegistry()
+
+    def in_state(state: str) -> float | None:
+        return metrics.get_sample_value("acmezone_registry_feed_replicas", {"state": state})
+
+    async with running_registry(tmp_path / "registry", metrics) as registry:
         target = str(registry.grpc_address)
         apps: list[DnsApp] = []
         async with (
@@ -61,6 +70,7 @@ async def test_wait_for_replicas_waits_for_the_one_behind(tmp_path: Path) -> Non
             ]
             done = await feed.WaitForReplicas(feed_pb.WaitForReplicasRequest(revision=first))
             assert [r.replica for r in done.replicas] == ["replica-0", "replica-1", "replica-2"]
+            assert [in_state(s) for s in ("current", "behind", "disconnected")] == [3, 0, 0]
 
             # replica-1 stops following: it still counts, and it is behind.
             await apps[1].feed.stop()
@@ -75,6 +85,9 @@ async def test_wait_for_replicas_waits_for_the_one_behind(tmp_path: Path) -> Non
             assert error_info_reason(lagging.value) == "REPLICAS_LAGGING"
             assert f"replica-1 at revision {first} (disconnected)" in str(lagging.value.details())
             assert "replica-0" not in str(lagging.value.details())
+            assert in_state("disconnected") == 1
+            lag = metrics.get_sample_value("acmezone_registry_feed_replica_lag_revisions")
+            assert lag == second - first
 
             # Back on the feed, it catches up and the same wait ends.
             waiting = asyncio.ensure_future(
@@ -139,3 +152,86 @@ async def test_a_stopping_registry_ends_the_report_streams_at_once(tmp_path: Pat
             await registry.stop(grace=20)
             assert time.monotonic() - started < 5
             assert not registry.feed.replicas.live()[0].connected
+
+
+async def test_update_answers_once_every_replica_serves_the_value(tmp_path: Path) -> None:
+    """With WAIT_FOR_REPLICAS_SECONDS, an acme-dns `/update` returns only once every replica
+    answers the value (a client may ask the CA at once), and past the bound it answers
+    anyway, counting the timeout."""
+    metrics = CollectorRegistry()
+    async with running_registry(
+        tmp_path / "registry", metrics, wait_for_replicas_seconds=1.0
+    ) as registry:
+        (tmp_path / "dns").mkdir()
+        async with (
+            running_dns(
+                tmp_path / "dns", registry_target=str(registry.grpc_address), replica_name="r"
+            ) as replica,
+            aiohttp.ClientSession() as http,
+        ):
+            base = f"http://{registry.http_address}"
+            async with http.post(f"{base}/register") as reply:
+                account = await reply.json()
+            auth = {"X-Api-User": account["username"], "X-Api-Key": account["password"]}
+            fqdn = f"{account['fulldomain']}."
+            for i in range(5):
+                body = {"subdomain": account["subdomain"], "txt": acme_digest(("ready", i))}
+                async with http.post(f"{base}/update", json=body, headers=auth) as reply:
+                    assert reply.status == 200
+                # Answered by the replica the moment /update has returned: no polling.
+                assert acme_digest(("ready", i)) in await txt_values(replica, fqdn)
+            ready = metrics.get_sample_value(
+                "acmezone_registry_replica_waits_total", {"result": "ready"}
+            )
+            assert ready == 5
+
+            await replica.feed.stop()  # it still counts, and it falls behind
+            started = time.monotonic()
+            body = {"subdomain": account["subdomain"], "txt": acme_digest("late")}
+            async with http.post(f"{base}/update", json=body, headers=auth) as reply:
+                assert reply.status == 200
+            assert time.monotonic() - started >= 0.9
+            timeouts = metrics.get_sample_value(
+                "acmezone_registry_replica_waits_total", {"result": "timeout"}
+            )
+            assert timeouts == 1
+
+
+async def test_an_rfc2136_answer_waits_for_the_replicas_too(tmp_path: Path) -> None:
+    """The same opt-in wait holds the answer to an applied RFC 2136 UPDATE."""
+    metrics = CollectorRegistry()
+    async with running_registry(
+        tmp_path / "registry", metrics, wait_for_replicas_seconds=0.5
+    ) as registry:
+        (tmp_path / "dns").mkdir()
+        async with (
+            grpc.aio.insecure_channel(str(registry.grpc_address)) as channel,
+            running_dns(
+                tmp_path / "dns", registry_target=str(registry.grpc_address), replica_name="r"
+            ) as replica,
+        ):
+            client = await new_client(channel)
+            update = client.update()
+            update.add(client.fqdn, 60, "TXT", f'"{acme_digest("rfc2136")}"')
+            response, _ = await client.send(update)
+            assert response.rcode() == dns.rcode.NOERROR
+            assert acme_digest("rfc2136") in await txt_values(replica, client.fqdn)
+            assert (
+                metrics.get_sample_value(
+                    "acmezone_registry_replica_waits_total", {"result": "ready"}
+                )
+                == 1
+            )
+            await replica.feed.stop()
+            late = client.update()
+            late.add(client.fqdn, 60, "TXT", f'"{acme_digest("late")}"')
+            started = time.monotonic()
+            response, _ = await client.send(late)
+            assert response.rcode() == dns.rcode.NOERROR
+            assert time.monotonic() - started >= 0.45
+            assert (
+                metrics.get_sample_value(
+                    "acmezone_registry_replica_waits_total", {"result": "timeout"}
+                )
+                == 1
+            )

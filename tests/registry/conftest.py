@@ -16,13 +16,15 @@ from prometheus_client import CollectorRegistry
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
+from acmezone_registry.sealing import SecretSealer
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
 
 ZONE = "acme.example.test"
-FAST_SCRYPT_N = 1024
+CREDENTIAL_KEY = bytes(range(32))
+SEALER = SecretSealer(bytes(range(32, 64)))
 
 
 @dataclass
@@ -45,7 +47,7 @@ async def open_stack(
     """Open (and migrate) a database and build the registry domain over it."""
     database = Database(url)
     await asyncio.to_thread(migrate.upgrade, database)
-    repository = Repository(database, ZONE)
+    repository = Repository(database, ZONE, SEALER)
     metrics = RegistryMetrics(metrics_registry or CollectorRegistry())
     registrations = Registrations(
         repository,
@@ -56,7 +58,7 @@ async def open_stack(
             default_max_txt_values=2,
             strict_txt_values=True,
             txt_value_lifetime=lifetime,
-            password_scrypt_n=FAST_SCRYPT_N,
+            credential_key=CREDENTIAL_KEY,
         ),
         metrics,
     )
@@ -74,14 +76,17 @@ async def stack(database_url: str, metrics_registry: CollectorRegistry) -> Async
 
 
 def registry_settings(data_dir: Path, **overrides: Any) -> RegistrySettings:
-    """Settings for an in-process registry on free loopback ports, with fast password hashing."""
+    """Settings for an in-process registry on free loopback ports, keeping its files (database,
+    generated keys) in `data_dir`."""
     values: dict[str, Any] = {
+        "data_dir": data_dir,
         "grpc_address": "127.0.0.1:0",
         "http_address": "127.0.0.1:0",
         "metrics_address": "127.0.0.1:0",
         "database_url": f"sqlite:///{data_dir}/registry.db",
         "zone": ZONE,
-        "password_scrypt_n": FAST_SCRYPT_N,
+        # Tests register many accounts from 127.0.0.1; the quota has tests of its own.
+        "open_registrations_per_hour_per_source": 0,
     }
     values.update(overrides)
     return RegistrySettings(**values)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,15 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from acmezone_common.addresses import HostPort
+from acmezone_common.testing import free_port
 from acmezone_registry.access import ClientAddressResolver
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.http_api import HttpApi
 from acmezone_registry.metrics import RegistryMetrics
-from acmezone_registry.registrations import Registrations
-from tests.registry.conftest import ZONE, running_registry
+from acmezone_registry.registrations import RegistrationPolicy, Registrations
+from acmezone_registry.storage.database import Database
+from acmezone_registry.storage.repository import Repository
+from tests.registry.conftest import CREDENTIAL_KEY, SEALER, ZONE, running_registry
 from tests.registry.values import acme_digest
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -215,6 +219,10 @@ async def test_register_reads_allowfrom_like_acme_dns(
         (b'{"allowfrom": ["192.0.2.0/24", "not-a-network"]}', INVALID_CIDR),
         (b'{"allowfrom": ["2001:db8::/129"]}', INVALID_CIDR),
         (b'{"allowfrom": [""]}', INVALID_CIDR),
+        (
+            json.dumps({"allowfrom": [f"10.0.{i}.0/24" for i in range(65)]}).encode(),
+            b'{"error": "too_many_allowfrom_cidrs"}',
+        ),
     ],
 )
 async def test_register_rejects_bad_bodies_and_creates_nothing(
@@ -608,3 +616,47 @@ async def test_concurrent_updates_from_many_accounts_all_land(client: Client) ->
     assert [r.status for r in replies] == [200] * len(accounts)
     for account in accounts:
         assert await client.values(account) == [acme_digest(f"many-{account['subdomain']}")]
+
+
+async def test_a_database_that_is_down_is_a_503_with_retry_after(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A real registry domain over a PostgreSQL URL whose port nobody listens on."""
+    dead = Database(f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2")
+    repository = Repository(dead, ZONE, SEALER)
+    registrations = Registrations(
+        repository,
+        RegistrationPolicy(
+            zone=ZONE,
+            operator_token=None,
+            reserved_subdomains=(),
+            default_max_txt_values=2,
+            strict_txt_values=True,
+            txt_value_lifetime=None,
+            credential_key=CREDENTIAL_KEY,
+        ),
+        RegistryMetrics(CollectorRegistry()),
+    )
+    api = HttpApi(
+        registrations,
+        ClientAddressResolver([]),
+        RegistryMetrics(CollectorRegistry()),
+        max_body_bytes=MAX_BODY,
+        storage_ok=repository.ping,
+    )
+    address = await api.start(HostPort("127.0.0.1", 0))
+    try:
+        async with session.post(f"http://{address}/register") as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "2"
+            assert await response.read() == b'{"error": "db_error"}'
+        headers = {"X-Api-User": str(uuid.uuid4()), "X-Api-Key": "x" * 40}
+        body = json.dumps({"subdomain": str(uuid.uuid4()), "txt": acme_digest(1)})
+        async with session.post(f"http://{address}/update", data=body, headers=headers) as r:
+            assert r.status == 503
+            assert r.headers["Retry-After"] == "2"
+        async with session.get(f"http://{address}/health") as response:
+            assert response.status == 503
+    finally:
+        await api.stop()
+        await dead.dispose()

@@ -34,7 +34,7 @@ async def test_the_migration_counts_existing_registrations(
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, "0003")
+            command.upgrade(config, "0004")
             for i in range(4):
                 connection.execute(
                     sa.text(

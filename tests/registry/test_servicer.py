@@ -280,6 +280,11 @@ async def test_create_with_a_chosen_label_folds_case_and_refuses_a_taken_one(api
             "registration.allowed_cidrs[1]",
         ),
         ({"allowed_cidrs": ["example.com"]}, errors.INVALID_CIDR, "registration.allowed_cidrs[0]"),
+        (
+            {"allowed_cidrs": [f"10.0.{i}.0/24" for i in range(65)]},
+            errors.TOO_MANY_CIDRS,
+            "registration.allowed_cidrs",
+        ),
         ({"description": "line\nbreak"}, errors.INVALID_DESCRIPTION, "registration.description"),
         ({"description": "x" * 257}, errors.INVALID_DESCRIPTION, "registration.description"),
         ({"max_txt_values": 11}, errors.INVALID_MAX_TXT_VALUES, "registration.max_txt_values"),

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import stat
+import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +24,7 @@ from acmezone_registry import errors
 from acmezone_registry.access import Caller, parse_address
 from acmezone_registry.model import ChangeType, RecordSet, RegistrationChanges
 from acmezone_registry.storage import migrate
+from acmezone_registry.storage.database import Database
 from tests.registry.conftest import ZONE, Stack, open_stack
 from tests.registry.snapshots import full_snapshot
 from tests.registry.values import acme_digest
@@ -44,7 +50,7 @@ async def test_create_returns_credentials_and_name_exists_without_values(stack: 
     stored = await stack.repository.get_registration(registration.subdomain)
     assert stored is not None
     assert issued.password not in stored.password_hash
-    assert stored.password_hash.startswith("scrypt$")
+    assert stored.password_hash.startswith("hmac-sha256$")
     revision, record_sets = await full_snapshot(stack.repository)
     assert revision == 1
     assert record_sets == [RecordSet(f"{registration.fulldomain}.", ())]
@@ -358,3 +364,86 @@ async def test_persistent_values_are_neither_trimmed_nor_expired(database_url: s
         assert removed.values == ()
     finally:
         await stack.database.dispose()
+
+
+async def test_sixty_concurrent_writers_of_every_kind_all_land_quickly(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite has one writer at a time: writers queue in-process in front of BEGIN IMMEDIATE,
+    so none fails with `database is locked` and none waits behind the busy timeout."""
+    issued = [await stack.registrations.create(ANYONE, max_txt_values=10) for _ in range(20)]
+    rotated = [await stack.registrations.create(ANYONE) for _ in range(20)]
+    durations: list[float] = []
+
+    async def timed(write: Awaitable[object]) -> None:
+        started = time.monotonic()
+        await write
+        durations.append(time.monotonic() - started)
+
+    writes: list[Awaitable[object]] = []
+    for index, (mine, other) in enumerate(zip(issued, rotated, strict=True)):
+        me = owner(mine.registration.username, mine.password)
+        subdomain = mine.registration.subdomain
+        writes.append(stack.registrations.add_txt_value(me, subdomain, acme_digest(index)))
+        writes.append(
+            stack.registrations.rotate_password(
+                owner(other.registration.username, other.password), other.registration.subdomain
+            )
+        )
+        writes.append(
+            stack.repository.create_tsig_key(subdomain, "k", "hmac-sha256", "c2VjcmV0", max_keys=5)
+        )
+    with caplog.at_level(logging.WARNING):
+        await asyncio.gather(*(timed(write) for write in writes))
+    assert len(durations) == 60
+    assert max(durations) < 2.0
+    assert "database is locked" not in caplog.text
+    assert "unavailable" not in caplog.text
+    for index, mine in enumerate(issued):
+        record = await stack.repository.get_txt_record(mine.registration.subdomain)
+        assert [v.value for v in record.values] == [acme_digest(index)]
+
+
+async def test_debug_logs_hold_no_secret(
+    database_url: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Registration, update, rotation and TSIG keys with every logger at DEBUG: no password,
+    hash or TSIG secret reaches the log."""
+    with caplog.at_level(logging.DEBUG):
+        opened = await open_stack(database_url)
+        try:
+            issued = await opened.registrations.create(ANYONE)
+            subdomain = issued.registration.subdomain
+            me = owner(issued.registration.username, issued.password)
+            await opened.registrations.add_txt_value(me, subdomain, acme_digest("debug"))
+            rotated = await opened.registrations.rotate_password(me, subdomain)
+            me = owner(issued.registration.username, rotated.password)
+            with pytest.raises(UnauthenticatedError):
+                await opened.registrations.add_txt_value(
+                    owner(issued.registration.username, issued.password), subdomain, "x" * 43
+                )
+            secret = "c2VjcmV0LXRzaWcta2V5LW1hdGVyaWFs"
+            await opened.repository.create_tsig_key(
+                subdomain, "k1", "hmac-sha256", secret, max_keys=5
+            )
+            found = await opened.repository.find_tsig_key(f"k1.{subdomain}.{ZONE}.")
+            assert found is not None
+            stored = await opened.repository.get_registration(subdomain)
+            assert stored is not None
+        finally:
+            await opened.database.dispose()
+    logged = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
+    assert "INSERT" in logged or "SELECT" in logged or caplog.records, "DEBUG was captured"
+    for value in (issued.password, rotated.password, stored.password_hash, secret):
+        assert value not in logged
+    assert stored.password_hash.split("$", 1)[1] not in logged
+
+
+def test_a_new_sqlite_database_is_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh" / "registry"
+    database = Database(f"sqlite:///{data_dir}/registry.db")
+    try:
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data_dir / "registry.db").stat().st_mode) == 0o600
+    finally:
+        asyncio.run(database.dispose())

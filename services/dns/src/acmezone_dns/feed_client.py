@@ -104,6 +104,8 @@ class FeedClient:
         self.state = FeedState.SYNCING
         self.last_sync_time: datetime | None = None
         self._relist_started = 0.0
+        self.last_snapshot_time: datetime | None = None
+        """When the latest full snapshot was applied (None before the first)."""
         self._reporter: asyncio.Task[None] | None = None
         self._served = asyncio.Event()
         self.replica = ""
@@ -264,7 +266,8 @@ class FeedClient:
         self._feed_id = part.feed_id
         self._metrics.revision = part.revision
         self._metrics.snapshots_applied += 1
-        first = not self._synced
+        first = self.last_snapshot_time is None  # a re-list after OUT_OF_RANGE is not first
+        self.last_snapshot_time = datetime.now(UTC)
         self._synced = True
         self.state = FeedState.LIVE
         logger.info(

@@ -26,6 +26,7 @@ from acmezone.registry.v1 import (
     txt_record_service_pb2,
     txt_record_service_pb2_grpc,
 )
+from acmezone_common import keyfiles
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.guard import REFLECTION_SERVICES, TokenGuard
@@ -35,16 +36,20 @@ from acmezone_registry.dns_updates import DnsUpdates
 from acmezone_registry.errors import ERROR_DOMAIN
 from acmezone_registry.feed import RecordFeed
 from acmezone_registry.http_api import HttpApi
+from acmezone_registry.http_api.connections import ConnectionLimits
 from acmezone_registry.http_api.tls import ReloadingCertificate
 from acmezone_registry.maintenance import Maintenance
-from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.metrics import RegistryMetrics, ReplicaCollector
+from acmezone_registry.rate_limits import AbuseLimits
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
 from acmezone_registry.replicas import ReplicaTracker
+from acmezone_registry.sealing import SecretSealer
 from acmezone_registry.servicer import RecordFeedServicer, RegistrationServicer, TxtRecordServicer
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.repository import Repository
+from acmezone_registry.storage_watch import StorageWatch
 from acmezone_registry.tsig_keys import TsigKeys
 from acmezone_registry.update_servicer import DnsUpdateServicer, TsigKeyServicer
 
@@ -66,6 +71,11 @@ def _feed_guard(settings: RegistrySettings) -> TokenGuard | None:
     return TokenGuard(tokens, GUARDED_SERVICES) if tokens else None
 
 
+def _sealer(settings: RegistrySettings) -> SecretSealer:
+    key = settings.encryption_key
+    return SecretSealer.from_setting(key.get_secret_value() if key else None, settings.data_dir)
+
+
 class RegistryApp:
     """The whole registry service: storage, feed, gRPC API, HTTP API, metrics, maintenance."""
 
@@ -73,7 +83,8 @@ class RegistryApp:
         self.settings = settings
         self.database = Database(settings.resolved_database_url())
         self.metrics = RegistryMetrics(metrics_registry)
-        self.repository = Repository(self.database, settings.zone)
+        self.sealer = _sealer(settings)
+        self.repository = Repository(self.database, settings.zone, self.sealer)
         self.registrations = Registrations(
             self.repository,
             RegistrationPolicy(
@@ -87,9 +98,18 @@ class RegistryApp:
                 txt_value_lifetime=timedelta(seconds=settings.txt_value_lifetime_seconds)
                 if settings.txt_value_lifetime_seconds
                 else None,
-                password_scrypt_n=settings.password_scrypt_n,
+                credential_key=keyfiles.load_or_create_key(
+                    settings.credential_key.get_secret_value() if settings.credential_key else None,
+                    settings.data_dir / "credential.key",
+                ),
             ),
             self.metrics,
+            AbuseLimits.from_quotas(
+                auth_failures_per_minute_per_source=settings.auth_failures_per_minute_per_source,
+                auth_failures_per_minute_per_username=settings.auth_failures_per_minute_per_username,
+                open_registrations_per_hour_per_source=settings.open_registrations_per_hour_per_source,
+                open_registrations_per_hour=settings.open_registrations_per_hour,
+            ),
         )
         self.feed = RecordFeed(
             self.repository,
@@ -97,7 +117,9 @@ class RegistryApp:
             bookmark_interval=settings.feed_bookmark_interval_seconds,
             poll_interval=settings.feed_poll_interval_seconds,
             replicas=ReplicaTracker(timeout=settings.replica_timeout_seconds),
+            settle_within=settings.wait_for_replicas_seconds,
         )
+        metrics_registry.register(ReplicaCollector(self.feed.replica_states))
         self.maintenance = Maintenance(
             self.repository,
             self.metrics,
@@ -140,6 +162,7 @@ class RegistryApp:
             self.metrics,
             zone=settings.zone,
             strict_txt_values=settings.strict_txt_values,
+            settle=self.feed.settle,
         )
         self.grpc.add_service(
             tsig_key_service_pb2.DESCRIPTOR.services_by_name["TsigKeyService"],
@@ -161,6 +184,14 @@ class RegistryApp:
             self.metrics,
             max_body_bytes=settings.http_max_body_bytes,
             storage_ok=self.repository.ping,
+            connection_limits=ConnectionLimits(
+                max_connections=settings.http_max_connections,
+                max_connections_per_source=settings.http_max_connections_per_source,
+                header_timeout=settings.http_header_timeout_seconds,
+                idle_timeout=settings.http_idle_timeout_seconds,
+            ),
+            body_timeout=settings.http_body_timeout_seconds,
+            settle=self.feed.settle,
             tls=ReloadingCertificate(
                 settings.http_tls_cert_file,
                 settings.http_tls_key_file,
@@ -168,6 +199,11 @@ class RegistryApp:
             )
             if settings.http_tls_cert_file and settings.http_tls_key_file
             else None,
+        )
+        self.storage_watch = StorageWatch(
+            self.repository.ping,
+            self._report_storage,
+            interval=settings.maintenance_interval_seconds,
         )
         self.metrics_server = MetricsServer(settings.metrics_address, metrics_registry)
         self.grpc_address: HostPort = settings.grpc_address
@@ -177,13 +213,14 @@ class RegistryApp:
     async def start(self) -> None:
         """Migrate (if configured), then start serving on every port."""
         if self.settings.migrate_on_start:
-            await asyncio.to_thread(migrate.upgrade, self.database)
+            await asyncio.to_thread(migrate.upgrade, self.database, self.sealer)
         await self.feed.start()
         await self.maintenance.run_once()
         self.maintenance.start()
         self.metrics_address = self.metrics_server.start()
         self.http_address = await self.http.start(self.settings.http_address)
         self.grpc_address = await self.grpc.start()
+        self.storage_watch.start()
         logger.info(
             "registry serving",
             extra={
@@ -195,9 +232,14 @@ class RegistryApp:
             },
         )
 
+    async def _report_storage(self, up: bool) -> None:
+        """Health follows the database: the whole server is NOT_SERVING while it is down."""
+        await self.grpc.set_serving("", up)
+
     async def stop(self, grace: float) -> None:
         """Drain: health NOT_SERVING, end watches, finish RPCs within `grace`, close storage."""
         await self.grpc.health.enter_graceful_shutdown()
+        await self.storage_watch.stop()
         await self.feed.stop()
         await self.grpc.stop(grace)
         await self.http.stop()

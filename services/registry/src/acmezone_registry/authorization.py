@@ -5,19 +5,31 @@
   above, or the registration's own credentials.
 - TXT values: the registration's own credentials, from an address inside its allowed CIDRs.
 
-Unknown usernames cost the same scrypt time as known ones, so response time does not reveal
-which usernames exist. Every refusal is counted by reason.
+Failed authentication is limited per source network and per username (`rate_limits`): a source
+whose bucket is empty is refused before any lookup, and a username whose bucket is empty is
+refused before a slow (imported) hash is verified, so a flood costs next to nothing. A correct
+password from a clean source always passes, so a flood aimed at one username does not lock its
+owner out.
+
+Passwords are checked against the keyed fast hash in microseconds; an unknown username is
+checked against a decoy fast hash, so response time does not reveal which usernames exist. A
+slow hash imported from elsewhere (bcrypt, or this registry's old scrypt) is verified in a thread
+and replaced by the fast form on its first success. Every refusal is counted by reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from acmezone_common.errors import PermissionDeniedError, UnauthenticatedError
 from acmezone_registry import credentials, errors, validation
 from acmezone_registry.access import Caller, address_allowed
 from acmezone_registry.metrics import RegistryMetrics
+from acmezone_registry.rate_limits import AbuseLimits, rate_limited, source_network
 from acmezone_registry.storage.repository import Repository, StoredRegistration
+
+logger = logging.getLogger(__name__)
 
 
 class Authorizer:
@@ -29,15 +41,16 @@ class Authorizer:
         metrics: RegistryMetrics,
         *,
         operator_token: str | None,
-        password_scrypt_n: int,
+        hasher: credentials.PasswordHasher,
+        limits: AbuseLimits,
     ) -> None:
         self._repository = repository
         self._metrics = metrics
+        self._limits = limits
         self._operator_token = operator_token
+        self._hasher = hasher
         # A hash to verify against when the username is unknown: equal timing for both paths.
-        self._decoy_hash = credentials.hash_password(
-            credentials.new_password(), n=password_scrypt_n
-        )
+        self._decoy_hash = hasher.hash(credentials.new_password())
 
     @staticmethod
     def existing_label(subdomain: str) -> str:
@@ -61,10 +74,21 @@ class Authorizer:
         return None
 
     def require_operator(self, caller: Caller) -> None:
+        source = source_network(caller.address)
+        if self._operator_token is not None and caller.operator_token:
+            self._check_source(source)
         failure = self._operator_check(caller)
         if failure is not None:
             self._metrics.auth_failures.labels(failure.reason.lower()).inc()
+            if failure.reason == errors.OPERATOR_TOKEN_INVALID:
+                self._limits.failed_auth_by_source.take(source)
             raise failure
+
+    def _check_source(self, source: str) -> None:
+        wait = self._limits.failed_auth_by_source.wait(source)
+        if wait:
+            self._metrics.rate_limited.labels("auth_source").inc()
+            raise rate_limited("auth_source", "failed authentications from this network", wait)
 
     async def self_or_operator(self, caller: Caller, subdomain: str) -> StoredRegistration:
         label = self.existing_label(subdomain)
@@ -98,17 +122,31 @@ class Authorizer:
             )
         assert caller.username is not None
         assert caller.password is not None
+        source = source_network(caller.address)
+        self._check_source(source)
+        plausible = credentials.plausible_username(caller.username)
         stored = (
             await self._repository.get_registration_by_username(caller.username)
-            if credentials.plausible_username(caller.username)
+            if plausible
             else None
         )
-        valid = await asyncio.to_thread(
-            credentials.verify_password,
-            caller.password,
-            stored.password_hash if stored else self._decoy_hash,
-        )
+        if stored is not None and not credentials.is_fast_hash(stored.password_hash):
+            wait = self._limits.failed_auth_by_username.wait(caller.username)
+            if wait:  # a slow hash under attack: refuse before spending the CPU
+                self._metrics.rate_limited.labels("auth_username").inc()
+                raise rate_limited("auth_username", "failed authentications for this user", wait)
+        valid = await self._check_password(caller.password, stored)
         if stored is None or not valid:
+            self._limits.failed_auth_by_source.take(source)
+            if plausible:
+                wait = self._limits.failed_auth_by_username.wait(caller.username)
+                self._limits.failed_auth_by_username.take(caller.username)
+                if wait:
+                    self._metrics.auth_failures.labels(errors.CREDENTIALS_INVALID.lower()).inc()
+                    self._metrics.rate_limited.labels("auth_username").inc()
+                    raise rate_limited(
+                        "auth_username", "failed authentications for this user", wait
+                    )
             deny(UnauthenticatedError(errors.CREDENTIALS_INVALID, "username or password is wrong"))
         assert stored is not None
         if stored.registration.subdomain != label:
@@ -127,3 +165,20 @@ class Authorizer:
                 )
             )
         return stored
+
+    async def _check_password(self, password: str, stored: StoredRegistration | None) -> bool:
+        encoded = stored.password_hash if stored else self._decoy_hash
+        if credentials.is_fast_hash(encoded):
+            return self._hasher.verify_fast(password, encoded)
+        verification = await asyncio.to_thread(self._hasher.verify, password, encoded)
+        if stored is not None and verification.needs_rehash:
+            upgraded = await self._repository.upgrade_password_hash(
+                stored.registration.subdomain, encoded, self._hasher.hash(password)
+            )
+            if upgraded:
+                self._metrics.password_rehashes.inc()
+                logger.info(
+                    "password hash upgraded to the fast form",
+                    extra={"subdomain": stored.registration.subdomain},
+                )
+        return verification.valid

@@ -1,9 +1,16 @@
-"""Passwords and tokens: generation, slow salted hashing, constant-time comparison.
+"""Passwords and tokens: generation, keyed fast hashing, constant-time comparison.
 
-Passwords are 40 characters of [A-Za-z0-9_-] (240 bits), stored only as scrypt hashes whose
-parameters travel with the hash (`scrypt$N$r$p$salt$digest`), so the cost can be raised later
-without invalidating existing passwords. Hashing is deliberately slow; callers run it through
-`asyncio.to_thread`.
+Passwords are 40 characters of [A-Za-z0-9_-] (240 bits) chosen by the registry. Nobody can
+guess one, so a deliberately slow hash protects nothing: it only hands every caller (and every
+wrong-password flood) a CPU lever. New hashes are HMAC-SHA-256 under a server key
+(`hmac-sha256$<digest>`), checked in microseconds and compared in constant time; without the
+key, a leaked database does not even allow checking a guess.
+
+Hashes made elsewhere still verify, slowly, in a thread (`needs_rehash` tells the caller to
+store the fast form after the first success):
+
+- `scrypt$N$r$p$salt$digest`: this registry's own earlier form;
+- `$2a$`/`$2b$`/`$2y$` bcrypt: acme-dns's form, brought in by `import-acme-dns`.
 """
 
 from __future__ import annotations
@@ -13,13 +20,17 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from dataclasses import dataclass
+
+import bcrypt
 
 PASSWORD_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 PASSWORD_LENGTH = 40
-_SCRYPT_R = 8
-_SCRYPT_P = 1
-_SALT_BYTES = 16
-_DIGEST_BYTES = 32
+FAST_SCHEME = "hmac-sha256"
+_FAST_PREFIX = FAST_SCHEME + "$"
+_BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+# bcrypt only reads the first 72 bytes; acme-dns's passwords are 40.
+_BCRYPT_MAX_PASSWORD_BYTES = 72
 
 
 def new_password() -> str:
@@ -45,41 +56,102 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def _utf8(text: str) -> bytes:
+    # HTTP headers arrive with undecodable bytes as surrogates: keep them, never raise.
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode(),
-        salt=salt,
-        n=n,
-        r=r,
-        p=p,
-        maxmem=256 * n * r + 1024 * 1024,
-        dklen=_DIGEST_BYTES,
-    )
+def is_fast_hash(encoded: str) -> bool:
+    """True for this registry's keyed fast form: verifying it needs no thread."""
+    return encoded.startswith(_FAST_PREFIX)
 
 
-def hash_password(password: str, *, n: int) -> str:
-    """A salted scrypt hash of `password` with cost `n` (a power of two)."""
-    salt = secrets.token_bytes(_SALT_BYTES)
-    digest = _scrypt(password, salt, n, _SCRYPT_R, _SCRYPT_P)
-    return f"scrypt${n}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+def is_slow_hash(encoded: str) -> bool:
+    """True for a form `verify_slow` understands (scrypt, bcrypt)."""
+    return encoded.startswith("scrypt$") or encoded.startswith(_BCRYPT_PREFIXES)
 
 
-def verify_password(password: str, encoded: str) -> bool:
-    """True when `password` matches the stored hash; False for a malformed hash too."""
+def verify_slow(password: str, encoded: str) -> bool:
+    """Check a password against an scrypt or bcrypt hash; False for anything malformed.
+
+    Costs tens of milliseconds by design of those hashes: run it in a thread.
+    """
+    if encoded.startswith(_BCRYPT_PREFIXES):
+        secret = _utf8(password)
+        if len(secret) > _BCRYPT_MAX_PASSWORD_BYTES:
+            return False
+        try:
+            return bcrypt.checkpw(secret, _utf8(encoded))
+        except ValueError:
+            return False
     try:
         scheme, n, r, p, salt, digest = encoded.split("$")
         if scheme != "scrypt":
             return False
-        actual = _scrypt(password, _unb64(salt), int(n), int(r), int(p))
-    except (ValueError, TypeError):
+        cost, block, parallel = int(n), int(r), int(p)
+        actual = hashlib.scrypt(
+            _utf8(password),
+            salt=_unb64(salt),
+            n=cost,
+            r=block,
+            p=parallel,
+            maxmem=256 * cost * block + 1024 * 1024,
+            dklen=len(_unb64(digest)),
+        )
+    except (ValueError, TypeError, MemoryError):
         return False
     return hmac.compare_digest(actual, _unb64(digest))
 
 
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of checking a password: `valid`, and whether the stored hash is a slow form
+    to replace with the fast one now that the password is known to be right."""
+
+    valid: bool
+    needs_rehash: bool = False
+
+
+class PasswordHasher:
+    """Hashes and checks registration passwords under one server key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the credential key must be at least 32 bytes")
+        self._key = key
+
+    def _digest(self, password: str) -> bytes:
+        return hmac.digest(self._key, _utf8(password), "sha256")
+
+    def hash(self, password: str) -> str:
+        """The keyed fast hash of `password`."""
+        return _FAST_PREFIX + _b64(self._digest(password))
+
+    def verify_fast(self, password: str, encoded: str) -> bool:
+        """Check against a fast hash, in constant time; False for any other form."""
+        if not is_fast_hash(encoded):
+            return False
+        try:
+            expected = _unb64(encoded[len(_FAST_PREFIX) :])
+        except ValueError:
+            return False
+        return hmac.compare_digest(self._digest(password), expected)
+
+    def verify(self, password: str, encoded: str) -> Verification:
+        """Check against any stored form (slow forms block: see `verify_slow`)."""
+        if is_fast_hash(encoded):
+            return Verification(self.verify_fast(password, encoded))
+        valid = verify_slow(password, encoded)
+        return Verification(valid, needs_rehash=valid)
+
+
 def tokens_equal(presented: str, expected: str) -> bool:
-    """Compare two secrets in time independent of where they differ."""
-    return hmac.compare_digest(presented.encode(), expected.encode())
+    """Compare two secrets in time independent of where they differ (and of their lengths:
+    both are hashed first, so neither a prefix nor the length leaks)."""
+    return hmac.compare_digest(
+        hashlib.sha256(_utf8(presented)).digest(), hashlib.sha256(_utf8(expected)).digest()
+    )

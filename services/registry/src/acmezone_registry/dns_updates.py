@@ -24,7 +24,7 @@ import hashlib
 import logging
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -120,17 +120,23 @@ class DnsUpdates:
         *,
         zone: str,
         strict_txt_values: bool,
+        settle: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
+        """`settle(revision)` holds the answer to an applied update until the change is
+        served (`RecordFeed.settle`); None answers at once."""
         self._repository = repository
         self._metrics = metrics
         self._zone = dns.name.from_text(zone.rstrip(".") + ".")
         self._strict = strict_txt_values
+        self._settle = settle
 
     async def apply(self, wire: bytes, client_address: IPAddress | None) -> UpdateResult:
         """Process one UPDATE message and return the response to send."""
         _check_length(wire, "message")
         result = await self._apply(wire, client_address)
         self._metrics.dns_updates.labels(dns.rcode.to_text(dns.rcode.Rcode(result.rcode))).inc()
+        if self._settle is not None and result.revision:
+            await self._settle(result.revision)
         return result
 
     async def _apply(self, wire: bytes, client_address: IPAddress | None) -> UpdateResult:

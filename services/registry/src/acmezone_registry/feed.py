@@ -27,9 +27,12 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import psycopg
-
-from acmezone_common.errors import InvalidArgumentError, OutOfRangeError, UnavailableError
+from acmezone_common.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    OutOfRangeError,
+    UnavailableError,
+)
 from acmezone_registry import errors
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.model import (
@@ -62,9 +65,11 @@ class RecordFeed:
         bookmark_interval: float,
         poll_interval: float,
         replicas: ReplicaTracker,
+        settle_within: float = 0.0,
     ) -> None:
         self._repository = repository
         self.replicas = replicas
+        self._settle_within = settle_within
         self._metrics = metrics
         self._bookmark_interval = bookmark_interval
         self._poll_interval = poll_interval
@@ -99,6 +104,39 @@ class RecordFeed:
     async def status(self) -> FeedStatus:
         """The feed's identity and revision bounds."""
         return await self._repository.feed_status()
+
+    def replica_states(self) -> tuple[dict[str, int], int]:
+        """How many reporting replicas are current, behind or disconnected, and the most
+        revisions one is behind the head this process knows (for the metrics)."""
+        counts = dict.fromkeys(("current", "behind", "disconnected"), 0)
+        lag = 0
+        for report in self.replicas.live():
+            behind = max(0, self._known_revision - report.revision)
+            lag = max(lag, behind)
+            if not report.connected:
+                counts["disconnected"] += 1
+            else:
+                counts["behind" if behind else "current"] += 1
+        return counts, lag
+
+    async def settle(self, revision: int) -> None:
+        """Hold an acme-dns `/update` or RFC 2136 answer until every dns replica serves
+        `revision` (WAIT_FOR_REPLICAS_SECONDS; 0: at once). Those clients ask the CA right
+        after the answer, and the CA asks any replica. Past the bound it answers anyway (the
+        change is stored) and counts the timeout: a refusal would only make the client retry
+        a write that already happened."""
+        if self._settle_within <= 0 or revision <= 0:
+            return
+        try:
+            await self.wait_for_replicas(revision, self._settle_within)
+        except DeadlineExceededError as exc:
+            self._metrics.replica_waits.labels("timeout").inc()
+            logger.warning(
+                "answering before every dns replica serves the change",
+                extra={"revision": revision, "detail": exc.message},
+            )
+            return
+        self._metrics.replica_waits.labels("ready").inc()
 
     async def wait_for_replicas(self, revision: int, within: float) -> list[ReplicaReport]:
         """Return once every live dns replica serves `revision` of this feed (see
@@ -148,6 +186,10 @@ class RecordFeed:
                 self._wake()
 
     async def _listen_loop(self) -> None:
+        # Imported here: only PostgreSQL deployments listen, and psycopg costs a SQLite
+        # registry about 9 MB of its idle memory.
+        import psycopg
+
         conninfo = self._repository.database.libpq_conninfo()
         while True:
             try:

@@ -6,7 +6,6 @@ do what is decided by `authorization.Authorizer`, the same for every use case.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from acmezone_registry.model import (
     TxtRecord,
 )
 from acmezone_registry.paging import decode_page_token, encode_page_token
+from acmezone_registry.rate_limits import AbuseLimits, rate_limited, source_network
 from acmezone_registry.storage.repository import NewRegistration, Repository
 
 logger = logging.getLogger(__name__)
@@ -41,23 +41,31 @@ class RegistrationPolicy:
     default_max_txt_values: int
     strict_txt_values: bool
     txt_value_lifetime: timedelta | None
-    password_scrypt_n: int
+    # Keys the fast password hash (see `credentials`): 32 bytes, the same on every replica.
+    credential_key: bytes
 
 
 class Registrations:
     """Registration and TXT-value use cases over the repository."""
 
     def __init__(
-        self, repository: Repository, policy: RegistrationPolicy, metrics: RegistryMetrics
+        self,
+        repository: Repository,
+        policy: RegistrationPolicy,
+        metrics: RegistryMetrics,
+        limits: AbuseLimits | None = None,
     ) -> None:
         self._repository = repository
         self._policy = policy
         self._metrics = metrics
+        self._limits = limits or AbuseLimits.unlimited()
+        self._hasher = credentials.PasswordHasher(policy.credential_key)
         self.authorizer = Authorizer(
             repository,
             metrics,
             operator_token=policy.operator_token,
-            password_scrypt_n=policy.password_scrypt_n,
+            hasher=self._hasher,
+            limits=self._limits,
         )
 
     # -- management ---------------------------------------------------------------------------
@@ -87,15 +95,14 @@ class Registrations:
             field="registration.max_txt_values",
             default=self._policy.default_max_txt_values,
         )
+        if self._policy.operator_token is None:
+            self._take_open_registration(caller)
         password = credentials.new_password()
-        password_hash = await asyncio.to_thread(
-            credentials.hash_password, password, n=self._policy.password_scrypt_n
-        )
         registration = await self._repository.create_registration(
             NewRegistration(
                 subdomain=label,
                 username=credentials.new_username(),
-                password_hash=password_hash,
+                password_hash=self._hasher.hash(password),
                 allowed_cidrs=networks,
                 description=note,
                 max_txt_values=limit,
@@ -107,6 +114,19 @@ class Registrations:
             extra={"subdomain": registration.subdomain, "username": registration.username},
         )
         return IssuedCredentials(registration, password)
+
+    def _take_open_registration(self, caller: Caller) -> None:
+        """Open registration (no operator token) has quotas per source network and in all."""
+        source = source_network(caller.address)
+        by_source = self._limits.open_registrations_by_source.wait(source)
+        overall = self._limits.open_registrations.wait("")
+        if by_source or overall:
+            limit = "registration_source" if by_source else "registration_global"
+            self._metrics.rate_limited.labels(limit).inc()
+            what = "registrations from this network" if by_source else "registrations"
+            raise rate_limited(limit, what, max(by_source, overall))
+        self._limits.open_registrations_by_source.take(source)
+        self._limits.open_registrations.take("")
 
     async def get(self, caller: Caller, subdomain: str) -> Registration:
         """One registration, for the operator or the registration itself."""
@@ -158,11 +178,8 @@ class Registrations:
         """Replace the password; the old one stops working with this commit."""
         stored = await self.authorizer.self_or_operator(caller, subdomain)
         password = credentials.new_password()
-        password_hash = await asyncio.to_thread(
-            credentials.hash_password, password, n=self._policy.password_scrypt_n
-        )
         registration = await self._repository.set_password_hash(
-            stored.registration.subdomain, password_hash
+            stored.registration.subdomain, self._hasher.hash(password)
         )
         logger.info("password rotated", extra={"subdomain": registration.subdomain})
         return IssuedCredentials(registration, password)

@@ -90,8 +90,39 @@ class RegistrySettings(ServiceSettings):
         ge=0,
         description="Remove TXT values this long after they were set; 0 keeps them.",
     )
-    password_scrypt_n: int = Field(
-        default=16384, ge=2, description="scrypt cost (a power of two) for new password hashes."
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="32 bytes, base64url, sealing TSIG secrets at rest (AES-GCM). Unset: "
+        "generated once into `<data_dir>/encryption.key` (mode 0600). Replicas sharing a "
+        "database need the same key.",
+    )
+    credential_key: SecretStr | None = Field(
+        default=None,
+        description="32 bytes, base64url, keying the fast password hash. Unset: generated once "
+        "into `<data_dir>/credential.key` (mode 0600). Replicas sharing a database need the "
+        "same key.",
+    )
+    auth_failures_per_minute_per_source: float = Field(
+        default=60,
+        ge=0,
+        description="Failed authentications a source network (IPv4 /24, IPv6 /56) may make per "
+        "minute (as a burst, refilling over the minute) before getting 429; 0: no limit.",
+    )
+    auth_failures_per_minute_per_username: float = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications per minute per username before 429; 0: no limit.",
+    )
+    open_registrations_per_hour_per_source: float = Field(
+        default=100,
+        ge=0,
+        description="Open registrations (no operator token configured) a source network may make "
+        "per hour; 0: no limit.",
+    )
+    open_registrations_per_hour: float = Field(
+        default=10000,
+        ge=0,
+        description="Open registrations per hour from everyone together; 0: no limit.",
     )
     feed_retention_revisions: int = Field(
         default=10000,
@@ -128,6 +159,23 @@ class RegistrySettings(ServiceSettings):
     http_max_body_bytes: int = Field(
         default=65536, ge=1024, description="Largest HTTP request body accepted."
     )
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's headers must arrive within this (JSON 408 and close otherwise).",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A request's body must arrive within this (JSON 408)."
+    )
+    http_idle_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Idle keep-alive HTTP connections are closed after this."
+    )
+    http_max_connections: int = Field(
+        default=1024, ge=1, description="HTTP connections open at once; more get a JSON 503."
+    )
+    http_max_connections_per_source: int = Field(
+        default=64, ge=1, description="HTTP connections one client address may hold open."
+    )
 
     @field_validator("zone")
     @classmethod
@@ -142,13 +190,6 @@ class RegistrySettings(ServiceSettings):
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(item.strip(), strict=False)) for item in value]
-
-    @field_validator("password_scrypt_n")
-    @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if value & (value - 1):
-            raise ValueError("scrypt N must be a power of two")
-        return value
 
     @model_validator(mode="after")
     def _https_complete(self) -> RegistrySettings:

@@ -53,7 +53,9 @@ def cidrs(values: Iterable[str], *, field: str) -> tuple[str, ...]:
             networks.append(str(network))
     if len(networks) > MAX_CIDRS:
         raise InvalidArgumentError(
-            errors.INVALID_CIDR, f"at most {MAX_CIDRS} networks are allowed", field=field
+            errors.TOO_MANY_CIDRS,
+            f"{len(networks)} networks given; at most {MAX_CIDRS} are allowed",
+            field=field,
         )
     return tuple(networks)
 

@@ -30,12 +30,15 @@ BAD_TXT = "bad_txt"
 BAD_SUBDOMAIN = "bad_subdomain"
 MALFORMED_JSON_PAYLOAD = "malformed_json_payload"
 INVALID_ALLOWFROM_CIDR = "invalid_allowfrom_cidr"
+TOO_MANY_ALLOWFROM_CIDRS = "too_many_allowfrom_cidrs"
 DB_ERROR = "db_error"
 NOT_FOUND = "not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL_ERROR = "internal_error"
+RATE_LIMITED = "rate_limited"
+REQUEST_TIMEOUT = "request_timeout"
 
 
 class MalformedBodyError(ValueError):

@@ -57,7 +57,7 @@ class FeedStateRow(Base):
     feed_id: Mapped[str] = mapped_column(String(36))
     revision: Mapped[int] = mapped_column(BigInteger)
     compacted_revision: Mapped[int] = mapped_column(BigInteger)
-    # How many registrations exist, kept by the writers that create and delete them (0004).
+    # How many registrations exist, kept by the writers that create and delete them (0005).
     registration_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
@@ -85,7 +85,7 @@ class TxtValueRow(Base):
         UniqueConstraint("subdomain", "owner", "value", name="uq_txt_values_subdomain_owner_value"),
         Index("ix_txt_values_expire_time", "expire_time"),
         # Every read of an owner name's values in order, the feed snapshot's among them, is
-        # answered from this index alone (migration 0003).
+        # answered from this index alone (migration 0004).
         Index("ix_txt_values_snapshot_order", "subdomain", "owner", "create_time", "id", "value"),
     )
 
@@ -118,8 +118,8 @@ class RecordChangeRow(Base):
 
 
 class TsigKeyRow(Base):
-    """A TSIG key of a registration. The secret must be usable for HMAC, so it is stored as is:
-    protect the database (and its backups) like the keys themselves."""
+    """A TSIG key of a registration. The secret must be usable for HMAC, so it cannot be hashed:
+    it is sealed with AES-GCM under the registry's encryption key (`sealing`)."""
 
     __tablename__ = "tsig_keys"
 
