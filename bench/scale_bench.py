@@ -128,6 +128,7 @@ def dns_env(registry_grpc: str, **extra: str) -> dict[str, str]:
         "ACMEZONE_DNS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
         "ACMEZONE_DNS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         "ACMEZONE_DNS_REGISTRY_TARGET": registry_grpc,
+        "ACMEZONE_DNS_REGISTRY_TOKEN": OPERATOR_TOKEN,
         "ACMEZONE_DNS_ZONE": ZONE,
         "ACMEZONE_DNS_LOG_LEVEL": "WARNING",
         **extra,

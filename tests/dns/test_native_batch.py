@@ -21,6 +21,7 @@ import pytest
 
 from acmezone_dns import datagram_batch
 from acmezone_dns.app import DnsApp
+from acmezone_dns.cookies import CookieJar, client_ip
 from acmezone_dns.datagram_batch import NativeDatagramBatch
 from acmezone_dns.responder import FastTables
 from acmezone_dns.wire import Packed
@@ -164,6 +165,7 @@ def corpus(seed: int) -> tuple[list[bytes], list[bytes]]:
                 plain.append(query.to_wire())
     header = b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
     plain += [header + question for question in long_names(rng)]
+    plain += cookie_queries(rng, names, types)
     mutated: list[bytes] = []
     for _ in range(300):
         question = bytes(rng.randrange(256) for _ in range(rng.randint(1, 40)))
@@ -185,17 +187,51 @@ def corpus(seed: int) -> tuple[list[bytes], list[bytes]]:
     return plain, mutated
 
 
+def cookie_queries(rng: random.Random, names: list[str], types: list[str]) -> list[bytes]:
+    """Queries whose OPT carries options: a client cookie alone, with a server cookie, with
+    an unknown option beside it, malformed lengths, two cookies, an unknown option alone."""
+    queries = []
+    shapes: list[list[dns.edns.Option]] = [
+        [dns.edns.GenericOption(dns.edns.COOKIE, bytes(rng.randrange(256) for _ in range(8)))],
+        [dns.edns.GenericOption(dns.edns.COOKIE, bytes(range(8)) + bytes(range(16)))],
+        [
+            dns.edns.GenericOption(65001, b"unknown"),
+            dns.edns.GenericOption(dns.edns.COOKIE, b"12345678"),
+        ],
+        [dns.edns.GenericOption(dns.edns.COOKIE, b"1234")],
+        [dns.edns.GenericOption(dns.edns.COOKIE, b"123456789abc")],
+        [dns.edns.GenericOption(dns.edns.COOKIE, b"c" * 41)],
+        [dns.edns.GenericOption(dns.edns.COOKIE, b"12345678")] * 2,
+        [dns.edns.GenericOption(65001, b"x")],
+    ]
+    for name in names:
+        for rdtype in types:
+            query = dns.message.make_query(
+                name, rdtype, use_edns=0, payload=1232, options=rng.choice(shapes)
+            )
+            query.id = rng.randrange(1 << 16)
+            queries.append(query.to_wire())
+    return queries
+
+
 async def test_every_reply_matches_the_python_responder(
     dns_app: DnsApp, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     server, client = pair
     responder = dns_app.responder
+    # Server cookies hold a timestamp: one clock for both runs.
+    responder.cookies = CookieJar(bytes(range(16)), clock=lambda: 1_700_000_000)
     plain, mutated = corpus(seed=11)
     queries = plain + mutated
+    client_host = client.getsockname()[0]
+
+    def peer() -> str:
+        return str(client_host)
+
     # Python answers first (this also fills the OPT cache the C loop reads, as live traffic
     # would), then once more, watching which queries need more than the shortcuts of
     # `Responder.answer`: those the C loop must hand back to Python, and only those.
-    expected = [responder.answer(query, False) for query in queries]
+    expected = [responder.answer(query, False, peer) for query in queries]
     counts_before = list(dns_app.stats.counts)
     needs_python: set[bytes] = set()
     for method in ("_answer_located", "_slow"):
@@ -210,7 +246,7 @@ async def test_every_reply_matches_the_python_responder(
         setattr(responder, method, watched)
     try:
         for query in queries:
-            responder.answer(query, False)
+            responder.answer(query, False, peer)
     finally:
         del responder._answer_located, responder._slow
     python_counts = [b - a for a, b in zip(counts_before, dns_app.stats.counts, strict=True)]
@@ -218,11 +254,12 @@ async def test_every_reply_matches_the_python_responder(
 
     called: list[bytes] = []
 
+    batch = NativeDatagramBatch(socket.AF_INET, capacity=64, slot=4096)
+
     def handle(index: int, data: bytes) -> bytes | None:
         called.append(data)
-        return responder.answer(data, False)
+        return responder.answer(data, False, lambda: str(batch.peer(index)[0]))
 
-    batch = NativeDatagramBatch(socket.AF_INET, capacity=64, slot=4096)
     replies = exchange_all(server, client, queries, batch, handle, responder.fast_tables())
     assert replies == [reply for reply in expected if reply is not None]
     native_counts = [b - a for a, b in zip(counts_before, dns_app.stats.counts, strict=True)]
@@ -234,10 +271,22 @@ async def test_every_reply_matches_the_python_responder(
     assert len(in_c) > len(plain) // 2
     rcodes = set()
     for query in in_c:
-        reply = responder.answer(query, False)
+        reply = responder.answer(query, False, peer)
         assert reply is not None
         rcodes.add(dns.message.from_wire(reply).rcode())
     assert {dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.REFUSED} <= rcodes
+    # COOKIE queries of the two common shapes are answered in C too, with a server cookie
+    # Python accepts for this client.
+    cookies_in_c = 0
+    for query in in_c:
+        parsed = dns.message.from_wire(query)
+        if not any(o.otype == dns.edns.COOKIE for o in parsed.options):
+            continue
+        reply = dns.message.from_wire(responder.answer(query, False, peer) or b"")
+        (option,) = [o.to_wire() for o in reply.options if o.otype == dns.edns.COOKIE]
+        assert responder.cookies.validate(option[:8], option[8:], client_ip(client_host))
+        cookies_in_c += 1
+    assert cookies_in_c > 20
 
 
 def test_without_tables_every_datagram_goes_to_python(
@@ -273,6 +322,8 @@ def tables(
         {},
         0,
         1,
+        bytes(16),
+        0,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from acmezone_common.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
+from acmezone_issuer.identity import replica_identity
 from acmezone_issuer.store import (
     AccountRow,
     CertificateRow,
@@ -108,6 +110,27 @@ async def test_expired_lease_can_be_taken_over(store: Store) -> None:
     taken = await store.acquire_lease("c1", "alive", timedelta(seconds=30))
     assert taken is not None
     assert taken.lease_owner == "alive"
+
+
+async def test_a_restarted_replica_finds_and_takes_its_own_lease_at_once(store: Store) -> None:
+    await store.insert_account(account())
+    await store.insert_certificate(certificate("c1"))
+    assert await store.acquire_lease("c1", "pod-a", timedelta(seconds=60)) is not None
+    # The process died holding it: others wait for the minute, the same name does not.
+    assert await store.due_certificates(utcnow(), 10, "pod-b") == []
+    assert await store.acquire_lease("c1", "pod-b", timedelta(seconds=60)) is None
+    assert await store.due_certificates(utcnow(), 10, "pod-a") == ["c1"]
+    assert await store.acquire_lease("c1", "pod-a", timedelta(seconds=60)) is not None
+
+
+def test_the_replica_identity_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "issuer"
+    first = replica_identity("", data_dir)
+    assert first
+    assert replica_identity("", data_dir) == first
+    assert stat.S_IMODE((data_dir / "replica-id").stat().st_mode) == 0o600
+    assert replica_identity("issuer-7f9c", data_dir) == "issuer-7f9c"
+    assert replica_identity("", tmp_path / "another") != first
 
 
 async def test_paging_counts_and_constraints(store: Store) -> None:

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from acmezone_common.addresses import HostPort
+from acmezone_common.guard import TokenGuard
 from acmezone_common.interceptors import ServerInterceptor
 from acmezone_common.metrics import GrpcServerMetrics
 
@@ -41,12 +42,22 @@ class GrpcServer:
         registry: CollectorRegistry,
         error_domain: str,
         credentials: grpc.ServerCredentials | None = None,
+        guard: TokenGuard | None = None,
     ) -> None:
+        """`credentials` (`acmezone_common.tls`, or `ServiceSettings.grpc_server_tls`) make
+        the port serve TLS.
+        `guard`, when given, runs inside the shared interceptor (its refusals are counted and
+        mapped like any error) and requires a token on the services it names."""
         self._address = address
         self._credentials = credentials
         self._metrics = GrpcServerMetrics(registry)
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ServerInterceptor(self._metrics, error_domain)
+        ]
+        if guard is not None:
+            interceptors.append(guard)
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self._metrics, error_domain)],
+            interceptors=interceptors,
             options=[
                 # grpc enables SO_REUSEPORT by default, which lets a second process bind the same
                 # port silently; a port conflict must be an error instead.
@@ -98,7 +109,13 @@ class GrpcServer:
         self._bound = self._address.with_port(port)
         for name in ("", *self._services):
             await self.set_serving(name, serving)
-        logger.info("gRPC listening", extra={"address": str(self._bound)})
+        logger.info(
+            "gRPC listening",
+            extra={
+                "address": str(self._bound),
+                "tls": "off" if self._credentials is None else "on",
+            },
+        )
         return self._bound
 
     async def set_serving(self, service: str, serving: bool) -> None:

@@ -7,13 +7,16 @@ start, so a typo fails loudly before any port is bound. Nothing outside a settin
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, PlainSerializer
+import grpc
+from pydantic import BeforeValidator, Field, PlainSerializer, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 from acmezone_common.addresses import HostPort
 from acmezone_common.logs import LogFormat
+from acmezone_common.transport import ServerTls
 
 
 def _parse_host_port(value: object) -> HostPort:
@@ -42,3 +45,35 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="How long in-flight RPCs may finish after SIGTERM before they are cancelled.",
     )
+    grpc_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain: the gRPC port serves TLS (with GRPC_TLS_KEY_FILE).",
+    )
+    grpc_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of GRPC_TLS_CERT_FILE."
+    )
+    grpc_tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: gRPC clients must present a certificate it signed (mTLS).",
+    )
+
+    @model_validator(mode="after")
+    def _grpc_tls_complete(self) -> ServiceSettings:
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError("grpc_tls_cert_file and grpc_tls_key_file are set together")
+        if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
+            raise ValueError("grpc_tls_client_ca_file needs grpc_tls_cert_file and its key")
+        return self
+
+    def grpc_server_credentials(self) -> grpc.ServerCredentials | None:
+        """The gRPC port's TLS credentials (files read now), or None for plaintext."""
+        server_tls = self.grpc_server_tls()
+        return server_tls.credentials() if server_tls else None
+
+    def grpc_server_tls(self) -> ServerTls | None:
+        """The gRPC port's TLS, or None for plaintext."""
+        if self.grpc_tls_cert_file is None or self.grpc_tls_key_file is None:
+            return None
+        return ServerTls(
+            self.grpc_tls_cert_file, self.grpc_tls_key_file, self.grpc_tls_client_ca_file
+        )

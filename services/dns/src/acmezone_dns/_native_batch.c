@@ -12,7 +12,9 @@
  * `capacity` datagrams with one recvmmsg and answers the commonest shapes itself, exactly as
  * Responder.answer does over UDP (see there; `tables` is its `FastTables`): a standard query
  * with one question and nothing else, or with one option-less OPT record whose 11 bytes are a
- * key of `edns`. The lower-cased question is looked up in `answers` (the snapshot's pre-packed
+ * key of `edns`, or one whose only option is a COOKIE (a client cookie, alone or with a 16-byte
+ * server cookie) and whose option-less form is a key: those get our OPT with a fresh RFC 9018
+ * server cookie for the sender's address (Responder._cookie_shortcut). The lower-cased question is looked up in `answers` (the snapshot's pre-packed
  * table); on a miss, as Responder._not_prepacked does, the name in `defaults` (NODATA or the
  * CNAME chain) or, walking its labels, the closest zone in `fallbacks` (NXDOMAIN), else
  * `refused`. The reply is the query's ID, the Packed head for its RD/CD bits, its own question
@@ -224,8 +226,12 @@ enum {
     T_QTYPE_INDEX,
     T_QTYPE_OTHER,
     T_RCODE_SLOTS,
+    T_COOKIE_SECRET,
+    T_COOKIE_TIME,
     T_SIZE
 };
+
+#define COOKIE_REPLY_OPT 39 /* OPT header, then COOKIE: code, length 24, client 8, server 16 */
 
 /* A dict lookup by raw bytes: a new reference to the value, NULL when absent (no error set)
  * or, with an error set, when the key could not be made. */
@@ -321,11 +327,96 @@ static PyObject *not_prepacked(PyObject *tables, const unsigned char *name, Py_s
     return found;
 }
 
+/* SipHash-2-4 (Aumasson and Bernstein), for RFC 9018 server cookies: the same function as
+ * cookies.siphash24, which falls back to Python where this module was not built. */
+#define ROTL64(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                 \
+    do {                                                                         \
+        v0 += v1; v1 = ROTL64(v1, 13); v1 ^= v0; v0 = ROTL64(v0, 32);            \
+        v2 += v3; v3 = ROTL64(v3, 16); v3 ^= v2;                                 \
+        v0 += v3; v3 = ROTL64(v3, 21); v3 ^= v0;                                 \
+        v2 += v1; v1 = ROTL64(v1, 17); v1 ^= v2; v2 = ROTL64(v2, 32);            \
+    } while (0)
+
+static uint64_t load_le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+static uint64_t siphash24(const unsigned char key[16], const unsigned char *in, size_t len) {
+    uint64_t k0 = load_le64(key), k1 = load_le64(key + 8);
+    uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+    uint64_t v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+    size_t whole = len - len % 8;
+    for (size_t i = 0; i < whole; i += 8) {
+        uint64_t m = load_le64(in + i);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t b = ((uint64_t)len) << 56;
+    for (size_t i = 0; i < len % 8; i++) {
+        b |= ((uint64_t)in[whole + i]) << (8 * i);
+    }
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* The length of the one COOKIE option ending a query's OPT record in the two shapes the fast
+ * path takes, a client cookie alone (12 bytes with code and length) or with a 16-byte server
+ * cookie (28), tried in that order as Responder._cookie_shortcut does; 0 for anything else. */
+static Py_ssize_t cookie_shape(const unsigned char *data, Py_ssize_t n) {
+    static const Py_ssize_t sizes[2] = {12, 28};
+    for (int i = 0; i < 2; i++) {
+        Py_ssize_t size = sizes[i];
+        Py_ssize_t start = n - size - OPT_LEN;
+        if (start < MIN_QUERY) {
+            continue;
+        }
+        const unsigned char *opt = data + start;
+        if (opt[9] == 0 && opt[10] == size && opt[11] == 0 && opt[12] == 10 && opt[13] == 0 &&
+            opt[14] == size - 4) {
+            return size;
+        }
+    }
+    return 0;
+}
+
+/* The address bytes a server cookie covers (cookies.client_ip): 4 for IPv4 and IPv4-mapped
+ * IPv6, 16 for IPv6. */
+static Py_ssize_t client_address(const unsigned char *name, unsigned char out[16]) {
+    const struct sockaddr *sa = (const struct sockaddr *)name;
+    if (sa->sa_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)name)->sin_addr, 4);
+        return 4;
+    }
+    const unsigned char *a6 = (const unsigned char *)&((const struct sockaddr_in6 *)name)->sin6_addr;
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a6, mapped, 12) == 0) {
+        memcpy(out, a6 + 12, 4);
+        return 4;
+    }
+    memcpy(out, a6, 16);
+    return 16;
+}
+
 /* The fast path for datagram `data[:n]`: writes the reply into `reply` (room for `room`
  * bytes) and returns its length, or returns 0 when the datagram must go to the Python path.
  * Returns -1 only with a Python error set (out of memory). */
 static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject *tables,
-                              unsigned char *reply, Py_ssize_t room) {
+                              const unsigned char *peer, unsigned char *reply, Py_ssize_t room) {
     if (n < MIN_QUERY || (data[2] & 0xF8)) {
         return 0; /* too short for a question, a response, or an opcode other than QUERY */
     }
@@ -335,13 +426,30 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
     Py_ssize_t limit;
     PyObject *opt = NULL;
     PyObject *edns_entry = NULL;
+    const unsigned char *client_cookie = NULL; /* a COOKIE query: its 8-byte client cookie */
     if (memcmp(data + 4, PLAIN_SECTIONS, 8) == 0) {
         qend = n;
         limit = PLAIN_UDP_SIZE;
     } else if (memcmp(data + 4, OPT_SECTIONS, 8) == 0 && n >= MIN_QUERY + OPT_LEN) {
+        Py_ssize_t cookie_size = 0;
         edns_entry = lookup(edns, data + n - OPT_LEN, OPT_LEN);
         if (edns_entry == NULL) {
-            return PyErr_Occurred() ? -1 : 0;
+            if (PyErr_Occurred()) {
+                return -1;
+            }
+            /* A COOKIE as the OPT's only option: the option-less key of the same OPT. */
+            cookie_size = cookie_shape(data, n);
+            if (cookie_size == 0) {
+                return 0;
+            }
+            unsigned char bare[OPT_LEN];
+            memcpy(bare, data + n - cookie_size - OPT_LEN, OPT_LEN - 2);
+            bare[OPT_LEN - 2] = bare[OPT_LEN - 1] = 0;
+            edns_entry = lookup(edns, bare, OPT_LEN);
+            if (edns_entry == NULL) {
+                return PyErr_Occurred() ? -1 : 0;
+            }
+            client_cookie = data + n - cookie_size + 4;
         }
         if (!PyTuple_CheckExact(edns_entry) || PyTuple_GET_SIZE(edns_entry) != 2 ||
             !PyBytes_CheckExact(PyTuple_GET_ITEM(edns_entry, 0)) ||
@@ -356,7 +464,11 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
             Py_DECREF(edns_entry);
             return 0;
         }
-        qend = n - OPT_LEN;
+        qend = n - OPT_LEN - cookie_size;
+        if (client_cookie && PyBytes_GET_SIZE(opt) != OPT_LEN) {
+            Py_DECREF(edns_entry);
+            return 0;
+        }
     } else {
         return 0;
     }
@@ -411,9 +523,9 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
         goto done;
     }
     Py_ssize_t body_size = PyBytes_GET_SIZE(body);
-    Py_ssize_t opt_size = opt ? PyBytes_GET_SIZE(opt) : 0;
+    Py_ssize_t opt_size = client_cookie ? COOKIE_REPLY_OPT : opt ? PyBytes_GET_SIZE(opt) : 0;
     Py_ssize_t total = qend + body_size + opt_size;
-    if (n + body_size > limit || total > room) {
+    if ((client_cookie ? total : n + body_size) > limit || total > room) {
         goto done; /* does not fit: the Python path sets TC or answers in full */
     }
     Py_ssize_t base = PyLong_AsSsize_t(stat);
@@ -428,7 +540,35 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
     memcpy(reply + 2, PyBytes_AS_STRING(head), 10);
     memcpy(reply + 12, data + 12, (size_t)qlen);
     memcpy(reply + qend, PyBytes_AS_STRING(body), (size_t)body_size);
-    if (opt) {
+    if (client_cookie) {
+        /* Our OPT with the COOKIE answer (RFC 9018): client cookie, version 1, reserved,
+         * timestamp, SipHash-2-4 over those, and the client address, as cookies.py makes it. */
+        unsigned char *o = reply + qend + body_size;
+        memcpy(o, PyBytes_AS_STRING(opt), OPT_LEN - 2);
+        o[9] = 0;
+        o[10] = 28;
+        o[11] = 0;
+        o[12] = 10;
+        o[13] = 0;
+        o[14] = 24;
+        unsigned char input[8 + 8 + 16];
+        memcpy(input, client_cookie, 8);
+        unsigned long long now = PyLong_AsUnsignedLongLongMask(
+            PyTuple_GET_ITEM(tables, T_COOKIE_TIME));
+        input[8] = 1;
+        input[9] = input[10] = input[11] = 0;
+        for (int i = 0; i < 4; i++) {
+            input[12 + i] = (unsigned char)(now >> (24 - 8 * i));
+        }
+        Py_ssize_t ip_size = client_address(peer, input + 16);
+        uint64_t hash = siphash24(
+            (const unsigned char *)PyBytes_AS_STRING(PyTuple_GET_ITEM(tables, T_COOKIE_SECRET)),
+            input, (size_t)(16 + ip_size));
+        memcpy(o + 15, input, 16);
+        for (int i = 0; i < 8; i++) {
+            o[31 + i] = (unsigned char)(hash >> (8 * i));
+        }
+    } else if (opt) {
         memcpy(reply + qend + body_size, PyBytes_AS_STRING(opt), (size_t)opt_size);
     }
     length = total;
@@ -452,9 +592,12 @@ static int valid_tables(PyObject *tables) {
             return 0;
         }
     }
+    PyObject *secret = PyTuple_GET_ITEM(tables, T_COOKIE_SECRET);
     return PyList_CheckExact(PyTuple_GET_ITEM(tables, T_COUNTS)) &&
            PyLong_CheckExact(PyTuple_GET_ITEM(tables, T_QTYPE_OTHER)) &&
-           PyLong_CheckExact(PyTuple_GET_ITEM(tables, T_RCODE_SLOTS));
+           PyLong_CheckExact(PyTuple_GET_ITEM(tables, T_RCODE_SLOTS)) &&
+           PyBytes_CheckExact(secret) && PyBytes_GET_SIZE(secret) == 16 &&
+           PyLong_CheckExact(PyTuple_GET_ITEM(tables, T_COOKIE_TIME));
 }
 
 static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
@@ -481,7 +624,7 @@ static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
         PyErr_SetString(PyExc_TypeError,
                         "tables must be a Responder.FastTables: answers, edns, defaults, "
                         "fallbacks and qtype_index dicts, counts a list, qtype_other and "
-                        "rcode_slots ints");
+                        "rcode_slots ints, a 16-byte cookie secret and an int cookie time");
         return NULL;
     }
     int count = receive(self, (int)fd);
@@ -497,7 +640,8 @@ static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
         unsigned char *reply = self->out + (size_t)staged * (size_t)self->slot;
         Py_ssize_t size = 0;
         if (tables != Py_None) {
-            size = answer_fast(data, n, tables, reply, self->slot);
+            size = answer_fast(data, n, tables, self->names + (size_t)i * SOCKADDR_SIZE, reply,
+                               self->slot);
             if (size < 0) {
                 failed = 1;
                 break;
@@ -597,6 +741,33 @@ static PyObject *NativeBatch_get_capacity(NativeBatch *self, void *closure) {
     return PyLong_FromUnsignedLong(self->capacity);
 }
 
+static PyObject *native_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "siphash24(key: bytes, message: bytes)");
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(args[0]) != 16) {
+        PyErr_SetString(PyExc_ValueError, "a SipHash key is 16 bytes");
+        return NULL;
+    }
+    uint64_t h = siphash24((const unsigned char *)PyBytes_AS_STRING(args[0]),
+                           (const unsigned char *)PyBytes_AS_STRING(args[1]),
+                           (size_t)PyBytes_GET_SIZE(args[1]));
+    unsigned char out[8];
+    for (int i = 0; i < 8; i++) {
+        out[i] = (unsigned char)(h >> (8 * i));
+    }
+    return PyBytes_FromStringAndSize((const char *)out, 8);
+}
+
+static PyMethodDef module_methods[] = {
+    {"siphash24", (PyCFunction)(void (*)(void))native_siphash24, METH_FASTCALL,
+     "siphash24(key, message, /) -> bytes: SipHash-2-4 of message under a 16-byte key, as 8\n"
+     "little-endian bytes (RFC 9018 server cookies)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef NativeBatch_methods[] = {
     {"exchange", (PyCFunction)(void (*)(void))NativeBatch_exchange, METH_FASTCALL,
      "exchange(fd, handle, tables=None, /) -> (read, lost)\n\n"
@@ -634,6 +805,7 @@ static struct PyModuleDef native_batch_module = {
     .m_name = "acmezone_dns._native_batch",
     .m_doc = "The UDP hot loop in C: recvmmsg, pre-packed answers, sendmmsg.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__native_batch(void) {

@@ -18,7 +18,9 @@ from acmezone.dns.v1 import zone_service_pb2, zone_service_pb2_grpc
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
+from acmezone_common.transport import open_channel
 from acmezone_dns import metrics
+from acmezone_dns.cookies import CookieJar, load_secret
 from acmezone_dns.feed_client import FeedClient
 from acmezone_dns.inspection import ZoneInspector
 from acmezone_dns.responder import Responder
@@ -65,19 +67,36 @@ class DnsApp:
         )
         self.update_stats = metrics.UpdateStats()
         metrics_registry.register(metrics.UpdateCollector(self.update_stats))
+        token = settings.registry_token.get_secret_value() if settings.registry_token else None
+        registry_channel = partial(
+            open_channel, settings.registry_target, tls=settings.registry_client_tls(), token=token
+        )
         self.updates = UpdateForwarder(
-            settings.registry_target,
+            registry_channel,
             self.store,
             self.update_stats,
             timeout=settings.update_timeout_seconds,
             revision_wait=settings.update_revision_wait_seconds,
         )
-        self.responder = Responder(self.store, self.stats, edns_udp_size=settings.edns_udp_size)
+        secret = settings.cookie_secret
+        self.responder = Responder(
+            self.store,
+            self.stats,
+            edns_udp_size=settings.edns_udp_size,
+            cookies=CookieJar(
+                load_secret(
+                    secret.get_secret_value() if secret else None, settings.cookie_secret_file
+                )
+            ),
+        )
         self.grpc = GrpcServer(
-            settings.grpc_address, registry=metrics_registry, error_domain=ERROR_DOMAIN
+            settings.grpc_address,
+            registry=metrics_registry,
+            error_domain=ERROR_DOMAIN,
+            credentials=settings.grpc_server_credentials(),
         )
         self.feed = FeedClient(
-            settings.registry_target,
+            registry_channel,
             self.store,
             self.feed_metrics,
             zone=settings.zone,
@@ -147,6 +166,7 @@ class DnsApp:
                 self.stats,
                 idle_timeout=self.settings.tcp_idle_timeout_seconds,
                 max_connections=self.settings.tcp_max_connections,
+                max_per_source=self.settings.tcp_max_connections_per_source,
                 updates=self.updates,
             )
             try:

@@ -87,6 +87,8 @@ class QueryStats:
     def __init__(self) -> None:
         self.counts = [0] * (len(TRANSPORTS) * _NQ * _NR)
         self.dropped = 0
+        self.tcp_evicted = 0
+        self.tcp_refused = 0
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
@@ -157,6 +159,15 @@ class DnsCollector(Collector):
             "Packets that got no answer: responses, runts shorter than a header, send failures.",
             value=stats.dropped,
         )
+        tcp = CounterMetricFamily(
+            "acmezone_dns_tcp_connections_closed",
+            "DNS-over-TCP connections the server closed for room: an idle one evicted for a new "
+            "connection (RFC 7766 section 6.2.3), or a new one refused when none was idle.",
+            labels=("reason",),
+        )
+        tcp.add_metric(("evicted",), stats.tcp_evicted)
+        tcp.add_metric(("refused",), stats.tcp_refused)
+        yield tcp
         latency = HistogramMetricFamily(
             "acmezone_dns_answer_latency_seconds",
             f"Time from reading a query to handing its answer to the kernel, sampled 1 in "

@@ -16,6 +16,12 @@ Over UDP the C loop of `_native_batch.c` takes the same shortcuts (`answer` and
 must be made there too. tests/dns/test_native_batch.py checks, byte for byte and counter for
 counter, that the two agree and that C hands Python exactly what needs the slow paths.
 
+DNS COOKIE (RFC 7873, server cookies per RFC 9018, `cookies`) is answered on every path for the
+peer `answer` was told of. The commonest shapes, a lone COOKIE option holding a client cookie
+alone or with a 16-byte server cookie, take `_cookie_shortcut` (and the same shortcut in C);
+any other OPT with options is read by `_plain_opt` or `_slow`, which answer a COOKIE among
+other options the same way, FORMERR a malformed one and ignore options they do not know.
+
 Nothing here raises on bad input: a message the slow path cannot parse gets FORMERR, and one too
 short to carry an ID, or that is itself a response, gets no answer at all.
 """
@@ -23,10 +29,19 @@ short to carry an ID, or that is itself a response, gets no answer at all.
 from __future__ import annotations
 
 import logging
+import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 import dnslib
 
+from acmezone_dns.cookies import (
+    CookieJar,
+    MalformedCookieError,
+    client_ip,
+    find_cookie,
+    load_secret,
+)
 from acmezone_dns.metrics import (
     QTYPE_INDEX,
     QTYPE_OTHER,
@@ -59,6 +74,12 @@ _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_TYPE = b"\x00\x29"
 _CLASS_IN = b"\x00\x01"
 _OPT_LEN = 11
+_MIN_QUERY = 17  # header, root name, type, class
+_COOKIE_SHAPES = (
+    (12, b"\x00\x0c\x00\x0a\x00\x08"),  # OPT RDLEN 12: COOKIE of a client cookie alone
+    (28, b"\x00\x1c\x00\x0a\x00\x18"),  # OPT RDLEN 28: client and 16-byte server cookie
+)
+_COOKIE_REPLY_HEAD = b"\x00\x1c\x00\x0a\x00\x18"  # RDLEN 28, COOKIE, 24 bytes
 _PLAIN_UDP_SIZE = 512
 _MAX_NAME = 255  # bytes of a wire name, root label included (RFC 1035 section 3.1)
 _TCP_SIZE = 65535
@@ -96,8 +117,8 @@ def question_end(data: bytes) -> int:
 class FastTables(NamedTuple):
     """Everything the C hot loop (`_native_batch.c`) reads, in the order it reads it: the
     snapshot's three answer tables and REFUSED answer, the remembered option-less OPT records
-    with their UDP size limits, the query counters, and how a counter slot is made
-    (`metrics.slot`)."""
+    with their UDP size limits, the query counters, how a counter slot is made
+    (`metrics.slot`), and the server cookie secret and current time (`cookies`)."""
 
     answers: dict[bytes, Packed]
     edns: dict[bytes, tuple[bytes, int]]
@@ -108,13 +129,26 @@ class FastTables(NamedTuple):
     qtype_index: dict[int, int]
     qtype_other: int
     rcode_slots: int
+    cookie_secret: bytes
+    cookie_time: int
 
 
 class Responder:
     """Answers DNS messages from the store's current snapshot; counts into `stats`."""
 
-    def __init__(self, store: ZoneStore, stats: QueryStats, *, edns_udp_size: int) -> None:
+    def __init__(
+        self,
+        store: ZoneStore,
+        stats: QueryStats,
+        *,
+        edns_udp_size: int,
+        cookies: CookieJar | None = None,
+    ) -> None:
+        """`cookies` makes the server cookies; None: a jar with a secret of this process's own."""
         self._store = store
+        self.cookies = cookies or CookieJar(load_secret(None, None))
+        """Makes and checks server cookies; replaceable (a test fixes its clock)."""
+        self._peer: Callable[[], str] | None = None
         self._stats = stats
         self._counts = stats.counts
         self._udp_size = edns_udp_size
@@ -134,7 +168,8 @@ class Responder:
         between batches, never during one."""
         snapshot = self._store.snapshot
         tables = self._fast_tables
-        if tables is None or self._fast_tables_of is not snapshot:
+        now = self.cookies.now()
+        if tables is None or self._fast_tables_of is not snapshot or tables.cookie_time != now:
             self._fast_tables_of = snapshot
             fallbacks = snapshot.fallbacks
             tables = self._fast_tables = FastTables(
@@ -147,11 +182,15 @@ class Responder:
                 QTYPE_INDEX,
                 QTYPE_OTHER,
                 RCODE_SLOTS,
+                self.cookies.secret,
+                now,
             )
         return tables
 
-    def answer(self, data: bytes, tcp: bool) -> bytes | None:
+    def answer(self, data: bytes, tcp: bool, peer: Callable[[], str] | None = None) -> bytes | None:
         """The hot path: pre-packed answers for plain queries, the slow path for the rest.
+        `peer` tells the sender's IP address when a server cookie has to be made for it (only
+        the paths past the shortcuts ask).
 
         The two commonest shapes are tried first without locating the question: one question
         and nothing else (the question runs to the end), or one question and an option-less
@@ -166,6 +205,7 @@ class Responder:
             packed = snapshot.answers.get(question.lower())
             if packed is None:
                 # The question runs to the end; `_not_prepacked` checks it is well formed.
+                self._peer = peer
                 limit = _TCP_SIZE if tcp else _PLAIN_UDP_SIZE
                 return self._not_prepacked(data, snapshot, tcp, len(data), None, limit)
             if tcp or len(data) + packed.size <= _PLAIN_UDP_SIZE:
@@ -185,6 +225,7 @@ class Responder:
                 packed = snapshot.answers.get(question.lower())
                 limit = _TCP_SIZE if tcp else edns[1]
                 if packed is None:
+                    self._peer = peer
                     qend = len(data) - _OPT_LEN
                     return self._not_prepacked(data, snapshot, tcp, qend, edns[0], limit)
                 if len(data) + packed.size <= limit:
@@ -198,7 +239,42 @@ class Responder:
                             edns[0],
                         )
                     )
+            else:
+                return self._cookie_shortcut(data, snapshot, tcp, peer)
+        self._peer = peer
         return self._answer_located(data, snapshot, tcp)
+
+    def _cookie_shortcut(
+        self, data: bytes, snapshot: Snapshot, tcp: bool, peer: Callable[[], str] | None
+    ) -> bytes | None:
+        """A query whose OPT's only option is a COOKIE (a client cookie, alone or with a
+        16-byte server cookie; tried in that order) and whose option-less OPT is remembered:
+        answered like an option-less one, with our OPT carrying a fresh server cookie. The C
+        loop takes the same shortcut (`cookie_shape`); anything else goes on as before."""
+        self._peer = peer
+        n = len(data)
+        for size, shape in _COOKIE_SHAPES:
+            qend = n - size - _OPT_LEN
+            if qend >= _MIN_QUERY and data[qend + 9 : qend + 15] == shape:
+                break
+        else:
+            return self._answer_located(data, snapshot, tcp)
+        edns = self._edns.get(data[qend : qend + 9] + _NO_ADDITIONAL)
+        if edns is None or len(edns[0]) != _OPT_LEN:
+            return self._answer_located(data, snapshot, tcp)
+        client = data[n - size + 4 : n - size + 12]
+        server = self.cookies.server_cookie(
+            client, client_ip(peer() if peer is not None else ""), self.cookies.now()
+        )
+        opt = edns[0][:9] + _COOKIE_REPLY_HEAD + client + server
+        limit = _TCP_SIZE if tcp else edns[1]
+        packed = snapshot.answers.get(data[12:qend].lower())
+        if packed is None:
+            return self._not_prepacked(data, snapshot, tcp, qend, opt, limit)
+        if qend + packed.size + len(opt) > limit:
+            return self._answer_located(data, snapshot, tcp)
+        self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
+        return splice(packed, data, qend, opt)
 
     def _answer_located(self, data: bytes, snapshot: Snapshot, tcp: bool) -> bytes | None:
         """Plain queries of any shape the fast checks in `answer` did not settle: finds where
@@ -233,16 +309,17 @@ class Responder:
         packed = snapshot.answers.get(data[12:qend].lower())
         if packed is None:
             return self._not_prepacked(data, snapshot, tcp, qend, opt, limit)
-        if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+        if qend + packed.size + (len(opt) if opt else 0) > limit:
             return self._slow(data, snapshot, tcp)
         self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
         return splice(packed, data, qend, opt)
 
     def _plain_opt(self, tail: bytes) -> tuple[bytes, int] | None:
         """Our OPT record and the UDP size limit for a query's additional section when it is
-        exactly one EDNS(0) OPT at the root (options ignored, as RFC 6891 allows); None
-        otherwise. Option-less OPTs are remembered: clients use a handful of sizes, and the
-        cache is bounded by the 2^16 sizes times the DO bit."""
+        exactly one EDNS(0) OPT at the root (a COOKIE answered, other options ignored, as RFC
+        6891 allows); None otherwise, and for a malformed COOKIE (`_slow` says FORMERR).
+        Option-less OPTs are remembered: clients use a handful of sizes, and the cache is
+        bounded by the 2^16 sizes times the DO bit."""
         if (
             len(tail) < _OPT_LEN
             or tail[0]
@@ -253,9 +330,30 @@ class Responder:
             return None
         opt = self._opt_do if tail[7] & 0x80 else self._opt
         limit = min(max(int.from_bytes(tail[3:5], "big"), _PLAIN_UDP_SIZE), self._udp_size)
-        if len(tail) == _OPT_LEN and not tail[5] and not tail[7] & 0x7F and not tail[8]:
+        if len(tail) > _OPT_LEN:
+            if not tail[5] and not tail[7] & 0x7F and not tail[8]:
+                # Remembered under its option-less form, for `_cookie_shortcut` (and C's):
+                # a resolver that sends a cookie with every query never sends that form.
+                self._edns.setdefault(tail[:9] + _NO_ADDITIONAL, (opt, limit))
+            try:
+                cookie = self._cookie_opt(tail[_OPT_LEN:], bool(tail[7] & 0x80))
+            except MalformedCookieError:
+                return None
+            return cookie or opt, limit
+        if not tail[5] and not tail[7] & 0x7F and not tail[8]:
             self._edns[tail] = (opt, limit)
         return opt, limit
+
+    def _cookie_opt(self, options: bytes, do: bool) -> bytes | None:
+        """Our OPT record answering a COOKIE among `options`, with a server cookie for the
+        peer `answer` was given; None when there is no COOKIE. `MalformedCookieError` when the
+        options are malformed."""
+        cookie = find_cookie(options)
+        if cookie is None:
+            return None
+        peer = self._peer
+        option = self.cookies.option(cookie, peer() if peer is not None else "")
+        return opt_record(self._udp_size, do=do, options=option)
 
     def _not_prepacked(
         self,
@@ -297,7 +395,7 @@ class Responder:
             if i != last or name[last]:
                 return self._slow(data, snapshot, tcp)
         packed = snapshot.refused if found is None else found
-        if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+        if qend + packed.size + (len(opt) if opt else 0) > limit:
             return self._slow(data, snapshot, tcp)
         self._count(packed.stat + QTYPE_INDEX.get(qtype, QTYPE_OTHER) * RCODE_SLOTS, tcp)
         return splice(packed, data, qend, opt)
@@ -330,16 +428,24 @@ class Responder:
                 return self._formerr(data, tcp)
             ttl = int(opts[0].ttl)
             do = bool(ttl & 0x8000)
+            try:
+                cookie = self._cookie_opt(_options_of(opts[0]), do)
+            except MalformedCookieError:
+                return self._formerr(data, tcp)
             if (ttl >> 16) & 0xFF:
-                # RFC 6891 section 6.1.3: BADVERS, with our highest version (0) in the OPT.
+                # RFC 6891 section 6.1.3: BADVERS, with our highest version (0) in the OPT
+                # (and the cookie, as BIND sends it).
                 self._count(slot(QTYPE_OTHER, BADVERS), tcp)
+                cookie_option = cookie[_OPT_LEN:] if cookie else b""
                 return splice(
                     Packed(0, 0, 0, 0, 0, b""),
                     data,
                     qend,
-                    opt_record(self._udp_size, do=do, ext_rcode=BADVERS >> 4),
+                    opt_record(
+                        self._udp_size, do=do, ext_rcode=BADVERS >> 4, options=cookie_option
+                    ),
                 )
-            opt = self._opt_do if do else self._opt
+            opt = cookie or (self._opt_do if do else self._opt)
             if not tcp:
                 limit = min(max(int(opts[0].rclass), _PLAIN_UDP_SIZE), self._udp_size)
         qtype = int.from_bytes(data[qend - 4 : qend - 2], "big")
@@ -363,7 +469,7 @@ class Responder:
                 resolution.additional,
                 qname=qname,
             )
-            if qend + packed.size + (_OPT_LEN if opt else 0) > limit:
+            if qend + packed.size + (len(opt) if opt else 0) > limit:
                 # RFC 2181 section 9: set TC and send what fits; we send no records at all,
                 # and the resolver asks again over TCP.
                 flags = TC | (AA if resolution.authoritative else 0)
@@ -375,3 +481,10 @@ class Responder:
     def _formerr(self, data: bytes, tcp: bool, qtype_idx: int = QTYPE_OTHER) -> bytes:
         self._count(slot(qtype_idx, FORMERR), tcp)
         return header_only(data, FORMERR)
+
+
+def _options_of(opt: dnslib.RR) -> bytes:
+    """The EDNS options of an OPT record dnslib parsed, encoded again (code, length, data)."""
+    return b"".join(
+        struct.pack("!HH", option.code, len(option.data)) + option.data for option in opt.rdata
+    )

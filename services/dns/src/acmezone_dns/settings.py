@@ -11,11 +11,12 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from acmezone_common.addresses import HostPort
 from acmezone_common.settings import Address, ServiceSettings
+from acmezone_common.transport import ClientTls, client_tls
 
 
 def _split_list(value: object) -> object:
@@ -62,6 +63,11 @@ class DnsSettings(ServiceSettings):
         default="127.0.0.1:50051",
         description="The registry's gRPC address (a grpc target) to stream the record feed from "
         "and forward RFC 2136 UPDATE messages to.",
+    )
+    registry_token: SecretStr | None = Field(
+        default=None,
+        description="The registry's feed (or operator) token, presented on the feed, the "
+        "served-revision reports and UPDATE forwarding.",
     )
     replica_name: str = Field(
         default="",
@@ -142,7 +148,26 @@ class DnsSettings(ServiceSettings):
         default=10.0, gt=0, description="Close TCP connections idle this long (RFC 7766)."
     )
     tcp_max_connections: int = Field(
-        default=256, ge=1, description="TCP connections served at once; more are closed."
+        default=256,
+        ge=1,
+        description="TCP connections open at once; a new one past it evicts the connection "
+        "idle the longest (RFC 7766 section 6.2.3), or is closed when none is idle.",
+    )
+    tcp_max_connections_per_source: int = Field(
+        default=32,
+        ge=1,
+        description="TCP connections open at once from one IPv4 address or IPv6 /64; a new one "
+        "past it evicts that source's oldest idle connection, or is closed when none is idle.",
+    )
+    cookie_secret: SecretStr | None = Field(
+        default=None,
+        description="The DNS COOKIE server secret (RFC 9018), 32 hex digits; give every "
+        "replica behind one address the same one. Unset: COOKIE_SECRET_FILE.",
+    )
+    cookie_secret_file: Path | None = Field(
+        default=None,
+        description="A file holding the server secret in hex, generated (0600) when missing. "
+        "Unset too: a random secret for this process only.",
     )
     update_timeout_seconds: float = Field(
         default=5.0,
@@ -163,6 +188,35 @@ class DnsSettings(ServiceSettings):
         default=5.0, gt=0, description="Longest delay between feed reconnection attempts."
     )
 
+    registry_tls: bool = Field(
+        default=False,
+        description="Connect to the registry with TLS, verified against the system roots "
+        "unless REGISTRY_TLS_CA_FILE names a CA (which turns TLS on by itself).",
+    )
+    registry_tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle the registry's gRPC certificate chains to."
+    )
+    registry_tls_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate presented to the registry (mTLS)."
+    )
+    registry_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of REGISTRY_TLS_CERT_FILE."
+    )
+    registry_tls_server_name: str | None = Field(
+        default=None,
+        description="The name checked in the registry's certificate, when the target is not it.",
+    )
+
+    def registry_client_tls(self) -> ClientTls | None:
+        """How the channel to the registry is secured (None: plaintext)."""
+        return client_tls(
+            self.registry_tls,
+            self.registry_tls_ca_file,
+            self.registry_tls_cert_file,
+            self.registry_tls_key_file,
+            self.registry_tls_server_name,
+        )
+
     @field_validator("zone", "soa_mname", "soa_rname")
     @classmethod
     def _fqdn(cls, value: str | None) -> str | None:
@@ -177,6 +231,17 @@ class DnsSettings(ServiceSettings):
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_address(v)) for v in value]
+
+    @field_validator("cookie_secret")
+    @classmethod
+    def _cookie_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            try:
+                if len(bytes.fromhex(value.get_secret_value())) != 16:
+                    raise ValueError
+            except ValueError:
+                raise ValueError("cookie_secret must be 32 hex digits (16 bytes)") from None
+        return value
 
     @field_validator("zone_files")
     @classmethod

@@ -1,12 +1,12 @@
 """DNS over TCP (RFC 7766): two-byte length-prefixed messages, several queries per connection
-answered in order, connections closed after an idle timeout, and a cap on open connections so a
-flood of idle clients cannot exhaust file descriptors.
+answered in order, connections closed after an idle timeout, and a global and per-source cap on
+open connections that evicts the oldest idle one when reached (`tcp_pool`), so a flood of idle
+clients can neither exhaust file descriptors nor lock other clients out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 
@@ -14,6 +14,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_dns import sockets
 from acmezone_dns.metrics import QueryStats
 from acmezone_dns.responder import Responder
+from acmezone_dns.tcp_pool import Connection, TcpPool, source_of
 from acmezone_dns.updates import UpdateForwarder, is_update
 
 logger = logging.getLogger(__name__)
@@ -30,14 +31,20 @@ class TcpServer:
         *,
         idle_timeout: float,
         max_connections: int,
+        max_per_source: int | None = None,
         updates: UpdateForwarder | None = None,
     ) -> None:
+        """`max_connections` open at once in all, `max_per_source` from one IPv4 address or
+        IPv6 /64 (None: no per-source cap); past either the oldest idle one is evicted."""
         self._address = address
         self._updates = updates
         self._responder = responder
         self._stats = stats
         self._idle_timeout = idle_timeout
-        self._max_connections = max_connections
+        self.pool = TcpPool(
+            max_connections=max_connections,
+            max_per_source=max_connections if max_per_source is None else max_per_source,
+        )
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._bound: HostPort | None = None
@@ -46,6 +53,11 @@ class TcpServer:
     def address(self) -> HostPort:
         """The bound address once started."""
         return self._bound or self._address
+
+    @property
+    def connection_tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The tasks serving the open connections (each ends when its connection closes)."""
+        return frozenset(self._connections)
 
     async def start(self) -> HostPort:
         """Bind, listen and start accepting connections."""
@@ -58,28 +70,60 @@ class TcpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= self._max_connections:
-            self._stats.dropped += 1
-            writer.close()
+        connection = self._admit(writer)
+        if connection is None:
+            writer.transport.abort()
             return
         self._connections.add(task)
         try:
-            await self._exchange(reader, writer)
+            await self._exchange(reader, writer, connection)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except Exception:
             logger.exception("DNS over TCP failed")
         finally:
+            self.pool.release(connection)
             self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await self._close(writer)
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close gracefully (what was written is flushed), but abort a connection whose peer
+        does not read: a graceful close would wait for it forever."""
+        writer.close()
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                await writer.wait_closed()
+        except TimeoutError:
+            writer.transport.abort()
+        except Exception:  # noqa: S110 - the peer reset it: closed all the same
+            pass
+
+    def _admit(self, writer: asyncio.StreamWriter) -> Connection | None:
+        """The pool's slot for a new connection (evicting an idle one if need be), or None.
+        An evicted connection is aborted: its pending read ends and its task returns."""
+        peer = writer.get_extra_info("peername")
+        pool = self.pool
+        evicted, refused = pool.evicted, pool.refused
+        connection = pool.admit(source_of(str(peer[0]) if peer else ""), writer.transport.abort)
+        self._stats.tcp_evicted += pool.evicted - evicted
+        self._stats.tcp_refused += pool.refused - refused
+        return connection
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: Connection,
+    ) -> None:
         answer = self._responder.answer
+        pool = self.pool
+        peername = writer.get_extra_info("peername")
+        host = str(peername[0]) if peername else ""
         while True:
+            pool.idle(connection)
             async with asyncio.timeout(self._idle_timeout):
                 prefix = await reader.readexactly(2)
+                pool.busy(connection)
                 message = await reader.readexactly(int.from_bytes(prefix, "big"))
             if self._updates is not None and is_update(message):
                 peer = writer.get_extra_info("peername")
@@ -87,7 +131,7 @@ class TcpServer:
                     message, str(peer[0]) if peer else "", tcp=True
                 )
             else:
-                response = answer(message, True)
+                response = answer(message, True, lambda: host)
                 if response is not None and self._responder.signed_query and self._updates:
                     # TSIG-signed query: the registry signs the answer (it holds the keys).
                     self._responder.signed_query = False
@@ -99,7 +143,10 @@ class TcpServer:
                 # A runt or a response: nothing sensible can follow on this stream.
                 return
             writer.write(len(response).to_bytes(2, "big") + response)
-            await writer.drain()
+            # A client that stops reading holds a busy (never evicted) slot: not for longer
+            # than it may sit idle.
+            async with asyncio.timeout(self._idle_timeout):
+                await writer.drain()
 
     async def stop(self) -> None:
         """Stop accepting, then close every open connection."""

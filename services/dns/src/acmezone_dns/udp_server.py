@@ -55,6 +55,8 @@ class UdpServer:
         self._native = native
         self._batch: DatagramBatch | NativeDatagramBatch | None = None
         self._unbatched_peer: Peer = ("", 0)  # the sender of the datagram just read, unbatched
+        self._index = 0  # the batch index of the datagram being answered
+        self._current_host = self._host_of_current  # bound once: the responder's `peer`
         self._responder = responder
         self._stats = stats
         self._updates = updates
@@ -152,8 +154,9 @@ class UdpServer:
             if not updates.submit_udp(data, peer[0], self._sender(peer)):
                 self._stats.dropped += 1
             return None
+        self._index = index
         try:
-            response = self._responder.answer(data, False)
+            response = self._responder.answer(data, False, self._current_host)
         except Exception:
             # A bug, never bad input (the responder handles that); keep serving.
             logger.exception("answering a UDP query failed")
@@ -167,6 +170,10 @@ class UdpServer:
                 self._stats.dropped += 1
             return None
         return response
+
+    def _host_of_current(self) -> str:
+        """The sender's address of the datagram being answered (for its server cookie)."""
+        return str(self._peer(self._index)[0])
 
     def _peer(self, index: int) -> Peer:
         """The sender of datagram `index`: only the rare paths ask, so it is built on demand."""

@@ -10,7 +10,6 @@ import asyncio
 import functools
 import logging
 
-import grpc
 from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import (
@@ -26,16 +25,17 @@ from acmezone.issuer.v1 import (
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
-from acmezone_common.tls import server_credentials
+from acmezone_common.transport import open_channel
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import CertificateManager
 from acmezone_issuer.delivery import DeliveryTokens
 from acmezone_issuer.errors import ERROR_DOMAIN
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.fleet import DeliveryTargets
+from acmezone_issuer.identity import replica_identity
 from acmezone_issuer.keys import KeySealer
 from acmezone_issuer.metrics import IssuerMetrics
-from acmezone_issuer.reconciler import Reconciler, default_replica_id
+from acmezone_issuer.reconciler import Reconciler
 from acmezone_issuer.servicer import (
     AccountServicer,
     Authorizer,
@@ -76,7 +76,9 @@ class IssuerApp:
             default_directory_url=settings.default_directory_url,
             ca_bundle=settings.acme_ca_bundle,
         )
-        self._registry_channel = grpc.aio.insecure_channel(settings.registry_address)
+        self._registry_channel = open_channel(
+            settings.registry_address, tls=settings.registry_client_tls()
+        )
         self.dns01 = Dns01Solver(
             self.store,
             self.sealer,
@@ -95,7 +97,7 @@ class IssuerApp:
             self.http01,
             self.events,
             self.metrics,
-            replica_id=settings.replica_id or default_replica_id(),
+            replica_id=replica_identity(settings.replica_id, settings.data_dir),
             interval=settings.reconcile_interval_seconds,
             delegation_recheck=settings.delegation_recheck_seconds,
             validation_timeout=settings.validation_timeout_seconds,
@@ -109,20 +111,11 @@ class IssuerApp:
         )
         self.delivery_tokens = DeliveryTokens(self.store)
         auth = Authorizer(_secret(settings.operator_token), self.delivery_tokens)
-        credentials = (
-            server_credentials(
-                settings.grpc_tls_cert_file,
-                settings.grpc_tls_key_file,
-                settings.grpc_tls_client_ca_file,
-            )
-            if settings.grpc_tls_cert_file is not None and settings.grpc_tls_key_file is not None
-            else None
-        )
         self._grpc = GrpcServer(
             settings.grpc_address,
             registry=self._registry,
             error_domain=ERROR_DOMAIN,
-            credentials=credentials,
+            credentials=settings.grpc_server_credentials(),
         )
         self._grpc.add_service(
             account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],

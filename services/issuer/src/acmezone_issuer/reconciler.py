@@ -14,10 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import random
-import secrets
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -83,11 +80,6 @@ _ARI_MIN_RECHECK = timedelta(seconds=1)
 _FRESH_MIN_LIFE = timedelta(hours=1)
 # How many of an account's newest orders to look through for one an interruption left behind.
 _ORDERS_TO_SCAN = 20
-
-
-def default_replica_id() -> str:
-    """host:pid:random, unique per process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def delegation_methods(challenge_type: str) -> tuple[ChallengeType, ...]:
@@ -268,7 +260,11 @@ class Reconciler:
         free = _CONCURRENCY - len(self._working)
         if free <= 0:
             return
-        for certificate_id in await self._store.due_certificates(utcnow(), free * 2):
+        # Our own leases count as due (a restart reclaims them), so the ones being worked
+        # now are asked for on top of the free slots.
+        limit = free * 2 + len(self._working)
+        due = await self._store.due_certificates(utcnow(), limit, self._owner)
+        for certificate_id in due:
             if certificate_id in self._working or len(self._working) >= _CONCURRENCY:
                 continue
             task = asyncio.create_task(self._work(certificate_id), name=f"cert:{certificate_id}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from acmezone_common.addresses import HostPort
 from acmezone_common.settings import Address, ServiceSettings
+from acmezone_common.transport import ClientTls, client_tls
 
 DEFAULT_DIRECTORY_URL = "https://127.0.0.1:14000/dir"
 
@@ -21,18 +22,6 @@ class IssuerSettings(ServiceSettings):
     )
 
     grpc_address: Address = Field(default=HostPort("127.0.0.1", 50053), description="gRPC API.")
-    grpc_tls_cert_file: Path | None = Field(
-        default=None,
-        description="PEM certificate chain for TLS on the gRPC port (agents on other hosts); "
-        "empty means plaintext.",
-    )
-    grpc_tls_key_file: Path | None = Field(
-        default=None, description="PEM private key of grpc_tls_cert_file."
-    )
-    grpc_tls_client_ca_file: Path | None = Field(
-        default=None,
-        description="PEM CA bundle: when set, gRPC clients must present a certificate it issued.",
-    )
     metrics_address: Address = Field(
         default=HostPort("127.0.0.1", 9103), description="Prometheus /metrics."
     )
@@ -74,6 +63,35 @@ class IssuerSettings(ServiceSettings):
     registry_token: SecretStr | None = Field(
         default=None, description="The registry's operator token, if it requires one."
     )
+    registry_tls: bool = Field(
+        default=False,
+        description="Connect to the registry with TLS, verified against the system roots "
+        "unless REGISTRY_TLS_CA_FILE names a CA (which turns TLS on by itself).",
+    )
+    registry_tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle the registry's gRPC certificate chains to."
+    )
+    registry_tls_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate presented to the registry (mTLS)."
+    )
+    registry_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of REGISTRY_TLS_CERT_FILE."
+    )
+    registry_tls_server_name: str | None = Field(
+        default=None,
+        description="The name checked in the registry's certificate, when the target is not it.",
+    )
+
+    def registry_client_tls(self) -> ClientTls | None:
+        """How the channel to the registry is secured (None: plaintext)."""
+        return client_tls(
+            self.registry_tls,
+            self.registry_tls_ca_file,
+            self.registry_tls_cert_file,
+            self.registry_tls_key_file,
+            self.registry_tls_server_name,
+        )
+
     dns_resolver: str = Field(
         default="",
         description="`host:port` of the DNS server used to check `_acme-challenge` CNAMEs and "
@@ -114,14 +132,7 @@ class IssuerSettings(ServiceSettings):
         description="How long a replica owns a certificate it works on; renewed while working.",
     )
     replica_id: str = Field(
-        default="", description="Names this replica in leases; empty means host:pid:random."
+        default="",
+        description="Names this replica in leases, the same across restarts so it reclaims its "
+        "own at once (e.g. the pod name); empty: one kept in `<data_dir>/replica-id`.",
     )
-
-    @model_validator(mode="after")
-    def _tls_files_together(self) -> IssuerSettings:
-        """A certificate without its key (or a client CA without TLS) is refused at start."""
-        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
-            raise ValueError("grpc_tls_cert_file and grpc_tls_key_file are set together")
-        if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
-            raise ValueError("grpc_tls_client_ca_file needs grpc_tls_cert_file and its key")
-        return self

@@ -497,14 +497,21 @@ class Store:
             )
 
     @_shielded
-    async def due_certificates(self, now: datetime, limit: int) -> list[str]:
-        """Ids of certificates whose next_attempt_time has come and whose lease is free."""
+    async def due_certificates(self, now: datetime, limit: int, owner: str = "") -> list[str]:
+        """Ids of certificates whose next_attempt_time has come and whose lease is free or
+        held by `owner` (a restarted replica's own, left by the process it replaces)."""
         async with self._sessions() as session:
             result = await session.scalars(
                 select(CertificateRow.id)
                 .where(CertificateRow.next_attempt_time.is_not(None))
                 .where(CertificateRow.next_attempt_time <= now)
-                .where(or_(CertificateRow.lease_until.is_(None), CertificateRow.lease_until < now))
+                .where(
+                    or_(
+                        CertificateRow.lease_until.is_(None),
+                        CertificateRow.lease_until < now,
+                        CertificateRow.lease_owner == owner,
+                    )
+                )
                 .order_by(CertificateRow.next_attempt_time)
                 .limit(limit)
             )

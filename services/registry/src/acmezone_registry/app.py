@@ -29,6 +29,7 @@ from acmezone.registry.v1 import (
 from acmezone_common import keyfiles
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
+from acmezone_common.guard import REFLECTION_SERVICES, TokenGuard
 from acmezone_common.metrics import MetricsServer
 from acmezone_registry.access import ClientAddressResolver
 from acmezone_registry.dns_updates import DnsUpdates
@@ -36,6 +37,7 @@ from acmezone_registry.errors import ERROR_DOMAIN
 from acmezone_registry.feed import RecordFeed
 from acmezone_registry.http_api import HttpApi
 from acmezone_registry.http_api.connections import ConnectionLimits
+from acmezone_registry.http_api.tls import ReloadingCertificate
 from acmezone_registry.maintenance import Maintenance
 from acmezone_registry.metrics import RegistryMetrics, ReplicaCollector
 from acmezone_registry.rate_limits import AbuseLimits
@@ -52,6 +54,21 @@ from acmezone_registry.tsig_keys import TsigKeys
 from acmezone_registry.update_servicer import DnsUpdateServicer, TsigKeyServicer
 
 logger = logging.getLogger(__name__)
+
+
+GUARDED_SERVICES = (
+    record_feed_service_pb2.DESCRIPTOR.services_by_name["RecordFeedService"].full_name,
+    dns_update_service_pb2.DESCRIPTOR.services_by_name["DnsUpdateService"].full_name,
+    *REFLECTION_SERVICES,
+)
+"""What only dns replicas, the issuer and operators call: a token guards them once set."""
+
+
+def _feed_guard(settings: RegistrySettings) -> TokenGuard | None:
+    """The guard of `GUARDED_SERVICES`: the feed token and the operator token are accepted."""
+    tokens = [t.get_secret_value() for t in (settings.feed_token, settings.operator_token) if t]
+    tokens = [t for t in tokens if t]
+    return TokenGuard(tokens, GUARDED_SERVICES) if tokens else None
 
 
 def _sealer(settings: RegistrySettings) -> SecretSealer:
@@ -112,7 +129,11 @@ class RegistryApp:
         )
         resolver = ClientAddressResolver(settings.trusted_proxies)
         self.grpc = GrpcServer(
-            settings.grpc_address, registry=metrics_registry, error_domain=ERROR_DOMAIN
+            settings.grpc_address,
+            registry=metrics_registry,
+            error_domain=ERROR_DOMAIN,
+            guard=_feed_guard(settings),
+            credentials=settings.grpc_server_credentials(),
         )
         self.grpc.add_service(
             registration_service_pb2.DESCRIPTOR.services_by_name["RegistrationService"],
@@ -171,6 +192,13 @@ class RegistryApp:
             ),
             body_timeout=settings.http_body_timeout_seconds,
             settle=self.feed.settle,
+            tls=ReloadingCertificate(
+                settings.http_tls_cert_file,
+                settings.http_tls_key_file,
+                interval=settings.http_tls_reload_seconds,
+            )
+            if settings.http_tls_cert_file and settings.http_tls_key_file
+            else None,
         )
         self.storage_watch = StorageWatch(
             self.repository.ping,

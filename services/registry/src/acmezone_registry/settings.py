@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from acmezone_common.addresses import HostPort
@@ -48,6 +48,23 @@ class RegistrySettings(ServiceSettings):
         default=None,
         description="When set, creating, listing, updating and deleting registrations need "
         "`Authorization: Bearer <token>`. Unset: open, as acme-dns.",
+    )
+    http_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain: the acme-dns HTTP API serves HTTPS (with "
+        "HTTP_TLS_KEY_FILE); rewritten files are picked up without a restart.",
+    )
+    http_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of HTTP_TLS_CERT_FILE."
+    )
+    http_tls_reload_seconds: float = Field(
+        default=5.0, gt=0, description="How often the HTTPS certificate files are looked at."
+    )
+    feed_token: SecretStr | None = Field(
+        default=None,
+        description="The credential dns replicas present (`authorization: Bearer <token>`) on "
+        "the record feed, UPDATE forwarding and reflection. With it or the operator token set, "
+        "those need one of the two; with neither they stay open.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
@@ -173,6 +190,12 @@ class RegistrySettings(ServiceSettings):
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(item.strip(), strict=False)) for item in value]
+
+    @model_validator(mode="after")
+    def _https_complete(self) -> RegistrySettings:
+        if (self.http_tls_cert_file is None) != (self.http_tls_key_file is None):
+            raise ValueError("http_tls_cert_file and http_tls_key_file go together")
+        return self
 
     def resolved_database_url(self) -> str:
         """The database URL to use: the configured one, or SQLite inside data_dir."""

@@ -41,6 +41,7 @@ from acmezone_clients.agent.settings import AgentSettings
 from acmezone_clients.cli import delivery, output
 from acmezone_clients.cli.settings import CliSettings
 from acmezone_common.logs import configure_logging
+from acmezone_common.transport import client_tls, open_channel
 
 pb = certificate_service_pb2
 apb = account_service_pb2
@@ -72,7 +73,9 @@ class Cli:
 
     def channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target)
+            args = self.args
+            tls = client_tls(False, args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+            self._channels[target] = open_channel(target, tls=tls)
         return self._channels[target]
 
     async def close(self) -> None:
@@ -564,6 +567,16 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--registry-token", default=settings.registry_token_value(), help="registry token"
+    )
+    parser.add_argument(
+        "--tls-ca", type=Path, default=settings.tls_ca_file, help="connect with TLS, this CA"
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, default=settings.tls_cert_file, help="client certificate (mTLS)"
+    )
+    parser.add_argument("--tls-key", type=Path, default=settings.tls_key_file, help="client key")
+    parser.add_argument(
+        "--tls-server-name", default=settings.tls_server_name, help="name the servers' cert holds"
     )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,6 +18,10 @@ class CliSettings(BaseSettings):
     dns: str = Field(default="127.0.0.1:50052", description="dns gRPC address")
     token: SecretStr | None = Field(default=None, description="issuer operator token")
     registry_token: SecretStr | None = Field(default=None, description="registry token")
+    tls_ca_file: Path | None = Field(default=None, description="CA the services' TLS chains to")
+    tls_cert_file: Path | None = Field(default=None, description="client certificate (mTLS)")
+    tls_key_file: Path | None = Field(default=None, description="client key (mTLS)")
+    tls_server_name: str | None = Field(default=None, description="name checked on the servers")
 
     def token_value(self) -> str | None:
         """The issuer token as text."""

@@ -40,6 +40,7 @@ from acmezone_registry import errors
 from acmezone_registry.access import Caller, ClientAddressResolver, parse_address
 from acmezone_registry.http_api import acme_dns
 from acmezone_registry.http_api.connections import ConnectionGuard, ConnectionLimits
+from acmezone_registry.http_api.tls import ReloadingCertificate
 from acmezone_registry.metrics import HTTP_ROUTES, RegistryMetrics
 from acmezone_registry.registrations import Registrations
 
@@ -129,9 +130,12 @@ class HttpApi:
         connection_limits: ConnectionLimits | None = None,
         body_timeout: float = 10.0,
         settle: Callable[[int], Awaitable[None]] | None = None,
+        tls: ReloadingCertificate | None = None,
     ) -> None:
         """`settle(revision)` holds an `/update` answer until the change is served
-        (`RecordFeed.settle`); None answers at once."""
+        (`RecordFeed.settle`); None answers at once. `tls`: serve HTTPS with this (reloading)
+        certificate instead of plain HTTP."""
+        self.tls = tls
         self._registrations = registrations
         self._settle = settle or _answer_at_once
         self._resolver = resolver
@@ -171,13 +175,17 @@ class HttpApi:
         await runner.setup()
         assert runner.server is not None
         try:
-            # Our own listening socket, so every connection passes the guard first.
+            # Our own listening socket, so every connection passes the guard first. With TLS
+            # the guard sees a connection once its handshake is done: the handshake gets the
+            # header timeout, so a slow one cannot sit outside the limits for long.
             server = await asyncio.get_running_loop().create_server(
                 self._guard.factory(runner.server),
                 address.host,
                 address.port,
                 reuse_address=True,
                 backlog=1024,
+                ssl=self.tls.context if self.tls else None,
+                ssl_handshake_timeout=self._limits.header_timeout if self.tls else None,
             )
         except BaseException:
             await runner.cleanup()
@@ -185,11 +193,18 @@ class HttpApi:
         self._runner = runner
         self._server = server
         bound = address.with_port(int(server.sockets[0].getsockname()[1]))
-        logger.info("acme-dns HTTP API listening", extra={"address": str(bound)})
+        if self.tls is not None:
+            self.tls.start()
+        logger.info(
+            "acme-dns HTTP API listening",
+            extra={"address": str(bound), "scheme": "https" if self.tls else "http"},
+        )
         return bound
 
     async def stop(self) -> None:
         """Stop accepting connections, let in-flight requests finish briefly, release the port."""
+        if self.tls is not None:
+            await self.tls.stop()
         if self._server is not None:
             self._server.close()  # no new connections; open ones drain below
             self._server = None
