@@ -26,9 +26,10 @@ from acmezone.issuer.v1 import delivery_token_service_pb2 as dpb
 from acmezone_common.errors import AlreadyExistsError, NotFoundError, UnauthenticatedError
 from acmezone_common.testing import error_info_reason
 from acmezone_issuer.delivery import DeliveryTokens
-from acmezone_issuer.store import Store, async_url, migrate
+from acmezone_issuer.storage.database import async_url, migrate
+from acmezone_issuer.storage.repository import Repository
 from tests.issuer.conftest import AUTH, CA, Client, running_issuer
-from tests.issuer.test_store import account, certificate
+from tests.issuer.test_repository import account, certificate
 
 ALLOWED = {
     "/acmezone.issuer.v1.CertificateService/GetCertificate",
@@ -45,17 +46,17 @@ SERVICES = [
 
 
 @pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Repository]:
     url = async_url(database_url, tmp_path)
     await asyncio.to_thread(migrate, url)
-    opened = Store.open(url)
+    opened = Repository.open(url)
     try:
         yield opened
     finally:
         await opened.close()
 
 
-async def test_tokens_are_stored_hashed_and_authenticate(store: Store) -> None:
+async def test_tokens_are_stored_hashed_and_authenticate(store: Repository) -> None:
     await store.insert_account(account())
     await store.insert_certificate(certificate("web"))
     await store.insert_certificate(certificate("api"))
@@ -79,11 +80,11 @@ async def test_tokens_are_stored_hashed_and_authenticate(store: Store) -> None:
     with pytest.raises(NotFoundError):
         await tokens.create("other", ["certificates/nope"], "")
     second, _ = await tokens.create("", ["certificates/web"], "")
-    page, after = await store.list_delivery_tokens(0, 1)
-    assert [r.id for r in page] == ["fra1"]
-    page, after = await store.list_delivery_tokens(after, 10)
-    assert [r.id for r in page] == [second.id]
-    assert after == 0
+    page = await store.list_delivery_tokens("", 1)
+    assert [r.id for r in page.items] == ["fra1"]
+    page = await store.list_delivery_tokens(page.next_page_token, 10)
+    assert [r.id for r in page.items] == [second.id]
+    assert page.next_page_token == ""
     await store.delete_delivery_token("fra1")
     with pytest.raises(UnauthenticatedError, match="not valid"):
         await tokens.authenticate(token)

@@ -11,16 +11,18 @@ from pathlib import Path
 import pytest
 
 from acmezone_common.errors import InvalidArgumentError, NotFoundError
+from acmezone_common.sql import utcnow
 from acmezone_issuer.fleet import DeliveryTargets, FleetFigures, Report, summarise
-from acmezone_issuer.store import Store, async_url, migrate, utcnow
-from tests.issuer.test_store import account, certificate
+from acmezone_issuer.storage.database import async_url, migrate
+from acmezone_issuer.storage.repository import Repository
+from tests.issuer.test_repository import account, certificate
 
 
 @pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Repository]:
     url = async_url(database_url, tmp_path)
     await asyncio.to_thread(migrate, url)
-    opened = Store.open(url)
+    opened = Repository.open(url)
     try:
         yield opened
     finally:
@@ -44,7 +46,7 @@ def report(target_id: str, serial: str, days: int = 30, **extra: object) -> Repo
     return Report(**values)  # type: ignore[arg-type]
 
 
-async def test_reports_replace_each_other_and_feed_the_summary(store: Store) -> None:
+async def test_reports_replace_each_other_and_feed_the_summary(store: Repository) -> None:
     await store.insert_account(account())
     row = certificate("web")
     row.serial_number = "bb"
@@ -58,9 +60,10 @@ async def test_reports_replace_each_other_and_feed_the_summary(store: Store) -> 
     assert current
     await targets.report(report("two", "aa", days=5))
     await targets.report(report("three", "aa", days=4))
-    rows, after = await store.list_delivery_targets("web", 0, 10)
+    page = await store.list_delivery_targets("web", "", 10)
+    rows = page.items
     assert [r.target_id for r in rows] == ["one", "two", "three"]
-    assert after == 0
+    assert page.next_page_token == ""
     assert rows[0].serial_number == "bb"
 
     figures = summarise(await store.delivery_summary())

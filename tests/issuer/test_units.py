@@ -18,12 +18,12 @@ from acmezone_issuer.challenges import (
     parse_persist_value,
     persist_value,
 )
-from acmezone_issuer.keys import KEY_TYPES, KeySealer, build_csr, generate_key, key_to_pem
+from acmezone_issuer.keys import KeySealer, KeyType, build_csr, generate_key, key_to_pem
 from acmezone_issuer.names import base_domain, dns_name_problem, normalise_dns_names
 from acmezone_issuer.renewal import lifetime_renewal_time, retry_delay
 
 
-@pytest.mark.parametrize("key_type", KEY_TYPES[:3])
+@pytest.mark.parametrize("key_type", list(KeyType)[:3])
 def test_keys_are_sealed_and_bound_to_their_row(key_type: str) -> None:
     sealer = KeySealer(b"k" * 32)
     key = generate_key(key_type)

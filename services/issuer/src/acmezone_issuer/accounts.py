@@ -16,12 +16,14 @@ from acmezone_common.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
+from acmezone_common.sql import utcnow
 from acmezone_issuer.acme_client import AcmeClient, register_account, terms_of_service
 from acmezone_issuer.errors import AcmeProblemError, AcmeUnavailableError
-from acmezone_issuer.keys import KEY_TYPES, KeySealer, generate_key
+from acmezone_issuer.keys import KeySealer, KeyType, generate_key
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.names import check_emails, check_id
-from acmezone_issuer.store import AccountRow, Store, utcnow
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import AccountRow
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +33,14 @@ class AccountManager:
 
     def __init__(
         self,
-        store: Store,
+        repository: Repository,
         sealer: KeySealer,
         metrics: IssuerMetrics,
         *,
         default_directory_url: str,
         ca_bundle: Path | None,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._sealer = sealer
         self._metrics = metrics
         self._default_directory_url = default_directory_url
@@ -70,7 +72,7 @@ class AccountManager:
                 field="account.directory_url",
             )
         emails = check_emails(emails, "account.contact_emails")
-        if key_type not in KEY_TYPES:
+        if key_type not in set(KeyType):
             raise InvalidArgumentError(
                 "INVALID_KEY_TYPE", f"unknown key type {key_type!r}", field="account.key_type"
             )
@@ -133,7 +135,7 @@ class AccountManager:
             "account registered",
             extra={"account": account_id, "directory": directory_url, "url": row.account_url},
         )
-        return await self._store.insert_account(row)
+        return await self._repository.insert_account(row)
 
     async def register_again(self, account: AccountRow) -> AccountRow:
         """Register an account's key once more, for a CA that forgot it (Pebble forgets every
@@ -155,13 +157,13 @@ class AccountManager:
             metrics=self._metrics,
             ca_bundle=self._ca_bundle,
         )
-        await self._store.set_account_url(account.id, registration.account_url)
+        await self._repository.set_account_url(account.id, registration.account_url)
         self.forget(account.id)
         logger.warning(
             "account registered again: the CA did not know it",
             extra={"account": account.id, "url": registration.account_url},
         )
-        return await self._store.get_account(account.id)
+        return await self._repository.get_account(account.id)
 
     def client_for(self, account: AccountRow) -> AcmeClient:
         """The (cached) ACME client of an account."""

@@ -17,15 +17,17 @@ from acmezone_common.errors import (
     NotFoundError,
     UnavailableError,
 )
+from acmezone_common.sql import utcnow
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.challenges import ChallengeType
 from acmezone_issuer.errors import AcmeProblemError, IssuanceError
 from acmezone_issuer.events import CertificateEvents
-from acmezone_issuer.keys import KEY_TYPES, KeySealer, key_to_pem
+from acmezone_issuer.keys import KeySealer, KeyType, key_to_pem
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.names import check_id, normalise_dns_names
 from acmezone_issuer.reconciler import HTTP01, PENDING, REVOKED, Reconciler
-from acmezone_issuer.store import CertificateRow, Store, utcnow
+from acmezone_issuer.storage.repository import CertificateUpdate, Repository
+from acmezone_issuer.storage.tables import CertificateRow
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +46,14 @@ class CertificateManager:
 
     def __init__(
         self,
-        store: Store,
+        repository: Repository,
         sealer: KeySealer,
         accounts: AccountManager,
         reconciler: Reconciler,
         events: CertificateEvents,
         metrics: IssuerMetrics,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._sealer = sealer
         self._accounts = accounts
         self._reconciler = reconciler
@@ -78,7 +80,7 @@ class CertificateManager:
             raise InvalidArgumentError(
                 "INVALID_ACCOUNT", "account must be accounts/{id}", field="certificate.account"
             )
-        if key_type not in KEY_TYPES:
+        if key_type not in set(KeyType):
             raise InvalidArgumentError(
                 "INVALID_KEY_TYPE", f"unknown key type {key_type!r}", field="certificate.key_type"
             )
@@ -97,7 +99,7 @@ class CertificateManager:
                         field=f"certificate.dns_names[{index}]",
                     )
         try:
-            account = await self._store.get_account(account_id)
+            account = await self._repository.get_account(account_id)
         except NotFoundError as exc:
             raise InvalidArgumentError(
                 "INVALID_ACCOUNT",
@@ -141,7 +143,7 @@ class CertificateManager:
             create_time=now,
             update_time=now,
         )
-        row = await self._store.insert_certificate(row)
+        row = await self._repository.insert_certificate(row)
         logger.info("certificate created", extra={"certificate": certificate_id, "names": names})
         self._events.changed()
         self._reconciler.wake()
@@ -149,9 +151,9 @@ class CertificateManager:
 
     async def renew(self, certificate_id: str) -> CertificateRow:
         """Ask for a new certificate now."""
-        await self._store.get_certificate(certificate_id)
-        row = await self._store.update_certificate(
-            certificate_id, renew_requested=True, next_attempt_time=utcnow()
+        await self._repository.get_certificate(certificate_id)
+        row = await self._repository.update_certificate(
+            certificate_id, CertificateUpdate(renew_requested=True, next_attempt_time=utcnow())
         )
         if row is None:
             raise NotFoundError(
@@ -163,7 +165,7 @@ class CertificateManager:
 
     async def revoke(self, certificate_id: str, reason: int) -> CertificateRow:
         """Revoke the issued certificate at the CA and stop renewing it."""
-        row = await self._store.get_certificate(certificate_id)
+        row = await self._repository.get_certificate(certificate_id)
         if row.state == REVOKED:
             raise FailedPreconditionError(
                 "ALREADY_REVOKED", f"certificates/{certificate_id} is revoked already"
@@ -172,7 +174,7 @@ class CertificateManager:
             raise FailedPreconditionError(
                 "NOT_ISSUED", f"certificates/{certificate_id} has no issued certificate to revoke"
             )
-        account = await self._store.get_account(row.account_id)
+        account = await self._repository.get_account(row.account_id)
         try:
             await self._accounts.client_for(account).revoke(row.chain_pem, reason)
         except AcmeProblemError as exc:
@@ -183,24 +185,26 @@ class CertificateManager:
             ) from exc
         except IssuanceError as exc:
             raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
-        updated = await self._store.update_certificate(
+        updated = await self._repository.update_certificate(
             certificate_id,
-            state=REVOKED,
-            stage="",
-            revoke_time=utcnow(),
-            next_attempt_time=None,
-            renew_requested=False,
-            order_url="",
-            conditions=[
-                *[c for c in row.conditions if c["type"] not in ("Ready", "Issuing")],
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "Revoked",
-                    "message": "the certificate was revoked on request",
-                    "last_transition_time": utcnow().isoformat(),
-                },
-            ],
+            CertificateUpdate(
+                state=REVOKED,
+                stage="",
+                revoke_time=utcnow(),
+                next_attempt_time=None,
+                renew_requested=False,
+                order_url="",
+                conditions=[
+                    *[c for c in row.conditions if c["type"] not in ("Ready", "Issuing")],
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "Revoked",
+                        "message": "the certificate was revoked on request",
+                        "last_transition_time": utcnow().isoformat(),
+                    },
+                ],
+            ),
         )
         if updated is None:
             raise NotFoundError(
@@ -214,13 +218,13 @@ class CertificateManager:
 
     async def delete(self, certificate_id: str) -> None:
         """Forget a certificate (not revoked)."""
-        await self._store.delete_certificate(certificate_id)
+        await self._repository.delete_certificate(certificate_id)
         self._metrics.forget_certificate(f"certificates/{certificate_id}")
         self._events.changed()
 
     async def export(self, certificate_id: str) -> tuple[CertificateRow, str]:
         """The row and its private key in PEM; FAILED_PRECONDITION before the first issuance."""
-        row = await self._store.get_certificate(certificate_id)
+        row = await self._repository.get_certificate(certificate_id)
         if not row.chain_pem or row.sealed_key is None:
             raise FailedPreconditionError(
                 "NOT_ISSUED", f"certificates/{certificate_id} has not been issued yet"

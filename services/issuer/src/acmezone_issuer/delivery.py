@@ -16,8 +16,10 @@ import secrets
 from dataclasses import dataclass
 
 from acmezone_common.errors import InvalidArgumentError, NotFoundError, UnauthenticatedError
+from acmezone_common.sql import utcnow
 from acmezone_issuer.names import check_id, parse_name
-from acmezone_issuer.store import DeliveryTokenRow, Store, utcnow
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import DeliveryTokenRow
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ class DeliveryScope:
 class DeliveryTokens:
     """Creates, authenticates and revokes delivery tokens."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
 
     async def create(
         self, token_id: str, certificate_names: list[str], description: str
@@ -76,7 +78,7 @@ class DeliveryTokens:
                 raise InvalidArgumentError(
                     "INVALID_CERTIFICATES", f"{name!r} is listed twice", field=f"{field}[{index}]"
                 )
-            if await self._store.find_certificate(certificate_id) is None:
+            if await self._repository.find_certificate(certificate_id) is None:
                 raise NotFoundError("CERTIFICATE_NOT_FOUND", f"{name} does not exist")
             ids.append(certificate_id)
         if len(description) > MAX_DESCRIPTION:
@@ -86,7 +88,7 @@ class DeliveryTokens:
                 field="delivery_token.description",
             )
         secret = secrets.token_urlsafe(32)
-        row = await self._store.insert_delivery_token(
+        row = await self._repository.insert_delivery_token(
             DeliveryTokenRow(
                 id=token_id,
                 secret_sha256=_digest(secret),
@@ -105,7 +107,7 @@ class DeliveryTokens:
         invalid = UnauthenticatedError("DELIVERY_TOKEN_INVALID", "the delivery token is not valid")
         if not token_id or not secret:
             raise invalid
-        row = await self._store.find_delivery_token(token_id)
+        row = await self._repository.find_delivery_token(token_id)
         # Compare even for an unknown id, so the time taken does not tell ids apart.
         expected = row.secret_sha256 if row is not None else b"\0" * 32
         if not hmac.compare_digest(_digest(secret), expected) or row is None:

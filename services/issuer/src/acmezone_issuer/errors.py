@@ -16,8 +16,25 @@ the certificate's `last_failure` and retries with backoff. The hierarchy::
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 ERROR_DOMAIN = "issuer.acmezone.dev"
+
+
+class FailureReason(StrEnum):
+    """Why an attempt failed, as shown in `Failure.reason` and the failures counter's label.
+
+    One member per `IssuanceError` class below, so the counter can start every series at 0.
+    """
+
+    ACME_ERROR = "ACME_ERROR"
+    VALIDATION_FAILED = "VALIDATION_FAILED"
+    ORDER_INVALID = "ORDER_INVALID"
+    ACME_SERVER_UNAVAILABLE = "ACME_SERVER_UNAVAILABLE"
+    REGISTRY_ERROR = "REGISTRY_ERROR"
+    PROPAGATION_TIMEOUT = "PROPAGATION_TIMEOUT"
+    TIMEOUT = "TIMEOUT"
+    INTERNAL = "INTERNAL"
 
 
 class IssuanceError(Exception):
@@ -27,7 +44,7 @@ class IssuanceError(Exception):
     story for people, including the CA's problem document when there is one.
     """
 
-    reason = "INTERNAL"
+    reason: FailureReason = FailureReason.INTERNAL
 
     def __init__(
         self, message: str, *, problem_type: str = "", retry_after: datetime | None = None
@@ -42,40 +59,40 @@ class IssuanceError(Exception):
 class AcmeProblemError(IssuanceError):
     """The CA refused a request with an RFC 7807 problem document."""
 
-    reason = "ACME_ERROR"
+    reason = FailureReason.ACME_ERROR
 
 
 class ValidationFailedError(AcmeProblemError):
     """The CA tried a challenge and it failed (wrong TXT value, unreachable HTTP port, ...)."""
 
-    reason = "VALIDATION_FAILED"
+    reason = FailureReason.VALIDATION_FAILED
 
 
 class OrderInvalidError(AcmeProblemError):
     """The CA marked the order invalid."""
 
-    reason = "ORDER_INVALID"
+    reason = FailureReason.ORDER_INVALID
 
 
 class AcmeUnavailableError(IssuanceError):
     """The CA did not answer (connection refused, timeout, 5xx)."""
 
-    reason = "ACME_SERVER_UNAVAILABLE"
+    reason = FailureReason.ACME_SERVER_UNAVAILABLE
 
 
 class RegistryError(IssuanceError):
     """The registry refused a call or could not be reached."""
 
-    reason = "REGISTRY_ERROR"
+    reason = FailureReason.REGISTRY_ERROR
 
 
 class PropagationTimeoutError(IssuanceError):
     """The published TXT values were not answered by DNS in time."""
 
-    reason = "PROPAGATION_TIMEOUT"
+    reason = FailureReason.PROPAGATION_TIMEOUT
 
 
 class OrderTimeoutError(IssuanceError):
     """The CA did not finish validating or issuing within the configured time."""
 
-    reason = "TIMEOUT"
+    reason = FailureReason.TIMEOUT

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from acmezone_common.errors import FieldViolation, InvalidArgumentError
+from acmezone_common.sql import utcnow
 from acmezone_issuer.names import check_id
-from acmezone_issuer.store import DeliveryTargetRow, Store, utcnow
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import DeliveryTargetRow
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,8 @@ def _violations(report: Report) -> list[FieldViolation]:
 class DeliveryTargets:
     """Records reports and reads them back."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
 
     async def report(self, report: Report) -> tuple[DeliveryTargetRow, bool]:
         """Store a report for an existing certificate; (row, whether it runs the current serial)."""
@@ -85,8 +87,8 @@ class DeliveryTargets:
         assert report.not_after is not None
         assert report.install_time is not None
         assert report.hook_result is not None
-        certificate = await self._store.get_certificate(report.certificate_id)
-        row = await self._store.put_delivery_target(
+        certificate = await self._repository.get_certificate(report.certificate_id)
+        row = await self._repository.put_delivery_target(
             DeliveryTargetRow(
                 certificate_id=report.certificate_id,
                 target_id=report.target_id,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from acmezone_common.sql import utcnow
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.acme_client import (
     AcmeClient,
@@ -53,7 +54,8 @@ from acmezone_issuer.names import base_domain
 from acmezone_issuer.renewal import leaf_info, lifetime_renewal_time, retry_delay
 from acmezone_issuer.solvers.dns01 import Dns01Solver
 from acmezone_issuer.solvers.http01 import Http01Solver
-from acmezone_issuer.store import CertificateRow, DelegationRow, Store, utcnow
+from acmezone_issuer.storage.repository import CertificateUpdate, Repository
+from acmezone_issuer.storage.tables import CertificateRow, DelegationRow
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +191,7 @@ class Reconciler:
 
     def __init__(
         self,
-        store: Store,
+        repository: Repository,
         sealer: KeySealer,
         accounts: AccountManager,
         dns01: Dns01Solver,
@@ -207,7 +209,7 @@ class Reconciler:
         lease_seconds: float,
         rng: random.Random | None = None,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._sealer = sealer
         self._accounts = accounts
         self._dns01 = dns01
@@ -268,7 +270,7 @@ class Reconciler:
         free = _CONCURRENCY - len(self._working)
         if free <= 0:
             return
-        for certificate_id in await self._store.due_certificates(utcnow(), free * 2):
+        for certificate_id in await self._repository.due_certificates(utcnow(), free * 2):
             if certificate_id in self._working or len(self._working) >= _CONCURRENCY:
                 continue
             task = asyncio.create_task(self._work(certificate_id), name=f"cert:{certificate_id}")
@@ -281,24 +283,24 @@ class Reconciler:
 
     async def _refresh_gauges(self) -> None:
         """From the shared database, so every replica exports the same figures."""
-        self._metrics.set_state_counts(await self._store.count_certificates_by_state())
+        self._metrics.set_state_counts(await self._repository.count_certificates_by_state())
         self._metrics.set_schedules(
             {
                 f"certificates/{cid}": (not_after, renewal)
-                for cid, not_after, renewal in await self._store.all_schedules()
+                for cid, not_after, renewal in await self._repository.all_schedules()
             }
         )
         self._metrics.set_delivery(
             {
                 f"certificates/{cid}": (f.current, f.stale, f.earliest_stale_not_after)
-                for cid, f in summarise(await self._store.delivery_summary()).items()
+                for cid, f in summarise(await self._repository.delivery_summary()).items()
             }
         )
 
     # -- one certificate -----------------------------------------------------------------------
 
     async def _work(self, certificate_id: str) -> None:
-        row = await self._store.acquire_lease(certificate_id, self._owner, self._lease)
+        row = await self._repository.acquire_lease(certificate_id, self._owner, self._lease)
         if row is None:
             return
         keeper = asyncio.create_task(self._keep_lease(certificate_id))
@@ -316,12 +318,12 @@ class Reconciler:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            await asyncio.shield(self._store.release_lease(certificate_id, self._owner))
+            await asyncio.shield(self._repository.release_lease(certificate_id, self._owner))
 
     async def _keep_lease(self, certificate_id: str) -> None:
         while True:
             await asyncio.sleep(self._lease.total_seconds() / 3)
-            if not await self._store.renew_lease(certificate_id, self._owner, self._lease):
+            if not await self._repository.renew_lease(certificate_id, self._owner, self._lease):
                 return
 
 
@@ -339,8 +341,8 @@ class _CertificateJob:
         for key, value in changes.items():
             setattr(self.row, key, value)
         changes["conditions"] = compute_conditions(self.row, utcnow())
-        updated = await self.r._store.update_certificate(
-            self.row.id, lease_owner=self.r._owner, **changes
+        updated = await self.r._repository.update_certificate(
+            self.row.id, CertificateUpdate(**changes), lease_owner=self.r._owner
         )
         if updated is None:
             raise LeaseLostError(self.row.id)
@@ -358,7 +360,7 @@ class _CertificateJob:
         if row.state == REVOKED and not row.renew_requested:
             await self.save(next_attempt_time=None)
             return
-        account = await self.r._store.get_account(row.account_id)
+        account = await self.r._repository.get_account(row.account_id)
         try:
             try:
                 await self.attempt_with(self.r._accounts.client_for(account))
@@ -464,7 +466,7 @@ class _CertificateJob:
             # have created one. Carry that order on rather than placing a second.
             adopted = await self.unrecorded_order(client)
             if adopted is not None:
-                await self.r._store.record_order(self.row.id, adopted.url)
+                await self.r._repository.record_order(self.row.id, adopted.url)
                 await self.save(order_url=adopted.url, stage="presenting")
                 logger.info(
                     "order adopted after an interruption",
@@ -474,7 +476,7 @@ class _CertificateJob:
                 return
         self.r._metrics.attempts.inc()
         order = await client.new_order(self.row.dns_names, self.row.profile)
-        await self.r._store.record_order(self.row.id, order.url)
+        await self.r._repository.record_order(self.row.id, order.url)
         await self.save(order_url=order.url, stage="presenting")
         logger.info("order placed", extra={"certificate": self.row.id, "order": order.url})
         await self.drive(client, order)
@@ -489,7 +491,7 @@ class _CertificateJob:
                 extra={"certificate": self.row.id},
             )
             return None
-        known = {o.order_url for o in await self.r._store.orders_of(self.row.id)}
+        known = {o.order_url for o in await self.r._repository.orders_of(self.row.id)}
         wanted = sorted(self.row.dns_names)
         for url in reversed([u for u in urls if u not in known][-_ORDERS_TO_SCAN:]):
             order = await client.get_order(url)

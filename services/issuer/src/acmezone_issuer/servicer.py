@@ -35,6 +35,7 @@ from acmezone_common.errors import (
     UnavailableError,
 )
 from acmezone_common.paging import page_size
+from acmezone_common.sql import utcnow
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
 from acmezone_issuer.challenges import DNS_METHODS, ChallengeType, dns_account_label
@@ -44,15 +45,12 @@ from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.fleet import DeliveryTargets, Report
 from acmezone_issuer.names import check_id, dns_name_problem, parse_name
 from acmezone_issuer.solvers.dns01 import Dns01Solver
-from acmezone_issuer.store import (
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import (
     AccountRow,
     CertificateRow,
     DeliveryTargetRow,
     DeliveryTokenRow,
-    Store,
-    decode_page_token,
-    encode_page_token,
-    utcnow,
 )
 
 logger = logging.getLogger(__name__)
@@ -258,8 +256,8 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
 class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
     """acmezone.issuer.v1.AccountService."""
 
-    def __init__(self, store: Store, accounts: AccountManager, auth: Authorizer) -> None:
-        self._store = store
+    def __init__(self, repository: Repository, accounts: AccountManager, auth: Authorizer) -> None:
+        self._repository = repository
         self._accounts = accounts
         self._auth = auth
 
@@ -295,7 +293,7 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
     ) -> account_service_pb2.Account:
         self._auth.check(context)
         account_id = parse_name(request.name, "accounts", "name")
-        return account_to_proto(await self._store.get_account(account_id))
+        return account_to_proto(await self._repository.get_account(account_id))
 
     @override
     async def ListAccounts(
@@ -303,10 +301,10 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
     ) -> account_service_pb2.ListAccountsResponse:
         self._auth.check(context)
         limit = page_size(request.page_size)
-        rows, last = await self._store.list_accounts(decode_page_token(request.page_token), limit)
+        page = await self._repository.list_accounts(request.page_token, limit)
         return account_service_pb2.ListAccountsResponse(
-            accounts=[account_to_proto(r) for r in rows],
-            next_page_token=encode_page_token(last) if last else "",
+            accounts=[account_to_proto(r) for r in page.items],
+            next_page_token=page.next_page_token,
         )
 
     @override
@@ -315,7 +313,7 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
     ) -> empty_pb2.Empty:
         self._auth.check(context)
         account_id = parse_name(request.name, "accounts", "name")
-        await self._store.delete_account(account_id)
+        await self._repository.delete_account(account_id)
         self._accounts.forget(account_id)
         return empty_pb2.Empty()
 
@@ -325,13 +323,13 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
 
     def __init__(
         self,
-        store: Store,
+        repository: Repository,
         certificates: CertificateManager,
         dns01: Dns01Solver,
         events: CertificateEvents,
         auth: Authorizer,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._certificates = certificates
         self._dns01 = dns01
         self._events = events
@@ -374,7 +372,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     ) -> certificate_service_pb2.Certificate:
         certificate_id = parse_name(request.name, "certificates", "name")
         await self._auth.check_certificate(context, certificate_id)
-        return certificate_to_proto(await self._store.get_certificate(certificate_id))
+        return certificate_to_proto(await self._repository.get_certificate(certificate_id))
 
     @override
     async def ListCertificates(
@@ -382,12 +380,10 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     ) -> certificate_service_pb2.ListCertificatesResponse:
         self._auth.check(context)
         limit = page_size(request.page_size)
-        rows, last = await self._store.list_certificates(
-            decode_page_token(request.page_token), limit
-        )
+        page = await self._repository.list_certificates(request.page_token, limit)
         return certificate_service_pb2.ListCertificatesResponse(
-            certificates=[certificate_to_proto(r) for r in rows],
-            next_page_token=encode_page_token(last) if last else "",
+            certificates=[certificate_to_proto(r) for r in page.items],
+            next_page_token=page.next_page_token,
         )
 
     @override
@@ -428,7 +424,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         await self._auth.check_certificate(context, certificate_id)
         last_revision = -1
         while True:
-            row = await self._store.find_certificate(certificate_id)
+            row = await self._repository.find_certificate(certificate_id)
             if row is None:
                 raise NotFoundError(
                     "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
@@ -491,7 +487,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         if method == ChallengeType.DNS_ACCOUNT01:
             account_id = parse_name(request.account, "accounts", "account")
             try:
-                account_url = (await self._store.get_account(account_id)).account_url
+                account_url = (await self._repository.get_account(account_id)).account_url
             except NotFoundError as exc:
                 raise InvalidArgumentError(
                     "INVALID_ACCOUNT", f"{request.account} does not exist", field="account"
@@ -527,8 +523,8 @@ def delivery_token_to_proto(
 class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenServiceServicer):
     """DeliveryTokenService: operator-only management of delivery tokens."""
 
-    def __init__(self, store: Store, tokens: DeliveryTokens, auth: Authorizer) -> None:
-        self._store = store
+    def __init__(self, repository: Repository, tokens: DeliveryTokens, auth: Authorizer) -> None:
+        self._repository = repository
         self._tokens = tokens
         self._auth = auth
 
@@ -557,7 +553,7 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
     ) -> delivery_token_service_pb2.DeliveryToken:
         self._check(context)
         token_id = parse_name(request.name, "deliveryTokens", "name")
-        return delivery_token_to_proto(await self._store.get_delivery_token(token_id))
+        return delivery_token_to_proto(await self._repository.get_delivery_token(token_id))
 
     @override
     async def ListDeliveryTokens(
@@ -565,12 +561,10 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
     ) -> delivery_token_service_pb2.ListDeliveryTokensResponse:
         self._check(context)
         limit = page_size(request.page_size)
-        rows, last = await self._store.list_delivery_tokens(
-            decode_page_token(request.page_token), limit
-        )
+        page = await self._repository.list_delivery_tokens(request.page_token, limit)
         return delivery_token_service_pb2.ListDeliveryTokensResponse(
-            delivery_tokens=[delivery_token_to_proto(r) for r in rows],
-            next_page_token=encode_page_token(last) if last else "",
+            delivery_tokens=[delivery_token_to_proto(r) for r in page.items],
+            next_page_token=page.next_page_token,
         )
 
     @override
@@ -579,7 +573,7 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
     ) -> empty_pb2.Empty:
         self._check(context)
         token_id = parse_name(request.name, "deliveryTokens", "name")
-        await self._store.delete_delivery_token(token_id)
+        await self._repository.delete_delivery_token(token_id)
         logger.info("delivery token deleted", extra={"token": token_id})
         return empty_pb2.Empty()
 
@@ -617,8 +611,8 @@ def delivery_target_to_proto(
 class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServiceServicer):
     """DeliveryTargetService: agents report installs, operators list them."""
 
-    def __init__(self, store: Store, targets: DeliveryTargets, auth: Authorizer) -> None:
-        self._store = store
+    def __init__(self, repository: Repository, targets: DeliveryTargets, auth: Authorizer) -> None:
+        self._repository = repository
         self._targets = targets
         self._auth = auth
 
@@ -655,14 +649,16 @@ class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServ
     ) -> delivery_target_service_pb2.ListDeliveryTargetsResponse:
         self._auth.check(context)
         certificate_id = parse_name(request.parent, "certificates", "parent")
-        certificate = await self._store.get_certificate(certificate_id)
+        certificate = await self._repository.get_certificate(certificate_id)
         limit = page_size(request.page_size)
-        rows, last = await self._store.list_delivery_targets(
-            certificate_id, decode_page_token(request.page_token), limit
+        page = await self._repository.list_delivery_targets(
+            certificate_id, request.page_token, limit
         )
         return delivery_target_service_pb2.ListDeliveryTargetsResponse(
-            delivery_targets=[delivery_target_to_proto(r, certificate.serial_number) for r in rows],
-            next_page_token=encode_page_token(last) if last else "",
+            delivery_targets=[
+                delivery_target_to_proto(r, certificate.serial_number) for r in page.items
+            ],
+            next_page_token=page.next_page_token,
         )
 
     @override
@@ -671,7 +667,7 @@ class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServ
     ) -> empty_pb2.Empty:
         self._auth.check(context)
         certificate_id, target_id = parse_target_name(request.name)
-        await self._store.delete_delivery_target(certificate_id, target_id)
+        await self._repository.delete_delivery_target(certificate_id, target_id)
         logger.info(
             "delivery target deleted", extra={"certificate": certificate_id, "target": target_id}
         )

@@ -1,33 +1,46 @@
-"""The store on SQLite and PostgreSQL: migrations, leases between replicas, paging, revisions."""
+"""The repository on SQLite and PostgreSQL: migrations, leases between replicas, paging,
+revisions."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from acmezone_common.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
-from acmezone_issuer.store import (
-    AccountRow,
-    CertificateRow,
-    Store,
-    async_url,
-    decode_page_token,
-    encode_page_token,
-    migrate,
-    utcnow,
-)
+from acmezone_common.errors import AlreadyExistsError, FailedPreconditionError
+from acmezone_common.sql import utcnow
+from acmezone_issuer.storage.database import async_url, migrate
+from acmezone_issuer.storage.repository import CertificateUpdate, Repository
+from acmezone_issuer.storage.tables import AccountRow, CertificateRow
+
+
+class ManualClock:
+    """The repository's clock, moved by the test: lease expiry is exact, not a race with sleep."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
 
 
 @pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def store(database_url: str, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Repository]:
     url = async_url(database_url, tmp_path)
     await asyncio.to_thread(migrate, url)
     await asyncio.to_thread(migrate, url)  # idempotent
-    opened = Store.open(url)
+    opened = Repository.open(url, clock=clock)
     try:
         yield opened
     finally:
@@ -77,7 +90,7 @@ def certificate(certificate_id: str, account_id: str = "acct") -> CertificateRow
     )
 
 
-async def test_only_one_replica_holds_a_lease(store: Store) -> None:
+async def test_only_one_replica_holds_a_lease(store: Repository) -> None:
     await store.insert_account(account())
     await store.insert_certificate(certificate("c1"))
     results = await asyncio.gather(
@@ -89,8 +102,9 @@ async def test_only_one_replica_holds_a_lease(store: Store) -> None:
     assert await store.due_certificates(utcnow(), 10) == []
     # A loser's writes are refused; the winner's go through and bump the revision.
     loser = "replica-0" if winner != "replica-0" else "replica-1"
-    assert await store.update_certificate("c1", lease_owner=loser, state="issuing") is None
-    updated = await store.update_certificate("c1", lease_owner=winner, state="issuing")
+    issuing = CertificateUpdate(state="issuing")
+    assert await store.update_certificate("c1", issuing, lease_owner=loser) is None
+    updated = await store.update_certificate("c1", issuing, lease_owner=winner)
     assert updated is not None
     assert (updated.state, updated.revision) == ("issuing", 2)
     assert await store.renew_lease("c1", winner, timedelta(seconds=30))
@@ -100,17 +114,20 @@ async def test_only_one_replica_holds_a_lease(store: Store) -> None:
     assert await store.acquire_lease("c1", loser, timedelta(seconds=30)) is not None
 
 
-async def test_expired_lease_can_be_taken_over(store: Store) -> None:
+async def test_expired_lease_can_be_taken_over(store: Repository, clock: ManualClock) -> None:
     await store.insert_account(account())
     await store.insert_certificate(certificate("c1"))
     assert await store.acquire_lease("c1", "dead", timedelta(milliseconds=10)) is not None
-    await asyncio.sleep(0.05)
+    clock.advance(timedelta(milliseconds=10))
+    # At the very end of the lease it is still held; a moment after, it is free.
+    assert await store.acquire_lease("c1", "alive", timedelta(seconds=30)) is None
+    clock.advance(timedelta(milliseconds=1))
     taken = await store.acquire_lease("c1", "alive", timedelta(seconds=30))
     assert taken is not None
     assert taken.lease_owner == "alive"
 
 
-async def test_paging_counts_and_constraints(store: Store) -> None:
+async def test_paging_counts_and_constraints(store: Repository) -> None:
     await store.insert_account(account())
     with pytest.raises(AlreadyExistsError):
         await store.insert_account(account())
@@ -118,10 +135,10 @@ async def test_paging_counts_and_constraints(store: Store) -> None:
         await store.insert_certificate(certificate(f"c{index}"))
     with pytest.raises(AlreadyExistsError):
         await store.insert_certificate(certificate("c0"))
-    rows, last = await store.list_certificates(0, 3)
-    assert [r.id for r in rows] == ["c0", "c1", "c2"]
-    rows, last = await store.list_certificates(last, 3)
-    assert ([r.id for r in rows], last) == (["c3", "c4"], 0)
+    page = await store.list_certificates("", 3)
+    assert [r.id for r in page.items] == ["c0", "c1", "c2"]
+    page = await store.list_certificates(page.next_page_token, 3)
+    assert ([r.id for r in page.items], page.next_page_token) == (["c3", "c4"], "")
     assert await store.count_certificates_by_state() == {"pending": 5}
     with pytest.raises(FailedPreconditionError):
         await store.delete_account("acct")
@@ -132,11 +149,3 @@ async def test_paging_counts_and_constraints(store: Store) -> None:
     row = await store.get_certificate("c1")
     assert row.next_attempt_time is not None
     assert row.next_attempt_time.tzinfo is not None
-
-
-def test_page_tokens() -> None:
-    assert decode_page_token(encode_page_token(42)) == 42
-    assert decode_page_token("") == 0
-    for bad in ("x", "bm9wZQ", encode_page_token(1)[:-2] + "!!"):
-        with pytest.raises(InvalidArgumentError):
-            decode_page_token(bad)

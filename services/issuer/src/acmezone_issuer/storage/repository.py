@@ -1,4 +1,5 @@
-"""Persistence of accounts, certificates, delegations and orders (SQLAlchemy 2.0, async).
+"""The issuer's repository: accounts, certificates, delegations, orders, HTTP-01 tokens and
+delivery tokens and targets (SQLAlchemy 2.0, async).
 
 The reconciler writes a certificate's state before every ACME step, so a restarted issuer resumes
 an order in flight instead of placing another. Work on a certificate is guarded by a lease
@@ -7,311 +8,131 @@ PostgreSQL never work the same certificate at once; every write by the reconcile
 on still holding the lease. Every change bumps the certificate's `revision`, which Watch follows.
 
 Methods are named for what the service needs, not for SQL; rows leave this module detached.
+Every operation runs under the `Shield`, so a cancelled caller never strands a connection.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, ParamSpec, TypeVar, cast
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import ParamSpec, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Dialect,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-    delete,
-    func,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from acmezone_common.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
-    InvalidArgumentError,
     NotFoundError,
+)
+from acmezone_common.paging import Page, PageKey, fetch_limit, page_of, seq_after
+from acmezone_common.sql import rowcount, utcnow
+from acmezone_issuer.states import CertificateState
+from acmezone_issuer.storage.database import Shield, open_engine
+from acmezone_issuer.storage.tables import (
+    AccountRow,
+    CertificateRow,
+    DelegationRow,
+    DeliveryTargetRow,
+    DeliveryTokenRow,
+    Http01TokenRow,
+    OrderRow,
 )
 
 logger = logging.getLogger(__name__)
-
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC (the only kind of time this package handles)."""
-    return datetime.now(UTC)
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Stores aware UTC datetimes; SQLite hands back naive ones, which this makes aware again."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the issuer's tables."""
-
-
-class AccountRow(Base):
-    """An ACME account; `sealed_key` is the account key sealed by `keys.KeySealer`."""
-
-    __tablename__ = "accounts"
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(63), unique=True)
-    directory_url: Mapped[str] = mapped_column(String(2048))
-    contact_emails: Mapped[list[str]] = mapped_column(JSON)
-    terms_agreed: Mapped[bool] = mapped_column(Boolean)
-    terms_url: Mapped[str] = mapped_column(String(2048), default="")
-    eab_key_id: Mapped[str] = mapped_column(String(255), default="")
-    key_type: Mapped[str] = mapped_column(String(16))
-    sealed_key: Mapped[bytes] = mapped_column(LargeBinary)
-    account_url: Mapped[str] = mapped_column(String(2048))
-    status: Mapped[str] = mapped_column(String(16))
-    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
-
-
-class CertificateRow(Base):
-    """A certificate resource with everything the reconciler needs to resume it."""
-
-    __tablename__ = "certificates"
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(63), unique=True)
-    dns_names: Mapped[list[str]] = mapped_column(JSON)
-    account_id: Mapped[str] = mapped_column(String(63), ForeignKey("accounts.id"))
-    key_type: Mapped[str] = mapped_column(String(16))
-    profile: Mapped[str] = mapped_column(String(64), default="")
-    challenge_type: Mapped[str] = mapped_column(String(16))
-    state: Mapped[str] = mapped_column(String(32))
-    stage: Mapped[str] = mapped_column(String(32), default="")
-    conditions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    delegations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_failure: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    next_attempt_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    order_url: Mapped[str] = mapped_column(String(2048), default="")
-    attempt_start_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    sealed_pending_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    sealed_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    chain_pem: Mapped[str] = mapped_column(Text, default="")
-    serial_number: Mapped[str] = mapped_column(String(64), default="")
-    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    not_after: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    renewal_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    renewal_source: Mapped[str] = mapped_column(String(16), default="")
-    issue_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    renew_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    revision: Mapped[int] = mapped_column(Integer, default=1)
-    lease_owner: Mapped[str] = mapped_column(String(255), default="")
-    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
-    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
-
-
-class OrderRow(Base):
-    """Every ACME order placed, so "one order per attempt" can be checked and audited."""
-
-    __tablename__ = "orders"
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    certificate_id: Mapped[str] = mapped_column(String(63), index=True)
-    order_url: Mapped[str] = mapped_column(String(2048))
-    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
-
-
-class Http01TokenRow(Base):
-    """An HTTP-01 key authorization being served, readable by every replica."""
-
-    __tablename__ = "http01_tokens"
-
-    token: Mapped[str] = mapped_column(String(255), primary_key=True)
-    key_authorization: Mapped[str] = mapped_column(String(512))
-    certificate_id: Mapped[str] = mapped_column(String(63), index=True)
-    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
-
-
-class DelegationRow(Base):
-    """The registry registration held for one base domain, kept across renewals."""
-
-    __tablename__ = "delegations"
-
-    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
-    registration_name: Mapped[str] = mapped_column(String(255))
-    username: Mapped[str] = mapped_column(String(64))
-    sealed_password: Mapped[bytes] = mapped_column(LargeBinary)
-    fulldomain: Mapped[str] = mapped_column(String(253))
-    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
-
-
-class DeliveryTokenRow(Base):
-    """A delivery token: its scope and the SHA-256 of its secret (the secret is never stored)."""
-
-    __tablename__ = "delivery_tokens"
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(63), unique=True)
-    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
-    certificate_ids: Mapped[list[str]] = mapped_column(JSON)
-    description: Mapped[str] = mapped_column(String(256), default="")
-    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
-
-
-class DeliveryTargetRow(Base):
-    """What an agent last reported installing into one directory of one host."""
-
-    __tablename__ = "delivery_targets"
-    __table_args__ = (UniqueConstraint("certificate_id", "target_id"),)
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    certificate_id: Mapped[str] = mapped_column(String(63), index=True)
-    target_id: Mapped[str] = mapped_column(String(63))
-    host: Mapped[str] = mapped_column(String(253))
-    directory: Mapped[str] = mapped_column(String(1024))
-    serial_number: Mapped[str] = mapped_column(String(64))
-    not_after: Mapped[datetime] = mapped_column(UtcDateTime)
-    install_time: Mapped[datetime] = mapped_column(UtcDateTime)
-    hook_result: Mapped[str] = mapped_column(String(16))
-    hook_exit_code: Mapped[int] = mapped_column(Integer, default=0)
-    hook_output_tail: Mapped[str] = mapped_column(Text, default="")
-    report_time: Mapped[datetime] = mapped_column(UtcDateTime)
-
-
-def async_url(database_url: str, data_dir: Path) -> str:
-    """The async SQLAlchemy URL for a setting: SQLite under `data_dir` when empty."""
-    if not database_url:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{data_dir / 'issuer.db'}"
-    url = make_url(database_url)
-    if url.drivername in ("sqlite", "sqlite+pysqlite"):
-        url = url.set(drivername="sqlite+aiosqlite")
-    elif url.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
-        url = url.set(drivername="postgresql+psycopg")
-    return url.render_as_string(hide_password=False)
-
-
-def sync_url(async_database_url: str) -> str:
-    """The synchronous twin of an async URL, for Alembic."""
-    url = make_url(async_database_url)
-    if url.drivername == "sqlite+aiosqlite":
-        url = url.set(drivername="sqlite")
-    return url.render_as_string(hide_password=False)
-
-
-def migrate(async_database_url: str) -> None:
-    """Apply every Alembic migration (blocking; call through `asyncio.to_thread`)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", sync_url(async_database_url).replace("%", "%%"))
-    command.upgrade(config, "head")
-
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _shielded(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Run a database operation to its end even when the caller is cancelled.
+class _Unset(Enum):
+    UNSET = "unset"
 
-    A coroutine cancelled in the middle of a query can leave its pooled connection neither
-    returned nor closed; shutting the issuer down cancels the reconciler at any point, so every
-    store operation runs as its own task, and `Store.close` waits for those still running.
-    """
+
+UNSET = _Unset.UNSET
+
+
+@dataclass(frozen=True)
+class CertificateUpdate:
+    """The fields of a certificate one write changes; a field left `UNSET` is not written
+    (None is a value: it clears the column). Typed, so a misspelt column fails `mypy` rather
+    than the UPDATE at run time."""
+
+    state: str | _Unset = UNSET
+    stage: str | _Unset = UNSET
+    conditions: list[dict[str, str]] | _Unset = UNSET
+    delegations: list[dict[str, object]] | _Unset = UNSET
+    failed_attempts: int | _Unset = UNSET
+    last_failure: dict[str, str] | _Unset | None = UNSET
+    next_attempt_time: datetime | _Unset | None = UNSET
+    order_url: str | _Unset = UNSET
+    attempt_start_time: datetime | _Unset | None = UNSET
+    sealed_pending_key: bytes | _Unset | None = UNSET
+    sealed_key: bytes | _Unset | None = UNSET
+    chain_pem: str | _Unset = UNSET
+    serial_number: str | _Unset = UNSET
+    not_before: datetime | _Unset | None = UNSET
+    not_after: datetime | _Unset | None = UNSET
+    renewal_time: datetime | _Unset | None = UNSET
+    renewal_source: str | _Unset = UNSET
+    issue_time: datetime | _Unset | None = UNSET
+    revoke_time: datetime | _Unset | None = UNSET
+    renew_requested: bool | _Unset = UNSET
+
+    def values(self) -> dict[str, object]:
+        """The columns to write, by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) is not UNSET
+        }
+
+    def apply_to(self, row: CertificateRow) -> None:
+        """Set the changed fields on a detached row, as the write will store them."""
+        for name, value in self.values().items():
+            setattr(row, name, value)
+
+
+def _by_seq(row: AccountRow | CertificateRow | DeliveryTokenRow | DeliveryTargetRow) -> PageKey:
+    return (row.seq,)
+
+
+def _shielded(
+    method: Callable[P, Coroutine[object, object, R]],
+) -> Callable[P, Coroutine[object, object, R]]:
+    """Run the operation under its repository's `Shield` (see `storage.database.Shield`)."""
 
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        store = cast(Store, args[0])
-        task = asyncio.ensure_future(method(*args, **kwargs))
-        store._inflight.add(task)
-        task.add_done_callback(store._finished)
-        return await asyncio.shield(task)
+        repository = args[0]
+        assert isinstance(repository, Repository)
+        return await repository.shield.run(method(*args, **kwargs))
 
     return wrapper
 
 
-def encode_page_token(seq: int) -> str:
-    """An opaque page token for the row after `seq`."""
-    return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
+class Repository:
+    """Every query the issuer makes, named for its purpose."""
 
-
-def decode_page_token(token: str, field: str = "page_token") -> int:
-    """The `seq` a token continues after; INVALID_ARGUMENT when it is not one of ours."""
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        version, _, seq = text.partition(":")
-        if version != "v1":
-            raise ValueError(version)
-        return int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(
-            "INVALID_PAGE_TOKEN", "page_token is not a token from a previous response", field=field
-        ) from exc
-
-
-class Store:
-    """The repository: every query the issuer makes, named for its purpose."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._inflight: set[asyncio.Future[Any]] = set()
+        self._now = clock
+        self.shield = Shield()
 
     @classmethod
-    def open(cls, async_database_url: str) -> Store:
-        """An engine for the URL; SQLite gets a busy timeout so concurrent writers wait."""
-        connect_args: dict[str, Any] = {}
-        if async_database_url.startswith("sqlite"):
-            connect_args["timeout"] = 30
-        engine = create_async_engine(async_database_url, connect_args=connect_args)
-        return cls(engine)
-
-    def _finished(self, task: asyncio.Future[Any]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the awaiting caller (if still there) re-raises it
+    def open(cls, async_database_url: str, *, clock: Callable[[], datetime] = utcnow) -> Repository:
+        """A repository over a new engine for the URL."""
+        return cls(open_engine(async_database_url), clock=clock)
 
     async def close(self) -> None:
         """Let running operations finish, then release every connection."""
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self.shield.drain()
         await self._engine.dispose()
 
     # -- accounts ------------------------------------------------------------------------------
@@ -338,20 +159,19 @@ class Store:
         return row
 
     @_shielded
-    async def list_accounts(self, after_seq: int, limit: int) -> tuple[list[AccountRow], int]:
-        """A page of accounts after `after_seq`, and the seq to continue after (0 at the end)."""
+    async def list_accounts(self, page_token: str, limit: int) -> Page[AccountRow]:
+        """A page of accounts, in creation order, after the one `page_token` names."""
+        after_seq = seq_after(page_token)
         async with self._sessions() as session:
             rows = list(
                 await session.scalars(
                     select(AccountRow)
                     .where(AccountRow.seq > after_seq)
                     .order_by(AccountRow.seq)
-                    .limit(limit + 1)
+                    .limit(fetch_limit(limit))
                 )
             )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (rows[-1].seq if more else 0)
+        return page_of(rows, limit, _by_seq)
 
     @_shielded
     async def set_account_url(self, account_id: str, account_url: str) -> None:
@@ -377,7 +197,7 @@ class Store:
                     "ACCOUNT_IN_USE", f"{used} certificate(s) use accounts/{account_id}"
                 )
             result = await session.execute(delete(AccountRow).where(AccountRow.id == account_id))
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if rowcount(result) == 0:
             raise NotFoundError("ACCOUNT_NOT_FOUND", f"accounts/{account_id} does not exist")
 
     # -- certificates --------------------------------------------------------------------------
@@ -413,22 +233,19 @@ class Store:
             )
 
     @_shielded
-    async def list_certificates(
-        self, after_seq: int, limit: int
-    ) -> tuple[list[CertificateRow], int]:
-        """A page of certificates after `after_seq`, and the seq to continue after (0 at end)."""
+    async def list_certificates(self, page_token: str, limit: int) -> Page[CertificateRow]:
+        """A page of certificates, in creation order, after the one `page_token` names."""
+        after_seq = seq_after(page_token)
         async with self._sessions() as session:
             rows = list(
                 await session.scalars(
                     select(CertificateRow)
                     .where(CertificateRow.seq > after_seq)
                     .order_by(CertificateRow.seq)
-                    .limit(limit + 1)
+                    .limit(fetch_limit(limit))
                 )
             )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (rows[-1].seq if more else 0)
+        return page_of(rows, limit, _by_seq)
 
     @_shielded
     async def count_certificates_by_state(self) -> dict[str, int]:
@@ -453,7 +270,7 @@ class Store:
                 )
             )
             return [
-                (cid, not_after, None if state == "revoked" else renewal)
+                (cid, not_after, None if state == CertificateState.REVOKED else renewal)
                 for cid, not_after, renewal, state in result.all()
             ]
 
@@ -465,30 +282,30 @@ class Store:
                 delete(CertificateRow).where(CertificateRow.id == certificate_id)
             )
             await session.execute(delete(OrderRow).where(OrderRow.certificate_id == certificate_id))
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if rowcount(result) == 0:
             raise NotFoundError(
                 "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
             )
 
     @_shielded
     async def update_certificate(
-        self, certificate_id: str, *, lease_owner: str | None = None, **changes: Any
+        self, certificate_id: str, changes: CertificateUpdate, *, lease_owner: str | None = None
     ) -> CertificateRow | None:
         """Apply `changes`, bump revision and update_time, and return the row after.
 
         With `lease_owner`, the write only happens while that owner holds the lease; None is
         returned when it no longer does (another replica took over, or the row was deleted).
         """
-        now = utcnow()
+        now = self._now()
         statement = update(CertificateRow).where(CertificateRow.id == certificate_id)
         if lease_owner is not None:
             statement = statement.where(CertificateRow.lease_owner == lease_owner)
         statement = statement.values(
-            **changes, revision=CertificateRow.revision + 1, update_time=now
+            **changes.values(), revision=CertificateRow.revision + 1, update_time=now
         )
         async with self._sessions.begin() as session:
             result = await session.execute(statement)
-            if result.rowcount == 0:  # type: ignore[attr-defined]
+            if rowcount(result) == 0:
                 return None
             return await session.scalar(
                 select(CertificateRow)
@@ -518,7 +335,7 @@ class Store:
 
         One conditional UPDATE, so of two replicas racing exactly one wins.
         """
-        now = utcnow()
+        now = self._now()
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(CertificateRow)
@@ -532,7 +349,7 @@ class Store:
                 )
                 .values(lease_owner=owner, lease_until=now + duration)
             )
-            if result.rowcount == 0:  # type: ignore[attr-defined]
+            if rowcount(result) == 0:
                 return None
             return await session.scalar(
                 select(CertificateRow)
@@ -548,9 +365,9 @@ class Store:
                 update(CertificateRow)
                 .where(CertificateRow.id == certificate_id)
                 .where(CertificateRow.lease_owner == owner)
-                .values(lease_until=utcnow() + duration)
+                .values(lease_until=self._now() + duration)
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return rowcount(result) > 0
 
     @_shielded
     async def release_lease(self, certificate_id: str, owner: str) -> None:
@@ -568,7 +385,9 @@ class Store:
         """Remember an order placed for a certificate."""
         async with self._sessions.begin() as session:
             session.add(
-                OrderRow(certificate_id=certificate_id, order_url=order_url, create_time=utcnow())
+                OrderRow(
+                    certificate_id=certificate_id, order_url=order_url, create_time=self._now()
+                )
             )
 
     @_shielded
@@ -596,7 +415,7 @@ class Store:
                     token=token,
                     key_authorization=key_authorization,
                     certificate_id=certificate_id,
-                    create_time=utcnow(),
+                    create_time=self._now(),
                 )
             )
 
@@ -666,22 +485,19 @@ class Store:
         return row
 
     @_shielded
-    async def list_delivery_tokens(
-        self, after_seq: int, limit: int
-    ) -> tuple[list[DeliveryTokenRow], int]:
-        """A page of delivery tokens after `after_seq`, and the seq to continue after."""
+    async def list_delivery_tokens(self, page_token: str, limit: int) -> Page[DeliveryTokenRow]:
+        """A page of delivery tokens, in creation order, after the one `page_token` names."""
+        after_seq = seq_after(page_token)
         async with self._sessions() as session:
             rows = list(
                 await session.scalars(
                     select(DeliveryTokenRow)
                     .where(DeliveryTokenRow.seq > after_seq)
                     .order_by(DeliveryTokenRow.seq)
-                    .limit(limit + 1)
+                    .limit(fetch_limit(limit))
                 )
             )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (rows[-1].seq if more else 0)
+        return page_of(rows, limit, _by_seq)
 
     @_shielded
     async def delete_delivery_token(self, token_id: str) -> None:
@@ -690,7 +506,7 @@ class Store:
             result = await session.execute(
                 delete(DeliveryTokenRow).where(DeliveryTokenRow.id == token_id)
             )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if rowcount(result) == 0:
             raise NotFoundError(
                 "DELIVERY_TOKEN_NOT_FOUND", f"deliveryTokens/{token_id} does not exist"
             )
@@ -731,9 +547,11 @@ class Store:
 
     @_shielded
     async def list_delivery_targets(
-        self, certificate_id: str, after_seq: int, limit: int
-    ) -> tuple[list[DeliveryTargetRow], int]:
-        """A page of one certificate's targets after `after_seq`, and the seq to continue after."""
+        self, certificate_id: str, page_token: str, limit: int
+    ) -> Page[DeliveryTargetRow]:
+        """A page of one certificate's targets, in report order, after the one `page_token`
+        names."""
+        after_seq = seq_after(page_token)
         async with self._sessions() as session:
             rows = list(
                 await session.scalars(
@@ -743,12 +561,10 @@ class Store:
                         DeliveryTargetRow.seq > after_seq,
                     )
                     .order_by(DeliveryTargetRow.seq)
-                    .limit(limit + 1)
+                    .limit(fetch_limit(limit))
                 )
             )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (rows[-1].seq if more else 0)
+        return page_of(rows, limit, _by_seq)
 
     @_shielded
     async def delete_delivery_target(self, certificate_id: str, target_id: str) -> None:
@@ -760,7 +576,7 @@ class Store:
                     DeliveryTargetRow.target_id == target_id,
                 )
             )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if rowcount(result) == 0:
             raise NotFoundError(
                 "DELIVERY_TARGET_NOT_FOUND",
                 f"certificates/{certificate_id}/deliveryTargets/{target_id} does not exist",
