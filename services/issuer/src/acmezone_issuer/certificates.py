@@ -20,12 +20,14 @@ from acmezone_common.errors import (
 from acmezone_common.sql import utcnow
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.challenges import ChallengeType
+from acmezone_issuer.conditions import revoked_conditions
 from acmezone_issuer.errors import AcmeProblemError, IssuanceError
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.keys import KeySealer, KeyType, key_to_pem
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.names import check_id, normalise_dns_names
-from acmezone_issuer.reconciler import HTTP01, PENDING, REVOKED, Reconciler
+from acmezone_issuer.reconciler import Reconciler
+from acmezone_issuer.states import CertificateState, RenewalSource, Stage
 from acmezone_issuer.storage.repository import CertificateUpdate, Repository
 from acmezone_issuer.storage.tables import CertificateRow
 
@@ -90,7 +92,7 @@ class CertificateManager:
                 f"unknown challenge type {challenge_type!r}",
                 field="certificate.challenge_type",
             )
-        if challenge_type == HTTP01:
+        if challenge_type == ChallengeType.HTTP01:
             for index, name in enumerate(names):
                 if name.startswith("*."):
                     raise InvalidArgumentError(
@@ -126,8 +128,8 @@ class CertificateManager:
             key_type=key_type,
             profile=profile,
             challenge_type=challenge_type,
-            state=PENDING,
-            stage="",
+            state=CertificateState.PENDING,
+            stage=Stage.NONE,
             conditions=[],
             delegations=[],
             failed_attempts=0,
@@ -136,7 +138,7 @@ class CertificateManager:
             order_url="",
             chain_pem="",
             serial_number="",
-            renewal_source="",
+            renewal_source=RenewalSource.NONE,
             renew_requested=False,
             revision=1,
             lease_owner="",
@@ -166,7 +168,7 @@ class CertificateManager:
     async def revoke(self, certificate_id: str, reason: int) -> CertificateRow:
         """Revoke the issued certificate at the CA and stop renewing it."""
         row = await self._repository.get_certificate(certificate_id)
-        if row.state == REVOKED:
+        if row.state == CertificateState.REVOKED:
             raise FailedPreconditionError(
                 "ALREADY_REVOKED", f"certificates/{certificate_id} is revoked already"
             )
@@ -188,22 +190,13 @@ class CertificateManager:
         updated = await self._repository.update_certificate(
             certificate_id,
             CertificateUpdate(
-                state=REVOKED,
-                stage="",
+                state=CertificateState.REVOKED,
+                stage=Stage.NONE,
                 revoke_time=utcnow(),
                 next_attempt_time=None,
                 renew_requested=False,
                 order_url="",
-                conditions=[
-                    *[c for c in row.conditions if c["type"] not in ("Ready", "Issuing")],
-                    {
-                        "type": "Ready",
-                        "status": "False",
-                        "reason": "Revoked",
-                        "message": "the certificate was revoked on request",
-                        "last_transition_time": utcnow().isoformat(),
-                    },
-                ],
+                conditions=revoked_conditions(row, utcnow()),
             ),
         )
         if updated is None:

@@ -43,6 +43,7 @@ from acmezone_issuer.delivery import DeliveryTokens, is_delivery_token
 from acmezone_issuer.errors import IssuanceError
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.fleet import DeliveryTargets, Report
+from acmezone_issuer.keys import DEFAULT_KEY_TYPE, KeyType
 from acmezone_issuer.names import check_id, dns_name_problem, parse_name
 from acmezone_issuer.solvers.dns01 import Dns01Solver
 from acmezone_issuer.storage.repository import Repository
@@ -58,10 +59,10 @@ logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _KEY_TYPES = {
-    account_service_pb2.KEY_TYPE_ECDSA_P256: "ecdsa-p256",
-    account_service_pb2.KEY_TYPE_ECDSA_P384: "ecdsa-p384",
-    account_service_pb2.KEY_TYPE_RSA_2048: "rsa-2048",
-    account_service_pb2.KEY_TYPE_RSA_4096: "rsa-4096",
+    account_service_pb2.KEY_TYPE_ECDSA_P256: KeyType.ECDSA_P256,
+    account_service_pb2.KEY_TYPE_ECDSA_P384: KeyType.ECDSA_P384,
+    account_service_pb2.KEY_TYPE_RSA_2048: KeyType.RSA_2048,
+    account_service_pb2.KEY_TYPE_RSA_4096: KeyType.RSA_4096,
 }
 _KEY_TYPE_ENUM = {v: k for k, v in _KEY_TYPES.items()}
 _CHALLENGES = {
@@ -176,7 +177,7 @@ def account_to_proto(row: AccountRow) -> account_service_pb2.Account:
         contact_emails=row.contact_emails,
         terms_of_service_agreed=row.terms_agreed,
         terms_of_service_url=row.terms_url,
-        key_type=_KEY_TYPE_ENUM[row.key_type],
+        key_type=_KEY_TYPE_ENUM[KeyType(row.key_type)],
         account_url=row.account_url,
         dns_account_label=dns_account_label(row.account_url) if row.account_url else "",
         status=_ACCOUNT_STATUS.get(row.status, account_service_pb2.ACCOUNT_STATUS_UNSPECIFIED),
@@ -194,7 +195,7 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
         name=f"certificates/{row.id}",
         dns_names=row.dns_names,
         account=f"accounts/{row.account_id}",
-        key_type=_KEY_TYPE_ENUM[row.key_type],
+        key_type=_KEY_TYPE_ENUM[KeyType(row.key_type)],
         profile=row.profile,
         challenge_type=_CHALLENGE_ENUM[ChallengeType(row.challenge_type)],
         state=_enum_by_name(pb.State, "STATE", row.state),
@@ -233,7 +234,7 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
                 detail=delegation["detail"],
                 check_time=_timestamp(delegation["check_time"]),
                 challenge_type=_CHALLENGE_ENUM[
-                    ChallengeType(delegation.get("challenge_type", "dns-01"))
+                    ChallengeType(delegation.get("challenge_type", ChallengeType.DNS01))
                 ],
                 txt_value=delegation.get("txt_value", ""),
                 persist_until_time=_timestamp(delegation.get("persist_until")),
@@ -268,7 +269,7 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
         self._auth.check(context)
         account = request.account
         key_type = (
-            "ecdsa-p256"
+            DEFAULT_KEY_TYPE
             if account.key_type == account_service_pb2.KEY_TYPE_UNSPECIFIED
             else _KEY_TYPES.get(account.key_type)
         )
@@ -347,12 +348,12 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         except InvalidArgumentError:
             account_id = None
         key_type = (
-            "ecdsa-p256"
+            DEFAULT_KEY_TYPE
             if cert.key_type == account_service_pb2.KEY_TYPE_UNSPECIFIED
             else _KEY_TYPES.get(cert.key_type, f"unknown({cert.key_type})")
         )
         challenge = (
-            "dns-01"
+            ChallengeType.DNS01
             if cert.challenge_type == certificate_service_pb2.CHALLENGE_TYPE_UNSPECIFIED
             else _CHALLENGES.get(cert.challenge_type, f"unknown({cert.challenge_type})")
         )
