@@ -44,7 +44,7 @@ class ErrorCode(enum.Enum):
 # Reasons every service raises alike (AIP-158 paging, AIP-122 resource names); a service's own
 # reasons are constants in its `errors.py`.
 INVALID_PAGE_SIZE = "INVALID_PAGE_SIZE"
-INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 - a reason, not a secret
+INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
 INVALID_NAME = "INVALID_NAME"
 
 

@@ -17,7 +17,9 @@ from acmezone_common.errors import (
     NotFoundError,
     UnavailableError,
 )
+from acmezone_common.names import check_resource_id
 from acmezone_common.sql import utcnow
+from acmezone_issuer import errors
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.challenges import ChallengeType
 from acmezone_issuer.conditions import revoked_conditions
@@ -25,7 +27,7 @@ from acmezone_issuer.errors import AcmeProblemError, IssuanceError
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.keys import KeySealer, KeyType, key_to_pem
 from acmezone_issuer.metrics import IssuerMetrics
-from acmezone_issuer.names import check_id, normalise_dns_names
+from acmezone_issuer.names import normalise_dns_names
 from acmezone_issuer.reconciler import Reconciler
 from acmezone_issuer.states import CertificateState, RenewalSource, Stage
 from acmezone_issuer.storage.repository import CertificateUpdate, Repository
@@ -74,21 +76,23 @@ class CertificateManager:
     ) -> CertificateRow:
         """Validate and store a certificate in PENDING, and wake the reconciler."""
         if certificate_id:
-            check_id(certificate_id, "certificate_id")
+            check_resource_id(certificate_id, "certificate_id")
         else:
             certificate_id = "cert-" + secrets.token_hex(4)
         names = normalise_dns_names(dns_names, "certificate.dns_names")
         if account_id is None:
             raise InvalidArgumentError(
-                "INVALID_ACCOUNT", "account must be accounts/{id}", field="certificate.account"
+                errors.INVALID_ACCOUNT, "account must be accounts/{id}", field="certificate.account"
             )
         if key_type not in set(KeyType):
             raise InvalidArgumentError(
-                "INVALID_KEY_TYPE", f"unknown key type {key_type!r}", field="certificate.key_type"
+                errors.INVALID_KEY_TYPE,
+                f"unknown key type {key_type!r}",
+                field="certificate.key_type",
             )
         if challenge_type not in set(ChallengeType):
             raise InvalidArgumentError(
-                "INVALID_CHALLENGE_TYPE",
+                errors.INVALID_CHALLENGE_TYPE,
                 f"unknown challenge type {challenge_type!r}",
                 field="certificate.challenge_type",
             )
@@ -96,7 +100,7 @@ class CertificateManager:
             for index, name in enumerate(names):
                 if name.startswith("*."):
                     raise InvalidArgumentError(
-                        "INVALID_CHALLENGE_TYPE",
+                        errors.INVALID_CHALLENGE_TYPE,
                         f"{name!r}: wildcard names can only be validated with DNS-01",
                         field=f"certificate.dns_names[{index}]",
                     )
@@ -104,7 +108,7 @@ class CertificateManager:
             account = await self._repository.get_account(account_id)
         except NotFoundError as exc:
             raise InvalidArgumentError(
-                "INVALID_ACCOUNT",
+                errors.INVALID_ACCOUNT,
                 f"accounts/{account_id} does not exist",
                 field="certificate.account",
             ) from exc
@@ -115,7 +119,7 @@ class CertificateManager:
                 offered = {}
             if profile not in offered:
                 raise InvalidArgumentError(
-                    "INVALID_PROFILE",
+                    errors.INVALID_PROFILE,
                     f"the CA does not offer profile {profile!r} "
                     f"(offered: {', '.join(sorted(offered)) or 'none'})",
                     field="certificate.profile",
@@ -159,7 +163,7 @@ class CertificateManager:
         )
         if row is None:
             raise NotFoundError(
-                "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
+                errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
             )
         self._events.changed()
         self._reconciler.wake()
@@ -170,23 +174,24 @@ class CertificateManager:
         row = await self._repository.get_certificate(certificate_id)
         if row.state == CertificateState.REVOKED:
             raise FailedPreconditionError(
-                "ALREADY_REVOKED", f"certificates/{certificate_id} is revoked already"
+                errors.ALREADY_REVOKED, f"certificates/{certificate_id} is revoked already"
             )
         if not row.chain_pem:
             raise FailedPreconditionError(
-                "NOT_ISSUED", f"certificates/{certificate_id} has no issued certificate to revoke"
+                errors.NOT_ISSUED,
+                f"certificates/{certificate_id} has no issued certificate to revoke",
             )
         account = await self._repository.get_account(row.account_id)
         try:
             await self._accounts.client_for(account).revoke(row.chain_pem, reason)
         except AcmeProblemError as exc:
             raise FailedPreconditionError(
-                "REVOCATION_REJECTED",
+                errors.REVOCATION_REJECTED,
                 f"the CA refused the revocation: {exc.message}",
                 metadata={"acme_problem_type": exc.problem_type},
             ) from exc
         except IssuanceError as exc:
-            raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
+            raise UnavailableError(errors.ACME_SERVER_UNAVAILABLE, exc.message) from exc
         updated = await self._repository.update_certificate(
             certificate_id,
             CertificateUpdate(
@@ -201,7 +206,7 @@ class CertificateManager:
         )
         if updated is None:
             raise NotFoundError(
-                "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
+                errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
             )
         with contextlib.suppress(KeyError):
             self._metrics.renewal.remove(f"certificates/{certificate_id}")
@@ -220,7 +225,7 @@ class CertificateManager:
         row = await self._repository.get_certificate(certificate_id)
         if not row.chain_pem or row.sealed_key is None:
             raise FailedPreconditionError(
-                "NOT_ISSUED", f"certificates/{certificate_id} has not been issued yet"
+                errors.NOT_ISSUED, f"certificates/{certificate_id} has not been issued yet"
             )
         key = self._sealer.open_key(row.sealed_key, f"certificate/{certificate_id}")
         return row, key_to_pem(key).decode()

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from acmezone_common.errors import FieldViolation, InvalidArgumentError
+from acmezone_common.names import check_resource_id
 from acmezone_common.sql import utcnow
-from acmezone_issuer.names import check_id
+from acmezone_issuer import errors
 from acmezone_issuer.storage.repository import Repository
 from acmezone_issuer.storage.tables import DeliveryTargetRow
 
@@ -76,11 +77,11 @@ class DeliveryTargets:
 
     async def report(self, report: Report) -> tuple[DeliveryTargetRow, bool]:
         """Store a report for an existing certificate; (row, whether it runs the current serial)."""
-        check_id(report.target_id, "delivery_target_id")
+        check_resource_id(report.target_id, "delivery_target_id")
         problems = _violations(report)
         if problems:
             raise InvalidArgumentError(
-                "INVALID_DELIVERY_TARGET",
+                errors.INVALID_DELIVERY_TARGET,
                 "; ".join(f"{p.field}: {p.description}" for p in problems),
                 field_violations=problems,
             )

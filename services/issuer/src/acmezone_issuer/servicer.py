@@ -9,11 +9,11 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from typing_extensions import override
 
 from acmezone.issuer.v1 import (
@@ -27,6 +27,7 @@ from acmezone.issuer.v1 import (
     delivery_token_service_pb2_grpc,
 )
 from acmezone_common.errors import (
+    INVALID_NAME,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -34,8 +35,11 @@ from acmezone_common.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from acmezone_common.names import check_resource_id, parse_resource_name
 from acmezone_common.paging import page_size
 from acmezone_common.sql import utcnow
+from acmezone_common.timestamps import optional_timestamp
+from acmezone_issuer import errors
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
 from acmezone_issuer.challenges import DNS_METHODS, ChallengeType, dns_account_label
@@ -44,7 +48,7 @@ from acmezone_issuer.errors import IssuanceError
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.fleet import DeliveryTargets, Report
 from acmezone_issuer.keys import DEFAULT_KEY_TYPE, KeyType
-from acmezone_issuer.names import check_id, dns_name_problem, parse_name
+from acmezone_issuer.names import base_domain, dns_name_problem
 from acmezone_issuer.solvers.dns01 import Dns01Solver
 from acmezone_issuer.storage.repository import Repository
 from acmezone_issuer.storage.tables import (
@@ -92,16 +96,6 @@ _CONDITION_STATUS = {
 _WATCH_RECHECK_SECONDS = 1.0
 
 
-def _timestamp(value: datetime | str | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _enum_by_name(enum: Any, prefix: str, value: str) -> Any:
     if not value:
         return 0
@@ -143,17 +137,17 @@ class Authorizer:
         bearer = self._bearer(presented)
         if bearer is not None and is_delivery_token(bearer):
             raise PermissionDeniedError(
-                "DELIVERY_TOKEN_NOT_ALLOWED",
+                errors.DELIVERY_TOKEN_NOT_ALLOWED,
                 "a delivery token may only get, watch and export its certificates",
             )
         if self._token is None:
             return
         if not presented:
             raise UnauthenticatedError(
-                "OPERATOR_TOKEN_REQUIRED", "this issuer needs `authorization: Bearer <token>`"
+                errors.OPERATOR_TOKEN_REQUIRED, "this issuer needs `authorization: Bearer <token>`"
             )
         if bearer is None or not hmac.compare_digest(bearer.encode(), self._token):
-            raise UnauthenticatedError("OPERATOR_TOKEN_INVALID", "the operator token is wrong")
+            raise UnauthenticatedError(errors.OPERATOR_TOKEN_INVALID, "the operator token is wrong")
 
     async def check_certificate(self, context: Context, certificate_id: str) -> None:
         """Like `check`, but a delivery token whose scope holds the certificate passes too."""
@@ -164,7 +158,7 @@ class Authorizer:
         scope = await self._delivery.authenticate(bearer)
         if certificate_id not in scope.certificate_ids:
             raise PermissionDeniedError(
-                "CERTIFICATE_NOT_IN_SCOPE",
+                errors.CERTIFICATE_NOT_IN_SCOPE,
                 f"delivery token {scope.token_id} does not cover certificates/{certificate_id}",
             )
 
@@ -181,7 +175,7 @@ def account_to_proto(row: AccountRow) -> account_service_pb2.Account:
         account_url=row.account_url,
         dns_account_label=dns_account_label(row.account_url) if row.account_url else "",
         status=_ACCOUNT_STATUS.get(row.status, account_service_pb2.ACCOUNT_STATUS_UNSPECIFIED),
-        create_time=_timestamp(row.create_time),
+        create_time=optional_timestamp(row.create_time),
     )
     if row.eab_key_id:
         account.external_account_binding.key_id = row.eab_key_id
@@ -201,18 +195,18 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
         state=_enum_by_name(pb.State, "STATE", row.state),
         stage=_enum_by_name(pb.Stage, "STAGE", row.stage),
         failed_attempts=row.failed_attempts,
-        next_attempt_time=_timestamp(row.next_attempt_time),
+        next_attempt_time=optional_timestamp(row.next_attempt_time),
         order_url=row.order_url,
         serial_number=row.serial_number,
-        not_before_time=_timestamp(row.not_before),
-        not_after_time=_timestamp(row.not_after),
-        renewal_time=_timestamp(row.renewal_time),
+        not_before_time=optional_timestamp(row.not_before),
+        not_after_time=optional_timestamp(row.not_after),
+        renewal_time=optional_timestamp(row.renewal_time),
         renewal_time_source=row.renewal_source,
-        issue_time=_timestamp(row.issue_time),
-        revoke_time=_timestamp(row.revoke_time),
+        issue_time=optional_timestamp(row.issue_time),
+        revoke_time=optional_timestamp(row.revoke_time),
         revision=row.revision,
-        create_time=_timestamp(row.create_time),
-        update_time=_timestamp(row.update_time),
+        create_time=optional_timestamp(row.create_time),
+        update_time=optional_timestamp(row.update_time),
     )
     for condition in row.conditions or []:
         cert.conditions.append(
@@ -221,7 +215,7 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
                 status=_CONDITION_STATUS.get(condition["status"], pb.CONDITION_STATUS_UNKNOWN),
                 reason=condition["reason"],
                 message=condition["message"],
-                last_transition_time=_timestamp(condition["last_transition_time"]),
+                last_transition_time=optional_timestamp(condition["last_transition_time"]),
             )
         )
     for delegation in row.delegations or []:
@@ -232,19 +226,19 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
                 cname_target=delegation["cname_target"],
                 ready=delegation["ready"],
                 detail=delegation["detail"],
-                check_time=_timestamp(delegation["check_time"]),
+                check_time=optional_timestamp(delegation["check_time"]),
                 challenge_type=_CHALLENGE_ENUM[
                     ChallengeType(delegation.get("challenge_type", ChallengeType.DNS01))
                 ],
                 txt_value=delegation.get("txt_value", ""),
-                persist_until_time=_timestamp(delegation.get("persist_until")),
+                persist_until_time=optional_timestamp(delegation.get("persist_until")),
             )
         )
     if row.last_failure:
         failure = row.last_failure
         cert.last_failure.CopyFrom(
             pb.Failure(
-                time=_timestamp(failure["time"]),
+                time=optional_timestamp(failure["time"]),
                 stage=_enum_by_name(pb.Stage, "STAGE", failure.get("stage", "")),
                 reason=failure["reason"],
                 message=failure["message"],
@@ -275,7 +269,9 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
         )
         if key_type is None:
             raise InvalidArgumentError(
-                "INVALID_KEY_TYPE", f"unknown key type {account.key_type}", field="account.key_type"
+                errors.INVALID_KEY_TYPE,
+                f"unknown key type {account.key_type}",
+                field="account.key_type",
             )
         row = await self._accounts.create(
             account_id=request.account_id,
@@ -293,7 +289,7 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
         self, request: account_service_pb2.GetAccountRequest, context: Context
     ) -> account_service_pb2.Account:
         self._auth.check(context)
-        account_id = parse_name(request.name, "accounts", "name")
+        account_id = parse_resource_name(request.name, "accounts", "name")
         return account_to_proto(await self._repository.get_account(account_id))
 
     @override
@@ -313,7 +309,7 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
         self, request: account_service_pb2.DeleteAccountRequest, context: Context
     ) -> empty_pb2.Empty:
         self._auth.check(context)
-        account_id = parse_name(request.name, "accounts", "name")
+        account_id = parse_resource_name(request.name, "accounts", "name")
         await self._repository.delete_account(account_id)
         self._accounts.forget(account_id)
         return empty_pb2.Empty()
@@ -344,7 +340,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         cert = request.certificate
         account_id: str | None
         try:
-            account_id = parse_name(cert.account, "accounts", "certificate.account")
+            account_id = parse_resource_name(cert.account, "accounts", "certificate.account")
         except InvalidArgumentError:
             account_id = None
         key_type = (
@@ -371,7 +367,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     async def GetCertificate(
         self, request: certificate_service_pb2.GetCertificateRequest, context: Context
     ) -> certificate_service_pb2.Certificate:
-        certificate_id = parse_name(request.name, "certificates", "name")
+        certificate_id = parse_resource_name(request.name, "certificates", "name")
         await self._auth.check_certificate(context, certificate_id)
         return certificate_to_proto(await self._repository.get_certificate(certificate_id))
 
@@ -392,7 +388,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.DeleteCertificateRequest, context: Context
     ) -> empty_pb2.Empty:
         self._auth.check(context)
-        await self._certificates.delete(parse_name(request.name, "certificates", "name"))
+        await self._certificates.delete(parse_resource_name(request.name, "certificates", "name"))
         return empty_pb2.Empty()
 
     @override
@@ -400,7 +396,9 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.RenewCertificateRequest, context: Context
     ) -> certificate_service_pb2.Certificate:
         self._auth.check(context)
-        row = await self._certificates.renew(parse_name(request.name, "certificates", "name"))
+        row = await self._certificates.renew(
+            parse_resource_name(request.name, "certificates", "name")
+        )
         return certificate_to_proto(row)
 
     @override
@@ -408,11 +406,11 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.RevokeCertificateRequest, context: Context
     ) -> certificate_service_pb2.Certificate:
         self._auth.check(context)
-        certificate_id = parse_name(request.name, "certificates", "name")
+        certificate_id = parse_resource_name(request.name, "certificates", "name")
         reason = _REVOCATION.get(request.reason)
         if reason is None:
             raise InvalidArgumentError(
-                "INVALID_REVOCATION_REASON", "a revocation reason is required", field="reason"
+                errors.INVALID_REVOCATION_REASON, "a revocation reason is required", field="reason"
             )
         row = await self._certificates.revoke(certificate_id, REVOCATION_REASONS[reason])
         return certificate_to_proto(row)
@@ -421,14 +419,14 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     async def WatchCertificate(
         self, request: certificate_service_pb2.WatchCertificateRequest, context: Context
     ) -> AsyncIterator[certificate_service_pb2.WatchCertificateResponse]:
-        certificate_id = parse_name(request.name, "certificates", "name")
+        certificate_id = parse_resource_name(request.name, "certificates", "name")
         await self._auth.check_certificate(context, certificate_id)
         last_revision = -1
         while True:
             row = await self._repository.find_certificate(certificate_id)
             if row is None:
                 raise NotFoundError(
-                    "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
+                    errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
                 )
             if row.revision != last_revision:
                 if last_revision != -1:
@@ -446,10 +444,10 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     ) -> certificate_service_pb2.CertificateBundle:
         if not self._auth.configured:
             raise FailedPreconditionError(
-                "EXPORT_DISABLED",
+                errors.EXPORT_DISABLED,
                 "exporting private keys needs an operator token configured on the issuer",
             )
-        certificate_id = parse_name(request.name, "certificates", "name")
+        certificate_id = parse_resource_name(request.name, "certificates", "name")
         await self._auth.check_certificate(context, certificate_id)
         row, key_pem = await self._certificates.export(certificate_id)
         logger.info("certificate exported", extra={"certificate": certificate_id})
@@ -457,7 +455,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
             name=f"certificates/{certificate_id}",
             certificate_chain_pem=row.chain_pem,
             private_key_pem=key_pem,
-            not_after_time=_timestamp(row.not_after),
+            not_after_time=optional_timestamp(row.not_after),
         )
 
     @override
@@ -465,12 +463,11 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.CheckDelegationRequest, context: Context
     ) -> certificate_service_pb2.Delegation:
         self._auth.check(context)
-        domain = request.domain.strip().lower().rstrip(".")
-        domain = domain[2:] if domain.startswith("*.") else domain
+        domain = base_domain(request.domain.strip().lower().rstrip("."))
         problem = dns_name_problem(domain)
         if problem is not None:
             raise InvalidArgumentError(
-                "INVALID_DOMAIN", f"{request.domain!r}: {problem}", field="domain"
+                errors.INVALID_DOMAIN, f"{request.domain!r}: {problem}", field="domain"
             )
         method = (
             ChallengeType.DNS01
@@ -479,24 +476,24 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         )
         if method not in DNS_METHODS:
             raise InvalidArgumentError(
-                "INVALID_CHALLENGE_TYPE",
+                errors.INVALID_CHALLENGE_TYPE,
                 "only dns-01 and dns-account-01 are checked here (a dns-persist-01 "
                 "certificate shows its record in its delegations)",
                 field="challenge_type",
             )
         account_url = ""
         if method == ChallengeType.DNS_ACCOUNT01:
-            account_id = parse_name(request.account, "accounts", "account")
+            account_id = parse_resource_name(request.account, "accounts", "account")
             try:
                 account_url = (await self._repository.get_account(account_id)).account_url
             except NotFoundError as exc:
                 raise InvalidArgumentError(
-                    "INVALID_ACCOUNT", f"{request.account} does not exist", field="account"
+                    errors.INVALID_ACCOUNT, f"{request.account} does not exist", field="account"
                 ) from exc
         try:
             check = await self._dns01.check(domain, method, account_url)
         except IssuanceError as exc:
-            raise UnavailableError("REGISTRY_UNAVAILABLE", exc.message) from exc
+            raise UnavailableError(errors.REGISTRY_UNAVAILABLE, exc.message) from exc
         return certificate_service_pb2.Delegation(
             domain=check.domain,
             cname_name=check.cname_name,
@@ -504,7 +501,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
             ready=check.ready,
             detail=check.detail,
             challenge_type=_CHALLENGE_ENUM[check.method],
-            check_time=_timestamp(utcnow()),
+            check_time=optional_timestamp(utcnow()),
         )
 
 
@@ -517,7 +514,7 @@ def delivery_token_to_proto(
         certificates=[f"certificates/{c}" for c in row.certificate_ids],
         description=row.description,
         secret=secret,
-        create_time=_timestamp(row.create_time),
+        create_time=optional_timestamp(row.create_time),
     )
 
 
@@ -532,7 +529,7 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
     def _check(self, context: Context) -> None:
         if not self._auth.configured:
             raise FailedPreconditionError(
-                "OPERATOR_TOKEN_NOT_SET",
+                errors.OPERATOR_TOKEN_NOT_SET,
                 "delivery tokens need an operator token configured on the issuer",
             )
         self._auth.check(context)
@@ -553,7 +550,7 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
         self, request: delivery_token_service_pb2.GetDeliveryTokenRequest, context: Context
     ) -> delivery_token_service_pb2.DeliveryToken:
         self._check(context)
-        token_id = parse_name(request.name, "deliveryTokens", "name")
+        token_id = parse_resource_name(request.name, "deliveryTokens", "name")
         return delivery_token_to_proto(await self._repository.get_delivery_token(token_id))
 
     @override
@@ -573,7 +570,7 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
         self, request: delivery_token_service_pb2.DeleteDeliveryTokenRequest, context: Context
     ) -> empty_pb2.Empty:
         self._check(context)
-        token_id = parse_name(request.name, "deliveryTokens", "name")
+        token_id = parse_resource_name(request.name, "deliveryTokens", "name")
         await self._repository.delete_delivery_token(token_id)
         logger.info("delivery token deleted", extra={"token": token_id})
         return empty_pb2.Empty()
@@ -597,14 +594,14 @@ def delivery_target_to_proto(
         host=row.host,
         directory=row.directory,
         serial_number=row.serial_number,
-        not_after_time=_timestamp(row.not_after),
-        install_time=_timestamp(row.install_time),
+        not_after_time=optional_timestamp(row.not_after),
+        install_time=optional_timestamp(row.install_time),
         hook_result=_HOOK_RESULT_ENUM.get(
             row.hook_result, delivery_target_service_pb2.HOOK_RESULT_UNSPECIFIED
         ),
         hook_exit_code=row.hook_exit_code,
         hook_output_tail=row.hook_output_tail,
-        report_time=_timestamp(row.report_time),
+        report_time=optional_timestamp(row.report_time),
         current=bool(current_serial) and row.serial_number == current_serial,
     )
 
@@ -621,7 +618,7 @@ class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServ
     async def ReportDeliveryTarget(
         self, request: delivery_target_service_pb2.ReportDeliveryTargetRequest, context: Context
     ) -> delivery_target_service_pb2.DeliveryTarget:
-        certificate_id = parse_name(request.parent, "certificates", "parent")
+        certificate_id = parse_resource_name(request.parent, "certificates", "parent")
         await self._auth.check_certificate(context, certificate_id)
         target = request.delivery_target
         row, current = await self._targets.report(
@@ -649,7 +646,7 @@ class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServ
         self, request: delivery_target_service_pb2.ListDeliveryTargetsRequest, context: Context
     ) -> delivery_target_service_pb2.ListDeliveryTargetsResponse:
         self._auth.check(context)
-        certificate_id = parse_name(request.parent, "certificates", "parent")
+        certificate_id = parse_resource_name(request.parent, "certificates", "parent")
         certificate = await self._repository.get_certificate(certificate_id)
         limit = page_size(request.page_size)
         page = await self._repository.list_delivery_targets(
@@ -680,10 +677,10 @@ def parse_target_name(name: str) -> tuple[str, str]:
     parent, sep, target = name.partition("/deliveryTargets/")
     if not sep:
         raise InvalidArgumentError(
-            "INVALID_NAME",
+            INVALID_NAME,
             f"{name!r}: expected certificates/{{id}}/deliveryTargets/{{id}}",
             field="name",
         )
-    certificate_id = parse_name(parent, "certificates", "name")
-    check_id(target, "name")
+    certificate_id = parse_resource_name(parent, "certificates", "name")
+    check_resource_id(target, "name")
     return certificate_id, target

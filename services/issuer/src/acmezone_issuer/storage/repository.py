@@ -32,6 +32,7 @@ from acmezone_common.errors import (
 )
 from acmezone_common.paging import Page, PageKey, fetch_limit, page_of, seq_after
 from acmezone_common.sql import rowcount, utcnow
+from acmezone_issuer import errors
 from acmezone_issuer.states import CertificateState
 from acmezone_issuer.storage.database import Shield, open_engine
 from acmezone_issuer.storage.tables import (
@@ -145,7 +146,7 @@ class Repository:
                 session.add(row)
         except IntegrityError as exc:
             raise AlreadyExistsError(
-                "ACCOUNT_EXISTS", f"account {row.id!r} exists already"
+                errors.ACCOUNT_EXISTS, f"account {row.id!r} exists already"
             ) from exc
         return row
 
@@ -155,7 +156,7 @@ class Repository:
         async with self._sessions() as session:
             row = await session.scalar(select(AccountRow).where(AccountRow.id == account_id))
         if row is None:
-            raise NotFoundError("ACCOUNT_NOT_FOUND", f"accounts/{account_id} does not exist")
+            raise NotFoundError(errors.ACCOUNT_NOT_FOUND, f"accounts/{account_id} does not exist")
         return row
 
     @_shielded
@@ -194,11 +195,11 @@ class Repository:
             )
             if used:
                 raise FailedPreconditionError(
-                    "ACCOUNT_IN_USE", f"{used} certificate(s) use accounts/{account_id}"
+                    errors.ACCOUNT_IN_USE, f"{used} certificate(s) use accounts/{account_id}"
                 )
             result = await session.execute(delete(AccountRow).where(AccountRow.id == account_id))
         if rowcount(result) == 0:
-            raise NotFoundError("ACCOUNT_NOT_FOUND", f"accounts/{account_id} does not exist")
+            raise NotFoundError(errors.ACCOUNT_NOT_FOUND, f"accounts/{account_id} does not exist")
 
     # -- certificates --------------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class Repository:
                 session.add(row)
         except IntegrityError as exc:
             raise AlreadyExistsError(
-                "CERTIFICATE_EXISTS", f"certificates/{row.id} exists already"
+                errors.CERTIFICATE_EXISTS, f"certificates/{row.id} exists already"
             ) from exc
         return row
 
@@ -220,7 +221,7 @@ class Repository:
         row = await self.find_certificate(certificate_id)
         if row is None:
             raise NotFoundError(
-                "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
+                errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
             )
         return row
 
@@ -284,7 +285,7 @@ class Repository:
             await session.execute(delete(OrderRow).where(OrderRow.certificate_id == certificate_id))
         if rowcount(result) == 0:
             raise NotFoundError(
-                "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
+                errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
             )
 
     @_shielded
@@ -463,7 +464,7 @@ class Repository:
                 session.add(row)
         except IntegrityError as exc:
             raise AlreadyExistsError(
-                "DELIVERY_TOKEN_EXISTS", f"delivery token {row.id!r} exists already"
+                errors.DELIVERY_TOKEN_EXISTS, f"delivery token {row.id!r} exists already"
             ) from exc
         return row
 
@@ -480,7 +481,7 @@ class Repository:
         row = await self.find_delivery_token(token_id)
         if row is None:
             raise NotFoundError(
-                "DELIVERY_TOKEN_NOT_FOUND", f"deliveryTokens/{token_id} does not exist"
+                errors.DELIVERY_TOKEN_NOT_FOUND, f"deliveryTokens/{token_id} does not exist"
             )
         return row
 
@@ -508,7 +509,7 @@ class Repository:
             )
         if rowcount(result) == 0:
             raise NotFoundError(
-                "DELIVERY_TOKEN_NOT_FOUND", f"deliveryTokens/{token_id} does not exist"
+                errors.DELIVERY_TOKEN_NOT_FOUND, f"deliveryTokens/{token_id} does not exist"
             )
 
     # -- delivery targets ----------------------------------------------------------------------
@@ -543,7 +544,9 @@ class Repository:
                     return existing
             except IntegrityError:
                 continue  # another replica inserted it first: update that row instead
-        raise AlreadyExistsError("DELIVERY_TARGET_CONFLICT", "concurrent reports kept colliding")
+        raise AlreadyExistsError(
+            errors.DELIVERY_TARGET_CONFLICT, "concurrent reports kept colliding"
+        )
 
     @_shielded
     async def list_delivery_targets(
@@ -578,7 +581,7 @@ class Repository:
             )
         if rowcount(result) == 0:
             raise NotFoundError(
-                "DELIVERY_TARGET_NOT_FOUND",
+                errors.DELIVERY_TARGET_NOT_FOUND,
                 f"certificates/{certificate_id}/deliveryTargets/{target_id} does not exist",
             )
 
