@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.exception
+import dns.message
+import dns.query
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
@@ -64,10 +68,35 @@ def _start_challtestsrv(port: int, management: int, log: Path) -> subprocess.Pop
         pytest.fail("pebble-challtestsrv missing: run `make system-deps`")
     with log.open("wb") as output:
         process = _popen(binary, port, management, output)
-    time.sleep(0.3)
-    if process.poll() is not None:
-        pytest.fail(f"pebble-challtestsrv exited: {log.read_text()}")
+    _wait_serving(process, port, management, log)
     return process
+
+
+def _serving(port: int, management: int) -> bool:
+    """Whether the management API accepts connections and the DNS server answers a query."""
+    try:
+        with socket.create_connection(("127.0.0.1", management), timeout=0.2):
+            pass
+        query = dns.message.make_query("ready.test.", "A")
+        dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+    except (OSError, dns.exception.Timeout):
+        return False
+    return True
+
+
+def _wait_serving(
+    process: subprocess.Popen[bytes], port: int, management: int, log: Path, within: float = 10.0
+) -> None:
+    """Return once pebble-challtestsrv serves both its ports; fail at once if it exits, and
+    after `within` seconds if it never serves."""
+    deadline = time.monotonic() + within
+    while not _serving(port, management):
+        if process.poll() is not None:
+            pytest.fail(f"pebble-challtestsrv exited: {log.read_text()}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            pytest.fail(f"pebble-challtestsrv did not serve within {within}s: {log.read_text()}")
+        time.sleep(0.02)
 
 
 def _popen(binary: str, port: int, management: int, output: Any) -> subprocess.Popen[bytes]:

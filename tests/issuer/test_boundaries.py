@@ -4,33 +4,23 @@ the registry client in solvers/dns01 do)."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import acmezone_issuer
+from tests.boundaries import (
+    from_packages,
+    grpc_users,
+    may_use_grpc,
+    others_than,
+    package_imports,
+)
 
-PACKAGE = Path(acmezone_issuer.__file__).parent
-OTHERS = ("acmezone_registry", "acmezone_dns", "acmezone_clients")
-GRPC_ALLOWED = {"servicer.py", "app.py", "solvers/dns01.py"}
-
-
-def imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-    return found
+OTHERS = others_than("acmezone_issuer")
+GRPC_CLIENTS = {"solvers/dns01.py"}
 
 
 def test_no_other_service_and_no_grpc_in_the_domain() -> None:
-    checked = 0
-    for path in PACKAGE.rglob("*.py"):
-        relative = path.relative_to(PACKAGE).as_posix()
-        modules = imports(path)
-        assert not {m for m in modules if m.startswith(OTHERS)}, relative
-        if relative not in GRPC_ALLOWED:
-            assert not {m for m in modules if m == "grpc" or m.startswith("grpc.")}, relative
-        checked += 1
-    assert checked > 20
+    found = package_imports(acmezone_issuer)
+    for relative, modules in found.items():
+        assert not from_packages(modules, OTHERS), relative
+    assert {r for r in grpc_users(found) if not may_use_grpc(r, GRPC_CLIENTS)} == set()
+    assert "servicer.py" in grpc_users(found)  # the check does see grpc imports
+    assert len(found) > 20
