@@ -43,6 +43,7 @@ from acmezone_issuer import errors
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
 from acmezone_issuer.challenges import DNS_METHODS, ChallengeType, dns_account_label
+from acmezone_issuer.conditions import ConditionStatus
 from acmezone_issuer.delivery import DeliveryTokens, is_delivery_token
 from acmezone_issuer.errors import IssuanceError
 from acmezone_issuer.events import CertificateEvents
@@ -50,6 +51,7 @@ from acmezone_issuer.fleet import DeliveryTargets, Report
 from acmezone_issuer.keys import DEFAULT_KEY_TYPE, KeyType
 from acmezone_issuer.names import base_domain, dns_name_problem
 from acmezone_issuer.solvers.dns01 import Dns01Solver
+from acmezone_issuer.states import CertificateState, Stage
 from acmezone_issuer.storage.repository import Repository
 from acmezone_issuer.storage.tables import (
     AccountRow,
@@ -89,17 +91,23 @@ _REVOCATION = {
     certificate_service_pb2.REVOCATION_REASON_SUPERSEDED: "superseded",
     certificate_service_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION: "cessation_of_operation",
 }
-_CONDITION_STATUS = {
-    "True": certificate_service_pb2.CONDITION_STATUS_TRUE,
-    "False": certificate_service_pb2.CONDITION_STATUS_FALSE,
+_CONDITION_STATUS: dict[str, certificate_service_pb2.ConditionStatus.ValueType] = {
+    ConditionStatus.TRUE: certificate_service_pb2.CONDITION_STATUS_TRUE,
+    ConditionStatus.FALSE: certificate_service_pb2.CONDITION_STATUS_FALSE,
 }
 _WATCH_RECHECK_SECONDS = 1.0
 
 
-def _enum_by_name(enum: Any, prefix: str, value: str) -> Any:
-    if not value:
-        return 0
-    return enum.Value(f"{prefix}_{value.upper()}")
+# The stored states and stages are the proto names without their prefix (see `states`); an
+# enum member without a proto value fails here, at import, rather than in a response.
+_STATE = {
+    state: certificate_service_pb2.State.Value(f"STATE_{state.name}") for state in CertificateState
+}
+_STAGE = {
+    stage: certificate_service_pb2.Stage.Value(f"STAGE_{stage.name}")
+    for stage in Stage
+    if stage != Stage.NONE
+} | {Stage.NONE: certificate_service_pb2.STAGE_UNSPECIFIED}
 
 
 class Authorizer:
@@ -192,8 +200,8 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
         key_type=_KEY_TYPE_ENUM[KeyType(row.key_type)],
         profile=row.profile,
         challenge_type=_CHALLENGE_ENUM[ChallengeType(row.challenge_type)],
-        state=_enum_by_name(pb.State, "STATE", row.state),
-        stage=_enum_by_name(pb.Stage, "STAGE", row.stage),
+        state=_STATE[CertificateState(row.state)],
+        stage=_STAGE[Stage(row.stage)],
         failed_attempts=row.failed_attempts,
         next_attempt_time=optional_timestamp(row.next_attempt_time),
         order_url=row.order_url,
@@ -239,7 +247,7 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
         cert.last_failure.CopyFrom(
             pb.Failure(
                 time=optional_timestamp(failure["time"]),
-                stage=_enum_by_name(pb.Stage, "STAGE", failure.get("stage", "")),
+                stage=_STAGE[Stage(failure.get("stage", ""))],
                 reason=failure["reason"],
                 message=failure["message"],
                 acme_problem_type=failure.get("acme_problem_type", ""),
