@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import ParamSpec, TypeVar
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -37,6 +37,7 @@ from acmezone_issuer.states import CertificateState
 from acmezone_issuer.storage.database import Shield, open_engine
 from acmezone_issuer.storage.tables import (
     AccountRow,
+    Base,
     CertificateRow,
     DelegationRow,
     DeliveryTargetRow,
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+RowT = TypeVar("RowT", bound=Base)
+# The tables listed in pages, ordered by their `seq`.
+PagedT = TypeVar("PagedT", AccountRow, CertificateRow, DeliveryTokenRow, DeliveryTargetRow)
 
 
 class _Unset(Enum):
@@ -136,19 +140,35 @@ class Repository:
         await self.shield.drain()
         await self._engine.dispose()
 
+    async def _insert(self, row: RowT, reason: str, message: str) -> RowT:
+        """Add a row in its own transaction; ALREADY_EXISTS (`reason`) when its key is taken."""
+        try:
+            async with self._sessions.begin() as session:
+                session.add(row)
+        except IntegrityError as exc:
+            raise AlreadyExistsError(reason, message) from exc
+        return row
+
+    async def _page(
+        self, model: type[PagedT], page_token: str, limit: int, *where: ColumnElement[bool]
+    ) -> Page[PagedT]:
+        """A page of `model` rows in `seq` order after the one `page_token` names."""
+        statement = (
+            select(model)
+            .where(model.seq > seq_after(page_token), *where)
+            .order_by(model.seq)
+            .limit(fetch_limit(limit))
+        )
+        async with self._sessions() as session:
+            rows = list(await session.scalars(statement))
+        return page_of(rows, limit, _by_seq)
+
     # -- accounts ------------------------------------------------------------------------------
 
     @_shielded
     async def insert_account(self, row: AccountRow) -> AccountRow:
         """Store a new account; ALREADY_EXISTS when the id is taken."""
-        try:
-            async with self._sessions.begin() as session:
-                session.add(row)
-        except IntegrityError as exc:
-            raise AlreadyExistsError(
-                errors.ACCOUNT_EXISTS, f"account {row.id!r} exists already"
-            ) from exc
-        return row
+        return await self._insert(row, errors.ACCOUNT_EXISTS, f"account {row.id!r} exists already")
 
     @_shielded
     async def get_account(self, account_id: str) -> AccountRow:
@@ -162,17 +182,7 @@ class Repository:
     @_shielded
     async def list_accounts(self, page_token: str, limit: int) -> Page[AccountRow]:
         """A page of accounts, in creation order, after the one `page_token` names."""
-        after_seq = seq_after(page_token)
-        async with self._sessions() as session:
-            rows = list(
-                await session.scalars(
-                    select(AccountRow)
-                    .where(AccountRow.seq > after_seq)
-                    .order_by(AccountRow.seq)
-                    .limit(fetch_limit(limit))
-                )
-            )
-        return page_of(rows, limit, _by_seq)
+        return await self._page(AccountRow, page_token, limit)
 
     @_shielded
     async def set_account_url(self, account_id: str, account_url: str) -> None:
@@ -206,14 +216,9 @@ class Repository:
     @_shielded
     async def insert_certificate(self, row: CertificateRow) -> CertificateRow:
         """Store a new certificate; ALREADY_EXISTS when the id is taken."""
-        try:
-            async with self._sessions.begin() as session:
-                session.add(row)
-        except IntegrityError as exc:
-            raise AlreadyExistsError(
-                errors.CERTIFICATE_EXISTS, f"certificates/{row.id} exists already"
-            ) from exc
-        return row
+        return await self._insert(
+            row, errors.CERTIFICATE_EXISTS, f"certificates/{row.id} exists already"
+        )
 
     @_shielded
     async def get_certificate(self, certificate_id: str) -> CertificateRow:
@@ -236,17 +241,7 @@ class Repository:
     @_shielded
     async def list_certificates(self, page_token: str, limit: int) -> Page[CertificateRow]:
         """A page of certificates, in creation order, after the one `page_token` names."""
-        after_seq = seq_after(page_token)
-        async with self._sessions() as session:
-            rows = list(
-                await session.scalars(
-                    select(CertificateRow)
-                    .where(CertificateRow.seq > after_seq)
-                    .order_by(CertificateRow.seq)
-                    .limit(fetch_limit(limit))
-                )
-            )
-        return page_of(rows, limit, _by_seq)
+        return await self._page(CertificateRow, page_token, limit)
 
     @_shielded
     async def count_certificates_by_state(self) -> dict[str, int]:
@@ -459,14 +454,9 @@ class Repository:
     @_shielded
     async def insert_delivery_token(self, row: DeliveryTokenRow) -> DeliveryTokenRow:
         """Store a new delivery token; ALREADY_EXISTS when the id is taken."""
-        try:
-            async with self._sessions.begin() as session:
-                session.add(row)
-        except IntegrityError as exc:
-            raise AlreadyExistsError(
-                errors.DELIVERY_TOKEN_EXISTS, f"delivery token {row.id!r} exists already"
-            ) from exc
-        return row
+        return await self._insert(
+            row, errors.DELIVERY_TOKEN_EXISTS, f"delivery token {row.id!r} exists already"
+        )
 
     @_shielded
     async def find_delivery_token(self, token_id: str) -> DeliveryTokenRow | None:
@@ -488,17 +478,7 @@ class Repository:
     @_shielded
     async def list_delivery_tokens(self, page_token: str, limit: int) -> Page[DeliveryTokenRow]:
         """A page of delivery tokens, in creation order, after the one `page_token` names."""
-        after_seq = seq_after(page_token)
-        async with self._sessions() as session:
-            rows = list(
-                await session.scalars(
-                    select(DeliveryTokenRow)
-                    .where(DeliveryTokenRow.seq > after_seq)
-                    .order_by(DeliveryTokenRow.seq)
-                    .limit(fetch_limit(limit))
-                )
-            )
-        return page_of(rows, limit, _by_seq)
+        return await self._page(DeliveryTokenRow, page_token, limit)
 
     @_shielded
     async def delete_delivery_token(self, token_id: str) -> None:
@@ -554,20 +534,9 @@ class Repository:
     ) -> Page[DeliveryTargetRow]:
         """A page of one certificate's targets, in report order, after the one `page_token`
         names."""
-        after_seq = seq_after(page_token)
-        async with self._sessions() as session:
-            rows = list(
-                await session.scalars(
-                    select(DeliveryTargetRow)
-                    .where(
-                        DeliveryTargetRow.certificate_id == certificate_id,
-                        DeliveryTargetRow.seq > after_seq,
-                    )
-                    .order_by(DeliveryTargetRow.seq)
-                    .limit(fetch_limit(limit))
-                )
-            )
-        return page_of(rows, limit, _by_seq)
+        return await self._page(
+            DeliveryTargetRow, page_token, limit, DeliveryTargetRow.certificate_id == certificate_id
+        )
 
     @_shielded
     async def delete_delivery_target(self, certificate_id: str, target_id: str) -> None:
