@@ -21,7 +21,7 @@ from acmezone_common.sql import utcnow
 from acmezone_issuer import errors
 from acmezone_issuer.acme_client import AcmeClient, register_account, terms_of_service
 from acmezone_issuer.errors import AcmeProblemError, AcmeUnavailableError
-from acmezone_issuer.keys import KeySealer, KeyType, generate_key
+from acmezone_issuer.keys import KeySealer, check_key_type, generate_key
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.names import check_emails
 from acmezone_issuer.storage.repository import Repository
@@ -74,10 +74,7 @@ class AccountManager:
                 field="account.directory_url",
             )
         emails = check_emails(emails, "account.contact_emails")
-        if key_type not in set(KeyType):
-            raise InvalidArgumentError(
-                errors.INVALID_KEY_TYPE, f"unknown key type {key_type!r}", field="account.key_type"
-            )
+        check_key_type(key_type, "account.key_type")
         if bool(eab_key_id) != bool(eab_hmac_key):
             raise InvalidArgumentError(
                 errors.INVALID_EXTERNAL_ACCOUNT_BINDING,

@@ -25,7 +25,7 @@ from acmezone_issuer.challenges import ChallengeType
 from acmezone_issuer.conditions import revoked_conditions
 from acmezone_issuer.errors import AcmeProblemError, IssuanceError
 from acmezone_issuer.events import CertificateEvents
-from acmezone_issuer.keys import KeySealer, KeyType, key_to_pem
+from acmezone_issuer.keys import KeySealer, check_key_type, key_to_pem
 from acmezone_issuer.metrics import IssuerMetrics
 from acmezone_issuer.names import normalise_dns_names
 from acmezone_issuer.reconciler import Reconciler
@@ -84,12 +84,7 @@ class CertificateManager:
             raise InvalidArgumentError(
                 errors.INVALID_ACCOUNT, "account must be accounts/{id}", field="certificate.account"
             )
-        if key_type not in set(KeyType):
-            raise InvalidArgumentError(
-                errors.INVALID_KEY_TYPE,
-                f"unknown key type {key_type!r}",
-                field="certificate.key_type",
-            )
+        check_key_type(key_type, "certificate.key_type")
         if challenge_type not in set(ChallengeType):
             raise InvalidArgumentError(
                 errors.INVALID_CHALLENGE_TYPE,

@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
+from acmezone_common.errors import InvalidArgumentError
+from acmezone_issuer import errors
+
 
 class KeyType(StrEnum):
     """The kinds of key an account or a certificate may have, as stored and as the CLI names
@@ -31,6 +34,18 @@ class KeyType(StrEnum):
 
 
 DEFAULT_KEY_TYPE = KeyType.ECDSA_P256
+
+
+def check_key_type(value: str, field: str) -> KeyType:
+    """The key type a request names, or INVALID_ARGUMENT (INVALID_KEY_TYPE) naming `field`."""
+    try:
+        return KeyType(value)
+    except ValueError:
+        raise InvalidArgumentError(
+            errors.INVALID_KEY_TYPE, f"unknown key type {value!r}", field=field
+        ) from None
+
+
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 _SEAL_VERSION = b"\x01"
