@@ -23,6 +23,7 @@ from acmezone_common.sql import utcnow
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.acme_client import (
     AcmeClient,
+    AcmeStatus,
     Authorization,
     Order,
     describe_problem,
@@ -302,7 +303,7 @@ class CertificateAttempt:
         wanted = sorted(self.row.dns_names)
         for url in reversed([u for u in urls if u not in known][-_ORDERS_TO_SCAN:]):
             order = await client.get_order(url)
-            if order.status != "invalid" and sorted(order.identifiers) == wanted:
+            if order.status != AcmeStatus.INVALID and sorted(order.identifiers) == wanted:
                 return order
         return None
 
@@ -310,9 +311,9 @@ class CertificateAttempt:
         """Move an order on from whatever status it has until it is valid (or fails)."""
         deadline = time.monotonic() + self._policy.validation_timeout
         while True:
-            if order.status == "pending":
+            if order.status == AcmeStatus.PENDING:
                 await self.solve(client, order, deadline)
-            elif order.status == "ready":
+            elif order.status == AcmeStatus.READY:
                 await self.save(CertificateUpdate(stage=Stage.FINALIZING))
                 assert self.row.sealed_pending_key is not None
                 key = self._sealer.open_key(
@@ -324,12 +325,12 @@ class CertificateAttempt:
                 except AcmeProblemError as exc:
                     if not exc.problem_type.endswith("orderNotReady"):
                         raise
-            elif order.status == "processing":
+            elif order.status == AcmeStatus.PROCESSING:
                 await self.sleep_until(order.retry_after, deadline)
-            elif order.status == "valid":
+            elif order.status == AcmeStatus.VALID:
                 await self.complete(client, order)
                 return
-            elif order.status == "invalid":
+            elif order.status == AcmeStatus.INVALID:
                 detail = describe_problem(order.error) if order.error else "no detail given"
                 raise OrderInvalidError(
                     f"the CA marked the order invalid: {detail}",
@@ -355,7 +356,7 @@ class CertificateAttempt:
     async def solve(self, client: AcmeClient, order: Order, deadline: float) -> None:
         """Present every pending authorization's challenge, wait for DNS, answer, and poll."""
         authorizations = [await client.get_authorization(url) for url in order.authorizations]
-        pending = [a for a in authorizations if a.status == "pending"]
+        pending = [a for a in authorizations if a.status == AcmeStatus.PENDING]
         to_answer = []
         revision = 0  # the feed revision that carries every value written
         await self.save(CertificateUpdate(stage=Stage.PRESENTING))
@@ -377,7 +378,7 @@ class CertificateAttempt:
                 token, key_authorization = client.http01_response(challenge)
                 await self._http01.present(token, key_authorization, self.row.id)
                 self.attempt.tokens.add(token)
-            if status_name(challenge.status) == "pending":
+            if status_name(challenge.status) == AcmeStatus.PENDING:
                 to_answer.append(challenge)
         if self.attempt.txt:
             await self.save(CertificateUpdate(stage=Stage.PROPAGATING))
@@ -443,9 +444,9 @@ class CertificateAttempt:
         current = authorization
         while True:
             current = await client.get_authorization(current.url)
-            if current.status == "valid":
+            if current.status == AcmeStatus.VALID:
                 return
-            if current.status != "pending":
+            if current.status != AcmeStatus.PENDING:
                 problems = [
                     describe_problem(c.error) for c in current.challenges if c.error is not None
                 ]

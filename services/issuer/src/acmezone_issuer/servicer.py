@@ -41,6 +41,7 @@ from acmezone_common.sql import utcnow
 from acmezone_common.timestamps import optional_timestamp
 from acmezone_issuer import errors
 from acmezone_issuer.accounts import AccountManager
+from acmezone_issuer.acme_client import AcmeStatus
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
 from acmezone_issuer.challenges import DNS_METHODS, ChallengeType, dns_account_label
 from acmezone_issuer.conditions import ConditionStatus
@@ -79,10 +80,10 @@ _CHALLENGES = {
     certificate_service_pb2.CHALLENGE_TYPE_DNS_PERSIST_01: ChallengeType.DNS_PERSIST01,
 }
 _CHALLENGE_ENUM = {v: k for k, v in _CHALLENGES.items()}
-_ACCOUNT_STATUS = {
-    "valid": account_service_pb2.ACCOUNT_STATUS_VALID,
-    "deactivated": account_service_pb2.ACCOUNT_STATUS_DEACTIVATED,
-    "revoked": account_service_pb2.ACCOUNT_STATUS_REVOKED,
+_ACCOUNT_STATUS: dict[str, account_service_pb2.AccountStatus.ValueType] = {
+    AcmeStatus.VALID: account_service_pb2.ACCOUNT_STATUS_VALID,
+    AcmeStatus.DEACTIVATED: account_service_pb2.ACCOUNT_STATUS_DEACTIVATED,
+    AcmeStatus.REVOKED: account_service_pb2.ACCOUNT_STATUS_REVOKED,
 }
 _REVOCATION = {
     certificate_service_pb2.REVOCATION_REASON_NONE_GIVEN: "none_given",

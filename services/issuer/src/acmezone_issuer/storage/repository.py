@@ -48,6 +48,9 @@ from acmezone_issuer.storage.tables import (
 
 logger = logging.getLogger(__name__)
 
+# An account the CA registered again is valid (RFC 8555 status, as the accounts table stores it).
+ACCOUNT_VALID = "valid"
+
 P = ParamSpec("P")
 R = TypeVar("R")
 RowT = TypeVar("RowT", bound=Base)
@@ -191,7 +194,7 @@ class Repository:
             await session.execute(
                 update(AccountRow)
                 .where(AccountRow.id == account_id)
-                .values(account_url=account_url, status="valid")
+                .values(account_url=account_url, status=ACCOUNT_VALID)
             )
 
     @_shielded
