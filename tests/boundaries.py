@@ -56,3 +56,15 @@ def may_use_grpc(relative: str, clients: set[str]) -> bool:
 def others_than(package: str) -> tuple[str, ...]:
     """The packages a service must not import: the other services and the clients."""
     return (*(s for s in SERVICES if s != package), CLIENTS)
+
+
+def check_service(package: ModuleType, grpc_clients: set[str], sees: str, at_least: int) -> None:
+    """The two rules for a service's package: no other service or the clients imported, and
+    grpc only where `may_use_grpc` allows. `sees` is a module known to import grpc, so a reader
+    that found no imports at all cannot pass; `at_least` how many modules there are."""
+    found = package_imports(package)
+    for relative, modules in found.items():
+        assert not from_packages(modules, others_than(package.__name__)), relative
+    assert {r for r in grpc_users(found) if not may_use_grpc(r, grpc_clients)} == set()
+    assert sees in grpc_users(found)
+    assert len(found) >= at_least

@@ -15,9 +15,10 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,12 @@ from acmezone.issuer.v1 import (
     certificate_service_pb2_grpc,
 )
 from acmezone_clients.devpebble import LocalPebble
+from acmezone_common.sql import utcnow
 from acmezone_common.testing import free_port
 from acmezone_issuer.app import IssuerApp
 from acmezone_issuer.settings import IssuerSettings
+from acmezone_issuer.storage.database import async_url, migrate
+from acmezone_issuer.storage.repository import Repository
 
 OPERATOR_TOKEN = "issuer-test-token"
 AUTH = (("authorization", f"Bearer {OPERATOR_TOKEN}"),)
@@ -330,3 +334,25 @@ async def running_issuer(
 def state_name(cert: certificate_service_pb2.Certificate) -> str:
     """`STATE_ISSUED` etc."""
     return certificate_service_pb2.State.Name(cert.state)
+
+
+@pytest.fixture
+def repository_clock() -> Callable[[], datetime]:
+    """The clock the `store` fixture's repository reads; a test module may override it with one
+    it moves by hand."""
+    return utcnow
+
+
+@pytest.fixture
+async def store(
+    database_url: str, tmp_path: Path, repository_clock: Callable[[], datetime]
+) -> AsyncIterator[Repository]:
+    """A repository on a migrated database of each kind (SQLite, PostgreSQL)."""
+    url = async_url(database_url, tmp_path)
+    await asyncio.to_thread(migrate, url)
+    await asyncio.to_thread(migrate, url)  # idempotent
+    opened = Repository.open(url, clock=repository_clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()

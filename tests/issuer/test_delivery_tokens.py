@@ -4,9 +4,7 @@ certificate and for every other RPC of the issuer (its four services); refused o
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ from acmezone.issuer.v1 import delivery_token_service_pb2 as dpb
 from acmezone_common.errors import AlreadyExistsError, NotFoundError, UnauthenticatedError
 from acmezone_common.testing import error_info_reason
 from acmezone_issuer.delivery import DeliveryTokens
-from acmezone_issuer.storage.database import async_url, migrate
 from acmezone_issuer.storage.repository import Repository
 from tests.issuer.conftest import AUTH, CA, Client, running_issuer
 from tests.issuer.test_repository import account, certificate
@@ -43,17 +40,6 @@ SERVICES = [
     dpb.DESCRIPTOR.services_by_name["DeliveryTokenService"],
     delivery_target_service_pb2.DESCRIPTOR.services_by_name["DeliveryTargetService"],
 ]
-
-
-@pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Repository]:
-    url = async_url(database_url, tmp_path)
-    await asyncio.to_thread(migrate, url)
-    opened = Repository.open(url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_tokens_are_stored_hashed_and_authenticate(store: Repository) -> None:

@@ -3,30 +3,15 @@ report; the summary the fleet gauges are made from; reports validated before sto
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from acmezone_common.errors import InvalidArgumentError, NotFoundError
 from acmezone_common.sql import utcnow
 from acmezone_issuer.fleet import DeliveryTargets, FleetFigures, Report, summarise
-from acmezone_issuer.storage.database import async_url, migrate
 from acmezone_issuer.storage.repository import Repository
 from tests.issuer.test_repository import account, certificate
-
-
-@pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Repository]:
-    url = async_url(database_url, tmp_path)
-    await asyncio.to_thread(migrate, url)
-    opened = Repository.open(url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def report(target_id: str, serial: str, days: int = 30, **extra: object) -> Report:

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
-import pytest
 
 from acmezone_common.addresses import HostPort
 from acmezone_issuer.solvers.http01 import Http01Solver
-from acmezone_issuer.storage.database import async_url, migrate
 from acmezone_issuer.storage.repository import Repository
-
-
-@pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Repository]:
-    url = async_url(database_url, tmp_path)
-    await asyncio.to_thread(migrate, url)
-    opened = Repository.open(url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_a_token_presented_on_one_replica_is_answered_by_another(store: Repository) -> None:

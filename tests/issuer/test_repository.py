@@ -4,15 +4,12 @@ revisions."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from acmezone_common.errors import AlreadyExistsError, FailedPreconditionError
 from acmezone_common.sql import utcnow
-from acmezone_issuer.storage.database import async_url, migrate
 from acmezone_issuer.storage.repository import CertificateUpdate, Repository
 from acmezone_issuer.storage.tables import AccountRow, CertificateRow
 
@@ -36,15 +33,9 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def store(database_url: str, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Repository]:
-    url = async_url(database_url, tmp_path)
-    await asyncio.to_thread(migrate, url)
-    await asyncio.to_thread(migrate, url)  # idempotent
-    opened = Repository.open(url, clock=clock)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def repository_clock(clock: ManualClock) -> ManualClock:
+    """The `store` fixture's repository reads this clock (see tests/issuer/conftest.py)."""
+    return clock
 
 
 def account(account_id: str = "acct") -> AccountRow:
