@@ -157,9 +157,7 @@ class CertificateManager:
             certificate_id, CertificateUpdate(renew_requested=True, next_attempt_time=utcnow())
         )
         if row is None:
-            raise NotFoundError(
-                errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
-            )
+            raise errors.certificate_not_found(certificate_id)
         self._events.changed()
         self._reconciler.wake()
         return row
@@ -200,9 +198,7 @@ class CertificateManager:
             ),
         )
         if updated is None:
-            raise NotFoundError(
-                errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
-            )
+            raise errors.certificate_not_found(certificate_id)
         with contextlib.suppress(KeyError):
             self._metrics.renewal.remove(f"certificates/{certificate_id}")
         logger.info("certificate revoked", extra={"certificate": certificate_id})

@@ -18,6 +18,8 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
+from acmezone_common.errors import NotFoundError
+
 ERROR_DOMAIN = "issuer.acmezone.dev"
 
 # Request-error reasons (`google.rpc.ErrorInfo.reason`): stable values clients may branch on.
@@ -62,6 +64,21 @@ REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"
 REVOCATION_REJECTED = "REVOCATION_REJECTED"
 TERMS_NOT_AGREED = "TERMS_NOT_AGREED"
 TOO_MANY_DNS_NAMES = "TOO_MANY_DNS_NAMES"
+
+
+def certificate_not_found(certificate_id: str) -> NotFoundError:
+    """NOT_FOUND for `certificates/{certificate_id}`, worded alike wherever it is raised."""
+    return NotFoundError(CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist")
+
+
+def account_not_found(account_id: str) -> NotFoundError:
+    """NOT_FOUND for `accounts/{account_id}`."""
+    return NotFoundError(ACCOUNT_NOT_FOUND, f"accounts/{account_id} does not exist")
+
+
+def delivery_token_not_found(token_id: str) -> NotFoundError:
+    """NOT_FOUND for `deliveryTokens/{token_id}`."""
+    return NotFoundError(DELIVERY_TOKEN_NOT_FOUND, f"deliveryTokens/{token_id} does not exist")
 
 
 class FailureReason(StrEnum):

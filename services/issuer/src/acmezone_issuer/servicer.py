@@ -434,9 +434,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         while True:
             row = await self._repository.find_certificate(certificate_id)
             if row is None:
-                raise NotFoundError(
-                    errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
-                )
+                raise errors.certificate_not_found(certificate_id)
             if row.revision != last_revision:
                 if last_revision != -1:
                     # A delivery token revoked mid-stream stops the stream at the next change.

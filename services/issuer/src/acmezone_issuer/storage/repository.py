@@ -23,7 +23,7 @@ from typing import ParamSpec, TypeVar
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from acmezone_common.errors import (
     AlreadyExistsError,
@@ -106,6 +106,16 @@ class CertificateUpdate:
             setattr(row, name, value)
 
 
+async def _reread(session: AsyncSession, certificate_id: str) -> CertificateRow | None:
+    """The certificate as the UPDATE just left it, inside the same transaction (not a copy the
+    session already held)."""
+    return await session.scalar(
+        select(CertificateRow)
+        .where(CertificateRow.id == certificate_id)
+        .execution_options(populate_existing=True)
+    )
+
+
 def _by_seq(row: AccountRow | CertificateRow | DeliveryTokenRow | DeliveryTargetRow) -> PageKey:
     return (row.seq,)
 
@@ -179,7 +189,7 @@ class Repository:
         async with self._sessions() as session:
             row = await session.scalar(select(AccountRow).where(AccountRow.id == account_id))
         if row is None:
-            raise NotFoundError(errors.ACCOUNT_NOT_FOUND, f"accounts/{account_id} does not exist")
+            raise errors.account_not_found(account_id)
         return row
 
     @_shielded
@@ -212,7 +222,7 @@ class Repository:
                 )
             result = await session.execute(delete(AccountRow).where(AccountRow.id == account_id))
         if rowcount(result) == 0:
-            raise NotFoundError(errors.ACCOUNT_NOT_FOUND, f"accounts/{account_id} does not exist")
+            raise errors.account_not_found(account_id)
 
     # -- certificates --------------------------------------------------------------------------
 
@@ -228,9 +238,7 @@ class Repository:
         """One certificate, or NOT_FOUND."""
         row = await self.find_certificate(certificate_id)
         if row is None:
-            raise NotFoundError(
-                errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
-            )
+            raise errors.certificate_not_found(certificate_id)
         return row
 
     @_shielded
@@ -282,9 +290,7 @@ class Repository:
             )
             await session.execute(delete(OrderRow).where(OrderRow.certificate_id == certificate_id))
         if rowcount(result) == 0:
-            raise NotFoundError(
-                errors.CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist"
-            )
+            raise errors.certificate_not_found(certificate_id)
 
     @_shielded
     async def update_certificate(
@@ -306,11 +312,7 @@ class Repository:
             result = await session.execute(statement)
             if rowcount(result) == 0:
                 return None
-            return await session.scalar(
-                select(CertificateRow)
-                .where(CertificateRow.id == certificate_id)
-                .execution_options(populate_existing=True)
-            )
+            return await _reread(session, certificate_id)
 
     @_shielded
     async def due_certificates(self, now: datetime, limit: int) -> list[str]:
@@ -350,11 +352,7 @@ class Repository:
             )
             if rowcount(result) == 0:
                 return None
-            return await session.scalar(
-                select(CertificateRow)
-                .where(CertificateRow.id == certificate_id)
-                .execution_options(populate_existing=True)
-            )
+            return await _reread(session, certificate_id)
 
     @_shielded
     async def renew_lease(self, certificate_id: str, owner: str, duration: timedelta) -> bool:
@@ -473,9 +471,7 @@ class Repository:
         """A delivery token by id, or NOT_FOUND."""
         row = await self.find_delivery_token(token_id)
         if row is None:
-            raise NotFoundError(
-                errors.DELIVERY_TOKEN_NOT_FOUND, f"deliveryTokens/{token_id} does not exist"
-            )
+            raise errors.delivery_token_not_found(token_id)
         return row
 
     @_shielded
@@ -491,9 +487,7 @@ class Repository:
                 delete(DeliveryTokenRow).where(DeliveryTokenRow.id == token_id)
             )
         if rowcount(result) == 0:
-            raise NotFoundError(
-                errors.DELIVERY_TOKEN_NOT_FOUND, f"deliveryTokens/{token_id} does not exist"
-            )
+            raise errors.delivery_token_not_found(token_id)
 
     # -- delivery targets ----------------------------------------------------------------------
 
