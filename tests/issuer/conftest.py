@@ -338,13 +338,13 @@ def state_name(cert: certificate_service_pb2.Certificate) -> str:
 
 @pytest.fixture
 def repository_clock() -> Callable[[], datetime]:
-    """The clock the `store` fixture's repository reads; a test module may override it with one
+    """The clock the `repository` fixture reads; a test module may override it with one
     it moves by hand."""
     return utcnow
 
 
 @pytest.fixture
-async def store(
+async def repository(
     database_url: str, tmp_path: Path, repository_clock: Callable[[], datetime]
 ) -> AsyncIterator[Repository]:
     """A repository on a migrated database of each kind (SQLite, PostgreSQL)."""

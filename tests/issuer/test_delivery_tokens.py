@@ -42,16 +42,16 @@ SERVICES = [
 ]
 
 
-async def test_tokens_are_stored_hashed_and_authenticate(store: Repository) -> None:
-    await store.insert_account(account())
-    await store.insert_certificate(certificate("web"))
-    await store.insert_certificate(certificate("api"))
-    tokens = DeliveryTokens(store)
+async def test_tokens_are_stored_hashed_and_authenticate(repository: Repository) -> None:
+    await repository.insert_account(account())
+    await repository.insert_certificate(certificate("web"))
+    await repository.insert_certificate(certificate("api"))
+    tokens = DeliveryTokens(repository)
     row, token = await tokens.create("fra1", ["certificates/web", "certificates/api"], "fra1")
     assert token.startswith("azdt_fra1_")
     secret = token.removeprefix("azdt_fra1_")
     assert len(secret) >= 43  # 256 bits, base64url
-    stored = await store.get_delivery_token("fra1")
+    stored = await repository.get_delivery_token("fra1")
     assert stored.secret_sha256 == hashlib.sha256(secret.encode()).digest()
     assert stored.certificate_ids == ["web", "api"]
     scope = await tokens.authenticate(token)
@@ -66,16 +66,16 @@ async def test_tokens_are_stored_hashed_and_authenticate(store: Repository) -> N
     with pytest.raises(NotFoundError):
         await tokens.create("other", ["certificates/nope"], "")
     second, _ = await tokens.create("", ["certificates/web"], "")
-    page = await store.list_delivery_tokens("", 1)
+    page = await repository.list_delivery_tokens("", 1)
     assert [r.id for r in page.items] == ["fra1"]
-    page = await store.list_delivery_tokens(page.next_page_token, 10)
+    page = await repository.list_delivery_tokens(page.next_page_token, 10)
     assert [r.id for r in page.items] == [second.id]
     assert page.next_page_token == ""
-    await store.delete_delivery_token("fra1")
+    await repository.delete_delivery_token("fra1")
     with pytest.raises(UnauthenticatedError, match="not valid"):
         await tokens.authenticate(token)
     with pytest.raises(NotFoundError):
-        await store.delete_delivery_token("fra1")
+        await repository.delete_delivery_token("fra1")
     assert row.id == "fra1"
 
 

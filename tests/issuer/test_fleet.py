@@ -1,4 +1,4 @@
-"""Delivery targets in the store (SQLite and PostgreSQL): one row per target, replaced by each
+"""Delivery targets in the database (SQLite and PostgreSQL): one row per target, replaced by each
 report; the summary the fleet gauges are made from; reports validated before storing."""
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def report(target_id: str, serial: str, days: int = 30, **extra: object) -> Repo
     return Report(**values)  # type: ignore[arg-type]
 
 
-async def test_reports_replace_each_other_and_feed_the_summary(store: Repository) -> None:
-    await store.insert_account(account())
+async def test_reports_replace_each_other_and_feed_the_summary(repository: Repository) -> None:
+    await repository.insert_account(account())
     row = certificate("web")
     row.serial_number = "bb"
-    await store.insert_certificate(row)
-    targets = DeliveryTargets(store)
+    await repository.insert_certificate(row)
+    targets = DeliveryTargets(repository)
 
     stored, current = await targets.report(report("one", "aa", days=3))
     assert not current
@@ -45,13 +45,13 @@ async def test_reports_replace_each_other_and_feed_the_summary(store: Repository
     assert current
     await targets.report(report("two", "aa", days=5))
     await targets.report(report("three", "aa", days=4))
-    page = await store.list_delivery_targets("web", "", 10)
+    page = await repository.list_delivery_targets("web", "", 10)
     rows = page.items
     assert [r.target_id for r in rows] == ["one", "two", "three"]
     assert page.next_page_token == ""
     assert rows[0].serial_number == "bb"
 
-    figures = summarise(await store.delivery_summary())
+    figures = summarise(await repository.delivery_summary())
     assert figures["web"].current == 1
     assert figures["web"].stale == 2
     earliest = figures["web"].earliest_stale_not_after

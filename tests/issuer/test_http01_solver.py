@@ -9,9 +9,11 @@ from acmezone_issuer.solvers.http01 import Http01Solver
 from acmezone_issuer.storage.repository import Repository
 
 
-async def test_a_token_presented_on_one_replica_is_answered_by_another(store: Repository) -> None:
-    a = Http01Solver(HostPort("127.0.0.1", 0), store)
-    b = Http01Solver(HostPort("127.0.0.1", 0), store)
+async def test_a_token_presented_on_one_replica_is_answered_by_another(
+    repository: Repository,
+) -> None:
+    a = Http01Solver(HostPort("127.0.0.1", 0), repository)
+    b = Http01Solver(HostPort("127.0.0.1", 0), repository)
     await a.start()
     await b.start()
     try:

@@ -34,7 +34,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def repository_clock(clock: ManualClock) -> ManualClock:
-    """The `store` fixture's repository reads this clock (see tests/issuer/conftest.py)."""
+    """The `repository` fixture's repository reads this clock (see tests/issuer/conftest.py)."""
     return clock
 
 
@@ -81,62 +81,62 @@ def certificate(certificate_id: str, account_id: str = "acct") -> CertificateRow
     )
 
 
-async def test_only_one_replica_holds_a_lease(store: Repository) -> None:
-    await store.insert_account(account())
-    await store.insert_certificate(certificate("c1"))
+async def test_only_one_replica_holds_a_lease(repository: Repository) -> None:
+    await repository.insert_account(account())
+    await repository.insert_certificate(certificate("c1"))
     results = await asyncio.gather(
-        *(store.acquire_lease("c1", f"replica-{i}", timedelta(seconds=30)) for i in range(8))
+        *(repository.acquire_lease("c1", f"replica-{i}", timedelta(seconds=30)) for i in range(8))
     )
     winners = [row.lease_owner for row in results if row is not None]
     assert len(winners) == 1
     winner = winners[0]
-    assert await store.due_certificates(utcnow(), 10) == []
+    assert await repository.due_certificates(utcnow(), 10) == []
     # A loser's writes are refused; the winner's go through and bump the revision.
     loser = "replica-0" if winner != "replica-0" else "replica-1"
     issuing = CertificateUpdate(state="issuing")
-    assert await store.update_certificate("c1", issuing, lease_owner=loser) is None
-    updated = await store.update_certificate("c1", issuing, lease_owner=winner)
+    assert await repository.update_certificate("c1", issuing, lease_owner=loser) is None
+    updated = await repository.update_certificate("c1", issuing, lease_owner=winner)
     assert updated is not None
     assert (updated.state, updated.revision) == ("issuing", 2)
-    assert await store.renew_lease("c1", winner, timedelta(seconds=30))
-    assert not await store.renew_lease("c1", loser, timedelta(seconds=30))
-    await store.release_lease("c1", winner)
-    assert await store.due_certificates(utcnow(), 10) == ["c1"]
-    assert await store.acquire_lease("c1", loser, timedelta(seconds=30)) is not None
+    assert await repository.renew_lease("c1", winner, timedelta(seconds=30))
+    assert not await repository.renew_lease("c1", loser, timedelta(seconds=30))
+    await repository.release_lease("c1", winner)
+    assert await repository.due_certificates(utcnow(), 10) == ["c1"]
+    assert await repository.acquire_lease("c1", loser, timedelta(seconds=30)) is not None
 
 
-async def test_expired_lease_can_be_taken_over(store: Repository, clock: ManualClock) -> None:
-    await store.insert_account(account())
-    await store.insert_certificate(certificate("c1"))
-    assert await store.acquire_lease("c1", "dead", timedelta(milliseconds=10)) is not None
+async def test_expired_lease_can_be_taken_over(repository: Repository, clock: ManualClock) -> None:
+    await repository.insert_account(account())
+    await repository.insert_certificate(certificate("c1"))
+    assert await repository.acquire_lease("c1", "dead", timedelta(milliseconds=10)) is not None
     clock.advance(timedelta(milliseconds=10))
     # At the very end of the lease it is still held; a moment after, it is free.
-    assert await store.acquire_lease("c1", "alive", timedelta(seconds=30)) is None
+    assert await repository.acquire_lease("c1", "alive", timedelta(seconds=30)) is None
     clock.advance(timedelta(milliseconds=1))
-    taken = await store.acquire_lease("c1", "alive", timedelta(seconds=30))
+    taken = await repository.acquire_lease("c1", "alive", timedelta(seconds=30))
     assert taken is not None
     assert taken.lease_owner == "alive"
 
 
-async def test_paging_counts_and_constraints(store: Repository) -> None:
-    await store.insert_account(account())
+async def test_paging_counts_and_constraints(repository: Repository) -> None:
+    await repository.insert_account(account())
     with pytest.raises(AlreadyExistsError):
-        await store.insert_account(account())
+        await repository.insert_account(account())
     for index in range(5):
-        await store.insert_certificate(certificate(f"c{index}"))
+        await repository.insert_certificate(certificate(f"c{index}"))
     with pytest.raises(AlreadyExistsError):
-        await store.insert_certificate(certificate("c0"))
-    page = await store.list_certificates("", 3)
+        await repository.insert_certificate(certificate("c0"))
+    page = await repository.list_certificates("", 3)
     assert [r.id for r in page.items] == ["c0", "c1", "c2"]
-    page = await store.list_certificates(page.next_page_token, 3)
+    page = await repository.list_certificates(page.next_page_token, 3)
     assert ([r.id for r in page.items], page.next_page_token) == (["c3", "c4"], "")
-    assert await store.count_certificates_by_state() == {"pending": 5}
+    assert await repository.count_certificates_by_state() == {"pending": 5}
     with pytest.raises(FailedPreconditionError):
-        await store.delete_account("acct")
-    await store.record_order("c0", "https://ca.example/order/1")
-    assert [o.order_url for o in await store.orders_of("c0")] == ["https://ca.example/order/1"]
-    await store.delete_certificate("c0")
-    assert await store.orders_of("c0") == []
-    row = await store.get_certificate("c1")
+        await repository.delete_account("acct")
+    await repository.record_order("c0", "https://ca.example/order/1")
+    assert [o.order_url for o in await repository.orders_of("c0")] == ["https://ca.example/order/1"]
+    await repository.delete_certificate("c0")
+    assert await repository.orders_of("c0") == []
+    row = await repository.get_certificate("c1")
     assert row.next_attempt_time is not None
     assert row.next_attempt_time.tzinfo is not None
