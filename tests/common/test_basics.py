@@ -82,3 +82,31 @@ def test_page_size_rule() -> None:
         page_size(-1)
     assert negative.value.reason == "INVALID_PAGE_SIZE"
     assert negative.value.field_violations[0].field == "page_size"
+
+
+def test_page_tokens() -> None:
+    from acmezone_common.errors import INVALID_PAGE_TOKEN, InvalidArgumentError
+    from acmezone_common.paging import decode_page_token, encode_page_token, seq_after
+
+    assert seq_after(encode_page_token((42,))) == 42
+    assert seq_after("") == 0
+    key = ("2026-01-01T00:00:00+00:00", "a")
+    assert decode_page_token(encode_page_token(key), (str, str)) == key
+    wrong_shape = (encode_page_token(("a",)), encode_page_token((1, 2)), encode_page_token((True,)))
+    for bad in ("x", "bm9wZQ", encode_page_token((1,))[:-2] + "!!", *wrong_shape):
+        with pytest.raises(InvalidArgumentError) as refused:
+            seq_after(bad)
+        assert refused.value.reason == INVALID_PAGE_TOKEN
+        assert refused.value.field_violations[0].field == "page_token"
+
+
+def test_page_of_fetches_one_more_than_it_returns() -> None:
+    from acmezone_common.paging import fetch_limit, page_of, seq_after
+
+    rows = list(range(1, 6))
+    assert fetch_limit(3) == 4
+    page = page_of(rows[: fetch_limit(3)], 3, lambda n: (n,))
+    assert page.items == [1, 2, 3]
+    assert seq_after(page.next_page_token) == 3
+    last = page_of(rows[3 : 3 + fetch_limit(3)], 3, lambda n: (n,))
+    assert (last.items, last.next_page_token) == ([4, 5], "")

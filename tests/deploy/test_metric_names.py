@@ -263,9 +263,14 @@ async def _run_services(workdir: Path) -> Run:
         await asyncio.to_thread(_get, f"http://{registry.http_address}/health")
         dns_address = dns_app.dns_addresses[0]
         for _ in range(100):  # wait for the first snapshot (SERVING) before querying
-            if (await asyncio.to_thread(_healthcheck, str(dns_app.grpc_address))).returncode == 0:
+            check = await asyncio.to_thread(_healthcheck, str(dns_app.grpc_address))
+            if check.returncode == 0:
                 break
             await asyncio.sleep(0.05)
+        else:
+            # Querying a dns service that never loaded its zone would count refusals, not
+            # answers, and the figures below would check the wrong thing.
+            pytest.fail(f"the dns service never reported SERVING: {check.stdout}{check.stderr}")
         for name in (f"ns.{ZONE}", "example.org"):
             await dns.asyncquery.udp(
                 dns.message.make_query(name, "A"),

@@ -64,7 +64,7 @@ async def test_cli_request_follow_and_manage(
             )
         )
         for _ in range(200):
-            if await system.issuer.store.find_certificate("cli") is not None:
+            if await system.issuer.repository.find_certificate("cli") is not None:
                 break
             await asyncio.sleep(0.05)
         waiting = await system.client.wait_for(

@@ -52,14 +52,14 @@ async def test_wildcard_and_apex_wait_for_cname_then_issue(
         assert "_acme-challenge.wild.example.test" in conditions["DelegationReady"].message
         # No order is placed while the CNAME is missing, however often it is checked.
         await client.wait_for(cert.name, lambda c: c.revision >= waiting.revision + 4)
-        assert await system.issuer.store.orders_of("wild") == []
+        assert await system.issuer.repository.orders_of("wild") == []
         assert not metrics_registry.get_sample_value(
             "acmezone_issuer_acme_requests_total", {"endpoint": "newOrder", "status": "201"}
         )
 
         await system.add_cname("wild.example.test", target)
         issued = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED)
-        assert len(await system.issuer.store.orders_of("wild")) == 1
+        assert len(await system.issuer.repository.orders_of("wild")) == 1
         assert all(d.ready for d in issued.delegations)
 
         bundle = await client.certificates.ExportCertificate(
@@ -90,7 +90,7 @@ async def test_wildcard_and_apex_wait_for_cname_then_issue(
             lambda c: c.state == pb.STATE_ISSUED and c.serial_number != issued.serial_number,
         )
         assert renewed.delegations[0].cname_target == target
-        assert len(await system.issuer.store.orders_of("wild")) == 2
+        assert len(await system.issuer.repository.orders_of("wild")) == 2
 
 
 async def test_wrong_txt_value_fails_with_the_cas_error(
@@ -174,7 +174,9 @@ async def test_registry_outage_mid_order_is_retried_and_resumes_the_order(
         await system.start_registry()
         issued = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED)
         assert issued.failed_attempts == 0
-        assert [o.order_url for o in await system.issuer.store.orders_of("outage")] == [order_url]
+        assert [o.order_url for o in await system.issuer.repository.orders_of("outage")] == [
+            order_url
+        ]
         assert (
             metrics_registry.get_sample_value(
                 "acmezone_issuer_issuance_failures_total", {"reason": "REGISTRY_ERROR"}

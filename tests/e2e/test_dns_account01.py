@@ -77,7 +77,7 @@ async def test_two_accounts_and_lego_validate_one_wildcard_at_the_same_time(
             )
             assert (checked.cname_name, checked.cname_target) == (owner, cnames[owner])
         assert len(set(cnames.values())) == 2, "each account has a registration of its own"
-        assert not await system.issuer.store.orders_of("acct0")
+        assert not await system.issuer.repository.orders_of("acct0")
 
         # lego's own registration (RFC 2136 with a TSIG key) at the plain _acme-challenge name.
         async with grpc.aio.insecure_channel(str(system.registry.grpc_address)) as channel:
@@ -130,7 +130,7 @@ async def test_two_accounts_and_lego_validate_one_wildcard_at_the_same_time(
                 pb.ExportCertificateRequest(name=cert.name), metadata=AUTH
             )
             assert _sans(bundle.certificate_chain_pem) == sorted(NAMES)
-            assert len(await system.issuer.store.orders_of(cert.name.split("/")[1])) == 1
+            assert len(await system.issuer.repository.orders_of(cert.name.split("/")[1])) == 1
 
 
 async def test_auto_takes_dns01_where_only_acme_challenge_is_delegated(

@@ -47,7 +47,7 @@ async def test_wildcard_through_a_delegated_persistent_record_and_a_renewal_with
             f"{PEBBLE_ISSUER}; accounturi={account.account_url}; policy=wildcard"
         )
         assert not delegation.ready
-        assert not await system.issuer.store.orders_of("persist")
+        assert not await system.issuer.repository.orders_of("persist")
 
         await system.add_cname(delegation.cname_name, delegation.cname_target)
         issued = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED, 90)
@@ -67,7 +67,7 @@ async def test_wildcard_through_a_delegated_persistent_record_and_a_renewal_with
             lambda c: c.state == pb.STATE_ISSUED and c.serial_number != issued.serial_number,
             90,
         )
-        assert len(await system.issuer.store.orders_of("persist")) == 2
+        assert len(await system.issuer.repository.orders_of("persist")) == 2
         assert (await system.registry.repository.feed_status()).revision == before
         assert renewed.delegations[0].ready
 
@@ -128,4 +128,4 @@ async def test_a_record_for_another_account_is_not_taken(
         assert not delegation.ready
         assert "no TXT record for pebble.letsencrypt.org and this account" in delegation.detail
         assert account.account_url in delegation.txt_value
-        assert not await system.issuer.store.orders_of("other")
+        assert not await system.issuer.repository.orders_of("other")

@@ -66,7 +66,7 @@ async def test_two_replicas_never_work_one_certificate_at_once(
             )
             assert all(c.failed_attempts == 0 for c in issued)
             for name in names:
-                assert len(await system.issuer.store.orders_of(name)) == 1, name
+                assert len(await system.issuer.repository.orders_of(name)) == 1, name
             attempts = [
                 m.get_sample_value("acmezone_issuer_issuance_attempts_total") or 0
                 for m in (metrics_a, metrics_b)

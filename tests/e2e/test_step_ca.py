@@ -120,7 +120,7 @@ async def test_step_ca_issues_a_wildcard_through_the_delegation(
         )
         await system.add_cname("step.example.test", waiting.delegations[0].cname_target)
         issued = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED, 90)
-        assert len(await system.issuer.store.orders_of("step")) == 1
+        assert len(await system.issuer.repository.orders_of("step")) == 1
         # step-ca has no ARI: renewal at two thirds of its 24-hour certificates (5% jitter).
         assert issued.renewal_time_source == "lifetime"
         not_before = issued.not_before_time.ToDatetime()

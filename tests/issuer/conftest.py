@@ -11,15 +11,20 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import dns.exception
+import dns.message
+import dns.query
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
@@ -31,9 +36,12 @@ from acmezone.issuer.v1 import (
     certificate_service_pb2_grpc,
 )
 from acmezone_clients.devpebble import LocalPebble
+from acmezone_common.sql import utcnow
 from acmezone_common.testing import free_port
 from acmezone_issuer.app import IssuerApp
 from acmezone_issuer.settings import IssuerSettings
+from acmezone_issuer.storage.database import async_url, migrate
+from acmezone_issuer.storage.repository import Repository
 
 OPERATOR_TOKEN = "issuer-test-token"
 AUTH = (("authorization", f"Bearer {OPERATOR_TOKEN}"),)
@@ -64,10 +72,35 @@ def _start_challtestsrv(port: int, management: int, log: Path) -> subprocess.Pop
         pytest.fail("pebble-challtestsrv missing: run `make system-deps`")
     with log.open("wb") as output:
         process = _popen(binary, port, management, output)
-    time.sleep(0.3)
-    if process.poll() is not None:
-        pytest.fail(f"pebble-challtestsrv exited: {log.read_text()}")
+    _wait_serving(process, port, management, log)
     return process
+
+
+def _serving(port: int, management: int) -> bool:
+    """Whether the management API accepts connections and the DNS server answers a query."""
+    try:
+        with socket.create_connection(("127.0.0.1", management), timeout=0.2):
+            pass
+        query = dns.message.make_query("ready.test.", "A")
+        dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+    except (OSError, dns.exception.Timeout):
+        return False
+    return True
+
+
+def _wait_serving(
+    process: subprocess.Popen[bytes], port: int, management: int, log: Path, within: float = 10.0
+) -> None:
+    """Return once pebble-challtestsrv serves both its ports; fail at once if it exits, and
+    after `within` seconds if it never serves."""
+    deadline = time.monotonic() + within
+    while not _serving(port, management):
+        if process.poll() is not None:
+            pytest.fail(f"pebble-challtestsrv exited: {log.read_text()}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            pytest.fail(f"pebble-challtestsrv did not serve within {within}s: {log.read_text()}")
+        time.sleep(0.02)
 
 
 def _popen(binary: str, port: int, management: int, output: Any) -> subprocess.Popen[bytes]:
@@ -301,3 +334,25 @@ async def running_issuer(
 def state_name(cert: certificate_service_pb2.Certificate) -> str:
     """`STATE_ISSUED` etc."""
     return certificate_service_pb2.State.Name(cert.state)
+
+
+@pytest.fixture
+def repository_clock() -> Callable[[], datetime]:
+    """The clock the `repository` fixture reads; a test module may override it with one
+    it moves by hand."""
+    return utcnow
+
+
+@pytest.fixture
+async def repository(
+    database_url: str, tmp_path: Path, repository_clock: Callable[[], datetime]
+) -> AsyncIterator[Repository]:
+    """A repository on a migrated database of each kind (SQLite, PostgreSQL)."""
+    url = async_url(database_url, tmp_path)
+    await asyncio.to_thread(migrate, url)
+    await asyncio.to_thread(migrate, url)  # idempotent
+    opened = Repository.open(url, clock=repository_clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()

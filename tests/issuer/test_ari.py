@@ -113,7 +113,7 @@ async def test_renewal_follows_the_cas_window(
         assert rechecked.state == pb.STATE_ISSUED
         assert rechecked.serial_number == issued.serial_number
         assert ari.start <= rechecked.renewal_time.ToDatetime(UTC) <= ari.end
-        assert len(await client.app.store.orders_of("ari")) == 1
+        assert len(await client.app.repository.orders_of("ari")) == 1
         # The CA wants it renewed now (say, ahead of a mass revocation): the issuer renews by
         # itself, without being asked.
         ari.start = datetime.now(UTC) - timedelta(minutes=2)
@@ -124,7 +124,7 @@ async def test_renewal_follows_the_cas_window(
         )
         assert renewed.renewal_time_source == "ari"
         assert renewed.renewal_time.ToDatetime(UTC) > datetime.now(UTC) + timedelta(days=30)
-        assert len(await client.app.store.orders_of("ari")) == 2
+        assert len(await client.app.repository.orders_of("ari")) == 2
         assert metrics_registry.get_sample_value(
             "acmezone_issuer_acme_requests_total", {"endpoint": "renewalInfo", "status": "200"}
         )

@@ -4,9 +4,7 @@ certificate and for every other RPC of the issuer (its four services); refused o
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +24,9 @@ from acmezone.issuer.v1 import delivery_token_service_pb2 as dpb
 from acmezone_common.errors import AlreadyExistsError, NotFoundError, UnauthenticatedError
 from acmezone_common.testing import error_info_reason
 from acmezone_issuer.delivery import DeliveryTokens
-from acmezone_issuer.store import Store, async_url, migrate
+from acmezone_issuer.storage.repository import Repository
 from tests.issuer.conftest import AUTH, CA, Client, running_issuer
-from tests.issuer.test_store import account, certificate
+from tests.issuer.test_repository import account, certificate
 
 ALLOWED = {
     "/acmezone.issuer.v1.CertificateService/GetCertificate",
@@ -44,27 +42,16 @@ SERVICES = [
 ]
 
 
-@pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
-    url = async_url(database_url, tmp_path)
-    await asyncio.to_thread(migrate, url)
-    opened = Store.open(url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def test_tokens_are_stored_hashed_and_authenticate(store: Store) -> None:
-    await store.insert_account(account())
-    await store.insert_certificate(certificate("web"))
-    await store.insert_certificate(certificate("api"))
-    tokens = DeliveryTokens(store)
+async def test_tokens_are_stored_hashed_and_authenticate(repository: Repository) -> None:
+    await repository.insert_account(account())
+    await repository.insert_certificate(certificate("web"))
+    await repository.insert_certificate(certificate("api"))
+    tokens = DeliveryTokens(repository)
     row, token = await tokens.create("fra1", ["certificates/web", "certificates/api"], "fra1")
     assert token.startswith("azdt_fra1_")
     secret = token.removeprefix("azdt_fra1_")
     assert len(secret) >= 43  # 256 bits, base64url
-    stored = await store.get_delivery_token("fra1")
+    stored = await repository.get_delivery_token("fra1")
     assert stored.secret_sha256 == hashlib.sha256(secret.encode()).digest()
     assert stored.certificate_ids == ["web", "api"]
     scope = await tokens.authenticate(token)
@@ -79,16 +66,16 @@ async def test_tokens_are_stored_hashed_and_authenticate(store: Store) -> None:
     with pytest.raises(NotFoundError):
         await tokens.create("other", ["certificates/nope"], "")
     second, _ = await tokens.create("", ["certificates/web"], "")
-    page, after = await store.list_delivery_tokens(0, 1)
-    assert [r.id for r in page] == ["fra1"]
-    page, after = await store.list_delivery_tokens(after, 10)
-    assert [r.id for r in page] == [second.id]
-    assert after == 0
-    await store.delete_delivery_token("fra1")
+    page = await repository.list_delivery_tokens("", 1)
+    assert [r.id for r in page.items] == ["fra1"]
+    page = await repository.list_delivery_tokens(page.next_page_token, 10)
+    assert [r.id for r in page.items] == [second.id]
+    assert page.next_page_token == ""
+    await repository.delete_delivery_token("fra1")
     with pytest.raises(UnauthenticatedError, match="not valid"):
         await tokens.authenticate(token)
     with pytest.raises(NotFoundError):
-        await store.delete_delivery_token("fra1")
+        await repository.delete_delivery_token("fra1")
     assert row.id == "fra1"
 
 

@@ -1,30 +1,17 @@
-"""Delivery targets in the store (SQLite and PostgreSQL): one row per target, replaced by each
+"""Delivery targets in the database (SQLite and PostgreSQL): one row per target, replaced by each
 report; the summary the fleet gauges are made from; reports validated before storing."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from acmezone_common.errors import InvalidArgumentError, NotFoundError
+from acmezone_common.sql import utcnow
 from acmezone_issuer.fleet import DeliveryTargets, FleetFigures, Report, summarise
-from acmezone_issuer.store import Store, async_url, migrate, utcnow
-from tests.issuer.test_store import account, certificate
-
-
-@pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
-    url = async_url(database_url, tmp_path)
-    await asyncio.to_thread(migrate, url)
-    opened = Store.open(url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+from acmezone_issuer.storage.repository import Repository
+from tests.issuer.test_repository import account, certificate
 
 
 def report(target_id: str, serial: str, days: int = 30, **extra: object) -> Report:
@@ -44,12 +31,12 @@ def report(target_id: str, serial: str, days: int = 30, **extra: object) -> Repo
     return Report(**values)  # type: ignore[arg-type]
 
 
-async def test_reports_replace_each_other_and_feed_the_summary(store: Store) -> None:
-    await store.insert_account(account())
+async def test_reports_replace_each_other_and_feed_the_summary(repository: Repository) -> None:
+    await repository.insert_account(account())
     row = certificate("web")
     row.serial_number = "bb"
-    await store.insert_certificate(row)
-    targets = DeliveryTargets(store)
+    await repository.insert_certificate(row)
+    targets = DeliveryTargets(repository)
 
     stored, current = await targets.report(report("one", "aa", days=3))
     assert not current
@@ -58,12 +45,13 @@ async def test_reports_replace_each_other_and_feed_the_summary(store: Store) -> 
     assert current
     await targets.report(report("two", "aa", days=5))
     await targets.report(report("three", "aa", days=4))
-    rows, after = await store.list_delivery_targets("web", 0, 10)
+    page = await repository.list_delivery_targets("web", "", 10)
+    rows = page.items
     assert [r.target_id for r in rows] == ["one", "two", "three"]
-    assert after == 0
+    assert page.next_page_token == ""
     assert rows[0].serial_number == "bb"
 
-    figures = summarise(await store.delivery_summary())
+    figures = summarise(await repository.delivery_summary())
     assert figures["web"].current == 1
     assert figures["web"].stale == 2
     earliest = figures["web"].earliest_stale_not_after

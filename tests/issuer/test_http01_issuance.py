@@ -16,9 +16,9 @@ from acmezone.issuer.v1 import account_service_pb2 as apb
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
 from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import error_info_reason, free_port
-from acmezone_issuer.store import CertificateRow
+from acmezone_issuer.storage.tables import CertificateRow
 from tests.issuer.conftest import AUTH, CA, FakeDns, running_issuer, state_name
-from tests.issuer.test_store import certificate as certificate_row_for_store
+from tests.issuer.test_repository import certificate as certificate_row_for_store
 
 
 def _verify_chain(chain_pem: str, root_pem: str) -> list[x509.Certificate]:
@@ -86,7 +86,7 @@ async def test_http01_certificate_is_issued_renewed_and_revoked(
             pb.ExportCertificateRequest(name=created.name), metadata=AUTH
         )
         assert bundle2.private_key_pem != bundle.private_key_pem
-        assert len(await client.app.store.orders_of("web")) == 2
+        assert len(await client.app.repository.orders_of("web")) == 2
 
         # Revocation: the CA reports it revoked and the issuer stops renewing.
         revoked = await client.certificates.RevokeCertificate(
@@ -167,19 +167,19 @@ async def test_account_forgotten_by_a_restarted_ca_is_registered_again(
 async def test_order_placed_just_before_an_interruption_is_adopted(tmp_path: Path, ca: CA) -> None:
     async with running_issuer(tmp_path, ca) as client:
         account = await client.create_account()
-        account_row = await client.app.store.get_account(account.name.split("/")[1])
+        account_row = await client.app.repository.get_account(account.name.split("/")[1])
         acme = client.app.accounts.client_for(account_row)
         # A run asked the CA for an order and stopped before recording it.
         lost = await acme.new_order(["adopt.example.test"], "")
         now = datetime.now(UTC)
         row = certificate_row("adopt", account_row.id, ["adopt.example.test"], now)
         row.state, row.stage = "issuing", "ordering"
-        await client.app.store.insert_certificate(row)
+        await client.app.repository.insert_certificate(row)
         client.app.reconciler.wake()
 
         issued = await client.wait_for("certificates/adopt", lambda c: c.state == pb.STATE_ISSUED)
         assert issued.failed_attempts == 0
-        assert [o.order_url for o in await client.app.store.orders_of("adopt")] == [lost.url]
+        assert [o.order_url for o in await client.app.repository.orders_of("adopt")] == [lost.url]
         orders = await acme.account_orders()
         assert orders is not None
         mine = [

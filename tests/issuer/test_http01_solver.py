@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
-import pytest
 
 from acmezone_common.addresses import HostPort
 from acmezone_issuer.solvers.http01 import Http01Solver
-from acmezone_issuer.store import Store, async_url, migrate
+from acmezone_issuer.storage.repository import Repository
 
 
-@pytest.fixture
-async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
-    url = async_url(database_url, tmp_path)
-    await asyncio.to_thread(migrate, url)
-    opened = Store.open(url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def test_a_token_presented_on_one_replica_is_answered_by_another(store: Store) -> None:
-    a = Http01Solver(HostPort("127.0.0.1", 0), store)
-    b = Http01Solver(HostPort("127.0.0.1", 0), store)
+async def test_a_token_presented_on_one_replica_is_answered_by_another(
+    repository: Repository,
+) -> None:
+    a = Http01Solver(HostPort("127.0.0.1", 0), repository)
+    b = Http01Solver(HostPort("127.0.0.1", 0), repository)
     await a.start()
     await b.start()
     try:

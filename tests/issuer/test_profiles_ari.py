@@ -23,8 +23,9 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
+from acmezone_common.sql import utcnow
 from acmezone_common.testing import error_info_reason
-from acmezone_issuer.store import utcnow
+from acmezone_issuer.storage.repository import CertificateUpdate
 from tests.issuer.conftest import CA, running_issuer
 
 
@@ -96,7 +97,7 @@ async def test_an_unknown_profile_is_refused_naming_the_offered_ones(
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_info_reason(caught.value) == "INVALID_PROFILE"
         assert "offered: default, shortlived" in (caught.value.details() or "")
-        assert not await client.app.store.orders_of("p")
+        assert not await client.app.repository.orders_of("p")
 
 
 async def test_shortlived_certificate_renews_inside_the_real_ari_window(
@@ -118,7 +119,7 @@ async def test_shortlived_certificate_renews_inside_the_real_ari_window(
         not_after = issued.not_after_time.ToDatetime(UTC)
         assert abs((not_after - not_before) - timedelta(days=6)) < timedelta(minutes=1)
 
-        row = await client.app.store.get_certificate("short")
+        row = await client.app.repository.get_certificate("short")
         start, end, retry_after = real_window(upstream_ca, row.chain_pem)
         # Pebble's window: two days around two thirds of the life, i.e. days 3 to 5 of 6.
         assert abs(start - (not_before + timedelta(days=3))) < timedelta(minutes=1)
@@ -130,7 +131,7 @@ async def test_shortlived_certificate_renews_inside_the_real_ari_window(
         assert retry_after == 6 * 3600
         next_check = issued.next_attempt_time.ToDatetime(UTC) - datetime.now(UTC)
         assert timedelta(hours=5, minutes=55) < next_check <= timedelta(hours=6)
-        assert len(await client.app.store.orders_of("short")) == 1
+        assert len(await client.app.repository.orders_of("short")) == 1
 
         # The CA wants it replaced now (as before a mass revocation). Six hours on, the issuer
         # asks again, sees the window has opened, and renews by itself.
@@ -138,7 +139,9 @@ async def test_shortlived_certificate_renews_inside_the_real_ari_window(
         move_window(
             upstream_ca, row.chain_pem, now - timedelta(minutes=2), now - timedelta(minutes=1)
         )
-        await client.app.store.update_certificate("short", next_attempt_time=utcnow())
+        await client.app.repository.update_certificate(
+            "short", CertificateUpdate(next_attempt_time=utcnow())
+        )
         client.app.reconciler.wake()
         renewed = await client.wait_for(
             created.name,
@@ -146,10 +149,10 @@ async def test_shortlived_certificate_renews_inside_the_real_ari_window(
         )
         assert renewed.profile == "shortlived"
         assert renewed.renewal_time_source == "ari"
-        new_row = await client.app.store.get_certificate("short")
+        new_row = await client.app.repository.get_certificate("short")
         start, end, _ = real_window(upstream_ca, new_row.chain_pem)
         assert start <= renewed.renewal_time.ToDatetime(UTC) <= end
-        assert len(await client.app.store.orders_of("short")) == 2
+        assert len(await client.app.repository.orders_of("short")) == 2
         assert metrics_registry.get_sample_value(
             "acmezone_issuer_acme_requests_total", {"endpoint": "renewalInfo", "status": "200"}
         )

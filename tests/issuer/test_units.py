@@ -18,12 +18,22 @@ from acmezone_issuer.challenges import (
     parse_persist_value,
     persist_value,
 )
-from acmezone_issuer.keys import KEY_TYPES, KeySealer, build_csr, generate_key, key_to_pem
+from acmezone_issuer.conditions import (
+    ConditionStatus,
+    ConditionType,
+    compute_conditions,
+    delegation_methods,
+    missing_delegations,
+    revoked_conditions,
+)
+from acmezone_issuer.keys import KeySealer, KeyType, build_csr, generate_key, key_to_pem
 from acmezone_issuer.names import base_domain, dns_name_problem, normalise_dns_names
-from acmezone_issuer.renewal import lifetime_renewal_time, retry_delay
+from acmezone_issuer.renewal import lifetime_renewal_time, plan_renewal, retry_delay
+from acmezone_issuer.states import CertificateState, RenewalSource, Stage
+from acmezone_issuer.storage.tables import CertificateRow
 
 
-@pytest.mark.parametrize("key_type", KEY_TYPES[:3])
+@pytest.mark.parametrize("key_type", list(KeyType)[:3])
 def test_keys_are_sealed_and_bound_to_their_row(key_type: str) -> None:
     sealer = KeySealer(b"k" * 32)
     key = generate_key(key_type)
@@ -204,3 +214,83 @@ def test_dns_persist_values_are_composed_and_read_as_the_draft_says() -> None:
     ):
         assert parse_persist_value(bad) is None, bad
     assert parse_persist_value("ca.example; accounturi=x; persistUntil=soon") is None
+
+
+def test_renewal_plan_follows_ari_with_a_floor_for_fresh_certificates() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    before, after = now, now + timedelta(days=6)
+    rng = random.Random(1)
+    common = {"not_before": before, "not_after": after, "now": now, "jitter_fraction": 0.05}
+    window = now + timedelta(days=3)
+    plan = plan_renewal(
+        suggested=window, next_check=now + timedelta(hours=6), fresh=True, rng=rng, **common
+    )
+    assert (plan.renewal_time, plan.source) == (window, RenewalSource.ARI)
+    assert plan.next_check == now + timedelta(hours=6)  # ask again before the window
+    # A window already past for a certificate just issued is moved to an hour from now.
+    past = plan_renewal(
+        suggested=now - timedelta(days=1), next_check=now, fresh=True, rng=rng, **common
+    )
+    assert past.renewal_time == now + timedelta(hours=1)
+    assert past.next_check == now + timedelta(seconds=1)  # never re-asked more often
+    # For a certificate issued earlier, a past window means: renew now.
+    due = plan_renewal(suggested=now, next_check=now, fresh=False, rng=rng, **common)
+    assert due.renewal_time == now
+    # Without ARI: two thirds of the lifetime, worked on at that time.
+    lifetime = plan_renewal(suggested=None, next_check=None, fresh=True, rng=rng, **common)
+    assert lifetime.source == RenewalSource.LIFETIME
+    assert lifetime.next_check == lifetime.renewal_time
+    assert abs(lifetime.renewal_time - (before + timedelta(days=4))) <= timedelta(hours=8)
+
+
+def _row(**fields: object) -> CertificateRow:
+    values: dict[str, object] = {
+        "id": "c",
+        "dns_names": ["*.a.test", "b.test"],
+        "challenge_type": ChallengeType.AUTO,
+        "state": CertificateState.PENDING,
+        "stage": Stage.NONE,
+        "conditions": [],
+        "delegations": [],
+        "chain_pem": "",
+        "not_after": None,
+        "last_failure": None,
+    }
+    values.update(fields)
+    return CertificateRow(**values)
+
+
+def test_conditions_say_what_the_row_says_and_keep_transition_times() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    waiting = _row(
+        state=CertificateState.WAITING_FOR_DELEGATION,
+        delegations=[
+            {"domain": "a.test", "cname_name": "_acme-challenge.a.test", "ready": False},
+            {"domain": "b.test", "cname_name": "_acme-challenge.b.test", "ready": False},
+        ],
+    )
+    # `auto` needs a CNAME only where a wildcard is: b.test can fall back to HTTP-01.
+    assert missing_delegations(waiting) == ["_acme-challenge.a.test"]
+    first = compute_conditions(waiting, now)
+    assert [(c.type, c.status, c.reason) for c in first] == [
+        (ConditionType.READY, ConditionStatus.FALSE, "WaitingForCNAME"),
+        (ConditionType.ISSUING, ConditionStatus.FALSE, "WaitingForCNAME"),
+        (ConditionType.DELEGATION_READY, ConditionStatus.FALSE, "WaitingForCNAME"),
+    ]
+    later = now + timedelta(minutes=5)
+    issuing = _row(
+        state=CertificateState.ISSUING,
+        stage=Stage.ORDERING,
+        conditions=[c.as_json() for c in first],
+    )
+    second = {c.type: c for c in compute_conditions(issuing, later)}
+    assert second[ConditionType.READY].last_transition_time == now.isoformat()  # still False
+    assert second[ConditionType.ISSUING].last_transition_time == later.isoformat()  # now True
+    assert second[ConditionType.ISSUING].message == "stage ordering"
+    assert ConditionType.DELEGATION_READY not in second  # not checked on this row
+    assert delegation_methods(ChallengeType.HTTP01) == ()
+    revoked = revoked_conditions(issuing, later)
+    assert [(c["type"], c["reason"]) for c in revoked] == [
+        ("DelegationReady", "WaitingForCNAME"),
+        ("Ready", "Revoked"),
+    ]

@@ -776,10 +776,19 @@ async def test_forwarded_for_is_honoured_from_trusted_proxies(proxied_api: Api) 
 
 
 async def test_feed_status(api: Api) -> None:
-    status = await api.feed.GetFeedStatus(feed_pb.GetFeedStatusRequest())
-    assert status.feed_id
-    assert status.revision >= status.compacted_revision >= 0
-    assert status.zone.rstrip(".") == ZONE
+    before = await api.feed.GetFeedStatus(feed_pb.GetFeedStatusRequest())
+    assert before.feed_id
+    assert before.zone.rstrip(".") == ZONE
+    registration = await create(api)
+    created = await api.feed.GetFeedStatus(feed_pb.GetFeedStatusRequest())
+    await add(api, registration, acme_digest("status"))
+    after = await api.feed.GetFeedStatus(feed_pb.GetFeedStatusRequest())
+    # Each change is one revision, in the same transaction as the change; nothing is compacted
+    # by a write, and the feed keeps its identity.
+    assert after.revision == created.revision + 1
+    assert after.feed_id == before.feed_id
+    assert after.compacted_revision == before.compacted_revision
+    assert 0 <= after.compacted_revision < after.revision
 
 
 async def test_watch_sends_snapshot_then_live_changes_then_bookmarks(tmp_path: Any) -> None:

@@ -41,6 +41,13 @@ class ErrorCode(enum.Enum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
 
+# Reasons every service raises alike (AIP-158 paging, AIP-122 resource names); a service's own
+# reasons are constants in its `errors.py`.
+INVALID_PAGE_SIZE = "INVALID_PAGE_SIZE"
+INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+INVALID_NAME = "INVALID_NAME"
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     """One bad field of a request: `field` is a dotted path such as `registration.allowed_cidrs`."""

@@ -16,12 +16,16 @@ from acmezone_common.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
+from acmezone_common.names import check_resource_id
+from acmezone_common.sql import utcnow
+from acmezone_issuer import errors
 from acmezone_issuer.acme_client import AcmeClient, register_account, terms_of_service
 from acmezone_issuer.errors import AcmeProblemError, AcmeUnavailableError
-from acmezone_issuer.keys import KEY_TYPES, KeySealer, generate_key
+from acmezone_issuer.keys import KeySealer, check_key_type, generate_key
 from acmezone_issuer.metrics import IssuerMetrics
-from acmezone_issuer.names import check_emails, check_id
-from acmezone_issuer.store import AccountRow, Store, utcnow
+from acmezone_issuer.names import check_emails
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import AccountRow
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +35,14 @@ class AccountManager:
 
     def __init__(
         self,
-        store: Store,
+        repository: Repository,
         sealer: KeySealer,
         metrics: IssuerMetrics,
         *,
         default_directory_url: str,
         ca_bundle: Path | None,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._sealer = sealer
         self._metrics = metrics
         self._default_directory_url = default_directory_url
@@ -58,25 +62,22 @@ class AccountManager:
     ) -> AccountRow:
         """Validate, generate a key, register at the CA, and store the sealed key."""
         if account_id:
-            check_id(account_id, "account_id")
+            check_resource_id(account_id, "account_id")
         else:
             account_id = "acct-" + secrets.token_hex(4)
         directory_url = directory_url or self._default_directory_url
         parts = urlsplit(directory_url)
         if parts.scheme != "https" or not parts.hostname:
             raise InvalidArgumentError(
-                "INVALID_DIRECTORY_URL",
+                errors.INVALID_DIRECTORY_URL,
                 f"{directory_url!r} is not an https URL",
                 field="account.directory_url",
             )
         emails = check_emails(emails, "account.contact_emails")
-        if key_type not in KEY_TYPES:
-            raise InvalidArgumentError(
-                "INVALID_KEY_TYPE", f"unknown key type {key_type!r}", field="account.key_type"
-            )
+        check_key_type(key_type, "account.key_type")
         if bool(eab_key_id) != bool(eab_hmac_key):
             raise InvalidArgumentError(
-                "INVALID_EXTERNAL_ACCOUNT_BINDING",
+                errors.INVALID_EXTERNAL_ACCOUNT_BINDING,
                 "an External Account Binding needs both key_id and hmac_key",
                 field="account.external_account_binding",
             )
@@ -84,10 +85,10 @@ class AccountManager:
             try:
                 terms = await terms_of_service(directory_url, self._metrics, self._ca_bundle)
             except AcmeUnavailableError as exc:
-                raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
+                raise UnavailableError(errors.ACME_SERVER_UNAVAILABLE, exc.message) from exc
             if terms:
                 raise InvalidArgumentError(
-                    "TERMS_NOT_AGREED",
+                    errors.TERMS_NOT_AGREED,
                     f"the ACME server's terms of service ({terms}) must be agreed to",
                     field="account.terms_of_service_agreed",
                 )
@@ -104,12 +105,12 @@ class AccountManager:
                 ca_bundle=self._ca_bundle,
             )
         except AcmeUnavailableError as exc:
-            raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
+            raise UnavailableError(errors.ACME_SERVER_UNAVAILABLE, exc.message) from exc
         except AcmeProblemError as exc:
             reason = (
-                "EXTERNAL_ACCOUNT_BINDING_REQUIRED"
+                errors.EXTERNAL_ACCOUNT_BINDING_REQUIRED
                 if exc.problem_type.endswith("externalAccountRequired")
-                else "ACME_REGISTRATION_REJECTED"
+                else errors.ACME_REGISTRATION_REJECTED
             )
             raise FailedPreconditionError(
                 reason,
@@ -133,7 +134,7 @@ class AccountManager:
             "account registered",
             extra={"account": account_id, "directory": directory_url, "url": row.account_url},
         )
-        return await self._store.insert_account(row)
+        return await self._repository.insert_account(row)
 
     async def register_again(self, account: AccountRow) -> AccountRow:
         """Register an account's key once more, for a CA that forgot it (Pebble forgets every
@@ -155,13 +156,13 @@ class AccountManager:
             metrics=self._metrics,
             ca_bundle=self._ca_bundle,
         )
-        await self._store.set_account_url(account.id, registration.account_url)
+        await self._repository.set_account_url(account.id, registration.account_url)
         self.forget(account.id)
         logger.warning(
             "account registered again: the CA did not know it",
             extra={"account": account.id, "url": registration.account_url},
         )
-        return await self._store.get_account(account.id)
+        return await self._repository.get_account(account.id)
 
     def client_for(self, account: AccountRow) -> AcmeClient:
         """The (cached) ACME client of an account."""

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -86,6 +87,20 @@ class DNSPersist01(challenges.Challenge):
         "issuer-domain-names", omitempty=True, decoder=tuple, default=()
     )
     account_uri: str = jose_field("accounturi", omitempty=True, default="")
+
+
+class AcmeStatus(StrEnum):
+    """The statuses RFC 8555 section 7.1.6 gives orders, authorizations, challenges and
+    accounts, as `Order.status`, `Authorization.status` and `status_name` spell them."""
+
+    PENDING = "pending"
+    READY = "ready"
+    PROCESSING = "processing"
+    VALID = "valid"
+    INVALID = "invalid"
+    DEACTIVATED = "deactivated"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
 
 
 def status_name(status: object) -> str:
@@ -475,10 +490,10 @@ async def register_account(
                 regr = acme.new_account(new)
             except acme_errors.ConflictError as conflict:
                 # The CA knows this key already: it answered with the account's URL.
-                return Registration(str(conflict.location), "valid", "")
+                return Registration(str(conflict.location), AcmeStatus.VALID, "")
         return Registration(
             account_url=str(regr.uri),
-            status=str(regr.body.status or "valid"),
+            status=str(regr.body.status or AcmeStatus.VALID),
             terms_url=str(regr.terms_of_service or ""),
         )
 

@@ -46,7 +46,8 @@ from acmezone_issuer.servicer import (
 from acmezone_issuer.settings import IssuerSettings
 from acmezone_issuer.solvers.dns01 import Dns01Solver, Resolver
 from acmezone_issuer.solvers.http01 import Http01Solver
-from acmezone_issuer.store import Store, async_url, migrate
+from acmezone_issuer.storage.database import async_url, migrate
+from acmezone_issuer.storage.repository import Repository
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,11 @@ class IssuerApp:
         self._registry = metrics_registry or CollectorRegistry()
         self.metrics = IssuerMetrics(self._registry)
         self._database_url = async_url(settings.database_url, settings.data_dir)
-        self.store = Store.open(self._database_url)
+        self.repository = Repository.open(self._database_url)
         self.sealer = KeySealer.from_setting(_secret(settings.encryption_key), settings.data_dir)
         self.events = CertificateEvents()
         self.accounts = AccountManager(
-            self.store,
+            self.repository,
             self.sealer,
             self.metrics,
             default_directory_url=settings.default_directory_url,
@@ -80,7 +81,7 @@ class IssuerApp:
             settings.registry_address, tls=settings.registry_client_tls()
         )
         self.dns01 = Dns01Solver(
-            self.store,
+            self.repository,
             self.sealer,
             self._registry_channel,
             Resolver(settings.dns_resolver),
@@ -88,9 +89,9 @@ class IssuerApp:
             propagation_timeout=settings.propagation_timeout_seconds,
             registration_id_from_domain=settings.registration_id_from_domain,
         )
-        self.http01 = Http01Solver(settings.http01_address, self.store)
+        self.http01 = Http01Solver(settings.http01_address, self.repository)
         self.reconciler = Reconciler(
-            self.store,
+            self.repository,
             self.sealer,
             self.accounts,
             self.dns01,
@@ -107,9 +108,9 @@ class IssuerApp:
             lease_seconds=settings.lease_seconds,
         )
         self.certificates = CertificateManager(
-            self.store, self.sealer, self.accounts, self.reconciler, self.events, self.metrics
+            self.repository, self.sealer, self.accounts, self.reconciler, self.events, self.metrics
         )
-        self.delivery_tokens = DeliveryTokens(self.store)
+        self.delivery_tokens = DeliveryTokens(self.repository)
         auth = Authorizer(_secret(settings.operator_token), self.delivery_tokens)
         self._grpc = GrpcServer(
             settings.grpc_address,
@@ -121,28 +122,30 @@ class IssuerApp:
             account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],
             functools.partial(
                 account_service_pb2_grpc.add_AccountServiceServicer_to_server,
-                AccountServicer(self.store, self.accounts, auth),
+                AccountServicer(self.repository, self.accounts, auth),
             ),
         )
         self._grpc.add_service(
             certificate_service_pb2.DESCRIPTOR.services_by_name["CertificateService"],
             functools.partial(
                 certificate_service_pb2_grpc.add_CertificateServiceServicer_to_server,
-                CertificateServicer(self.store, self.certificates, self.dns01, self.events, auth),
+                CertificateServicer(
+                    self.repository, self.certificates, self.dns01, self.events, auth
+                ),
             ),
         )
         self._grpc.add_service(
             delivery_token_service_pb2.DESCRIPTOR.services_by_name["DeliveryTokenService"],
             functools.partial(
                 delivery_token_service_pb2_grpc.add_DeliveryTokenServiceServicer_to_server,
-                DeliveryTokenServicer(self.store, self.delivery_tokens, auth),
+                DeliveryTokenServicer(self.repository, self.delivery_tokens, auth),
             ),
         )
         self._grpc.add_service(
             delivery_target_service_pb2.DESCRIPTOR.services_by_name["DeliveryTargetService"],
             functools.partial(
                 delivery_target_service_pb2_grpc.add_DeliveryTargetServiceServicer_to_server,
-                DeliveryTargetServicer(self.store, DeliveryTargets(self.store), auth),
+                DeliveryTargetServicer(self.repository, DeliveryTargets(self.repository), auth),
             ),
         )
         self._metrics_server = MetricsServer(settings.metrics_address, self._registry)
@@ -174,4 +177,4 @@ class IssuerApp:
         await self.http01.stop()
         self._metrics_server.stop()
         await self._registry_channel.close()
-        await self.store.close()
+        await self.repository.close()

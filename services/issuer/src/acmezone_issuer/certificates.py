@@ -17,15 +17,21 @@ from acmezone_common.errors import (
     NotFoundError,
     UnavailableError,
 )
+from acmezone_common.names import check_resource_id
+from acmezone_common.sql import utcnow
+from acmezone_issuer import errors
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.challenges import ChallengeType
+from acmezone_issuer.conditions import revoked_conditions
 from acmezone_issuer.errors import AcmeProblemError, IssuanceError
 from acmezone_issuer.events import CertificateEvents
-from acmezone_issuer.keys import KEY_TYPES, KeySealer, key_to_pem
+from acmezone_issuer.keys import KeySealer, check_key_type, key_to_pem
 from acmezone_issuer.metrics import IssuerMetrics
-from acmezone_issuer.names import check_id, normalise_dns_names
-from acmezone_issuer.reconciler import HTTP01, PENDING, REVOKED, Reconciler
-from acmezone_issuer.store import CertificateRow, Store, utcnow
+from acmezone_issuer.names import normalise_dns_names
+from acmezone_issuer.reconciler import Reconciler
+from acmezone_issuer.states import CertificateState, RenewalSource, Stage
+from acmezone_issuer.storage.repository import CertificateUpdate, Repository
+from acmezone_issuer.storage.tables import CertificateRow
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +50,14 @@ class CertificateManager:
 
     def __init__(
         self,
-        store: Store,
+        repository: Repository,
         sealer: KeySealer,
         accounts: AccountManager,
         reconciler: Reconciler,
         events: CertificateEvents,
         metrics: IssuerMetrics,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._sealer = sealer
         self._accounts = accounts
         self._reconciler = reconciler
@@ -70,37 +76,34 @@ class CertificateManager:
     ) -> CertificateRow:
         """Validate and store a certificate in PENDING, and wake the reconciler."""
         if certificate_id:
-            check_id(certificate_id, "certificate_id")
+            check_resource_id(certificate_id, "certificate_id")
         else:
             certificate_id = "cert-" + secrets.token_hex(4)
         names = normalise_dns_names(dns_names, "certificate.dns_names")
         if account_id is None:
             raise InvalidArgumentError(
-                "INVALID_ACCOUNT", "account must be accounts/{id}", field="certificate.account"
+                errors.INVALID_ACCOUNT, "account must be accounts/{id}", field="certificate.account"
             )
-        if key_type not in KEY_TYPES:
-            raise InvalidArgumentError(
-                "INVALID_KEY_TYPE", f"unknown key type {key_type!r}", field="certificate.key_type"
-            )
+        check_key_type(key_type, "certificate.key_type")
         if challenge_type not in set(ChallengeType):
             raise InvalidArgumentError(
-                "INVALID_CHALLENGE_TYPE",
+                errors.INVALID_CHALLENGE_TYPE,
                 f"unknown challenge type {challenge_type!r}",
                 field="certificate.challenge_type",
             )
-        if challenge_type == HTTP01:
+        if challenge_type == ChallengeType.HTTP01:
             for index, name in enumerate(names):
                 if name.startswith("*."):
                     raise InvalidArgumentError(
-                        "INVALID_CHALLENGE_TYPE",
+                        errors.INVALID_CHALLENGE_TYPE,
                         f"{name!r}: wildcard names can only be validated with DNS-01",
                         field=f"certificate.dns_names[{index}]",
                     )
         try:
-            account = await self._store.get_account(account_id)
+            account = await self._repository.get_account(account_id)
         except NotFoundError as exc:
             raise InvalidArgumentError(
-                "INVALID_ACCOUNT",
+                errors.INVALID_ACCOUNT,
                 f"accounts/{account_id} does not exist",
                 field="certificate.account",
             ) from exc
@@ -111,7 +114,7 @@ class CertificateManager:
                 offered = {}
             if profile not in offered:
                 raise InvalidArgumentError(
-                    "INVALID_PROFILE",
+                    errors.INVALID_PROFILE,
                     f"the CA does not offer profile {profile!r} "
                     f"(offered: {', '.join(sorted(offered)) or 'none'})",
                     field="certificate.profile",
@@ -124,8 +127,8 @@ class CertificateManager:
             key_type=key_type,
             profile=profile,
             challenge_type=challenge_type,
-            state=PENDING,
-            stage="",
+            state=CertificateState.PENDING,
+            stage=Stage.NONE,
             conditions=[],
             delegations=[],
             failed_attempts=0,
@@ -134,14 +137,14 @@ class CertificateManager:
             order_url="",
             chain_pem="",
             serial_number="",
-            renewal_source="",
+            renewal_source=RenewalSource.NONE,
             renew_requested=False,
             revision=1,
             lease_owner="",
             create_time=now,
             update_time=now,
         )
-        row = await self._store.insert_certificate(row)
+        row = await self._repository.insert_certificate(row)
         logger.info("certificate created", extra={"certificate": certificate_id, "names": names})
         self._events.changed()
         self._reconciler.wake()
@@ -149,63 +152,53 @@ class CertificateManager:
 
     async def renew(self, certificate_id: str) -> CertificateRow:
         """Ask for a new certificate now."""
-        await self._store.get_certificate(certificate_id)
-        row = await self._store.update_certificate(
-            certificate_id, renew_requested=True, next_attempt_time=utcnow()
+        await self._repository.get_certificate(certificate_id)
+        row = await self._repository.update_certificate(
+            certificate_id, CertificateUpdate(renew_requested=True, next_attempt_time=utcnow())
         )
         if row is None:
-            raise NotFoundError(
-                "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
-            )
+            raise errors.certificate_not_found(certificate_id)
         self._events.changed()
         self._reconciler.wake()
         return row
 
     async def revoke(self, certificate_id: str, reason: int) -> CertificateRow:
         """Revoke the issued certificate at the CA and stop renewing it."""
-        row = await self._store.get_certificate(certificate_id)
-        if row.state == REVOKED:
+        row = await self._repository.get_certificate(certificate_id)
+        if row.state == CertificateState.REVOKED:
             raise FailedPreconditionError(
-                "ALREADY_REVOKED", f"certificates/{certificate_id} is revoked already"
+                errors.ALREADY_REVOKED, f"certificates/{certificate_id} is revoked already"
             )
         if not row.chain_pem:
             raise FailedPreconditionError(
-                "NOT_ISSUED", f"certificates/{certificate_id} has no issued certificate to revoke"
+                errors.NOT_ISSUED,
+                f"certificates/{certificate_id} has no issued certificate to revoke",
             )
-        account = await self._store.get_account(row.account_id)
+        account = await self._repository.get_account(row.account_id)
         try:
             await self._accounts.client_for(account).revoke(row.chain_pem, reason)
         except AcmeProblemError as exc:
             raise FailedPreconditionError(
-                "REVOCATION_REJECTED",
+                errors.REVOCATION_REJECTED,
                 f"the CA refused the revocation: {exc.message}",
                 metadata={"acme_problem_type": exc.problem_type},
             ) from exc
         except IssuanceError as exc:
-            raise UnavailableError("ACME_SERVER_UNAVAILABLE", exc.message) from exc
-        updated = await self._store.update_certificate(
+            raise UnavailableError(errors.ACME_SERVER_UNAVAILABLE, exc.message) from exc
+        updated = await self._repository.update_certificate(
             certificate_id,
-            state=REVOKED,
-            stage="",
-            revoke_time=utcnow(),
-            next_attempt_time=None,
-            renew_requested=False,
-            order_url="",
-            conditions=[
-                *[c for c in row.conditions if c["type"] not in ("Ready", "Issuing")],
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "Revoked",
-                    "message": "the certificate was revoked on request",
-                    "last_transition_time": utcnow().isoformat(),
-                },
-            ],
+            CertificateUpdate(
+                state=CertificateState.REVOKED,
+                stage=Stage.NONE,
+                revoke_time=utcnow(),
+                next_attempt_time=None,
+                renew_requested=False,
+                order_url="",
+                conditions=revoked_conditions(row, utcnow()),
+            ),
         )
         if updated is None:
-            raise NotFoundError(
-                "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
-            )
+            raise errors.certificate_not_found(certificate_id)
         with contextlib.suppress(KeyError):
             self._metrics.renewal.remove(f"certificates/{certificate_id}")
         logger.info("certificate revoked", extra={"certificate": certificate_id})
@@ -214,16 +207,16 @@ class CertificateManager:
 
     async def delete(self, certificate_id: str) -> None:
         """Forget a certificate (not revoked)."""
-        await self._store.delete_certificate(certificate_id)
+        await self._repository.delete_certificate(certificate_id)
         self._metrics.forget_certificate(f"certificates/{certificate_id}")
         self._events.changed()
 
     async def export(self, certificate_id: str) -> tuple[CertificateRow, str]:
         """The row and its private key in PEM; FAILED_PRECONDITION before the first issuance."""
-        row = await self._store.get_certificate(certificate_id)
+        row = await self._repository.get_certificate(certificate_id)
         if not row.chain_pem or row.sealed_key is None:
             raise FailedPreconditionError(
-                "NOT_ISSUED", f"certificates/{certificate_id} has not been issued yet"
+                errors.NOT_ISSUED, f"certificates/{certificate_id} has not been issued yet"
             )
         key = self._sealer.open_key(row.sealed_key, f"certificate/{certificate_id}")
         return row, key_to_pem(key).decode()

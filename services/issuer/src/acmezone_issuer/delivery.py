@@ -16,8 +16,11 @@ import secrets
 from dataclasses import dataclass
 
 from acmezone_common.errors import InvalidArgumentError, NotFoundError, UnauthenticatedError
-from acmezone_issuer.names import check_id, parse_name
-from acmezone_issuer.store import DeliveryTokenRow, Store, utcnow
+from acmezone_common.names import check_resource_id, parse_resource_name
+from acmezone_common.sql import utcnow
+from acmezone_issuer import errors
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import DeliveryTokenRow
 
 logger = logging.getLogger(__name__)
 
@@ -46,47 +49,49 @@ class DeliveryScope:
 class DeliveryTokens:
     """Creates, authenticates and revokes delivery tokens."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
 
     async def create(
         self, token_id: str, certificate_names: list[str], description: str
     ) -> tuple[DeliveryTokenRow, str]:
         """Store a token for existing certificates; (row, the token to hand out once)."""
         if token_id:
-            check_id(token_id, "delivery_token_id")
+            check_resource_id(token_id, "delivery_token_id")
         else:
             token_id = "dt-" + secrets.token_hex(4)
         field = "delivery_token.certificates"
         if not certificate_names or len(certificate_names) > MAX_CERTIFICATES:
             raise InvalidArgumentError(
-                "INVALID_CERTIFICATES",
+                errors.INVALID_CERTIFICATES,
                 f"1 to {MAX_CERTIFICATES} certificates are required",
                 field=field,
             )
         ids: list[str] = []
         for index, name in enumerate(certificate_names):
             try:
-                certificate_id = parse_name(name, "certificates", f"{field}[{index}]")
+                certificate_id = parse_resource_name(name, "certificates", f"{field}[{index}]")
             except InvalidArgumentError as exc:
                 raise InvalidArgumentError(
-                    "INVALID_CERTIFICATES", exc.message, field=f"{field}[{index}]"
+                    errors.INVALID_CERTIFICATES, exc.message, field=f"{field}[{index}]"
                 ) from None
             if certificate_id in ids:
                 raise InvalidArgumentError(
-                    "INVALID_CERTIFICATES", f"{name!r} is listed twice", field=f"{field}[{index}]"
+                    errors.INVALID_CERTIFICATES,
+                    f"{name!r} is listed twice",
+                    field=f"{field}[{index}]",
                 )
-            if await self._store.find_certificate(certificate_id) is None:
-                raise NotFoundError("CERTIFICATE_NOT_FOUND", f"{name} does not exist")
+            if await self._repository.find_certificate(certificate_id) is None:
+                raise NotFoundError(errors.CERTIFICATE_NOT_FOUND, f"{name} does not exist")
             ids.append(certificate_id)
         if len(description) > MAX_DESCRIPTION:
             raise InvalidArgumentError(
-                "INVALID_DESCRIPTION",
+                errors.INVALID_DESCRIPTION,
                 f"at most {MAX_DESCRIPTION} characters",
                 field="delivery_token.description",
             )
         secret = secrets.token_urlsafe(32)
-        row = await self._store.insert_delivery_token(
+        row = await self._repository.insert_delivery_token(
             DeliveryTokenRow(
                 id=token_id,
                 secret_sha256=_digest(secret),
@@ -102,10 +107,12 @@ class DeliveryTokens:
         """The scope of a presented token; UNAUTHENTICATED, DELIVERY_TOKEN_INVALID otherwise
         (unknown id, wrong secret and revoked token read the same)."""
         token_id, _, secret = token.removeprefix(PREFIX).partition("_")
-        invalid = UnauthenticatedError("DELIVERY_TOKEN_INVALID", "the delivery token is not valid")
+        invalid = UnauthenticatedError(
+            errors.DELIVERY_TOKEN_INVALID, "the delivery token is not valid"
+        )
         if not token_id or not secret:
             raise invalid
-        row = await self._store.find_delivery_token(token_id)
+        row = await self._repository.find_delivery_token(token_id)
         # Compare even for an unknown id, so the time taken does not tell ids apart.
         expected = row.secret_sha256 if row is not None else b"\0" * 32
         if not hmac.compare_digest(_digest(secret), expected) or row is None:

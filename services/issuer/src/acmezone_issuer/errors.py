@@ -16,8 +16,85 @@ the certificate's `last_failure` and retries with backoff. The hierarchy::
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
+
+from acmezone_common.errors import NotFoundError
 
 ERROR_DOMAIN = "issuer.acmezone.dev"
+
+# Request-error reasons (`google.rpc.ErrorInfo.reason`): stable values clients may branch on.
+ACCOUNT_EXISTS = "ACCOUNT_EXISTS"
+ACCOUNT_IN_USE = "ACCOUNT_IN_USE"
+ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
+ACME_REGISTRATION_REJECTED = "ACME_REGISTRATION_REJECTED"
+ACME_SERVER_UNAVAILABLE = "ACME_SERVER_UNAVAILABLE"
+ALREADY_REVOKED = "ALREADY_REVOKED"
+CERTIFICATE_EXISTS = "CERTIFICATE_EXISTS"
+CERTIFICATE_NOT_FOUND = "CERTIFICATE_NOT_FOUND"
+CERTIFICATE_NOT_IN_SCOPE = "CERTIFICATE_NOT_IN_SCOPE"
+DELIVERY_TARGET_CONFLICT = "DELIVERY_TARGET_CONFLICT"
+DELIVERY_TARGET_NOT_FOUND = "DELIVERY_TARGET_NOT_FOUND"
+DELIVERY_TOKEN_EXISTS = "DELIVERY_TOKEN_EXISTS"
+DELIVERY_TOKEN_INVALID = "DELIVERY_TOKEN_INVALID"
+DELIVERY_TOKEN_NOT_ALLOWED = "DELIVERY_TOKEN_NOT_ALLOWED"
+DELIVERY_TOKEN_NOT_FOUND = "DELIVERY_TOKEN_NOT_FOUND"
+DUPLICATE_DNS_NAME = "DUPLICATE_DNS_NAME"
+EMPTY_DNS_NAMES = "EMPTY_DNS_NAMES"
+EXPORT_DISABLED = "EXPORT_DISABLED"
+EXTERNAL_ACCOUNT_BINDING_REQUIRED = "EXTERNAL_ACCOUNT_BINDING_REQUIRED"
+INVALID_ACCOUNT = "INVALID_ACCOUNT"
+INVALID_CERTIFICATES = "INVALID_CERTIFICATES"
+INVALID_CHALLENGE_TYPE = "INVALID_CHALLENGE_TYPE"
+INVALID_CONTACT = "INVALID_CONTACT"
+INVALID_DELIVERY_TARGET = "INVALID_DELIVERY_TARGET"
+INVALID_DESCRIPTION = "INVALID_DESCRIPTION"
+INVALID_DIRECTORY_URL = "INVALID_DIRECTORY_URL"
+INVALID_DNS_NAME = "INVALID_DNS_NAME"
+INVALID_DOMAIN = "INVALID_DOMAIN"
+INVALID_EXTERNAL_ACCOUNT_BINDING = "INVALID_EXTERNAL_ACCOUNT_BINDING"
+INVALID_KEY_TYPE = "INVALID_KEY_TYPE"
+INVALID_PROFILE = "INVALID_PROFILE"
+INVALID_REVOCATION_REASON = "INVALID_REVOCATION_REASON"
+INVALID_WILDCARD = "INVALID_WILDCARD"
+NOT_ISSUED = "NOT_ISSUED"
+OPERATOR_TOKEN_INVALID = "OPERATOR_TOKEN_INVALID"
+OPERATOR_TOKEN_NOT_SET = "OPERATOR_TOKEN_NOT_SET"
+OPERATOR_TOKEN_REQUIRED = "OPERATOR_TOKEN_REQUIRED"
+REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"
+REVOCATION_REJECTED = "REVOCATION_REJECTED"
+TERMS_NOT_AGREED = "TERMS_NOT_AGREED"
+TOO_MANY_DNS_NAMES = "TOO_MANY_DNS_NAMES"
+
+
+def certificate_not_found(certificate_id: str) -> NotFoundError:
+    """NOT_FOUND for `certificates/{certificate_id}`, worded alike wherever it is raised."""
+    return NotFoundError(CERTIFICATE_NOT_FOUND, f"certificates/{certificate_id} does not exist")
+
+
+def account_not_found(account_id: str) -> NotFoundError:
+    """NOT_FOUND for `accounts/{account_id}`."""
+    return NotFoundError(ACCOUNT_NOT_FOUND, f"accounts/{account_id} does not exist")
+
+
+def delivery_token_not_found(token_id: str) -> NotFoundError:
+    """NOT_FOUND for `deliveryTokens/{token_id}`."""
+    return NotFoundError(DELIVERY_TOKEN_NOT_FOUND, f"deliveryTokens/{token_id} does not exist")
+
+
+class FailureReason(StrEnum):
+    """Why an attempt failed, as shown in `Failure.reason` and the failures counter's label.
+
+    One member per `IssuanceError` class below, so the counter can start every series at 0.
+    """
+
+    ACME_ERROR = "ACME_ERROR"
+    VALIDATION_FAILED = "VALIDATION_FAILED"
+    ORDER_INVALID = "ORDER_INVALID"
+    ACME_SERVER_UNAVAILABLE = "ACME_SERVER_UNAVAILABLE"
+    REGISTRY_ERROR = "REGISTRY_ERROR"
+    PROPAGATION_TIMEOUT = "PROPAGATION_TIMEOUT"
+    TIMEOUT = "TIMEOUT"
+    INTERNAL = "INTERNAL"
 
 
 class IssuanceError(Exception):
@@ -27,7 +104,7 @@ class IssuanceError(Exception):
     story for people, including the CA's problem document when there is one.
     """
 
-    reason = "INTERNAL"
+    reason: FailureReason = FailureReason.INTERNAL
 
     def __init__(
         self, message: str, *, problem_type: str = "", retry_after: datetime | None = None
@@ -42,40 +119,40 @@ class IssuanceError(Exception):
 class AcmeProblemError(IssuanceError):
     """The CA refused a request with an RFC 7807 problem document."""
 
-    reason = "ACME_ERROR"
+    reason = FailureReason.ACME_ERROR
 
 
 class ValidationFailedError(AcmeProblemError):
     """The CA tried a challenge and it failed (wrong TXT value, unreachable HTTP port, ...)."""
 
-    reason = "VALIDATION_FAILED"
+    reason = FailureReason.VALIDATION_FAILED
 
 
 class OrderInvalidError(AcmeProblemError):
     """The CA marked the order invalid."""
 
-    reason = "ORDER_INVALID"
+    reason = FailureReason.ORDER_INVALID
 
 
 class AcmeUnavailableError(IssuanceError):
     """The CA did not answer (connection refused, timeout, 5xx)."""
 
-    reason = "ACME_SERVER_UNAVAILABLE"
+    reason = FailureReason.ACME_SERVER_UNAVAILABLE
 
 
 class RegistryError(IssuanceError):
     """The registry refused a call or could not be reached."""
 
-    reason = "REGISTRY_ERROR"
+    reason = FailureReason.REGISTRY_ERROR
 
 
 class PropagationTimeoutError(IssuanceError):
     """The published TXT values were not answered by DNS in time."""
 
-    reason = "PROPAGATION_TIMEOUT"
+    reason = FailureReason.PROPAGATION_TIMEOUT
 
 
 class OrderTimeoutError(IssuanceError):
     """The CA did not finish validating or issuing within the configured time."""
 
-    reason = "TIMEOUT"
+    reason = FailureReason.TIMEOUT

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from acmezone_common.errors import FieldViolation, InvalidArgumentError
-from acmezone_issuer.names import check_id
-from acmezone_issuer.store import DeliveryTargetRow, Store, utcnow
+from acmezone_common.names import check_resource_id
+from acmezone_common.sql import utcnow
+from acmezone_issuer import errors
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import DeliveryTargetRow
 
 logger = logging.getLogger(__name__)
 
@@ -69,24 +72,24 @@ def _violations(report: Report) -> list[FieldViolation]:
 class DeliveryTargets:
     """Records reports and reads them back."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
 
     async def report(self, report: Report) -> tuple[DeliveryTargetRow, bool]:
         """Store a report for an existing certificate; (row, whether it runs the current serial)."""
-        check_id(report.target_id, "delivery_target_id")
+        check_resource_id(report.target_id, "delivery_target_id")
         problems = _violations(report)
         if problems:
             raise InvalidArgumentError(
-                "INVALID_DELIVERY_TARGET",
+                errors.INVALID_DELIVERY_TARGET,
                 "; ".join(f"{p.field}: {p.description}" for p in problems),
                 field_violations=problems,
             )
         assert report.not_after is not None
         assert report.install_time is not None
         assert report.hook_result is not None
-        certificate = await self._store.get_certificate(report.certificate_id)
-        row = await self._store.put_delivery_target(
+        certificate = await self._repository.get_certificate(report.certificate_id)
+        row = await self._repository.put_delivery_target(
             DeliveryTargetRow(
                 certificate_id=report.certificate_id,
                 target_id=report.target_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
@@ -18,7 +19,33 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-4096")
+from acmezone_common.errors import InvalidArgumentError
+from acmezone_issuer import errors
+
+
+class KeyType(StrEnum):
+    """The kinds of key an account or a certificate may have, as stored and as the CLI names
+    them."""
+
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_4096 = "rsa-4096"
+
+
+DEFAULT_KEY_TYPE = KeyType.ECDSA_P256
+
+
+def check_key_type(value: str, field: str) -> KeyType:
+    """The key type a request names, or INVALID_ARGUMENT (INVALID_KEY_TYPE) naming `field`."""
+    try:
+        return KeyType(value)
+    except ValueError:
+        raise InvalidArgumentError(
+            errors.INVALID_KEY_TYPE, f"unknown key type {value!r}", field=field
+        ) from None
+
+
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 _SEAL_VERSION = b"\x01"
@@ -26,14 +53,14 @@ _NONCE_BYTES = 12
 
 
 def generate_key(key_type: str) -> PrivateKey:
-    """A fresh private key of one of `KEY_TYPES`."""
-    if key_type == "ecdsa-p256":
+    """A fresh private key of one of the `KeyType`s."""
+    if key_type == KeyType.ECDSA_P256:
         return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "ecdsa-p384":
+    if key_type == KeyType.ECDSA_P384:
         return ec.generate_private_key(ec.SECP384R1())
-    if key_type == "rsa-2048":
+    if key_type == KeyType.RSA_2048:
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if key_type == "rsa-4096":
+    if key_type == KeyType.RSA_4096:
         return rsa.generate_private_key(public_exponent=65537, key_size=4096)
     raise ValueError(f"unknown key type {key_type!r}")
 

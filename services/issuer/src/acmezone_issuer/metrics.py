@@ -13,25 +13,11 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-STATES = (
-    "pending",
-    "waiting_for_delegation",
-    "issuing",
-    "issued",
-    "renewing",
-    "failed",
-    "revoked",
-)
-FAILURE_REASONS = (
-    "ACME_ERROR",
-    "VALIDATION_FAILED",
-    "ORDER_INVALID",
-    "ACME_SERVER_UNAVAILABLE",
-    "REGISTRY_ERROR",
-    "PROPAGATION_TIMEOUT",
-    "TIMEOUT",
-    "INTERNAL",
-)
+from acmezone_issuer.errors import FailureReason
+from acmezone_issuer.states import CertificateState
+
+STATES = tuple(CertificateState)
+FAILURE_REASONS = tuple(FailureReason)
 ACME_ENDPOINTS = (
     "directory",
     "newNonce",

@@ -1,7 +1,9 @@
-"""When to renew, and when to retry: ARI windows, two thirds of the lifetime, backoff.
+"""When to renew, and when to retry: the renewal plan (ARI windows, or two thirds of the
+lifetime), and backoff.
 
 Kept apart from the reconciler so the arithmetic can be tested on its own: a renewal planned too
-late lets a certificate expire, and retries without backoff burn the CA's rate limits.
+late lets a certificate expire, and retries without backoff burn the CA's rate limits. Nothing
+here does I/O; the attempt asks ARI and hands the answer in.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+
+from acmezone_issuer.states import RenewalSource
+
+# Never re-ask ARI more often than this, whatever Retry-After says.
+ARI_MIN_RECHECK = timedelta(seconds=1)
+# A certificate just issued keeps at least this long (or a third of its life, if shorter).
+FRESH_MIN_LIFE = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -50,3 +59,37 @@ def retry_delay(
     exponent = max(failed_attempts - 1, 0)
     ceiling = min(base_seconds * (2 ** min(exponent, 30)), max_seconds)
     return timedelta(seconds=rng.uniform(ceiling / 2, ceiling))
+
+
+@dataclass(frozen=True)
+class RenewalPlan:
+    """When to renew, where that time came from, and when to work on the certificate next
+    (for ARI, when to ask again: the CA may move the window, e.g. before a mass revocation)."""
+
+    renewal_time: datetime
+    source: RenewalSource
+    next_check: datetime
+
+
+def plan_renewal(
+    *,
+    suggested: datetime | None,
+    next_check: datetime | None,
+    not_before: datetime,
+    not_after: datetime,
+    fresh: bool,
+    now: datetime,
+    jitter_fraction: float,
+    rng: random.Random,
+) -> RenewalPlan:
+    """ARI's suggestion (`suggested`, re-asked at `next_check`) when the CA offered one;
+    otherwise two thirds of the lifetime with jitter. `fresh` is for a certificate just
+    issued: a window already past would renew it in a loop, so it is moved to the floor."""
+    if suggested is not None:
+        if fresh:
+            floor = now + min(FRESH_MIN_LIFE, (not_after - not_before) / 3)
+            suggested = max(suggested, floor)
+        recheck = max(next_check or now, now + ARI_MIN_RECHECK)
+        return RenewalPlan(suggested, RenewalSource.ARI, min(suggested, recheck))
+    when = lifetime_renewal_time(not_before, not_after, jitter_fraction, rng)
+    return RenewalPlan(when, RenewalSource.LIFETIME, when)

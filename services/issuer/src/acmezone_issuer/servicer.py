@@ -9,11 +9,11 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from typing_extensions import override
 
 from acmezone.issuer.v1 import (
@@ -27,6 +27,7 @@ from acmezone.issuer.v1 import (
     delivery_token_service_pb2_grpc,
 )
 from acmezone_common.errors import (
+    INVALID_NAME,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -34,25 +35,30 @@ from acmezone_common.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from acmezone_common.names import check_resource_id, parse_resource_name
 from acmezone_common.paging import page_size
+from acmezone_common.sql import utcnow
+from acmezone_common.timestamps import optional_timestamp
+from acmezone_issuer import errors
 from acmezone_issuer.accounts import AccountManager
+from acmezone_issuer.acme_client import AcmeStatus
 from acmezone_issuer.certificates import REVOCATION_REASONS, CertificateManager
 from acmezone_issuer.challenges import DNS_METHODS, ChallengeType, dns_account_label
+from acmezone_issuer.conditions import ConditionStatus
 from acmezone_issuer.delivery import DeliveryTokens, is_delivery_token
 from acmezone_issuer.errors import IssuanceError
 from acmezone_issuer.events import CertificateEvents
 from acmezone_issuer.fleet import DeliveryTargets, Report
-from acmezone_issuer.names import check_id, dns_name_problem, parse_name
+from acmezone_issuer.keys import DEFAULT_KEY_TYPE, KeyType
+from acmezone_issuer.names import base_domain, dns_name_problem
 from acmezone_issuer.solvers.dns01 import Dns01Solver
-from acmezone_issuer.store import (
+from acmezone_issuer.states import CertificateState, Stage
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import (
     AccountRow,
     CertificateRow,
     DeliveryTargetRow,
     DeliveryTokenRow,
-    Store,
-    decode_page_token,
-    encode_page_token,
-    utcnow,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,10 +66,10 @@ logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _KEY_TYPES = {
-    account_service_pb2.KEY_TYPE_ECDSA_P256: "ecdsa-p256",
-    account_service_pb2.KEY_TYPE_ECDSA_P384: "ecdsa-p384",
-    account_service_pb2.KEY_TYPE_RSA_2048: "rsa-2048",
-    account_service_pb2.KEY_TYPE_RSA_4096: "rsa-4096",
+    account_service_pb2.KEY_TYPE_ECDSA_P256: KeyType.ECDSA_P256,
+    account_service_pb2.KEY_TYPE_ECDSA_P384: KeyType.ECDSA_P384,
+    account_service_pb2.KEY_TYPE_RSA_2048: KeyType.RSA_2048,
+    account_service_pb2.KEY_TYPE_RSA_4096: KeyType.RSA_4096,
 }
 _KEY_TYPE_ENUM = {v: k for k, v in _KEY_TYPES.items()}
 _CHALLENGES = {
@@ -74,10 +80,10 @@ _CHALLENGES = {
     certificate_service_pb2.CHALLENGE_TYPE_DNS_PERSIST_01: ChallengeType.DNS_PERSIST01,
 }
 _CHALLENGE_ENUM = {v: k for k, v in _CHALLENGES.items()}
-_ACCOUNT_STATUS = {
-    "valid": account_service_pb2.ACCOUNT_STATUS_VALID,
-    "deactivated": account_service_pb2.ACCOUNT_STATUS_DEACTIVATED,
-    "revoked": account_service_pb2.ACCOUNT_STATUS_REVOKED,
+_ACCOUNT_STATUS: dict[str, account_service_pb2.AccountStatus.ValueType] = {
+    AcmeStatus.VALID: account_service_pb2.ACCOUNT_STATUS_VALID,
+    AcmeStatus.DEACTIVATED: account_service_pb2.ACCOUNT_STATUS_DEACTIVATED,
+    AcmeStatus.REVOKED: account_service_pb2.ACCOUNT_STATUS_REVOKED,
 }
 _REVOCATION = {
     certificate_service_pb2.REVOCATION_REASON_NONE_GIVEN: "none_given",
@@ -86,27 +92,23 @@ _REVOCATION = {
     certificate_service_pb2.REVOCATION_REASON_SUPERSEDED: "superseded",
     certificate_service_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION: "cessation_of_operation",
 }
-_CONDITION_STATUS = {
-    "True": certificate_service_pb2.CONDITION_STATUS_TRUE,
-    "False": certificate_service_pb2.CONDITION_STATUS_FALSE,
+_CONDITION_STATUS: dict[str, certificate_service_pb2.ConditionStatus.ValueType] = {
+    ConditionStatus.TRUE: certificate_service_pb2.CONDITION_STATUS_TRUE,
+    ConditionStatus.FALSE: certificate_service_pb2.CONDITION_STATUS_FALSE,
 }
 _WATCH_RECHECK_SECONDS = 1.0
 
 
-def _timestamp(value: datetime | str | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _enum_by_name(enum: Any, prefix: str, value: str) -> Any:
-    if not value:
-        return 0
-    return enum.Value(f"{prefix}_{value.upper()}")
+# The stored states and stages are the proto names without their prefix (see `states`); an
+# enum member without a proto value fails here, at import, rather than in a response.
+_STATE = {
+    state: certificate_service_pb2.State.Value(f"STATE_{state.name}") for state in CertificateState
+}
+_STAGE = {
+    stage: certificate_service_pb2.Stage.Value(f"STAGE_{stage.name}")
+    for stage in Stage
+    if stage != Stage.NONE
+} | {Stage.NONE: certificate_service_pb2.STAGE_UNSPECIFIED}
 
 
 class Authorizer:
@@ -144,17 +146,17 @@ class Authorizer:
         bearer = self._bearer(presented)
         if bearer is not None and is_delivery_token(bearer):
             raise PermissionDeniedError(
-                "DELIVERY_TOKEN_NOT_ALLOWED",
+                errors.DELIVERY_TOKEN_NOT_ALLOWED,
                 "a delivery token may only get, watch and export its certificates",
             )
         if self._token is None:
             return
         if not presented:
             raise UnauthenticatedError(
-                "OPERATOR_TOKEN_REQUIRED", "this issuer needs `authorization: Bearer <token>`"
+                errors.OPERATOR_TOKEN_REQUIRED, "this issuer needs `authorization: Bearer <token>`"
             )
         if bearer is None or not hmac.compare_digest(bearer.encode(), self._token):
-            raise UnauthenticatedError("OPERATOR_TOKEN_INVALID", "the operator token is wrong")
+            raise UnauthenticatedError(errors.OPERATOR_TOKEN_INVALID, "the operator token is wrong")
 
     async def check_certificate(self, context: Context, certificate_id: str) -> None:
         """Like `check`, but a delivery token whose scope holds the certificate passes too."""
@@ -165,7 +167,7 @@ class Authorizer:
         scope = await self._delivery.authenticate(bearer)
         if certificate_id not in scope.certificate_ids:
             raise PermissionDeniedError(
-                "CERTIFICATE_NOT_IN_SCOPE",
+                errors.CERTIFICATE_NOT_IN_SCOPE,
                 f"delivery token {scope.token_id} does not cover certificates/{certificate_id}",
             )
 
@@ -178,11 +180,11 @@ def account_to_proto(row: AccountRow) -> account_service_pb2.Account:
         contact_emails=row.contact_emails,
         terms_of_service_agreed=row.terms_agreed,
         terms_of_service_url=row.terms_url,
-        key_type=_KEY_TYPE_ENUM[row.key_type],
+        key_type=_KEY_TYPE_ENUM[KeyType(row.key_type)],
         account_url=row.account_url,
         dns_account_label=dns_account_label(row.account_url) if row.account_url else "",
         status=_ACCOUNT_STATUS.get(row.status, account_service_pb2.ACCOUNT_STATUS_UNSPECIFIED),
-        create_time=_timestamp(row.create_time),
+        create_time=optional_timestamp(row.create_time),
     )
     if row.eab_key_id:
         account.external_account_binding.key_id = row.eab_key_id
@@ -196,24 +198,24 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
         name=f"certificates/{row.id}",
         dns_names=row.dns_names,
         account=f"accounts/{row.account_id}",
-        key_type=_KEY_TYPE_ENUM[row.key_type],
+        key_type=_KEY_TYPE_ENUM[KeyType(row.key_type)],
         profile=row.profile,
         challenge_type=_CHALLENGE_ENUM[ChallengeType(row.challenge_type)],
-        state=_enum_by_name(pb.State, "STATE", row.state),
-        stage=_enum_by_name(pb.Stage, "STAGE", row.stage),
+        state=_STATE[CertificateState(row.state)],
+        stage=_STAGE[Stage(row.stage)],
         failed_attempts=row.failed_attempts,
-        next_attempt_time=_timestamp(row.next_attempt_time),
+        next_attempt_time=optional_timestamp(row.next_attempt_time),
         order_url=row.order_url,
         serial_number=row.serial_number,
-        not_before_time=_timestamp(row.not_before),
-        not_after_time=_timestamp(row.not_after),
-        renewal_time=_timestamp(row.renewal_time),
+        not_before_time=optional_timestamp(row.not_before),
+        not_after_time=optional_timestamp(row.not_after),
+        renewal_time=optional_timestamp(row.renewal_time),
         renewal_time_source=row.renewal_source,
-        issue_time=_timestamp(row.issue_time),
-        revoke_time=_timestamp(row.revoke_time),
+        issue_time=optional_timestamp(row.issue_time),
+        revoke_time=optional_timestamp(row.revoke_time),
         revision=row.revision,
-        create_time=_timestamp(row.create_time),
-        update_time=_timestamp(row.update_time),
+        create_time=optional_timestamp(row.create_time),
+        update_time=optional_timestamp(row.update_time),
     )
     for condition in row.conditions or []:
         cert.conditions.append(
@@ -222,7 +224,7 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
                 status=_CONDITION_STATUS.get(condition["status"], pb.CONDITION_STATUS_UNKNOWN),
                 reason=condition["reason"],
                 message=condition["message"],
-                last_transition_time=_timestamp(condition["last_transition_time"]),
+                last_transition_time=optional_timestamp(condition["last_transition_time"]),
             )
         )
     for delegation in row.delegations or []:
@@ -233,20 +235,20 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
                 cname_target=delegation["cname_target"],
                 ready=delegation["ready"],
                 detail=delegation["detail"],
-                check_time=_timestamp(delegation["check_time"]),
+                check_time=optional_timestamp(delegation["check_time"]),
                 challenge_type=_CHALLENGE_ENUM[
-                    ChallengeType(delegation.get("challenge_type", "dns-01"))
+                    ChallengeType(delegation.get("challenge_type", ChallengeType.DNS01))
                 ],
                 txt_value=delegation.get("txt_value", ""),
-                persist_until_time=_timestamp(delegation.get("persist_until")),
+                persist_until_time=optional_timestamp(delegation.get("persist_until")),
             )
         )
     if row.last_failure:
         failure = row.last_failure
         cert.last_failure.CopyFrom(
             pb.Failure(
-                time=_timestamp(failure["time"]),
-                stage=_enum_by_name(pb.Stage, "STAGE", failure.get("stage", "")),
+                time=optional_timestamp(failure["time"]),
+                stage=_STAGE[Stage(failure.get("stage", ""))],
                 reason=failure["reason"],
                 message=failure["message"],
                 acme_problem_type=failure.get("acme_problem_type", ""),
@@ -258,8 +260,8 @@ def certificate_to_proto(row: CertificateRow) -> certificate_service_pb2.Certifi
 class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
     """acmezone.issuer.v1.AccountService."""
 
-    def __init__(self, store: Store, accounts: AccountManager, auth: Authorizer) -> None:
-        self._store = store
+    def __init__(self, repository: Repository, accounts: AccountManager, auth: Authorizer) -> None:
+        self._repository = repository
         self._accounts = accounts
         self._auth = auth
 
@@ -270,13 +272,15 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
         self._auth.check(context)
         account = request.account
         key_type = (
-            "ecdsa-p256"
+            DEFAULT_KEY_TYPE
             if account.key_type == account_service_pb2.KEY_TYPE_UNSPECIFIED
             else _KEY_TYPES.get(account.key_type)
         )
         if key_type is None:
             raise InvalidArgumentError(
-                "INVALID_KEY_TYPE", f"unknown key type {account.key_type}", field="account.key_type"
+                errors.INVALID_KEY_TYPE,
+                f"unknown key type {account.key_type}",
+                field="account.key_type",
             )
         row = await self._accounts.create(
             account_id=request.account_id,
@@ -294,8 +298,8 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
         self, request: account_service_pb2.GetAccountRequest, context: Context
     ) -> account_service_pb2.Account:
         self._auth.check(context)
-        account_id = parse_name(request.name, "accounts", "name")
-        return account_to_proto(await self._store.get_account(account_id))
+        account_id = parse_resource_name(request.name, "accounts", "name")
+        return account_to_proto(await self._repository.get_account(account_id))
 
     @override
     async def ListAccounts(
@@ -303,10 +307,10 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
     ) -> account_service_pb2.ListAccountsResponse:
         self._auth.check(context)
         limit = page_size(request.page_size)
-        rows, last = await self._store.list_accounts(decode_page_token(request.page_token), limit)
+        page = await self._repository.list_accounts(request.page_token, limit)
         return account_service_pb2.ListAccountsResponse(
-            accounts=[account_to_proto(r) for r in rows],
-            next_page_token=encode_page_token(last) if last else "",
+            accounts=[account_to_proto(r) for r in page.items],
+            next_page_token=page.next_page_token,
         )
 
     @override
@@ -314,8 +318,8 @@ class AccountServicer(account_service_pb2_grpc.AccountServiceServicer):
         self, request: account_service_pb2.DeleteAccountRequest, context: Context
     ) -> empty_pb2.Empty:
         self._auth.check(context)
-        account_id = parse_name(request.name, "accounts", "name")
-        await self._store.delete_account(account_id)
+        account_id = parse_resource_name(request.name, "accounts", "name")
+        await self._repository.delete_account(account_id)
         self._accounts.forget(account_id)
         return empty_pb2.Empty()
 
@@ -325,13 +329,13 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
 
     def __init__(
         self,
-        store: Store,
+        repository: Repository,
         certificates: CertificateManager,
         dns01: Dns01Solver,
         events: CertificateEvents,
         auth: Authorizer,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._certificates = certificates
         self._dns01 = dns01
         self._events = events
@@ -345,16 +349,16 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         cert = request.certificate
         account_id: str | None
         try:
-            account_id = parse_name(cert.account, "accounts", "certificate.account")
+            account_id = parse_resource_name(cert.account, "accounts", "certificate.account")
         except InvalidArgumentError:
             account_id = None
         key_type = (
-            "ecdsa-p256"
+            DEFAULT_KEY_TYPE
             if cert.key_type == account_service_pb2.KEY_TYPE_UNSPECIFIED
             else _KEY_TYPES.get(cert.key_type, f"unknown({cert.key_type})")
         )
         challenge = (
-            "dns-01"
+            ChallengeType.DNS01
             if cert.challenge_type == certificate_service_pb2.CHALLENGE_TYPE_UNSPECIFIED
             else _CHALLENGES.get(cert.challenge_type, f"unknown({cert.challenge_type})")
         )
@@ -372,9 +376,9 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     async def GetCertificate(
         self, request: certificate_service_pb2.GetCertificateRequest, context: Context
     ) -> certificate_service_pb2.Certificate:
-        certificate_id = parse_name(request.name, "certificates", "name")
+        certificate_id = parse_resource_name(request.name, "certificates", "name")
         await self._auth.check_certificate(context, certificate_id)
-        return certificate_to_proto(await self._store.get_certificate(certificate_id))
+        return certificate_to_proto(await self._repository.get_certificate(certificate_id))
 
     @override
     async def ListCertificates(
@@ -382,12 +386,10 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     ) -> certificate_service_pb2.ListCertificatesResponse:
         self._auth.check(context)
         limit = page_size(request.page_size)
-        rows, last = await self._store.list_certificates(
-            decode_page_token(request.page_token), limit
-        )
+        page = await self._repository.list_certificates(request.page_token, limit)
         return certificate_service_pb2.ListCertificatesResponse(
-            certificates=[certificate_to_proto(r) for r in rows],
-            next_page_token=encode_page_token(last) if last else "",
+            certificates=[certificate_to_proto(r) for r in page.items],
+            next_page_token=page.next_page_token,
         )
 
     @override
@@ -395,7 +397,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.DeleteCertificateRequest, context: Context
     ) -> empty_pb2.Empty:
         self._auth.check(context)
-        await self._certificates.delete(parse_name(request.name, "certificates", "name"))
+        await self._certificates.delete(parse_resource_name(request.name, "certificates", "name"))
         return empty_pb2.Empty()
 
     @override
@@ -403,7 +405,9 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.RenewCertificateRequest, context: Context
     ) -> certificate_service_pb2.Certificate:
         self._auth.check(context)
-        row = await self._certificates.renew(parse_name(request.name, "certificates", "name"))
+        row = await self._certificates.renew(
+            parse_resource_name(request.name, "certificates", "name")
+        )
         return certificate_to_proto(row)
 
     @override
@@ -411,11 +415,11 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.RevokeCertificateRequest, context: Context
     ) -> certificate_service_pb2.Certificate:
         self._auth.check(context)
-        certificate_id = parse_name(request.name, "certificates", "name")
+        certificate_id = parse_resource_name(request.name, "certificates", "name")
         reason = _REVOCATION.get(request.reason)
         if reason is None:
             raise InvalidArgumentError(
-                "INVALID_REVOCATION_REASON", "a revocation reason is required", field="reason"
+                errors.INVALID_REVOCATION_REASON, "a revocation reason is required", field="reason"
             )
         row = await self._certificates.revoke(certificate_id, REVOCATION_REASONS[reason])
         return certificate_to_proto(row)
@@ -424,15 +428,13 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     async def WatchCertificate(
         self, request: certificate_service_pb2.WatchCertificateRequest, context: Context
     ) -> AsyncIterator[certificate_service_pb2.WatchCertificateResponse]:
-        certificate_id = parse_name(request.name, "certificates", "name")
+        certificate_id = parse_resource_name(request.name, "certificates", "name")
         await self._auth.check_certificate(context, certificate_id)
         last_revision = -1
         while True:
-            row = await self._store.find_certificate(certificate_id)
+            row = await self._repository.find_certificate(certificate_id)
             if row is None:
-                raise NotFoundError(
-                    "CERTIFICATE_NOT_FOUND", f"certificates/{certificate_id} does not exist"
-                )
+                raise errors.certificate_not_found(certificate_id)
             if row.revision != last_revision:
                 if last_revision != -1:
                     # A delivery token revoked mid-stream stops the stream at the next change.
@@ -449,10 +451,10 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
     ) -> certificate_service_pb2.CertificateBundle:
         if not self._auth.configured:
             raise FailedPreconditionError(
-                "EXPORT_DISABLED",
+                errors.EXPORT_DISABLED,
                 "exporting private keys needs an operator token configured on the issuer",
             )
-        certificate_id = parse_name(request.name, "certificates", "name")
+        certificate_id = parse_resource_name(request.name, "certificates", "name")
         await self._auth.check_certificate(context, certificate_id)
         row, key_pem = await self._certificates.export(certificate_id)
         logger.info("certificate exported", extra={"certificate": certificate_id})
@@ -460,7 +462,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
             name=f"certificates/{certificate_id}",
             certificate_chain_pem=row.chain_pem,
             private_key_pem=key_pem,
-            not_after_time=_timestamp(row.not_after),
+            not_after_time=optional_timestamp(row.not_after),
         )
 
     @override
@@ -468,12 +470,11 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         self, request: certificate_service_pb2.CheckDelegationRequest, context: Context
     ) -> certificate_service_pb2.Delegation:
         self._auth.check(context)
-        domain = request.domain.strip().lower().rstrip(".")
-        domain = domain[2:] if domain.startswith("*.") else domain
+        domain = base_domain(request.domain.strip().lower().rstrip("."))
         problem = dns_name_problem(domain)
         if problem is not None:
             raise InvalidArgumentError(
-                "INVALID_DOMAIN", f"{request.domain!r}: {problem}", field="domain"
+                errors.INVALID_DOMAIN, f"{request.domain!r}: {problem}", field="domain"
             )
         method = (
             ChallengeType.DNS01
@@ -482,24 +483,24 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
         )
         if method not in DNS_METHODS:
             raise InvalidArgumentError(
-                "INVALID_CHALLENGE_TYPE",
+                errors.INVALID_CHALLENGE_TYPE,
                 "only dns-01 and dns-account-01 are checked here (a dns-persist-01 "
                 "certificate shows its record in its delegations)",
                 field="challenge_type",
             )
         account_url = ""
         if method == ChallengeType.DNS_ACCOUNT01:
-            account_id = parse_name(request.account, "accounts", "account")
+            account_id = parse_resource_name(request.account, "accounts", "account")
             try:
-                account_url = (await self._store.get_account(account_id)).account_url
+                account_url = (await self._repository.get_account(account_id)).account_url
             except NotFoundError as exc:
                 raise InvalidArgumentError(
-                    "INVALID_ACCOUNT", f"{request.account} does not exist", field="account"
+                    errors.INVALID_ACCOUNT, f"{request.account} does not exist", field="account"
                 ) from exc
         try:
             check = await self._dns01.check(domain, method, account_url)
         except IssuanceError as exc:
-            raise UnavailableError("REGISTRY_UNAVAILABLE", exc.message) from exc
+            raise UnavailableError(errors.REGISTRY_UNAVAILABLE, exc.message) from exc
         return certificate_service_pb2.Delegation(
             domain=check.domain,
             cname_name=check.cname_name,
@@ -507,7 +508,7 @@ class CertificateServicer(certificate_service_pb2_grpc.CertificateServiceService
             ready=check.ready,
             detail=check.detail,
             challenge_type=_CHALLENGE_ENUM[check.method],
-            check_time=_timestamp(utcnow()),
+            check_time=optional_timestamp(utcnow()),
         )
 
 
@@ -520,22 +521,22 @@ def delivery_token_to_proto(
         certificates=[f"certificates/{c}" for c in row.certificate_ids],
         description=row.description,
         secret=secret,
-        create_time=_timestamp(row.create_time),
+        create_time=optional_timestamp(row.create_time),
     )
 
 
 class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenServiceServicer):
     """DeliveryTokenService: operator-only management of delivery tokens."""
 
-    def __init__(self, store: Store, tokens: DeliveryTokens, auth: Authorizer) -> None:
-        self._store = store
+    def __init__(self, repository: Repository, tokens: DeliveryTokens, auth: Authorizer) -> None:
+        self._repository = repository
         self._tokens = tokens
         self._auth = auth
 
     def _check(self, context: Context) -> None:
         if not self._auth.configured:
             raise FailedPreconditionError(
-                "OPERATOR_TOKEN_NOT_SET",
+                errors.OPERATOR_TOKEN_NOT_SET,
                 "delivery tokens need an operator token configured on the issuer",
             )
         self._auth.check(context)
@@ -556,8 +557,8 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
         self, request: delivery_token_service_pb2.GetDeliveryTokenRequest, context: Context
     ) -> delivery_token_service_pb2.DeliveryToken:
         self._check(context)
-        token_id = parse_name(request.name, "deliveryTokens", "name")
-        return delivery_token_to_proto(await self._store.get_delivery_token(token_id))
+        token_id = parse_resource_name(request.name, "deliveryTokens", "name")
+        return delivery_token_to_proto(await self._repository.get_delivery_token(token_id))
 
     @override
     async def ListDeliveryTokens(
@@ -565,12 +566,10 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
     ) -> delivery_token_service_pb2.ListDeliveryTokensResponse:
         self._check(context)
         limit = page_size(request.page_size)
-        rows, last = await self._store.list_delivery_tokens(
-            decode_page_token(request.page_token), limit
-        )
+        page = await self._repository.list_delivery_tokens(request.page_token, limit)
         return delivery_token_service_pb2.ListDeliveryTokensResponse(
-            delivery_tokens=[delivery_token_to_proto(r) for r in rows],
-            next_page_token=encode_page_token(last) if last else "",
+            delivery_tokens=[delivery_token_to_proto(r) for r in page.items],
+            next_page_token=page.next_page_token,
         )
 
     @override
@@ -578,8 +577,8 @@ class DeliveryTokenServicer(delivery_token_service_pb2_grpc.DeliveryTokenService
         self, request: delivery_token_service_pb2.DeleteDeliveryTokenRequest, context: Context
     ) -> empty_pb2.Empty:
         self._check(context)
-        token_id = parse_name(request.name, "deliveryTokens", "name")
-        await self._store.delete_delivery_token(token_id)
+        token_id = parse_resource_name(request.name, "deliveryTokens", "name")
+        await self._repository.delete_delivery_token(token_id)
         logger.info("delivery token deleted", extra={"token": token_id})
         return empty_pb2.Empty()
 
@@ -602,14 +601,14 @@ def delivery_target_to_proto(
         host=row.host,
         directory=row.directory,
         serial_number=row.serial_number,
-        not_after_time=_timestamp(row.not_after),
-        install_time=_timestamp(row.install_time),
+        not_after_time=optional_timestamp(row.not_after),
+        install_time=optional_timestamp(row.install_time),
         hook_result=_HOOK_RESULT_ENUM.get(
             row.hook_result, delivery_target_service_pb2.HOOK_RESULT_UNSPECIFIED
         ),
         hook_exit_code=row.hook_exit_code,
         hook_output_tail=row.hook_output_tail,
-        report_time=_timestamp(row.report_time),
+        report_time=optional_timestamp(row.report_time),
         current=bool(current_serial) and row.serial_number == current_serial,
     )
 
@@ -617,8 +616,8 @@ def delivery_target_to_proto(
 class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServiceServicer):
     """DeliveryTargetService: agents report installs, operators list them."""
 
-    def __init__(self, store: Store, targets: DeliveryTargets, auth: Authorizer) -> None:
-        self._store = store
+    def __init__(self, repository: Repository, targets: DeliveryTargets, auth: Authorizer) -> None:
+        self._repository = repository
         self._targets = targets
         self._auth = auth
 
@@ -626,7 +625,7 @@ class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServ
     async def ReportDeliveryTarget(
         self, request: delivery_target_service_pb2.ReportDeliveryTargetRequest, context: Context
     ) -> delivery_target_service_pb2.DeliveryTarget:
-        certificate_id = parse_name(request.parent, "certificates", "parent")
+        certificate_id = parse_resource_name(request.parent, "certificates", "parent")
         await self._auth.check_certificate(context, certificate_id)
         target = request.delivery_target
         row, current = await self._targets.report(
@@ -654,15 +653,17 @@ class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServ
         self, request: delivery_target_service_pb2.ListDeliveryTargetsRequest, context: Context
     ) -> delivery_target_service_pb2.ListDeliveryTargetsResponse:
         self._auth.check(context)
-        certificate_id = parse_name(request.parent, "certificates", "parent")
-        certificate = await self._store.get_certificate(certificate_id)
+        certificate_id = parse_resource_name(request.parent, "certificates", "parent")
+        certificate = await self._repository.get_certificate(certificate_id)
         limit = page_size(request.page_size)
-        rows, last = await self._store.list_delivery_targets(
-            certificate_id, decode_page_token(request.page_token), limit
+        page = await self._repository.list_delivery_targets(
+            certificate_id, request.page_token, limit
         )
         return delivery_target_service_pb2.ListDeliveryTargetsResponse(
-            delivery_targets=[delivery_target_to_proto(r, certificate.serial_number) for r in rows],
-            next_page_token=encode_page_token(last) if last else "",
+            delivery_targets=[
+                delivery_target_to_proto(r, certificate.serial_number) for r in page.items
+            ],
+            next_page_token=page.next_page_token,
         )
 
     @override
@@ -671,7 +672,7 @@ class DeliveryTargetServicer(delivery_target_service_pb2_grpc.DeliveryTargetServ
     ) -> empty_pb2.Empty:
         self._auth.check(context)
         certificate_id, target_id = parse_target_name(request.name)
-        await self._store.delete_delivery_target(certificate_id, target_id)
+        await self._repository.delete_delivery_target(certificate_id, target_id)
         logger.info(
             "delivery target deleted", extra={"certificate": certificate_id, "target": target_id}
         )
@@ -683,10 +684,10 @@ def parse_target_name(name: str) -> tuple[str, str]:
     parent, sep, target = name.partition("/deliveryTargets/")
     if not sep:
         raise InvalidArgumentError(
-            "INVALID_NAME",
+            INVALID_NAME,
             f"{name!r}: expected certificates/{{id}}/deliveryTargets/{{id}}",
             field="name",
         )
-    certificate_id = parse_name(parent, "certificates", "name")
-    check_id(target, "name")
+    certificate_id = parse_resource_name(parent, "certificates", "name")
+    check_resource_id(target, "name")
     return certificate_id, target

@@ -26,6 +26,7 @@ from typing import Any
 
 from acmezone_clients.agent.errors import ConfigError
 from acmezone_clients.agent.files import FileNames, Ownership
+from acmezone_common.names import resource_name
 
 DEFAULT_HOOK_TIMEOUT = 60.0
 _TARGET_KEYS = {
@@ -60,7 +61,7 @@ class Target:
 
 def certificate_name(value: str) -> str:
     """`web` or `certificates/web` -> `certificates/web`."""
-    return value if value.startswith("certificates/") else f"certificates/{value}"
+    return resource_name("certificates", value)
 
 
 def _mode(value: Any, where: str) -> int:

@@ -41,6 +41,7 @@ from acmezone_clients.agent.settings import AgentSettings
 from acmezone_clients.cli import delivery, output
 from acmezone_clients.cli.settings import CliSettings
 from acmezone_common.logs import configure_logging
+from acmezone_common.names import resource_name
 from acmezone_common.transport import client_tls, open_channel
 
 pb = certificate_service_pb2
@@ -131,15 +132,15 @@ _CHALLENGE_TYPES = {
 
 
 def _cert_name(value: str) -> str:
-    return value if value.startswith("certificates/") else f"certificates/{value}"
+    return resource_name("certificates", value)
 
 
 def _account_name(value: str) -> str:
-    return value if value.startswith("accounts/") else f"accounts/{value}"
+    return resource_name("accounts", value)
 
 
 def _registration_name(value: str) -> str:
-    return value if value.startswith("registrations/") else f"registrations/{value}"
+    return resource_name("registrations", value)
 
 
 # -- status ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from acmezone.issuer.v1 import (
 )
 from acmezone.issuer.v1 import delivery_token_service_pb2 as dpb
 from acmezone_clients.cli import output
+from acmezone_common.names import resource_name
 
 if TYPE_CHECKING:
     from acmezone_clients.cli.commands import Cli
@@ -29,11 +30,11 @@ def _stub(cli: Cli) -> delivery_token_service_pb2_grpc.DeliveryTokenServiceAsync
 
 
 def _token_name(value: str) -> str:
-    return value if value.startswith("deliveryTokens/") else f"deliveryTokens/{value}"
+    return resource_name("deliveryTokens", value)
 
 
 def _cert_name(value: str) -> str:
-    return value if value.startswith("certificates/") else f"certificates/{value}"
+    return resource_name("certificates", value)
 
 
 def describe(token: dpb.DeliveryToken) -> str:

@@ -1,7 +1,7 @@
 """DNS-01 through delegation: registry registrations, CNAME checks, TXT values, propagation.
 
 For each base domain the issuer creates one registry registration the first time it is needed and
-keeps it (sealed password in the store), so the `_acme-challenge` CNAME a domain owner adds once
+keeps it (sealed password in the database), so the `_acme-challenge` CNAME a domain owner adds once
 stays valid for every renewal. dns-account-01 works the same way at the account's own owner name
 (`_<label>._acme-challenge.<domain>`), with a registration of its own per account and domain, so
 two accounts never share TXT values (or the registry's per-registration limit on them).
@@ -40,6 +40,7 @@ from acmezone.registry.v1 import (
     txt_record_service_pb2_grpc,
 )
 from acmezone_common.addresses import HostPort
+from acmezone_common.sql import utcnow
 from acmezone_issuer.challenges import (
     ChallengeType,
     challenge_owner,
@@ -48,7 +49,8 @@ from acmezone_issuer.challenges import (
 )
 from acmezone_issuer.errors import PropagationTimeoutError, RegistryError
 from acmezone_issuer.keys import KeySealer
-from acmezone_issuer.store import DelegationRow, Store, utcnow
+from acmezone_issuer.storage.repository import Repository
+from acmezone_issuer.storage.tables import DelegationRow
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ class Dns01Solver:
 
     def __init__(
         self,
-        store: Store,
+        repository: Repository,
         sealer: KeySealer,
         registry_channel: grpc.aio.Channel,
         resolver: Resolver,
@@ -137,7 +139,7 @@ class Dns01Solver:
         propagation_timeout: float,
         registration_id_from_domain: bool = False,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._sealer = sealer
         self._registrations = registration_service_pb2_grpc.RegistrationServiceStub(
             registry_channel
@@ -163,11 +165,11 @@ class Dns01Solver:
         key = owner if method == ChallengeType.DNS_ACCOUNT01 else domain
         if len(owner) > 253:
             raise RegistryError(f"{owner}: the challenge owner name is longer than 253 characters")
-        existing = await self._store.get_delegation(key)
+        existing = await self._repository.get_delegation(key)
         if existing is not None:
             return existing
         async with self._create_lock:
-            existing = await self._store.get_delegation(key)
+            existing = await self._repository.get_delegation(key)
             if existing is not None:
                 return existing
             metadata = self._token_metadata()
@@ -200,7 +202,7 @@ class Dns01Solver:
                 "registration created for domain",
                 extra={"owner": owner, "registration": created.name},
             )
-            return await self._store.insert_delegation(row)
+            return await self._repository.insert_delegation(row)
 
     async def check(
         self, domain: str, method: ChallengeType = ChallengeType.DNS01, account_url: str = ""

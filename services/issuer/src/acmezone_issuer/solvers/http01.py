@@ -1,6 +1,6 @@
 """HTTP-01: serve `/.well-known/acme-challenge/<token>` on the issuer's own HTTP port.
 
-Key authorizations are written to the store as well as kept in memory, so when several replicas
+Key authorizations are written to the database as well as kept in memory, so when several replicas
 share one address the CA's request is answered whichever replica it reaches; after a restart the
 reconciler presents the pending ones again before it answers anything.
 """
@@ -12,7 +12,7 @@ import logging
 from aiohttp import web
 
 from acmezone_common.addresses import HostPort
-from acmezone_issuer.store import Store
+from acmezone_issuer.storage.repository import Repository
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +22,9 @@ PATH_PREFIX = "/.well-known/acme-challenge/"
 class Http01Solver:
     """A tiny aiohttp server answering key authorizations by token."""
 
-    def __init__(self, address: HostPort, store: Store) -> None:
+    def __init__(self, address: HostPort, repository: Repository) -> None:
         self._address = address
-        self._store = store
+        self._repository = repository
         self._tokens: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._bound: HostPort | None = None
@@ -57,18 +57,18 @@ class Http01Solver:
     async def present(self, token: str, key_authorization: str, certificate_id: str) -> None:
         """Answer `token` with `key_authorization` from now on, on every replica."""
         self._tokens[token] = key_authorization
-        await self._store.put_http01_token(token, key_authorization, certificate_id)
+        await self._repository.put_http01_token(token, key_authorization, certificate_id)
 
     async def cleanup(self, token: str) -> None:
         """Stop answering `token`."""
         self._tokens.pop(token, None)
-        await self._store.delete_http01_token(token)
+        await self._repository.delete_http01_token(token)
 
     async def _handle(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
         value = self._tokens.get(token)
         if value is None:
-            value = await self._store.get_http01_token(token)
+            value = await self._repository.get_http01_token(token)
         if value is None:
             return web.Response(status=404, text="unknown token\n")
         return web.Response(text=value, content_type="application/octet-stream")

@@ -1,4 +1,5 @@
-"""Alembic environment: runs the issuer's migrations against the URL `store.migrate` passes."""
+"""Alembic environment: runs the issuer's migrations against the URL that
+`storage.database.migrate` passes."""
 
 from __future__ import annotations
 
