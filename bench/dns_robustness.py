@@ -282,7 +282,6 @@ def main() -> int:
         "ACMEZONE_REGISTRY_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
         "ACMEZONE_REGISTRY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         "ACMEZONE_REGISTRY_DATA_DIR": str(workdir / "registry"),
-        "ACMEZONE_REGISTRY_PASSWORD_SCRYPT_N": "1024",
         "ACMEZONE_REGISTRY_DEFAULT_MAX_TXT_VALUES": "10",
         "ACMEZONE_REGISTRY_LOG_LEVEL": "WARNING",
     }

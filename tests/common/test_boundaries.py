@@ -7,7 +7,14 @@ from __future__ import annotations
 import acmezone_common
 from tests.boundaries import CLIENTS, SERVICES, from_packages, grpc_users, package_imports
 
-GRPC_ALLOWED = {"grpc_server.py", "interceptors.py", "testing.py", "tls.py"}
+GRPC_ALLOWED = {
+    "grpc_server.py",
+    "guard.py",
+    "interceptors.py",
+    "testing.py",
+    "tls.py",
+    "transport.py",
+}
 
 
 def test_no_service_and_grpc_only_in_the_server_parts() -> None:

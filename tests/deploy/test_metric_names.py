@@ -222,7 +222,6 @@ async def _run_services(workdir: Path) -> Run:
             metrics_address="127.0.0.1:0",
             database_url=f"sqlite:///{workdir}/registry.db",
             zone=ZONE,
-            password_scrypt_n=1024,
         ),
         CollectorRegistry(),
     )

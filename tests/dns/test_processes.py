@@ -49,7 +49,6 @@ async def test_dns_process_follows_a_registry_process_through_a_crash(tmp_path: 
             "ACMEZONE_REGISTRY_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
             "ACMEZONE_REGISTRY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
             "ACMEZONE_REGISTRY_DATA_DIR": str(tmp_path / "registry"),
-            "ACMEZONE_REGISTRY_PASSWORD_SCRYPT_N": "1024",
         },
         str(tmp_path / "registry.log"),
     )

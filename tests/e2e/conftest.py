@@ -232,7 +232,6 @@ async def running_system(
             metrics_address="127.0.0.1:0",
             database_url=f"sqlite:///{workdir}/registry.db",
             zone=CHALLENGE_ZONE,
-            password_scrypt_n=1024,
         ),
         CollectorRegistry(),
     )

@@ -56,7 +56,6 @@ class Stack:
                 metrics_address="127.0.0.1:0",
                 database_url=f"sqlite:///{workdir}/registry.db",
                 zone=CHALLENGE_ZONE,
-                password_scrypt_n=1024,
             ),
             CollectorRegistry(),
         )

@@ -82,7 +82,6 @@ async def test_issuer_killed_mid_order_resumes_the_same_order(
         "ACMEZONE_REGISTRY_METRICS_ADDRESS": "127.0.0.1:0",
         "ACMEZONE_REGISTRY_DATABASE_URL": f"sqlite:///{tmp_path}/registry.db",
         "ACMEZONE_REGISTRY_ZONE": CHALLENGE_ZONE,
-        "ACMEZONE_REGISTRY_PASSWORD_SCRYPT_N": "1024",
     }
     dns_env = {
         "ACMEZONE_DNS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",

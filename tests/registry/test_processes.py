@@ -37,7 +37,6 @@ class Replica:
                 "ACMEZONE_REGISTRY_GRPC_ADDRESS": self.grpc,
                 "ACMEZONE_REGISTRY_HTTP_ADDRESS": self.http,
                 "ACMEZONE_REGISTRY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-                "ACMEZONE_REGISTRY_PASSWORD_SCRYPT_N": "1024",
                 "ACMEZONE_REGISTRY_LOG_FORMAT": "json",
             },
             str(tmp_path / f"{name}.log"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 from pydantic import BeforeValidator, Field, PlainSerializer, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
@@ -64,11 +63,6 @@ class ServiceSettings(BaseSettings):
         if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
             raise ValueError("grpc_tls_client_ca_file needs grpc_tls_cert_file and its key")
         return self
-
-    def grpc_server_credentials(self) -> grpc.ServerCredentials | None:
-        """The gRPC port's TLS credentials (files read now), or None for plaintext."""
-        server_tls = self.grpc_server_tls()
-        return server_tls.credentials() if server_tls else None
 
     def grpc_server_tls(self) -> ServerTls | None:
         """The gRPC port's TLS, or None for plaintext."""

@@ -49,6 +49,11 @@ class ServerTls:
         return tls.server_credentials(self.cert_file, self.key_file, self.client_ca_file)
 
 
+def server_credentials(server_tls: ServerTls | None) -> grpc.ServerCredentials | None:
+    """A gRPC port's TLS credentials (files read now), or None for plaintext."""
+    return server_tls.credentials() if server_tls else None
+
+
 @dataclass(frozen=True)
 class ClientTls:
     """How a channel verifies the server (a CA file, or the system roots when None) and the

@@ -18,7 +18,7 @@ from acmezone.dns.v1 import zone_service_pb2, zone_service_pb2_grpc
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
-from acmezone_common.transport import open_channel
+from acmezone_common.transport import open_channel, server_credentials
 from acmezone_dns import metrics
 from acmezone_dns.cookies import CookieJar, load_secret
 from acmezone_dns.feed_client import FeedClient
@@ -93,7 +93,7 @@ class DnsApp:
             settings.grpc_address,
             registry=metrics_registry,
             error_domain=ERROR_DOMAIN,
-            credentials=settings.grpc_server_credentials(),
+            credentials=server_credentials(settings.grpc_server_tls()),
         )
         self.feed = FeedClient(
             registry_channel,

@@ -25,7 +25,7 @@ from acmezone.issuer.v1 import (
 from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.metrics import MetricsServer
-from acmezone_common.transport import open_channel
+from acmezone_common.transport import open_channel, server_credentials
 from acmezone_issuer.accounts import AccountManager
 from acmezone_issuer.certificates import CertificateManager
 from acmezone_issuer.delivery import DeliveryTokens
@@ -116,7 +116,7 @@ class IssuerApp:
             settings.grpc_address,
             registry=self._registry,
             error_domain=ERROR_DOMAIN,
-            credentials=settings.grpc_server_credentials(),
+            credentials=server_credentials(settings.grpc_server_tls()),
         )
         self._grpc.add_service(
             account_service_pb2.DESCRIPTOR.services_by_name["AccountService"],

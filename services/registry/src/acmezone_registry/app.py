@@ -31,6 +31,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.guard import REFLECTION_SERVICES, TokenGuard
 from acmezone_common.metrics import MetricsServer
+from acmezone_common.transport import server_credentials
 from acmezone_registry.access import ClientAddressResolver
 from acmezone_registry.dns_updates import DnsUpdates
 from acmezone_registry.errors import ERROR_DOMAIN
@@ -133,7 +134,7 @@ class RegistryApp:
             registry=metrics_registry,
             error_domain=ERROR_DOMAIN,
             guard=_feed_guard(settings),
-            credentials=settings.grpc_server_credentials(),
+            credentials=server_credentials(settings.grpc_server_tls()),
         )
         self.grpc.add_service(
             registration_service_pb2.DESCRIPTOR.services_by_name["RegistrationService"],
