@@ -7,8 +7,10 @@ listeners, as resolvers expect.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+import signal
 import socket
 from functools import partial
 
@@ -29,6 +31,7 @@ from acmezone_dns.store import ZoneStore
 from acmezone_dns.tcp_server import TcpServer
 from acmezone_dns.udp_server import UdpServer
 from acmezone_dns.updates import UpdateForwarder
+from acmezone_dns.zone_reload import ZoneReloader
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +49,12 @@ class DnsApp:
         metrics_registry: CollectorRegistry,
         *,
         freeze_gc: bool = False,
+        handle_sighup: bool = False,
     ) -> None:
-        """`freeze_gc` (the command sets it) keeps the zone out of cyclic garbage collection."""
+        """`freeze_gc` (the command sets it) keeps the zone out of cyclic garbage collection;
+        `handle_sighup` (the command too) reloads the zone files on SIGHUP."""
         self.settings = settings
+        self._handle_sighup = handle_sighup
         self.store = ZoneStore(
             load_static_zones(settings),
             feed_zone=settings.zone,
@@ -62,6 +68,15 @@ class DnsApp:
             self.stats,
             self.feed_metrics,
             lambda: self.store.snapshot.record_count,
+        )
+        self.reload_stats = metrics.ReloadStats()
+        metrics_registry.register(metrics.ReloadCollector(self.reload_stats))
+        self.reloader = ZoneReloader(
+            list(settings.zone_files),
+            partial(load_static_zones, settings),
+            self.store,
+            self.reload_stats,
+            interval=settings.zone_reload_interval_seconds,
         )
         self.update_stats = metrics.UpdateStats()
         metrics_registry.register(metrics.UpdateCollector(self.update_stats))
@@ -117,6 +132,9 @@ class DnsApp:
             f"{socket.gethostname()}/{self.dns_addresses[0]}"
         )
         await self.feed.start()
+        await self.reloader.start()
+        if self._handle_sighup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.trigger)
         logger.info(
             "dns serving",
             extra={
@@ -177,6 +195,9 @@ class DnsApp:
     async def stop(self, grace: float) -> None:
         """NOT_SERVING, stop the feed, drain the API within `grace`, close every listener."""
         await self.grpc.health.enter_graceful_shutdown()
+        if self._handle_sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.reloader.stop()
         await self.feed.stop()
         await self.grpc.stop(grace)
         await self._close_listeners()

@@ -275,3 +275,35 @@ class UpdateCollector(Collector):
                 updates.add_metric((transport, rcode), counts[i])
                 i += 1
         yield updates
+
+
+@dataclass
+class ReloadStats:
+    """Zone file reload outcomes, for `acmezone_dns_zone_reloads_total`."""
+
+    ok: int = 0
+    error: int = 0
+    last_success_time: float = 0.0
+
+
+class ReloadCollector(Collector):
+    """Exposes zone file reloads as acmezone_dns_zone_reloads_total{result} and the time of the
+    last good one."""
+
+    def __init__(self, stats: ReloadStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            "acmezone_dns_zone_reloads",
+            "Zone file reloads: ok (swapped in) or error (refused, the old zones kept).",
+            labels=("result",),
+        )
+        reloads.add_metric(("ok",), self._stats.ok)
+        reloads.add_metric(("error",), self._stats.error)
+        yield reloads
+        yield GaugeMetricFamily(
+            "acmezone_dns_zone_reload_last_success_timestamp_seconds",
+            "When zone files were last reloaded successfully (0: never since start).",
+            value=self._stats.last_success_time,
+        )

@@ -120,6 +120,13 @@ class DnsSettings(ServiceSettings):
         default=[],
         description="RFC 1035 zone files of extra static zones; each needs $ORIGIN, SOA and NS.",
     )
+    zone_reload_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="How often zone files are checked for changes (mtime, size, then SHA-256) "
+        "and reloaded; 0 reloads only on SIGHUP or through the API.",
+    )
     edns_udp_size: int = Field(
         default=1232,
         ge=512,

@@ -394,9 +394,9 @@ class ZoneStore:
         # Only static names hold CNAMEs, so the chains (missing targets included) are fixed by
         # the static data alone.
         self.dependents: dict[bytes, set[bytes]] = {}
-        for key in self.static:
-            for target in self._tables.view.cname_chain(key):
-                self.dependents.setdefault(target, set()).add(key)
+        self._find_dependents()
+        self.static_generation = 0
+        """Bumped by every `replace_static`: a re-list started before one recounts at the end."""
         self._finish(self._tables)
         self.snapshot = self._tables.snapshot(revision=0, feed_id="", ready=False)
 
@@ -498,6 +498,100 @@ class ZoneStore:
             tables.pack(key)
         self.snapshot.revision = revision
 
+    def _find_dependents(self) -> None:
+        self.dependents.clear()
+        for key in self.static:
+            for target in self._tables.view.cname_chain(key):
+                self.dependents.setdefault(target, set()).add(key)
+
+    def replace_static(self, zones: list[StaticZone]) -> None:
+        """Swap in a whole new set of static zones (a zone file reloaded), keeping every feed
+        name, in one synchronous call: queries see the old set or the new one, never a mix.
+
+        The work is proportional to the static data (old and new), never to the feed: the
+        static names' ancestor counts are moved over, the CNAME dependents recomputed, and
+        the static names (the CNAMEs among them) and the empty non-terminals that appeared or
+        vanished are re-packed. The challenge zone itself (first in
+        `zones`, from settings) keeps its readiness; its feed names are left as they are.
+        """
+        tables = self._tables
+        old_static = dict(self.static)
+        zones_view = tables.view.zones
+        assert isinstance(zones_view, dict)
+        feed_zone = self._feed_zone
+        feed_zone_static = sum(
+            tables.record_count(k) for k in old_static if self._zone_key(k) == feed_zone
+        )
+        changed: set[bytes] = set()
+        for key in old_static:
+            if key not in tables.feed:
+                changed.update(tables.count_ancestors(key, -1))
+        new_info: dict[bytes, ZoneInfo] = {}
+        new_static: StaticNames = {}
+        for zone in zones:
+            key = wire_key(zone.name)
+            current = zones_view.get(key)
+            ready = current.ready if key == self._feed_zone and current else True
+            new_info[key] = ZoneInfo(key, zone.name, zone.source, zone.soa, ready=ready)
+            new_static.update(zone.records)
+        if self._feed_zone not in new_info:
+            raise ValueError("the feed zone is not among the static zones")
+        old_zone_keys = set(zones_view)
+        # The dicts are shared with the view and the node index: change them in place.
+        self.static.clear()
+        self.static.update(new_static)
+        zones_view.clear()
+        zones_view.update(new_info)
+        self.zone_info = dict(new_info)
+        for key in new_static:
+            if key not in tables.feed:
+                changed.update(tables.count_ancestors(key, +1))
+        self._find_dependents()
+        # Only static names hold CNAMEs: every name whose answer embeds a chain is among these.
+        for key in {*old_static, *new_static, *changed}:
+            tables.pack(key)
+        # Record counts: static zones recounted whole, the feed zone's static part adjusted.
+        counts = tables.counts
+        for key in old_zone_keys - set(new_info):
+            counts.pop(key, None)
+        for key in new_info:
+            if key != self._feed_zone:
+                counts[key] = 0
+        for key in new_static:
+            zone_key = self._zone_key(key)
+            if zone_key == feed_zone:
+                feed_zone_static -= tables.record_count(key)
+            else:
+                counts[zone_key] += tables.record_count(key)
+        counts[feed_zone] -= feed_zone_static
+        self.static_generation += 1
+        snapshot = self.snapshot
+        self.snapshot = tables.snapshot(
+            revision=snapshot.revision, feed_id=snapshot.feed_id, ready=snapshot.ready
+        )
+
+    def _recount(self, tables: _Tables) -> None:
+        """Redo a re-list's bookkeeping that depends on the static set, after a static reload
+        raced with it: the ancestor counts and the zones' record counts (walks the feed once,
+        a rare case). `_finish` then packs and counts the static names."""
+        tables.view.zones.clear()  # type: ignore[attr-defined]
+        tables.view.zones.update(self._ready_zones())  # type: ignore[attr-defined]
+        tables.below.clear()
+        tables.counts.clear()
+        tables.counts.update(dict.fromkeys(self.zone_info, 0))
+        for key in self.static:
+            tables.count_ancestors(key, +1)
+        for key, txt in tables.feed.items():
+            if key in self.static:
+                tables.counts[self._zone_key(key)] += tables.record_count(key)
+                continue
+            if not self.is_child(key):
+                tables.count_ancestors(key, +1)
+            if txt is not None:
+                tables.counts[self._feed_zone] += answer_count(txt)
+        for key in [k for k in tables.answer_keys if k not in self.static]:
+            tables.pack(key)  # was a mixed name when the re-list packed it
+
     def relist(self) -> Relist:
         """Start building a full snapshot aside; the live tables stay as they are until
         `Relist.finish`."""
@@ -551,6 +645,7 @@ class Relist:
     def __init__(self, store: ZoneStore) -> None:
         self._store = store
         self._tables = _Tables(store, store._ready_zones())
+        self._generation = store.static_generation
         self._holding_gc = False
         self.names = 0
 
@@ -589,6 +684,8 @@ class Relist:
         try:
             store = self._store
             tables = self._tables
+            if self._generation != store.static_generation:
+                store._recount(tables)
             # Feed names counted above are all inside the feed zone; _finish adds the rest.
             store._finish(tables)
             store._swap(tables, revision, feed_id)
