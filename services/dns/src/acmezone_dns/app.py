@@ -23,12 +23,14 @@ from acmezone_common.metrics import MetricsServer
 from acmezone_dns import metrics
 from acmezone_dns.feed_client import FeedClient
 from acmezone_dns.inspection import ZoneInspector
+from acmezone_dns.notify import Notifier
 from acmezone_dns.responder import Responder
 from acmezone_dns.servicer import ZoneServicer
 from acmezone_dns.settings import DnsSettings
 from acmezone_dns.static_zones import load_static_zones
 from acmezone_dns.store import ZoneStore
 from acmezone_dns.tcp_server import TcpServer
+from acmezone_dns.transfer import Journal, TransferPolicy, ZoneTransfers
 from acmezone_dns.udp_server import UdpServer
 from acmezone_dns.updates import UpdateForwarder
 from acmezone_dns.zone_reload import ZoneReloader
@@ -78,6 +80,30 @@ class DnsApp:
             self.reload_stats,
             interval=settings.zone_reload_interval_seconds,
         )
+        self.transfer_stats = metrics.TransferStats()
+        metrics_registry.register(metrics.TransferCollector(self.transfer_stats))
+        self.notifier = Notifier(
+            settings.zone,
+            list(settings.notify_targets),
+            self.transfer_stats,
+            delay=settings.notify_delay_seconds,
+        )
+        self.transfers: ZoneTransfers | None = None
+        if settings.transfer_allow:
+            # The serial follows the feed only when someone may transfer the zone.
+            journal = Journal(self.store, settings.ixfr_journal_revisions)
+            journal.on_change.append(self.notifier.changed)
+            self.store.observer = journal
+            self.transfers = ZoneTransfers(
+                self.store,
+                journal,
+                TransferPolicy.from_settings(
+                    [k.get_secret_value() for k in settings.transfer_keys],
+                    settings.transfer_allow,
+                ),
+                self.transfer_stats,
+                max_concurrent=settings.transfer_max_concurrent,
+            )
         self.update_stats = metrics.UpdateStats()
         metrics_registry.register(metrics.UpdateCollector(self.update_stats))
         self.updates = UpdateForwarder(
@@ -87,6 +113,8 @@ class DnsApp:
             timeout=settings.update_timeout_seconds,
             revision_wait=settings.update_revision_wait_seconds,
         )
+        if self.transfers is not None:
+            self.updates.local_signer = self.transfers.sign_answer
         self.responder = Responder(self.store, self.stats, edns_udp_size=settings.edns_udp_size)
         self.grpc = GrpcServer(
             settings.grpc_address, registry=metrics_registry, error_domain=ERROR_DOMAIN
@@ -133,6 +161,7 @@ class DnsApp:
         )
         await self.feed.start()
         await self.reloader.start()
+        await self.notifier.start()
         if self._handle_sighup:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.trigger)
         logger.info(
@@ -166,6 +195,7 @@ class DnsApp:
                 idle_timeout=self.settings.tcp_idle_timeout_seconds,
                 max_connections=self.settings.tcp_max_connections,
                 updates=self.updates,
+                transfers=self.transfers,
             )
             try:
                 await tcp.start()
@@ -198,6 +228,7 @@ class DnsApp:
         if self._handle_sighup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.reloader.stop()
+        await self.notifier.stop()
         await self.feed.stop()
         await self.grpc.stop(grace)
         await self._close_listeners()

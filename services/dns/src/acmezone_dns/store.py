@@ -32,6 +32,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import dns.exception
 import dns.name
@@ -59,6 +60,7 @@ from acmezone_dns.zone import (
     SERVFAIL,
     TYPE_ANY,
     TYPE_NONE,
+    TYPE_SOA,
     TYPE_TXT,
     Node,
     ZoneInfo,
@@ -79,6 +81,22 @@ _PLAIN_LABELS = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
 keys without dnspython; anything else takes dnspython's parser."""
 
 StaticNames = dict[bytes, tuple[dns.name.Name, dict[int, dns.rdataset.Rdataset]]]
+
+FeedBefore = dict[bytes, tuple[bool, Packed | None]]
+"""What a revision changed, as it was before: feed key -> (whether the name was a feed name,
+its packed TXT answer then or None)."""
+
+
+class ChangeObserver(Protocol):
+    """Told of every change to the feed zone, in the same synchronous call (zone transfers keep
+    their journal and the SOA serial with it)."""
+
+    def changed(self, revision: int, before: FeedBefore) -> None:
+        """Revisions up to `revision` were applied in place; `before` holds the touched names'
+        previous state."""
+
+    def relisted(self, revision: int) -> None:
+        """A re-list at `revision` replaced the whole feed."""
 
 
 class Snapshot:
@@ -395,6 +413,9 @@ class ZoneStore:
         # the static data alone.
         self.dependents: dict[bytes, set[bytes]] = {}
         self._find_dependents()
+        self.observer: ChangeObserver | None = None
+        """Told of every revision and re-list (set by the composition root)."""
+        self._feed_serial: int | None = None
         self.static_generation = 0
         """Bumped by every `replace_static`: a re-list started before one recounts at the end."""
         self._finish(self._tables)
@@ -470,6 +491,8 @@ class ZoneStore:
         snapshot to `revision`. The work is proportional to the names the changes touch."""
         tables = self._tables
         touched: dict[bytes, int] = {}  # key -> its record count before
+        observer = self.observer
+        before: FeedBefore = {}
         for change in changes:
             key = self.feed_key(change.fqdn)
             if key is None:
@@ -477,6 +500,8 @@ class ZoneStore:
                 continue
             if key not in touched:
                 touched[key] = tables.record_count(key)
+                if observer is not None:
+                    before[key] = (key in tables.feed, tables.feed.get(key))
             if change.values is None:
                 appeared = tables.delete(key)
                 if appeared is None:
@@ -497,6 +522,48 @@ class ZoneStore:
             )
             tables.pack(key)
         self.snapshot.revision = revision
+        if observer is not None:
+            observer.changed(revision, before)
+
+    def set_feed_serial(self, serial: int) -> None:
+        """Serve `serial` in the challenge zone's SOA record (zone transfers: the serial follows
+        the feed). Only the apex (and static CNAMEs to it) is re-packed: the SOA that negative
+        answers carry keeps the configured serial, since re-packing every shared NODATA body
+        on each revision would cost the hot path; resolvers read only its TTL and minimum."""
+        self._feed_serial = serial
+        _, rrsets = self.static[self._feed_zone]
+        soa = rrsets[TYPE_SOA]
+        rdata = next(iter(soa))
+        if getattr(rdata, "serial", None) == serial:
+            return
+        rrsets[TYPE_SOA] = dns.rdataset.from_rdata(soa.ttl, rdata.replace(serial=serial))
+        tables = self._tables
+        for key in {self._feed_zone, *self.dependents.get(self._feed_zone, ())}:
+            tables.pack(key)
+
+    def feed_zone_state(
+        self,
+    ) -> tuple[list[tuple[bytes, dns.rdataset.Rdataset]], dict[bytes, Packed | None]]:
+        """The challenge zone as it is now, for a full zone transfer: its static RRsets (the
+        apex SOA first, TXT left out where the feed holds the name) and a copy of the feed map
+        (packed answers are never changed in place, so the copy is a consistent picture)."""
+        feed = dict(self._tables.feed)
+        zone = self._feed_zone
+        apex_rrsets = self.static[zone][1]
+        records: list[tuple[bytes, dns.rdataset.Rdataset]] = [(zone, apex_rrsets[TYPE_SOA])]
+        for key, (_, rrsets) in self.static.items():
+            if self._zone_key(key) != zone:
+                continue
+            for rdtype, rdataset in sorted(rrsets.items()):
+                if (key == zone and rdtype == TYPE_SOA) or (rdtype == TYPE_TXT and key in feed):
+                    continue
+                records.append((key, rdataset))
+        return records, feed
+
+    def static_txt(self, key: bytes) -> dns.rdataset.Rdataset | None:
+        """The static TXT RRset of a name, served when the feed does not hold the name."""
+        static = self.static.get(key)
+        return static[1].get(TYPE_TXT) if static else None
 
     def _find_dependents(self) -> None:
         self.dependents.clear()
@@ -547,6 +614,9 @@ class ZoneStore:
             if key not in tables.feed:
                 changed.update(tables.count_ancestors(key, +1))
         self._find_dependents()
+        if self._feed_serial is not None:  # the challenge zone came back with the set serial
+            serial, self._feed_serial = self._feed_serial, None
+            self.set_feed_serial(serial)
         # Only static names hold CNAMEs: every name whose answer embeds a chain is among these.
         for key in {*old_static, *new_static, *changed}:
             tables.pack(key)
@@ -692,6 +762,8 @@ class Relist:
             store.zone_info = dict(tables.view.zones)
         finally:
             self.release()
+        if store.observer is not None:
+            store.observer.relisted(revision)
         if self._store._freeze_gc:
             gc.freeze()
 

@@ -14,6 +14,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_dns import sockets
 from acmezone_dns.metrics import QueryStats
 from acmezone_dns.responder import Responder
+from acmezone_dns.transfer import ZoneTransfers, is_transfer
 from acmezone_dns.updates import UpdateForwarder, is_update
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,10 @@ class TcpServer:
         idle_timeout: float,
         max_connections: int,
         updates: UpdateForwarder | None = None,
+        transfers: ZoneTransfers | None = None,
     ) -> None:
         self._address = address
+        self._transfers = transfers
         self._updates = updates
         self._responder = responder
         self._stats = stats
@@ -81,6 +84,9 @@ class TcpServer:
             async with asyncio.timeout(self._idle_timeout):
                 prefix = await reader.readexactly(2)
                 message = await reader.readexactly(int.from_bytes(prefix, "big"))
+            if self._transfers is not None and is_transfer(message):
+                await self._transfer(message, writer)
+                continue
             if self._updates is not None and is_update(message):
                 peer = writer.get_extra_info("peername")
                 response: bytes | None = await self._updates.forward(
@@ -98,6 +104,15 @@ class TcpServer:
             if response is None:
                 # A runt or a response: nothing sensible can follow on this stream.
                 return
+            writer.write(len(response).to_bytes(2, "big") + response)
+            await writer.drain()
+
+    async def _transfer(self, message: bytes, writer: asyncio.StreamWriter) -> None:
+        """An AXFR/IXFR request: its response messages, each drained before the next (the
+        idle timeout does not apply while a transfer is being written)."""
+        assert self._transfers is not None
+        peer = writer.get_extra_info("peername")
+        async for response in self._transfers.answer(message, str(peer[0]) if peer else ""):
             writer.write(len(response).to_bytes(2, "big") + response)
             await writer.drain()
 
