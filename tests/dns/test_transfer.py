@@ -25,9 +25,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from acmezone_dns.app import DnsApp
-from acmezone_dns.store import TxtChange
+from acmezone_dns.static_zones import load_static_zones
+from acmezone_dns.store import TxtChange, ZoneStore
 from acmezone_dns.transfer import Journal, serial_gt
-from tests.dns.conftest import SNAPSHOT, ZONE, query_udp, running_dns, v4
+from tests.dns.conftest import SNAPSHOT, ZONE, dns_settings, query_tcp, query_udp, running_dns, v4
 
 SECRET = base64.b64encode(b"transfer-secret-for-tests-32byte").decode()
 KEY = dns.tsig.Key("xfr.", SECRET, dns.tsig.HMAC_SHA256)
@@ -245,3 +246,27 @@ async def test_without_transfer_settings_the_serial_is_fixed_and_transfers_refus
         assert answer.answer[0][0].serial == 1
         response = await _raw_xfr(app, dns.message.make_query(ZONE, "AXFR"))
         assert response.rcode() == dns.rcode.REFUSED
+
+
+def test_the_patched_soa_answer_equals_one_packed_afresh(tmp_path: Path) -> None:
+    """The serial is patched into the pre-packed SOA answer on every revision; a static reload
+    packs the apex from scratch, from the SOA RRset the slow path reads: the same bytes."""
+    settings = dns_settings(tmp_path)
+    store = ZoneStore(load_static_zones(settings), feed_zone=ZONE, txt_ttl=1)
+    store.observer = Journal(store, 10)
+    store.apply_snapshot(SNAPSHOT, 10, "f")
+    store.apply_changes([TxtChange(f"one.{ZONE}.", ("x",))], 11)
+    key = b"\x04acme\x07example\x04test\x00\x00\x06\x00\x01"
+    patched = store.snapshot.answers[key]
+    assert (11).to_bytes(4, "big") in patched.body
+    store.replace_static(load_static_zones(settings))
+    fresh = store.snapshot.answers[key]
+    assert fresh is not patched
+    assert (fresh.body, fresh.heads, fresh.stat) == (patched.body, patched.heads, patched.stat)
+
+
+async def test_udp_and_tcp_soa_answers_carry_the_same_serial(xfr_app: DnsApp) -> None:
+    xfr_app.store.apply_changes([TxtChange(f"one.{ZONE}.", ("x",))], 11)
+    udp = await query_udp(v4(xfr_app), ZONE, "SOA")
+    tcp = await query_tcp(v4(xfr_app), ZONE, "SOA")
+    assert udp.answer[0][0].serial == tcp.answer[0][0].serial == 11

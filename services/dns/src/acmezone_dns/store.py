@@ -30,7 +30,7 @@ import gc
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -40,6 +40,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
 
 from acmezone_dns import metrics
@@ -199,13 +200,23 @@ class NodeIndex(Mapping[bytes, Node]):
     Nodes are made when asked for; only the slow path, CNAME packing and the tests ask."""
 
     def __init__(
-        self, static: StaticNames, feed: dict[bytes, Packed | None], below: Counter[bytes]
+        self,
+        static: StaticNames,
+        feed: dict[bytes, Packed | None],
+        below: Counter[bytes],
+        apex: tuple[bytes, Callable[[], None]] | None = None,
     ) -> None:
         self._static = static
         self._feed = feed
         self._below = below
+        # The feed zone's apex and what brings its SOA up to the served serial (made lazily:
+        # see ZoneStore.set_feed_serial).
+        self._apex = apex[0] if apex else b""
+        self._refresh_apex: Callable[[], None] | None = apex[1] if apex else None
 
     def get(self, key: bytes, default: Node | None = None) -> Node | None:  # type: ignore[override]
+        if key == self._apex and self._refresh_apex is not None:
+            self._refresh_apex()
         static = self._static.get(key)
         if key in self._feed:
             txt = self._feed[key]
@@ -251,7 +262,12 @@ class _Tables:
         self.below: Counter[bytes] = Counter()
         for key in store.static:
             self.count_ancestors(key, +1)
-        self.view = ZoneView(zones, NodeIndex(store.static, self.feed, self.below))
+        self.view = ZoneView(
+            zones,
+            NodeIndex(
+                store.static, self.feed, self.below, (store.feed_zone, store.refresh_feed_soa)
+            ),
+        )
         self.answers: dict[bytes, Packed] = {}
         self.defaults: dict[bytes, Packed] = {}
         # The answer keys packed for each generically packed name, to drop them on a re-pack.
@@ -407,15 +423,16 @@ class ZoneStore:
             raise ValueError(f"feed zone {feed_zone} is not among the static zones")
         self._nodata: dict[int, Packed] = {}
         self._txt_stat = metrics.slot(metrics.qtype_index(TYPE_TXT), NOERROR)
+        self.observer: ChangeObserver | None = None
+        """Told of every revision and re-list (set by the composition root)."""
+        self._feed_serial: int | None = None
+        self._feed_soa_stale = False
         self._tables = _Tables(self, self.zone_info)
         # Which names' answers embed which other names' data, through static CNAME chains.
         # Only static names hold CNAMEs, so the chains (missing targets included) are fixed by
         # the static data alone.
         self.dependents: dict[bytes, set[bytes]] = {}
         self._find_dependents()
-        self.observer: ChangeObserver | None = None
-        """Told of every revision and re-list (set by the composition root)."""
-        self._feed_serial: int | None = None
         self.static_generation = 0
         """Bumped by every `replace_static`: a re-list started before one recounts at the end."""
         self._finish(self._tables)
@@ -527,27 +544,50 @@ class ZoneStore:
 
     def set_feed_serial(self, serial: int) -> None:
         """Serve `serial` in the challenge zone's SOA record (zone transfers: the serial follows
-        the feed). Only the apex (and static CNAMEs to it) is re-packed: the SOA that negative
-        answers carry keeps the configured serial, since re-packing every shared NODATA body
-        on each revision would cost the hot path; resolvers read only its TTL and minimum."""
+        the feed), on every revision, so it must be cheap: the pre-packed SOA answer gets the
+        four serial bytes patched in a copy, and the SOA RRset the slow path and transfers
+        read is rebuilt only when one of them asks (`refresh_feed_soa`; dnspython takes
+        about 150 µs to make one). The SOA that negative answers carry keeps the configured
+        serial: re-packing every shared NODATA body on each revision would cost the hot path,
+        and resolvers read only its TTL and minimum."""
+        if serial == self._feed_serial:
+            return
         self._feed_serial = serial
+        self._feed_soa_stale = True
+        tables = self._tables
+        apex = self._feed_zone
+        answer_key = apex + TYPE_SOA.to_bytes(2, "big") + _CLASS_IN
+        packed = tables.answers.get(answer_key)
+        if packed is not None and packed.body[:2] == b"\xc0\x0c":
+            tables.answers[answer_key] = _with_serial(packed, serial)
+        else:
+            tables.pack(apex)
+        for key in self.dependents.get(apex, ()):
+            tables.pack(key)  # static CNAMEs to the apex (rare)
+
+    def refresh_feed_soa(self) -> None:
+        """Bring the challenge zone's SOA RRset to the served serial, if it moved since."""
+        if not self._feed_soa_stale or self._feed_serial is None:
+            return
+        self._feed_soa_stale = False
         _, rrsets = self.static[self._feed_zone]
         soa = rrsets[TYPE_SOA]
         rdata = next(iter(soa))
-        if getattr(rdata, "serial", None) == serial:
-            return
-        rrsets[TYPE_SOA] = dns.rdataset.from_rdata(soa.ttl, rdata.replace(serial=serial))
-        tables = self._tables
-        for key in {self._feed_zone, *self.dependents.get(self._feed_zone, ())}:
-            tables.pack(key)
+        assert isinstance(rdata, dns.rdtypes.ANY.SOA.SOA)
+        if rdata.serial != self._feed_serial:
+            rrsets[TYPE_SOA] = dns.rdataset.from_rdata(
+                soa.ttl, rdata.replace(serial=self._feed_serial)
+            )
 
     def feed_zone_state(
-        self,
-    ) -> tuple[list[tuple[bytes, dns.rdataset.Rdataset]], dict[bytes, Packed | None]]:
-        """The challenge zone as it is now, for a full zone transfer: its static RRsets (the
-        apex SOA first, TXT left out where the feed holds the name) and a copy of the feed map
-        (packed answers are never changed in place, so the copy is a consistent picture)."""
-        feed = dict(self._tables.feed)
+        self, *, copy: bool
+    ) -> tuple[list[tuple[bytes, dns.rdataset.Rdataset]], Mapping[bytes, Packed | None]]:
+        """The challenge zone as it is now, for a zone transfer: its static RRsets (the apex
+        SOA first, TXT left out where the feed holds the name) and the feed map, copied when
+        asked (a full transfer outlives the call; packed answers are never changed in place,
+        so a copy is a consistent picture), else the live map for synchronous use."""
+        self.refresh_feed_soa()
+        feed: Mapping[bytes, Packed | None] = dict(self._tables.feed) if copy else self._tables.feed
         zone = self._feed_zone
         apex_rrsets = self.static[zone][1]
         records: list[tuple[bytes, dns.rdataset.Rdataset]] = [(zone, apex_rrsets[TYPE_SOA])]
@@ -614,9 +654,9 @@ class ZoneStore:
             if key not in tables.feed:
                 changed.update(tables.count_ancestors(key, +1))
         self._find_dependents()
-        if self._feed_serial is not None:  # the challenge zone came back with the set serial
-            serial, self._feed_serial = self._feed_serial, None
-            self.set_feed_serial(serial)
+        # The challenge zone came back with the configured serial: the served one is made
+        # again when the apex is packed below.
+        self._feed_soa_stale = self._feed_serial is not None
         # Only static names hold CNAMEs: every name whose answer embeds a chain is among these.
         for key in {*old_static, *new_static, *changed}:
             tables.pack(key)
@@ -773,6 +813,22 @@ class Relist:
         if self._holding_gc:
             self._holding_gc = False
             gc.enable()
+
+
+def _with_serial(packed: Packed, serial: int) -> Packed:
+    """A copy of a packed SOA answer (owner a pointer to the question, names uncompressed)
+    with another serial."""
+    body = packed.body
+    i = _RR_HEADER
+    for _ in range(2):  # MNAME, RNAME
+        while body[i]:
+            i += body[i] + 1
+        i += 1
+    copy = Packed.__new__(Packed)
+    copy.heads, copy.heads_edns = packed.heads, packed.heads_edns
+    copy.rcode, copy.size, copy.stat = packed.rcode, packed.size, packed.stat
+    copy.body = body[:i] + serial.to_bytes(4, "big") + body[i + 4 :]
+    return copy
 
 
 def _pack(view: ZoneView, key: bytes, qtype: int) -> Packed:

@@ -32,7 +32,7 @@ import logging
 import struct
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import dns.exception
@@ -353,22 +353,20 @@ class ZoneTransfers:
         """The transfer itself: a condensed IXFR when the journal reaches the client's
         serial, one SOA when the client is current, else the whole zone."""
         zone = self._store.feed_zone
-        records, feed = self._store.feed_zone_state()
+        # Everything up to the first message is synchronous: the live feed map may be read.
+        records, feed = self._store.feed_zone_state(copy=False)
         soa = b"".join(zone + rr for rr in _rdataset_rrs(records[0][1]))
-        kind = "full"
-        stream: Iterator[bytes]
-        if qtype == "IXFR":
-            client = _client_serial(query)
-            if client is not None and not serial_gt(serial, client):
-                kind = "current"
-                stream = iter([soa])
-            else:
-                before = self._journal.since(client) if client is not None else None
-                if before is not None:
-                    kind = "incremental"
-                    stream = self._incremental(soa, client, before, feed)  # type: ignore[arg-type]
-        if kind == "full":
-            stream = self._full(soa, records, feed)
+        stream: Iterator[bytes] | None = None
+        client = _client_serial(query) if qtype == "IXFR" else None
+        if client is not None:
+            before = self._journal.since(client)
+            if not serial_gt(serial, client):
+                kind, stream = "current", iter([soa])
+            elif before is not None:
+                kind, stream = "incremental", iter(self._incremental(soa, client, before, feed))
+        if stream is None:
+            records, feed = self._store.feed_zone_state(copy=True)
+            kind, stream = "full", self._full(soa, records, feed)
         sender = _Signer(query, data)
         count = 0
         for message in sender.messages(stream):
@@ -385,7 +383,7 @@ class ZoneTransfers:
         self,
         soa: bytes,
         records: list[tuple[bytes, dns.rdataset.Rdataset]],
-        feed: dict[bytes, Packed | None],
+        feed: Mapping[bytes, Packed | None],
     ) -> Iterator[bytes]:
         yield soa
         for key, rdataset in records[1:]:
@@ -401,8 +399,8 @@ class ZoneTransfers:
         soa: bytes,
         client: int,
         before: FeedBefore,
-        feed: dict[bytes, Packed | None],
-    ) -> Iterator[bytes]:
+        feed: Mapping[bytes, Packed | None],
+    ) -> list[bytes]:
         """RFC 1995 section 4: current SOA, old SOA, deletions, current SOA, additions,
         current SOA; one condensed step from the client's serial to ours."""
         old_soa = bytearray(soa)
@@ -420,12 +418,7 @@ class ZoneTransfers:
             old_set, new_set = set(old_rrs), set(new_rrs)
             deleted += [key + rr for rr in old_rrs if rr not in new_set]
             added += [key + rr for rr in new_rrs if rr not in old_set]
-        yield soa
-        yield bytes(old_soa)
-        yield from deleted
-        yield soa
-        yield from added
-        yield soa
+        return [soa, bytes(old_soa), *deleted, soa, *added, soa]
 
     def _refuse(self, qtype: str, result: str, why: str, peer: str) -> None:
         self._stats.count(qtype, result)
