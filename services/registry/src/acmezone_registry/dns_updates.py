@@ -110,6 +110,15 @@ def _unverified(_message: dns.message.Message, _name: dns.name.Name) -> bool:
     return False
 
 
+_TSIG_ERROR_NAMES = {0: "NOERROR", 16: "BADSIG", 17: "BADKEY", 18: "BADTIME", 22: "BADTRUNC"}
+
+
+def tsig_error_name(error: int) -> str:
+    """The RFC 8945 name of a TSIG error. dnspython's Rcode enum names 16 BADVERS (the EDNS
+    meaning of the same number), which is wrong in a TSIG record."""
+    return _TSIG_ERROR_NAMES.get(int(error), str(int(error)))
+
+
 class DnsUpdates:
     """Verifies and applies UPDATE messages for the challenge zone."""
 
@@ -367,7 +376,7 @@ class DnsUpdates:
         )
         logger.info(
             "dynamic update refused",
-            extra={"rcode": "NOTAUTH", "tsig_error": tsig_error.name, "why": why},
+            extra={"rcode": "NOTAUTH", "tsig_error": tsig_error_name(tsig_error), "why": why},
         )
         return UpdateResult(response.to_wire(), int(dns.rcode.NOTAUTH), 0)
 
@@ -397,7 +406,7 @@ class DnsUpdates:
         if rcode != dns.rcode.NOERROR:
             logger.info(
                 "dynamic update refused",
-                extra={"rcode": rcode.name, "tsig_error": tsig_error.name, "why": why},
+                extra={"rcode": rcode.name, "tsig_error": tsig_error_name(tsig_error), "why": why},
             )
         return UpdateResult(response.to_wire(), int(rcode), revision)
 
