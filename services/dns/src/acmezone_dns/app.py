@@ -33,6 +33,7 @@ from acmezone_dns.tcp_server import TcpServer
 from acmezone_dns.transfer import Journal, TransferPolicy, ZoneTransfers
 from acmezone_dns.udp_server import UdpServer
 from acmezone_dns.updates import UpdateForwarder
+from acmezone_dns.zone_editor import ZoneEditor
 from acmezone_dns.zone_reload import ZoneReloader
 
 logger = logging.getLogger(__name__)
@@ -129,10 +130,17 @@ class DnsApp:
             on_first_snapshot=self._ready,
         )
         inspector = ZoneInspector(self.store, self.feed, edns_udp_size=settings.edns_udp_size)
+        editor = ZoneEditor(
+            list(settings.zone_files),
+            self.reloader,
+            feed_zone=settings.zone,
+            token=settings.zone_edit_token.get_secret_value() if settings.zone_edit_token else None,
+        )
         self.grpc.add_service(
             ZONE_SERVICE,
             partial(
-                zone_service_pb2_grpc.add_ZoneServiceServicer_to_server, ZoneServicer(inspector)
+                zone_service_pb2_grpc.add_ZoneServiceServicer_to_server,
+                ZoneServicer(inspector, editor),
             ),
         )
         self.metrics_server = MetricsServer(settings.metrics_address, metrics_registry)

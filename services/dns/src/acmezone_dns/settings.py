@@ -131,6 +131,12 @@ class DnsSettings(ServiceSettings):
         description="How often zone files are checked for changes (mtime, size, then SHA-256) "
         "and reloaded; 0 reloads only on SIGHUP or through the API.",
     )
+    zone_edit_token: SecretStr | None = Field(
+        default=None,
+        description="When set, ZoneService.CreateZoneRecord/DeleteZoneRecord may change the "
+        "zone files, given `authorization: Bearer <token>`; unset, zone files change only by "
+        "hand.",
+    )
     transfer_keys: SecretList = Field(
         default=[],
         description="TSIG keys secondaries sign zone transfer requests with, each "
