@@ -119,6 +119,7 @@ class RegistryApp:
             self.metrics,
             zone=settings.zone,
             strict_txt_values=settings.strict_txt_values,
+            follow_cnames=settings.update_follow_cnames,
         )
         self.grpc.add_service(
             tsig_key_service_pb2.DESCRIPTOR.services_by_name["TsigKeyService"],
