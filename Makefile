@@ -20,8 +20,9 @@ SERVICE_DIRS := $(foreach s,$(SERVICES),$(wildcard services/$(s)/pyproject.toml)
 NATIVE_SOURCES := $(wildcard services/*/setup.py services/*/src/*/*.c)
 # Debian packages the test suite runs against (real CA, real DNS tools); bench adds its own.
 # libpcsclite1 and libzstd1 are what ../shared/bin/step-ca links against; bind9 and nsd are the
-# secondaries of the zone transfer tests.
-TEST_DEB_PACKAGES := pebble bind9-dnsutils lego libpcsclite1 libzstd1 bind9 nsd
+# secondaries of the zone transfer tests, python3-certbot-dns-rfc2136 brings certbot and its plugin.
+TEST_DEB_PACKAGES := pebble bind9-dnsutils lego libpcsclite1 libzstd1 bind9 nsd \
+	python3-certbot-dns-rfc2136
 # Debian packages the deployment tests need (tests/deploy): promtool for the alert rules, and
 # docker-compose to check docker-compose.yaml offline. Installed without recommends: docker-compose
 # would bring a whole container engine.
