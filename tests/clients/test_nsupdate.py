@@ -145,11 +145,36 @@ async def test_nsupdate_adds_and_deletes_with_a_key_file(
 README = Path(__file__).parents[2] / "README.md"
 
 
+README_ZONE = "challenges.test"  # the challenge zone of `make run` (tools/run_local.py)
+
+
+@pytest.fixture
+async def readme_setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    """Registry and dns with the challenge zone `make run` uses, as the README's examples."""
+    async with (
+        running_registry(tmp_path, zone=README_ZONE) as registry,
+        running_dns(
+            tmp_path,
+            registry_target=str(registry.grpc_address),
+            dns_addresses=["127.0.0.1:0"],
+            zone=README_ZONE,
+            ns_names=[f"ns1.{README_ZONE}"],
+            txt_ttl=0,
+        ) as dns_app,
+        grpc.aio.insecure_channel(str(registry.grpc_address)) as channel,
+    ):
+        await wait_for_serving(str(dns_app.grpc_address))
+        yield Setup(dns_app.dns_addresses[0], channel, str(registry.grpc_address))
+
+
 @pytest.mark.slow
-async def test_the_readme_nsupdate_example_works_as_printed(setup: Setup, tmp_path: Path) -> None:
+async def test_the_readme_nsupdate_example_works_as_printed(
+    readme_setup: Setup, tmp_path: Path
+) -> None:
     """The README's nsupdate block, run as printed (only the port is this test's), with the
     registration and key its `acmezone registration create --id shop` and `tsig-key create shop
-    --id k1` lines make."""
+    --id k1` lines make, under `make run`'s challenge zone."""
+    setup = readme_setup
     text = README.read_text()
     block = re.search(r"nsupdate -k k1\.key <<'END'\n(.*?)\nEND\n(dig [^\n]*)\n", text, re.S)
     assert block, "the README's nsupdate example is gone"
