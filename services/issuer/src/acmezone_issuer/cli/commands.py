@@ -96,6 +96,14 @@ class Cli:
             self.channel(self.args.registry)
         )
 
+    @property
+    def zone_metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self.args.zone_token
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    def zones(self) -> zone_service_pb2_grpc.ZoneServiceAsyncStub:
+        return zone_service_pb2_grpc.ZoneServiceStub(self.channel(self.args.dns))
+
     def tsig_keys(self) -> tsig_key_service_pb2_grpc.TsigKeyServiceAsyncStub:
         return tsig_key_service_pb2_grpc.TsigKeyServiceStub(self.channel(self.args.registry))
 
@@ -482,6 +490,54 @@ def _tsig_key_name(registration: str, key_id: str) -> str:
     return f"{_registration_name(registration)}/tsigKeys/{key_id}"
 
 
+def _zone_parent(zone: str) -> str:
+    return zone if zone.startswith("zones/") else "zones/" + zone.rstrip(".").lower()
+
+
+async def cmd_zone_record_list(cli: Cli) -> int:
+    records: list[zone_service_pb2.ZoneRecord] = []
+    token = ""
+    while True:
+        page = await cli.zones().ListZoneRecords(
+            zone_service_pb2.ListZoneRecordsRequest(
+                parent=_zone_parent(cli.args.zone), page_size=1000, page_token=token
+            )
+        )
+        records += page.zone_records
+        token = page.next_page_token
+        if not token:
+            break
+    cli.emit(list(records), output.zone_records(records))
+    return 0
+
+
+async def cmd_zone_record_add(cli: Cli) -> int:
+    a = cli.args
+    created = await cli.zones().CreateZoneRecord(
+        zone_service_pb2.CreateZoneRecordRequest(
+            parent=_zone_parent(a.zone),
+            zone_record=zone_service_pb2.ZoneRecord(
+                domain_name=a.domain_name, type=a.type, ttl=a.ttl, data=" ".join(a.data)
+            ),
+        ),
+        metadata=cli.zone_metadata,
+    )
+    cli.emit(created, f"added (and served): {created.name}\n" + output.zone_records([created]))
+    return 0
+
+
+async def cmd_zone_record_delete(cli: Cli) -> int:
+    a = cli.args
+    name = (
+        a.record if a.record.startswith("zones/") else f"{_zone_parent(a.zone)}/records/{a.record}"
+    )
+    await cli.zones().DeleteZoneRecord(
+        zone_service_pb2.DeleteZoneRecordRequest(name=name), metadata=cli.zone_metadata
+    )
+    cli.emit({"deleted": name}, f"deleted: {name}")
+    return 0
+
+
 async def cmd_tsig_key_create(cli: Cli) -> int:
     a = cli.args
     created = await cli.tsig_keys().CreateTsigKey(
@@ -543,6 +599,9 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--registry-token", default=settings.registry_token_value(), help="registry token"
+    )
+    parser.add_argument(
+        "--zone-token", default=settings.zone_token_value(), help="dns zone edit token (or env)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -665,6 +724,23 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     tdelete.add_argument("registration")
     tdelete.add_argument("key", help="key id or full resource name")
     tdelete.set_defaults(run=cmd_tsig_key_delete)
+    zrec = sub.add_parser(
+        "zone-record", help="records of static zones served by dns (zone files, live)"
+    ).add_subparsers(dest="sub", required=True)
+    zlist = zrec.add_parser("list", help="a static zone's records, with their ids")
+    zlist.add_argument("zone", help="zone apex, e.g. example.test")
+    zlist.set_defaults(run=cmd_zone_record_list)
+    zadd = zrec.add_parser("add", help="add a record to the zone file; served at once")
+    zadd.add_argument("zone")
+    zadd.add_argument("domain_name", help="owner, fully qualified, e.g. _acme-challenge.x.test.")
+    zadd.add_argument("type", help="CNAME, TXT, A, ...")
+    zadd.add_argument("data", nargs="+", help="record data, e.g. x.acme.example.test.")
+    zadd.add_argument("--ttl", type=int, default=0, help="seconds (default: the zone's)")
+    zadd.set_defaults(run=cmd_zone_record_add)
+    zdel = zrec.add_parser("delete", help="remove a record from the zone file")
+    zdel.add_argument("zone")
+    zdel.add_argument("record", help="record id (from list) or full resource name")
+    zdel.set_defaults(run=cmd_zone_record_delete)
     return parser
 
 

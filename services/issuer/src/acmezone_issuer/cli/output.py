@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
+from acmezone.dns.v1 import zone_service_pb2
 from acmezone.issuer.v1 import account_service_pb2, certificate_service_pb2
 from acmezone.registry.v1 import registration_service_pb2, tsig_key_service_pb2
 
@@ -174,6 +175,7 @@ def tsig_key_created(key: tsig_key_service_pb2.TsigKey, nameserver: str) -> str:
     host, _, port = nameserver.rpartition(":")
     host = host.strip("[]") or nameserver
     zone = key.allowed_names[0].split(".", 1)[1] if key.allowed_names else ""
+    fulldomain = min(key.allowed_names, key=len) if key.allowed_names else "<fulldomain>."
     algorithm_name = TSIG_ALGORITHMS[tsig_algorithm(key.algorithm)][1]
     return "\n".join(
         [
@@ -200,7 +202,28 @@ def tsig_key_created(key: tsig_key_service_pb2.TsigKey, nameserver: str) -> str:
             f"dns_rfc2136_algorithm = {algorithm_name.upper()}",
             "",
             f"# zone: {zone}",
+            "",
+            "# the customer's _acme-challenge CNAME, by client:",
+            f"#   lego, certbot-dns-rfc2136, cert-manager rfc2136: "
+            f"_acme-challenge.<domain>. CNAME {fulldomain}",
+            f"#   acme.sh --challenge-alias {fulldomain.rstrip('.')}: "
+            f"_acme-challenge.<domain>. CNAME _acme-challenge.{fulldomain}",
         ]
+    )
+
+
+def zone_records(records: list[zone_service_pb2.ZoneRecord]) -> str:
+    """Static zone records as a table, with the ids `zone-record delete` takes."""
+    rows = [("ID", "NAME", "TTL", "TYPE", "DATA")]
+    rows += [
+        (r.name.rsplit("/", 1)[-1], r.domain_name, str(r.ttl), r.type, r.data) for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        + "  "
+        + row[4]
+        for row in rows
     )
 
 

@@ -16,6 +16,9 @@ class CliSettings(BaseSettings):
     dns: str = Field(default="127.0.0.1:50052", description="dns gRPC address")
     token: SecretStr | None = Field(default=None, description="issuer operator token")
     registry_token: SecretStr | None = Field(default=None, description="registry token")
+    zone_token: SecretStr | None = Field(
+        default=None, description="the dns service's ZONE_EDIT_TOKEN, for `zone-record` changes"
+    )
 
     def token_value(self) -> str | None:
         """The issuer token as text."""
@@ -24,3 +27,7 @@ class CliSettings(BaseSettings):
     def registry_token_value(self) -> str | None:
         """The registry token as text."""
         return self.registry_token.get_secret_value() if self.registry_token else None
+
+    def zone_token_value(self) -> str | None:
+        """The dns zone edit token as text."""
+        return self.zone_token.get_secret_value() if self.zone_token else None
