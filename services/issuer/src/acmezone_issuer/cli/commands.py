@@ -439,7 +439,28 @@ async def cmd_registration_create(cli: Cli) -> int:
         ),
         metadata=cli.registry_metadata,
     )
+    if a.cert_manager:
+        if not a.for_domain:
+            print("error: --cert-manager needs --for-domain", file=sys.stderr)
+            return 2
+        objects, text = output.cert_manager(
+            created,
+            a.for_domain,
+            acme_dns_url=a.acme_dns_url,
+            secret_name=a.secret_name,
+            namespace=a.namespace,
+        )
+        cli.emit(objects, text)
+        return 0
     cli.emit(created, output.registration(created, with_password=True))
+    if a.for_domain:
+        print(
+            "\n".join(
+                f"add: _acme-challenge.{d}. CNAME {created.fulldomain.rstrip('.')}."
+                for d in a.for_domain
+            ),
+            file=cli.out,
+        )
     return 0
 
 
@@ -693,6 +714,23 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     rcreate.add_argument("--id", help="subdomain label (default: random UUID)")
     rcreate.add_argument("--allow", action="append", help="allowed source CIDR (repeatable)")
     rcreate.add_argument("--description")
+    rcreate.add_argument(
+        "--for-domain",
+        action="append",
+        help="the domain the registration will validate (repeatable): prints its CNAME",
+    )
+    rcreate.add_argument(
+        "--cert-manager",
+        action="store_true",
+        help="print cert-manager's acme-dns Secret and Issuer solver instead",
+    )
+    rcreate.add_argument(
+        "--acme-dns-url",
+        default="http://127.0.0.1:8053",
+        help="the registry's acme-dns HTTP API as cert-manager reaches it",
+    )
+    rcreate.add_argument("--secret-name", default="acmezone-acme-dns")
+    rcreate.add_argument("--namespace", default="default", help="namespace of Secret and Issuer")
     rcreate.set_defaults(run=cmd_registration_create)
     registration.add_parser("list", help="list registrations").set_defaults(
         run=cmd_registration_list
