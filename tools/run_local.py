@@ -26,6 +26,9 @@ VAR = ROOT / "var"
 BIN = Path(sys.executable).parent
 # The issuer's operator token in development; the CLI reads it from ACMEZONE_CLI_TOKEN.
 DEV_OPERATOR_TOKEN = "dev-operator-token"  # noqa: S105 - a published development value
+# The dns service's zone edit token in development (`acmezone zone-record`, `cert request
+# --add-cnames`); the CLI reads it from ACMEZONE_CLI_ZONE_TOKEN.
+DEV_ZONE_TOKEN = "dev-zone-token"  # noqa: S105 - a published development value
 # The challenge zone of `make run`, apart from the dev customer zone example.test: a challenge zone
 # inside the customer's zone would only work while this server also hosts that zone.
 CHALLENGE_ZONE = "challenges.test"
@@ -117,6 +120,7 @@ def components() -> list[Component]:
             env={
                 "ACMEZONE_DNS_ZONE": CHALLENGE_ZONE,
                 "ACMEZONE_DNS_NS_NAMES": f"ns1.{CHALLENGE_ZONE}",
+                "ACMEZONE_DNS_ZONE_EDIT_TOKEN": DEV_ZONE_TOKEN,
                 "ACMEZONE_DNS_ZONE_FILES": str(
                     write_customer_zone(VAR / "dns" / "example.test.zone")
                 ),

@@ -268,14 +268,50 @@ async def cmd_cert_request(cli: Cli) -> int:
         return 0
     if not cli.json:
         print(f"requested {created.name} for {', '.join(created.dns_names)}", file=cli.out)
-    return await follow(cli, created.name, a.timeout)
+    return await follow(cli, created.name, a.timeout, add_cnames=a.add_cnames)
 
 
-async def follow(cli: Cli, name: str, seconds: float, *, until_change: int = 0) -> int:
-    """Print each change of a certificate until it settles; exit 0 when issued."""
+async def add_cname(cli: Cli, owner: str, target: str) -> None:
+    """Add a missing `_acme-challenge` CNAME to the static zone served by dns that holds it
+    (`cert request --add-cnames`); say so when no such zone is served here."""
+    zones = await cli.zones().ListZones(zone_service_pb2.ListZonesRequest(page_size=1000))
+    fqdn = owner.rstrip(".").lower() + "."
+    hosted = [
+        z.apex
+        for z in zones.zones
+        if z.source == zone_service_pb2.ZONE_SOURCE_STATIC
+        and (fqdn == z.apex or fqdn.endswith("." + z.apex))
+    ]
+    if not hosted:
+        print(f"{fqdn} is in no zone served here: add the CNAME at its DNS provider", file=cli.out)
+        return
+    apex = max(hosted, key=len)
+    try:
+        await cli.zones().CreateZoneRecord(
+            zone_service_pb2.CreateZoneRecordRequest(
+                parent=_zone_parent(apex),
+                zone_record=zone_service_pb2.ZoneRecord(
+                    domain_name=fqdn, type="CNAME", data=target.rstrip(".") + "."
+                ),
+            ),
+            metadata=cli.zone_metadata,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            print(f"adding {fqdn} CNAME to {apex} failed: {exc.details()}", file=cli.out)
+        return
+    print(f"added {fqdn} CNAME {target.rstrip('.')}. to the zone {apex}", file=cli.out)
+
+
+async def follow(
+    cli: Cli, name: str, seconds: float, *, until_change: int = 0, add_cnames: bool = False
+) -> int:
+    """Print each change of a certificate until it settles; exit 0 when issued. With
+    `add_cnames`, missing CNAMEs in zones served here are added through the dns service."""
     last_line = ""
     last_cnames: list[tuple[str, str, bool]] = []
     final: pb.Certificate | None = None
+    tried: set[str] = set()
 
     async def run() -> None:
         nonlocal last_line, last_cnames, final
@@ -294,6 +330,11 @@ async def follow(cli: Cli, name: str, seconds: float, *, until_change: int = 0) 
                 if cert.state == pb.STATE_WAITING_FOR_DELEGATION and cnames != last_cnames:
                     print(output.cname_table(cert), file=cli.out, flush=True)
                 last_cnames = cnames
+            if add_cnames and cert.state == pb.STATE_WAITING_FOR_DELEGATION:
+                for d in cert.delegations:
+                    if not d.ready and d.cname_name not in tried:
+                        tried.add(d.cname_name)
+                        await add_cname(cli, d.cname_name, d.cname_target)
             if cert.state in _TERMINAL and cert.revision > until_change and not cert.stage:
                 stream.cancel()
                 return
@@ -666,6 +707,11 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     request.add_argument("--profile", help="ACME profile the CA offers")
     request.add_argument("--no-follow", action="store_true", help="return at once")
     request.add_argument("--timeout", type=float, default=600.0, help="seconds to follow")
+    request.add_argument(
+        "--add-cnames",
+        action="store_true",
+        help="add missing CNAMEs to zones the dns service serves itself (needs --zone-token)",
+    )
     request.set_defaults(run=cmd_cert_request)
     cert.add_parser("list", help="list certificates").set_defaults(run=cmd_cert_list)
     for verb, func, helptext in (
