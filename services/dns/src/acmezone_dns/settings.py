@@ -228,6 +228,18 @@ class DnsSettings(ServiceSettings):
     def _addresses(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_address(v)) for v in value]
 
+    @field_validator("notify_targets")
+    @classmethod
+    def _notify_addresses(cls, value: list[HostPort]) -> list[HostPort]:
+        for target in value:
+            try:
+                ipaddress.ip_address(target.host)
+            except ValueError as exc:
+                raise ValueError(f"notify target {target}: give an IP address") from exc
+            if not target.port:
+                raise ValueError(f"notify target {target}: give the port")
+        return value
+
     @field_validator("zone_files")
     @classmethod
     def _files(cls, value: list[str]) -> list[str]:
