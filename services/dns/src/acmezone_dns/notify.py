@@ -76,7 +76,15 @@ class Notifier:
             await self._pending.wait()
             await asyncio.sleep(self._delay)  # coalesce a burst into one round
             self._pending.clear()
-            await asyncio.gather(*(self._notify(t) for t in self._targets))
+            results = await asyncio.gather(
+                *(self._notify(t) for t in self._targets), return_exceptions=True
+            )
+            for target, result in zip(self._targets, results, strict=True):
+                if isinstance(result, Exception):  # a bug must not end the notifying
+                    self._stats.notifies["failed"] += 1
+                    logger.error(
+                        "NOTIFY failed", extra={"target": str(target), "error": repr(result)}
+                    )
             async with self._round_done:
                 self.rounds += 1
                 self._round_done.notify_all()
