@@ -4,6 +4,7 @@ clear statuses and the file untouched."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -198,3 +199,26 @@ async def test_without_a_token_setting_editing_is_off(tmp_path: Path) -> None:
         assert off.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         listed = await stub.ListZoneRecords(pb.ListZoneRecordsRequest(parent="zones/example.test"))
         assert any(r.type == "SOA" for r in listed.zone_records)
+
+
+async def test_a_zone_file_that_cannot_be_rewritten_is_a_clear_error(
+    editable: tuple[DnsApp, pb_grpc.ZoneServiceStub], tmp_path: Path
+) -> None:
+    """As with a read-only ConfigMap mount: the write fails (here the temporary file's name is
+    taken by a directory, which stops root too), the change is refused with
+    FAILED_PRECONDITION, and the file and what is served stay as they were."""
+    app, stub = editable
+    zone_file = tmp_path / "example.test.zone"
+    before = zone_file.read_text()
+    (tmp_path / f".example.test.zone.{os.getpid()}.tmp").mkdir()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.CreateZoneRecord(
+            pb.CreateZoneRecordRequest(
+                parent="zones/example.test", zone_record=cname("ro.example.test.", "a.test.")
+            ),
+            metadata=AUTH,
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info_reason(refused.value) == "ZONE_FILE_NOT_WRITABLE"
+    assert zone_file.read_text() == before
+    assert (await query_udp(v4(app), "ro.example.test.", "A")).rcode() == dns.rcode.NXDOMAIN

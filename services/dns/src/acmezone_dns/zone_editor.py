@@ -287,7 +287,12 @@ class ZoneEditor:
 
     async def _replace(self, path: Path, old_text: str, new_text: str) -> None:
         """Write atomically, reload; put the old file back when the reload refuses."""
-        await asyncio.to_thread(self._write, path, old_text, new_text)
+        try:
+            await asyncio.to_thread(self._write, path, old_text, new_text)
+        except OSError as exc:  # a read-only mount (a ConfigMap), permissions, a full disk
+            raise FailedPreconditionError(
+                "ZONE_FILE_NOT_WRITABLE", f"{path} cannot be rewritten: {exc.strerror}"
+            ) from exc
         if await self._reloader.reload():
             return
         await asyncio.to_thread(self._write, path, new_text, old_text)
