@@ -19,13 +19,41 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acmezone_clients.devpebble import write_dev_zone
+from acmezone_clients.devpebble import DEV_ZONE
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 BIN = Path(sys.executable).parent
 # The issuer's operator token in development; the CLI reads it from ACMEZONE_CLI_TOKEN.
 DEV_OPERATOR_TOKEN = "dev-operator-token"  # noqa: S105 - a published development value
+# The dns service's zone edit token in development (`acmezone zone-record`, `cert request
+# --add-cnames`); the CLI reads it from ACMEZONE_CLI_ZONE_TOKEN.
+DEV_ZONE_TOKEN = "dev-zone-token"  # noqa: S105 - a published development value
+# The challenge zone of `make run`, apart from the dev customer zone example.test: a challenge zone
+# inside the customer's zone would only work while this server also hosts that zone.
+CHALLENGE_ZONE = "challenges.test"
+CUSTOMER_ZONE = f"""\
+; The dev customer zone of `make run`: a domain you "own", already delegated. The issuer in dev
+; mode asks the registry for the registration label `<domain with dots as dashes>`, so this CNAME
+; points at the registration the issuer will create for example.test (and *.example.test). The
+; dns service reloads this file when it changes (or on SIGHUP).
+$ORIGIN example.test.
+$TTL 60
+@                SOA   ns1.{CHALLENGE_ZONE}. hostmaster.example.test. 1 3600 600 86400 1
+@                NS    ns1.{CHALLENGE_ZONE}.
+@                A     127.0.0.1
+www              A     127.0.0.1
+_acme-challenge  CNAME example-test.{CHALLENGE_ZONE}.
+"""
+
+
+def write_customer_zone(path: Path) -> Path:
+    """Write the dev customer zone unless the developer edited one there; the zone earlier
+    versions wrote (challenge zone inside it) is replaced."""
+    if not path.exists() or path.read_text() == DEV_ZONE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(CUSTOMER_ZONE)
+    return path
 
 
 @dataclass
@@ -76,7 +104,10 @@ def components() -> list[Component]:
             name="registry",
             argv=[str(BIN / "acmezone-registry")],
             ready=grpc_serving("127.0.0.1:50051"),
-            env={"ACMEZONE_REGISTRY_DATA_DIR": str(VAR / "registry")},
+            env={
+                "ACMEZONE_REGISTRY_DATA_DIR": str(VAR / "registry"),
+                "ACMEZONE_REGISTRY_ZONE": CHALLENGE_ZONE,
+            },
             summary="registry  gRPC 127.0.0.1:50051  acme-dns HTTP 127.0.0.1:8053  "
             "metrics 127.0.0.1:9101",
         ),
@@ -84,8 +115,16 @@ def components() -> list[Component]:
             name="dns",
             argv=[str(BIN / "acmezone-dns")],
             ready=grpc_serving("127.0.0.1:50052"),
-            # The dev zone example.test, delegated to the registration the issuer will create.
-            env={"ACMEZONE_DNS_ZONE_FILES": str(write_dev_zone(VAR / "dns" / "example.test.zone"))},
+            # The dev customer zone example.test, delegated to the registration the issuer
+            # will create, beside the challenge zone.
+            env={
+                "ACMEZONE_DNS_ZONE": CHALLENGE_ZONE,
+                "ACMEZONE_DNS_NS_NAMES": f"ns1.{CHALLENGE_ZONE}",
+                "ACMEZONE_DNS_ZONE_EDIT_TOKEN": DEV_ZONE_TOKEN,
+                "ACMEZONE_DNS_ZONE_FILES": str(
+                    write_customer_zone(VAR / "dns" / "example.test.zone")
+                ),
+            },
             summary="dns       DNS 127.0.0.1:5353 (UDP+TCP)  gRPC 127.0.0.1:50052  "
             "metrics 127.0.0.1:9102",
         ),

@@ -44,6 +44,7 @@ from tests.registry.values import acme_digest
 class Api:
     http: HostPort
     dns: HostPort
+    grpc: str = ""
 
     @property
     def base_url(self) -> str:
@@ -80,7 +81,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         ) as dns_app,
     ):
         await wait_for_serving(str(dns_app.grpc_address))
-        yield Api(registry.http_address, dns_app.dns_addresses[0])
+        yield Api(registry.http_address, dns_app.dns_addresses[0], str(registry.grpc_address))
 
 
 async def eventually_txt(api: Api, name: str, value: str) -> None:

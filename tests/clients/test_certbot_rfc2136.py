@@ -9,6 +9,8 @@ the plugin."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import dns.exception
 import dns.flags
@@ -20,9 +22,15 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.tsig
 import dns.update
+import grpc
+import pytest
 
 from acmezone.registry.v1 import tsig_key_service_pb2 as key_pb2
+from acmezone_common.testing import wait_for_serving
+from acmezone_dns.app import DnsApp
 from tests.clients.test_nsupdate import Setup, dig_txt, setup
+from tests.dns.conftest import running_dns
+from tests.registry.conftest import running_registry
 from tests.registry.test_dns_updates import new_client
 from tests.registry.values import acme_digest
 
@@ -88,3 +96,95 @@ async def test_certbot_dns_rfc2136_finds_the_zone_adds_and_deletes(setup: Setup)
     rcode = await asyncio.to_thread(change, setup, keyring, zone, record_name, value, add=False)
     assert rcode == dns.rcode.NOERROR
     assert await dig_txt(setup.dns, record_name) == []
+
+
+@pytest.fixture
+async def delegating(tmp_path: Path) -> AsyncIterator[tuple[Setup, DnsApp]]:
+    """Registry with UPDATE_FOLLOW_CNAMES on, dns serving the example.test zone file."""
+    async with (
+        running_registry(tmp_path, update_follow_cnames=True) as registry,
+        running_dns(
+            tmp_path,
+            registry_target=str(registry.grpc_address),
+            dns_addresses=["127.0.0.1:0"],
+            txt_ttl=0,
+            zone_reload_interval_seconds=0,
+        ) as dns_app,
+        grpc.aio.insecure_channel(str(registry.grpc_address)) as channel,
+    ):
+        await wait_for_serving(str(dns_app.grpc_address))
+        yield Setup(dns_app.dns_addresses[0], channel, str(registry.grpc_address)), dns_app
+
+
+async def add_cname(app: DnsApp, tmp_path: Path, owner: str, target: str) -> None:
+    """The domain owner adds a CNAME to the zone file (picked up live)."""
+    zone_file = tmp_path / "example.test.zone"
+    zone_file.write_text(zone_file.read_text() + f"{owner} CNAME {target}\n")
+    assert await app.reloader.reload()
+
+
+async def find_zone(setup: Setup, keyring: dict[dns.name.Name, dns.tsig.Key], name: str) -> str:
+    for guess in base_domain_name_guesses(name):
+        if await asyncio.to_thread(query_soa, setup, keyring, guess):
+            return guess
+    return ""
+
+
+async def test_with_follow_cnames_an_update_of_the_customer_zone_reaches_the_target(
+    delegating: tuple[Setup, DnsApp], tmp_path: Path
+) -> None:
+    """What certbot-dns-rfc2136 does for `shop.example.test`: the zone search stops at the
+    static zone example.test, and the UPDATE names `_acme-challenge.shop.example.test`, a
+    CNAME to the key's own name: it is applied there, and answered through the CNAME."""
+    setup, app = delegating
+    client = await new_client(setup.channel, key_pb2.TSIG_ALGORITHM_HMAC_MD5)
+    keyring = client.keyring()
+    alias = "_acme-challenge.shop.example.test"
+    await add_cname(app, tmp_path, f"{alias}.", client.fqdn.rstrip(".") + ".")
+    zone = await find_zone(setup, keyring, alias)
+    assert zone == "example.test"
+    value = acme_digest("delegated")
+    rcode = await asyncio.to_thread(change, setup, keyring, zone, alias, value, add=True)
+    assert rcode == dns.rcode.NOERROR
+    assert await dig_txt(setup.dns, client.fqdn) == [value]
+    assert value in await dig_txt(setup.dns, alias)
+    rcode = await asyncio.to_thread(change, setup, keyring, zone, alias, value, add=False)
+    assert rcode == dns.rcode.NOERROR
+    assert await dig_txt(setup.dns, client.fqdn) == []
+
+
+async def test_a_cname_to_another_registration_is_refused(
+    delegating: tuple[Setup, DnsApp], tmp_path: Path
+) -> None:
+    setup, app = delegating
+    mine = await new_client(setup.channel, key_pb2.TSIG_ALGORITHM_HMAC_MD5)
+    theirs = await new_client(setup.channel, key_pb2.TSIG_ALGORITHM_HMAC_MD5)
+    alias = "_acme-challenge.theirs.example.test"
+    await add_cname(app, tmp_path, f"{alias}.", theirs.fqdn.rstrip(".") + ".")
+    value = acme_digest("not-mine")
+    rcode = await asyncio.to_thread(
+        change, setup, mine.keyring(), "example.test", alias, value, add=True
+    )
+    assert rcode == dns.rcode.REFUSED
+    assert await dig_txt(setup.dns, theirs.fqdn) == []
+    # A name of the zone that is no CNAME into the challenge zone: NOTAUTH, as without the
+    # setting (the registry is authoritative for nothing else there).
+    rcode = await asyncio.to_thread(
+        change, setup, mine.keyring(), "example.test", "www.example.test", value, add=True
+    )
+    assert rcode == dns.rcode.NOTAUTH
+
+
+async def test_without_follow_cnames_the_customer_zone_is_notauth(setup: Setup) -> None:
+    """The default: an UPDATE naming example.test gets NOTAUTH, as before."""
+    client = await new_client(setup.channel, key_pb2.TSIG_ALGORITHM_HMAC_MD5)
+    rcode = await asyncio.to_thread(
+        change,
+        setup,
+        client.keyring(),
+        "example.test",
+        "_acme-challenge.www.example.test",
+        acme_digest("x"),
+        add=True,
+    )
+    assert rcode == dns.rcode.NOTAUTH

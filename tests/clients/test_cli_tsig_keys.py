@@ -47,6 +47,12 @@ async def test_tsig_key_commands_drive_nsupdate(setup: Setup, tmp_path: Path) ->
     assert f"RFC2136_NAMESERVER={setup.dns}" in out
     assert "RFC2136_TSIG_ALGORITHM=hmac-md5.sig-alg.reg.int." in out
     assert "dns_rfc2136_algorithm = HMAC-MD5.SIG-ALG.REG.INT" in out
+    # Which CNAME target each client needs: acme.sh's --challenge-alias adds _acme-challenge.
+    assert "_acme-challenge.<domain>. CNAME cli-tsig.acme.example.test." in out
+    assert (
+        "acme.sh --challenge-alias cli-tsig.acme.example.test: "
+        "_acme-challenge.<domain>. CNAME _acme-challenge.cli-tsig.acme.example.test." in out
+    )
     key_file = re.search(r'^key "[^"]+" \{\n.*?^\};$', out, re.MULTILINE | re.DOTALL)
     assert key_file is not None, out
     path = tmp_path / "cli.key"

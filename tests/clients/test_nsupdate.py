@@ -8,6 +8,7 @@ signed with the key (and accepts only a signed answer, which the registry signs)
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -139,3 +140,63 @@ async def test_nsupdate_adds_and_deletes_with_a_key_file(
     assert code != 0
     assert "REFUSED" in output
     assert await dig_txt(setup.dns, "other.acme.example.test.") == []
+
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+README_ZONE = "challenges.test"  # the challenge zone of `make run` (tools/run_local.py)
+
+
+@pytest.fixture
+async def readme_setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    """Registry and dns with the challenge zone `make run` uses, as the README's examples."""
+    async with (
+        running_registry(tmp_path, zone=README_ZONE) as registry,
+        running_dns(
+            tmp_path,
+            registry_target=str(registry.grpc_address),
+            dns_addresses=["127.0.0.1:0"],
+            zone=README_ZONE,
+            ns_names=[f"ns1.{README_ZONE}"],
+            txt_ttl=0,
+        ) as dns_app,
+        grpc.aio.insecure_channel(str(registry.grpc_address)) as channel,
+    ):
+        await wait_for_serving(str(dns_app.grpc_address))
+        yield Setup(dns_app.dns_addresses[0], channel, str(registry.grpc_address))
+
+
+@pytest.mark.slow
+async def test_the_readme_nsupdate_example_works_as_printed(
+    readme_setup: Setup, tmp_path: Path
+) -> None:
+    """The README's nsupdate block, run as printed (only the port is this test's), with the
+    registration and key its `acmezone registration create --id shop` and `tsig-key create shop
+    --id k1` lines make, under `make run`'s challenge zone."""
+    setup = readme_setup
+    text = README.read_text()
+    block = re.search(r"nsupdate -k k1\.key <<'END'\n(.*?)\nEND\n(dig [^\n]*)\n", text, re.S)
+    assert block, "the README's nsupdate example is gone"
+    script, dig_line = block.group(1), block.group(2)
+    registration = await reg_grpc.RegistrationServiceStub(setup.channel).CreateRegistration(
+        reg_pb2.CreateRegistrationRequest(registration_id="shop")
+    )
+    key = await key_grpc.TsigKeyServiceStub(setup.channel).CreateTsigKey(
+        key_pb2.CreateTsigKeyRequest(
+            parent=registration.name,
+            tsig_key_id="k1",
+            tsig_key=key_pb2.TsigKey(algorithm=key_pb2.TSIG_ALGORITHM_HMAC_SHA256),
+        )
+    )
+    (tmp_path / "k1.key").write_text(
+        f'key "{key.key_name}" {{ algorithm hmac-sha256; secret "{key.secret}"; }};\n'
+    )
+    script = script.replace("server 127.0.0.1 5353", f"server 127.0.0.1 {setup.dns.port}")
+    code, output = await run("nsupdate", "-k", str(tmp_path / "k1.key"), stdin=script + "\n")
+    assert code == 0, output
+    added = re.search(r'update add (\S+) \d+ TXT "([^"]+)"', script)
+    assert added
+    name, value = added.groups()
+    assert dig_line.endswith(name)
+    assert await dig_txt(setup.dns, name) == [value]

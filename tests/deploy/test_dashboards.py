@@ -128,3 +128,24 @@ def test_every_dashboard_expression_parses_as_promql(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+def test_production_ships_every_dashboard_as_a_grafana_sidecar_config_map() -> None:
+    """The grafana-dashboards component: one ConfigMap per dashboard, labelled for the Grafana
+    sidecar, in a folder, holding exactly the committed JSON; dev (no Grafana) has none."""
+    from tests.deploy.conftest import objects
+
+    def boards(overlay: str) -> dict[str, dict[str, Any]]:
+        found = {}
+        for config_map in objects(overlay, "ConfigMap"):
+            metadata = config_map["metadata"]
+            if metadata.get("labels", {}).get("grafana_dashboard") == "1":
+                assert metadata["annotations"]["grafana_folder"] == "acmezone"
+                assert metadata["namespace"] == "acmezone"
+                ((key, text),) = config_map["data"].items()
+                assert len(text) < 256 * 1024  # fits kubectl's client-side apply annotation
+                found[key] = json.loads(text)
+        return found
+
+    assert boards("production") == {f"acmezone-{p.stem}.json": load(p) for p in DASHBOARDS}
+    assert boards("dev") == {}

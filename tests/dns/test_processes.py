@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -106,3 +107,36 @@ async def test_dns_process_follows_a_registry_process_through_a_crash(tmp_path: 
     finally:
         await dns.stop()
         await registry.stop()
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig (bind9-dnsutils) is not installed")
+async def test_sighup_reloads_the_zone_files_of_a_running_process(tmp_path: Path) -> None:
+    """The command wires SIGHUP to a reload (polling is off here): the edited zone file is
+    served by the same process, no restart."""
+    zone_file = tmp_path / "example.test.zone"
+    zone = "$ORIGIN example.test.\n$TTL 60\n@ SOA ns1 hostmaster 1 2 3 4 5\n@ NS ns1\n"
+    zone_file.write_text(zone + "www A 192.0.2.1\n")
+    dns_port = free_port(kind=2)
+    dns = ServiceProcess(
+        [str(BIN / "acmezone-dns")],
+        {
+            "ACMEZONE_DNS_DNS_ADDRESSES": f"127.0.0.1:{dns_port}",
+            "ACMEZONE_DNS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+            "ACMEZONE_DNS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+            "ACMEZONE_DNS_REGISTRY_TARGET": f"127.0.0.1:{free_port()}",
+            "ACMEZONE_DNS_ZONE_FILES": str(zone_file),
+            "ACMEZONE_DNS_ZONE_RELOAD_INTERVAL_SECONDS": "0",
+            "ACMEZONE_DNS_LOG_FORMAT": "json",
+        },
+        str(tmp_path / "dns.log"),
+    )
+    try:
+        await dns.start()
+        await dig_until(dns_port, "192.0.2.1", "www.example.test", "A")
+        zone_file.write_text(zone + "www A 192.0.2.2\n")
+        dns.send_signal(signal.SIGHUP)
+        await dig_until(dns_port, "192.0.2.2", "www.example.test", "A")
+        assert dns.running
+        assert '"zone files reloaded"' in dns.log()
+    finally:
+        await dns.stop()

@@ -53,3 +53,24 @@ def test_bad_values_fail_at_start(
     monkeypatch.setenv(f"ACMEZONE_DNS_{field.upper()}", value)
     with pytest.raises(ValidationError):
         DnsSettings()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"notify_targets": ["ns.example.test:53"]}, "IP address"),
+        ({"notify_targets": ["127.0.0.1:0"]}, "port"),
+        (
+            {"transfer_keys": ["k:hmac-sha256:c2VjcmV0"], "transfer_allow": ["other"]},
+            "no transfer key",
+        ),
+        ({"transfer_keys": ["k:hmac-sha999:c2VjcmV0"], "transfer_allow": ["k"]}, "algorithm"),
+        ({"transfer_keys": ["k:hmac-sha256:not base64!"], "transfer_allow": ["k"]}, "base64"),
+    ],
+)
+def test_bad_transfer_settings_are_refused_without_showing_secrets(
+    overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message) as refused:
+        DnsSettings(**overrides)  # type: ignore[arg-type]
+    assert "c2VjcmV0" not in str(refused.value)

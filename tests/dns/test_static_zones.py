@@ -58,3 +58,39 @@ def test_duplicate_zone_apex_is_refused(tmp_path: Path) -> None:
     path.write_text("$ORIGIN acme.example.test.\n$TTL 60\n@ SOA a. b. 1 2 3 4 5\n@ NS ns1\n")
     with pytest.raises(ZoneConfigError, match="same apex"):
         load_static_zones(dns_settings(tmp_path, zone_files=[str(path)]))
+
+
+def test_make_run_keeps_the_challenge_zone_apart_from_the_customer_zone(tmp_path: Path) -> None:
+    """tools/run_local.py: the dev customer zone and the challenge zone load together, neither
+    inside the other, and the customer zone's CNAME points into the challenge zone."""
+    import importlib.util
+    import sys
+
+    import dns.name
+
+    spec = importlib.util.spec_from_file_location(
+        "run_local", Path(__file__).parents[2] / "tools" / "run_local.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    run_local = importlib.util.module_from_spec(spec)
+    sys.modules["run_local"] = run_local  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(run_local)
+    finally:
+        del sys.modules["run_local"]
+    zone_file = run_local.write_customer_zone(tmp_path / "dev" / "example.test.zone")
+    challenge, customer = load_static_zones(
+        dns_settings(
+            tmp_path,
+            zone=run_local.CHALLENGE_ZONE,
+            ns_names=[f"ns1.{run_local.CHALLENGE_ZONE}"],
+            zone_files=[str(zone_file)],
+        )
+    )
+    assert not challenge.name.is_subdomain(customer.name)
+    assert not customer.name.is_subdomain(challenge.name)
+    cname = customer.records[b"\x0f_acme-challenge\x07example\x04test\x00"][1][
+        int(dns.rdatatype.CNAME)
+    ]
+    assert next(iter(cname)).target.is_subdomain(dns.name.from_text(run_local.CHALLENGE_ZONE))

@@ -45,6 +45,7 @@ CHALLENGE_ZONE = "acme.example.test"
 # In-flight registry RPCs get to finish: a query cancelled half-way leaves the registry's
 # aiosqlite connection to be closed at loop teardown, which can then hang.
 REGISTRY_GRACE = 1.0
+ZONE_EDIT_TOKEN = "e2e-zone-edit-token"
 
 
 def zone_text(cnames: dict[str, str], records: list[str] | None = None) -> str:
@@ -150,6 +151,7 @@ class System:
             soa_minimum=0,
             feed_backoff_initial_seconds=0.05,
             feed_backoff_max_seconds=0.5,
+            zone_edit_token=ZONE_EDIT_TOKEN,
         )
 
     async def start_dns(self) -> None:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
 from acmezone_clients.cli.commands import run
 from acmezone_issuer.challenges import dns_account_label
-from tests.e2e.conftest import Ports, System, running_system
+from tests.e2e.conftest import ZONE_EDIT_TOKEN, Ports, System, running_system
 from tests.issuer.conftest import CA, OPERATOR_TOKEN
 
 
@@ -220,3 +220,33 @@ async def test_cli_dns_persist01_shows_the_record_to_publish_and_its_end(
         assert "state:       issued" in out
         assert "challenge:   dns-persist-01  profile: shortlived" in out
         assert "ok until 2030-01-01 00:00:00Z" in out
+
+
+async def test_cert_request_adds_the_missing_cname_to_a_zone_served_here(
+    tmp_path: Path, e2e_ca: CA, ports: Ports, metrics_registry: CollectorRegistry
+) -> None:
+    """`--add-cnames`: the customer zone example.test is a static zone of our dns, so the CLI
+    adds the `_acme-challenge` CNAME there itself (live, no restart) and the request goes on
+    to issuance without anyone touching the zone file."""
+    async with running_system(tmp_path, e2e_ca, ports, metrics_registry) as system:
+        code, out = await acmezone(system, "account", "create", "--id", "auto", "--agree-tos")
+        assert code == 0, out
+        code, out = await acmezone(
+            system,
+            "--zone-token",
+            ZONE_EDIT_TOKEN,
+            "cert",
+            "request",
+            "*.auto.example.test",
+            "--account",
+            "auto",
+            "--id",
+            "auto",
+            "--add-cnames",
+            "--timeout",
+            "60",
+        )
+        assert code == 0, out
+        assert "added _acme-challenge.auto.example.test. CNAME" in out
+        assert "to the zone example.test." in out
+        assert "_acme-challenge.auto.example.test." in system.zone_file.read_text()

@@ -7,6 +7,7 @@ would send them; responses are parsed and their TSIG signatures checked the same
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -222,7 +223,10 @@ async def test_other_names_types_and_zones_are_refused(channel: grpc.aio.Channel
     assert values[other.fqdn] == ()
 
 
-async def test_tsig_failures_change_nothing(channel: grpc.aio.Channel) -> None:
+async def test_tsig_failures_change_nothing(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="acmezone_registry.dns_updates")
     client = await new_client(channel)
     value = f'"{acme_digest(1)}"'
     # Unknown key: BADKEY, unsigned TSIG in the reply.
@@ -247,6 +251,9 @@ async def test_tsig_failures_change_nothing(channel: grpc.aio.Channel) -> None:
     )
     response = dns.message.from_wire(reply.message, keyring=False)
     assert (response.rcode(), response.tsig_error) == (dns.rcode.NOTAUTH, dns.rcode.BADSIG)
+    # Logged as BADSIG (TSIG error 16), not as BADVERS (EDNS's meaning of 16).
+    logged = [getattr(r, "tsig_error", None) for r in caplog.records]
+    assert logged[-2:] == ["BADKEY", "BADSIG"]
     # Signed ten minutes ago, past the 300 s fudge: BADTIME, a signed reply carrying our clock.
     old = client.update()
     old.add(client.fqdn, 60, "TXT", value)

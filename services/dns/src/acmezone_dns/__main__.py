@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # uvloop: the DNS hot path spends most of its time in the loop's reader dispatch.
     runner.run(
-        lambda: DnsApp(settings, CollectorRegistry(), freeze_gc=True),
+        lambda: DnsApp(settings, CollectorRegistry(), freeze_gc=True, handle_sighup=True),
         settings.shutdown_grace_seconds,
         loop_factory=uvloop.new_event_loop,
     )

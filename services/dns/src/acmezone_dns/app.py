@@ -7,8 +7,10 @@ listeners, as resolvers expect.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+import signal
 import socket
 from functools import partial
 
@@ -23,14 +25,18 @@ from acmezone_dns import metrics
 from acmezone_dns.cookies import CookieJar, load_secret
 from acmezone_dns.feed_client import FeedClient
 from acmezone_dns.inspection import ZoneInspector
+from acmezone_dns.notify import Notifier
 from acmezone_dns.responder import Responder
 from acmezone_dns.servicer import ZoneServicer
 from acmezone_dns.settings import DnsSettings
 from acmezone_dns.static_zones import load_static_zones
 from acmezone_dns.store import ZoneStore
 from acmezone_dns.tcp_server import TcpServer
+from acmezone_dns.transfer import Journal, TransferPolicy, ZoneTransfers
 from acmezone_dns.udp_server import UdpServer
 from acmezone_dns.updates import UpdateForwarder
+from acmezone_dns.zone_editor import ZoneEditor
+from acmezone_dns.zone_reload import ZoneReloader
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +54,12 @@ class DnsApp:
         metrics_registry: CollectorRegistry,
         *,
         freeze_gc: bool = False,
+        handle_sighup: bool = False,
     ) -> None:
-        """`freeze_gc` (the command sets it) keeps the zone out of cyclic garbage collection."""
+        """`freeze_gc` (the command sets it) keeps the zone out of cyclic garbage collection;
+        `handle_sighup` (the command too) reloads the zone files on SIGHUP."""
         self.settings = settings
+        self._handle_sighup = handle_sighup
         self.store = ZoneStore(
             load_static_zones(settings),
             feed_zone=settings.zone,
@@ -65,6 +74,39 @@ class DnsApp:
             self.feed_metrics,
             lambda: self.store.snapshot.record_count,
         )
+        self.reload_stats = metrics.ReloadStats()
+        metrics_registry.register(metrics.ReloadCollector(self.reload_stats))
+        self.reloader = ZoneReloader(
+            list(settings.zone_files),
+            partial(load_static_zones, settings),
+            self.store,
+            self.reload_stats,
+            interval=settings.zone_reload_interval_seconds,
+        )
+        self.transfer_stats = metrics.TransferStats()
+        metrics_registry.register(metrics.TransferCollector(self.transfer_stats))
+        self.notifier = Notifier(
+            settings.zone,
+            list(settings.notify_targets),
+            self.transfer_stats,
+            delay=settings.notify_delay_seconds,
+        )
+        self.transfers: ZoneTransfers | None = None
+        if settings.transfer_allow:
+            # The serial follows the feed only when someone may transfer the zone.
+            journal = Journal(self.store, settings.ixfr_journal_revisions)
+            journal.on_change.append(self.notifier.changed)
+            self.store.observer = journal
+            self.transfers = ZoneTransfers(
+                self.store,
+                journal,
+                TransferPolicy.from_settings(
+                    [k.get_secret_value() for k in settings.transfer_keys],
+                    settings.transfer_allow,
+                ),
+                self.transfer_stats,
+                max_concurrent=settings.transfer_max_concurrent,
+            )
         self.update_stats = metrics.UpdateStats()
         metrics_registry.register(metrics.UpdateCollector(self.update_stats))
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
@@ -78,6 +120,8 @@ class DnsApp:
             timeout=settings.update_timeout_seconds,
             revision_wait=settings.update_revision_wait_seconds,
         )
+        if self.transfers is not None:
+            self.updates.local_signer = self.transfers.sign_answer
         secret = settings.cookie_secret
         self.responder = Responder(
             self.store,
@@ -105,10 +149,17 @@ class DnsApp:
             on_first_snapshot=self._ready,
         )
         inspector = ZoneInspector(self.store, self.feed, edns_udp_size=settings.edns_udp_size)
+        editor = ZoneEditor(
+            list(settings.zone_files),
+            self.reloader,
+            feed_zone=settings.zone,
+            token=settings.zone_edit_token.get_secret_value() if settings.zone_edit_token else None,
+        )
         self.grpc.add_service(
             ZONE_SERVICE,
             partial(
-                zone_service_pb2_grpc.add_ZoneServiceServicer_to_server, ZoneServicer(inspector)
+                zone_service_pb2_grpc.add_ZoneServiceServicer_to_server,
+                ZoneServicer(inspector, editor),
             ),
         )
         self.metrics_server = MetricsServer(settings.metrics_address, metrics_registry)
@@ -136,6 +187,10 @@ class DnsApp:
             f"{socket.gethostname()}/{self.dns_addresses[0]}"
         )
         await self.feed.start()
+        await self.reloader.start()
+        await self.notifier.start()
+        if self._handle_sighup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.trigger)
         logger.info(
             "dns serving",
             extra={
@@ -168,6 +223,7 @@ class DnsApp:
                 max_connections=self.settings.tcp_max_connections,
                 max_per_source=self.settings.tcp_max_connections_per_source,
                 updates=self.updates,
+                transfers=self.transfers,
             )
             try:
                 await tcp.start()
@@ -197,6 +253,10 @@ class DnsApp:
     async def stop(self, grace: float) -> None:
         """NOT_SERVING, stop the feed, drain the API within `grace`, close every listener."""
         await self.grpc.health.enter_graceful_shutdown()
+        if self._handle_sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.reloader.stop()
+        await self.notifier.stop()
         await self.feed.stop()
         await self.grpc.stop(grace)
         await self._close_listeners()

@@ -286,3 +286,90 @@ class UpdateCollector(Collector):
                 updates.add_metric((transport, rcode), counts[i])
                 i += 1
         yield updates
+
+
+@dataclass
+class ReloadStats:
+    """Zone file reload outcomes, for `acmezone_dns_zone_reloads_total`."""
+
+    ok: int = 0
+    error: int = 0
+    last_success_time: float = 0.0
+
+
+class ReloadCollector(Collector):
+    """Exposes zone file reloads as acmezone_dns_zone_reloads_total{result} and the time of the
+    last good one."""
+
+    def __init__(self, stats: ReloadStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            "acmezone_dns_zone_reloads",
+            "Zone file reloads: ok (swapped in) or error (refused, the old zones kept).",
+            labels=("result",),
+        )
+        reloads.add_metric(("ok",), self._stats.ok)
+        reloads.add_metric(("error",), self._stats.error)
+        yield reloads
+        yield GaugeMetricFamily(
+            "acmezone_dns_zone_reload_last_success_timestamp_seconds",
+            "When zone files were last reloaded successfully (0: never since start).",
+            value=self._stats.last_success_time,
+        )
+
+
+TRANSFER_TYPES = ("AXFR", "IXFR")
+TRANSFER_RESULTS = (
+    "full",
+    "incremental",
+    "current",
+    "refused",
+    "notauth",
+    "formerr",
+    "servfail",
+)
+NOTIFY_RESULTS = ("ok", "failed")
+
+
+class TransferStats:
+    """Zone transfers answered, by type and result, and NOTIFY messages sent, by result."""
+
+    def __init__(self) -> None:
+        self.transfers = dict.fromkeys(
+            ((t, r) for t in TRANSFER_TYPES for r in TRANSFER_RESULTS), 0
+        )
+        self.notifies = dict.fromkeys(NOTIFY_RESULTS, 0)
+
+    def count(self, qtype: str, result: str) -> None:
+        """One transfer request answered (`result` one of TRANSFER_RESULTS)."""
+        self.transfers[(qtype, result)] += 1
+
+
+class TransferCollector(Collector):
+    """Exposes TransferStats as acmezone_dns_transfers_total and acmezone_dns_notifies_total."""
+
+    def __init__(self, stats: TransferStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        transfers = CounterMetricFamily(
+            "acmezone_dns_transfers",
+            "Zone transfer requests answered, by type and result: full (the whole zone), "
+            "incremental (only the changes), current (the client was up to date), refused, "
+            "notauth (TSIG failure or another zone), formerr, servfail (feed not ready).",
+            labels=("type", "result"),
+        )
+        for (qtype, result), value in self._stats.transfers.items():
+            transfers.add_metric((qtype, result), value)
+        yield transfers
+        notifies = CounterMetricFamily(
+            "acmezone_dns_notifies",
+            "NOTIFY messages sent to secondaries: ok (acknowledged) or failed (no answer after "
+            "the retries, or an error rcode).",
+            labels=("result",),
+        )
+        for result, value in self._stats.notifies.items():
+            notifies.add_metric((result,), value)
+        yield notifies

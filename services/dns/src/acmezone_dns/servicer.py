@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import empty_pb2, timestamp_pb2
 from typing_extensions import override
 
 from acmezone.dns.v1 import zone_service_pb2, zone_service_pb2_grpc
@@ -18,6 +18,7 @@ from acmezone_common.errors import InvalidArgumentError
 from acmezone_dns.feed_client import FeedState
 from acmezone_dns.inspection import Record, ZoneInspector, ZoneStatus
 from acmezone_dns.zone import ZoneSource
+from acmezone_dns.zone_editor import ZoneEditor, ZoneRecordData
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -64,11 +65,69 @@ def _records(records: list[Record]) -> list[zone_service_pb2.ResourceRecord]:
     ]
 
 
+def _apex(name: str, field: str) -> str:
+    """`zones/{apex}` -> apex."""
+    if not name.startswith(_COLLECTION) or len(name) == len(_COLLECTION) or "/" in name[6:]:
+        raise InvalidArgumentError("INVALID_NAME", "must look like zones/{apex}", field=field)
+    return name[len(_COLLECTION) :]
+
+
+def _zone_record(record: ZoneRecordData) -> zone_service_pb2.ZoneRecord:
+    return zone_service_pb2.ZoneRecord(
+        name=f"{zone_name(record.apex)}/records/{record.record_id}",
+        domain_name=record.domain_name,
+        type=record.type,
+        ttl=record.ttl,
+        data=record.data,
+    )
+
+
+def _bearer(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :]
+    return None
+
+
 class ZoneServicer(zone_service_pb2_grpc.ZoneServiceServicer):
     """acmezone.dns.v1.ZoneService."""
 
-    def __init__(self, inspector: ZoneInspector) -> None:
+    def __init__(self, inspector: ZoneInspector, editor: ZoneEditor) -> None:
         self._inspector = inspector
+        self._editor = editor
+
+    @override
+    async def ListZoneRecords(
+        self, request: zone_service_pb2.ListZoneRecordsRequest, context: Context
+    ) -> zone_service_pb2.ListZoneRecordsResponse:
+        page = await self._editor.list_records(
+            _apex(request.parent, "parent"), request.page_size, request.page_token
+        )
+        return zone_service_pb2.ListZoneRecordsResponse(
+            zone_records=[_zone_record(r) for r in page.records],
+            next_page_token=page.next_page_token,
+        )
+
+    @override
+    async def CreateZoneRecord(
+        self, request: zone_service_pb2.CreateZoneRecordRequest, context: Context
+    ) -> zone_service_pb2.ZoneRecord:
+        apex = _apex(request.parent, "parent")
+        given = request.zone_record
+        record = ZoneRecordData(apex, given.domain_name, given.type, given.ttl, given.data)
+        return _zone_record(await self._editor.create(apex, record, _bearer(context)))
+
+    @override
+    async def DeleteZoneRecord(
+        self, request: zone_service_pb2.DeleteZoneRecordRequest, context: Context
+    ) -> empty_pb2.Empty:
+        zone, sep, record_id = request.name.partition("/records/")
+        if not sep or not record_id or "/" in record_id:
+            raise InvalidArgumentError(
+                "INVALID_NAME", "name must look like zones/{apex}/records/{id}", field="name"
+            )
+        await self._editor.delete(_apex(zone, "name"), record_id, _bearer(context))
+        return empty_pb2.Empty()
 
     @override
     async def GetZone(

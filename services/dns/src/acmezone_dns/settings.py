@@ -41,12 +41,16 @@ def _normalise_name(value: str) -> str:
 
 AddressList = Annotated[list[Address], NoDecode, BeforeValidator(_split_list)]
 TextList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_list)]
 
 
 class DnsSettings(ServiceSettings):
     """Everything the dns service can be told; defaults run it locally next to the registry."""
 
-    model_config = SettingsConfigDict(env_prefix="ACMEZONE_DNS_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a bad setting must not print the transfer keys beside it.
+    model_config = SettingsConfigDict(
+        env_prefix="ACMEZONE_DNS_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     grpc_address: Address = Field(
         default=HostPort("127.0.0.1", 50052), description="Where the ZoneService gRPC API listens."
@@ -99,8 +103,8 @@ class DnsSettings(ServiceSettings):
         default=1,
         ge=0,
         lt=2**32,
-        description="SOA serial. Fixed: the server does no zone transfers, and a serial that "
-        "moved with every revision would force re-packing every negative answer.",
+        description="SOA serial. Fixed unless zone transfers are allowed (`transfer_allow`), "
+        "when the challenge zone's follows the feed revision instead.",
     )
     soa_refresh: int = Field(default=3600, ge=0, description="SOA refresh, seconds.")
     soa_retry: int = Field(default=600, ge=0, description="SOA retry, seconds.")
@@ -125,6 +129,52 @@ class DnsSettings(ServiceSettings):
     zone_files: TextList = Field(
         default=[],
         description="RFC 1035 zone files of extra static zones; each needs $ORIGIN, SOA and NS.",
+    )
+    zone_reload_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="How often zone files are checked for changes (mtime, size, then SHA-256) "
+        "and reloaded; 0 reloads only on SIGHUP or through the API.",
+    )
+    zone_edit_token: SecretStr | None = Field(
+        default=None,
+        description="When set, ZoneService.CreateZoneRecord/DeleteZoneRecord may change the "
+        "zone files, given `authorization: Bearer <token>`; unset, zone files change only by "
+        "hand.",
+    )
+    transfer_keys: SecretList = Field(
+        default=[],
+        description="TSIG keys secondaries sign zone transfer requests with, each "
+        "`name:algorithm:base64-secret` (algorithm hmac-sha256, hmac-sha512, ...; as BIND's "
+        "tsig-keygen makes them). Secrets: give them from a Secret, never log them.",
+    )
+    transfer_allow: TextList = Field(
+        default=[],
+        description="Who may transfer the challenge zone (AXFR/IXFR over TCP): `key@network`, "
+        "e.g. `secondary1@192.0.2.0/24`, or `key` for any address. Empty: no transfers, and the "
+        "SOA serial stays `soa_serial`; otherwise it follows the feed revision.",
+    )
+    notify_targets: AddressList = Field(
+        default=[],
+        description="Secondaries sent a NOTIFY (RFC 1996) on every change of the challenge "
+        "zone, `host:port` each.",
+    )
+    notify_delay_seconds: float = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description="Changes within this window are announced with one NOTIFY.",
+    )
+    ixfr_journal_revisions: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Revisions kept in memory for IXFR; a secondary further behind gets the "
+        "whole zone.",
+    )
+    transfer_max_concurrent: int = Field(
+        default=8, ge=1, le=1000, description="Zone transfers served at once; more are REFUSED."
     )
     edns_udp_size: int = Field(
         default=1232,
@@ -243,6 +293,18 @@ class DnsSettings(ServiceSettings):
                 raise ValueError("cookie_secret must be 32 hex digits (16 bytes)") from None
         return value
 
+    @field_validator("notify_targets")
+    @classmethod
+    def _notify_addresses(cls, value: list[HostPort]) -> list[HostPort]:
+        for target in value:
+            try:
+                ipaddress.ip_address(target.host)
+            except ValueError as exc:
+                raise ValueError(f"notify target {target}: give an IP address") from exc
+            if not target.port:
+                raise ValueError(f"notify target {target}: give the port")
+        return value
+
     @field_validator("zone_files")
     @classmethod
     def _files(cls, value: list[str]) -> list[str]:
@@ -250,6 +312,15 @@ class DnsSettings(ServiceSettings):
             if not Path(path).is_file():
                 raise ValueError(f"zone file {path!r} does not exist")
         return value
+
+    @model_validator(mode="after")
+    def _transfer_policy(self) -> DnsSettings:
+        from acmezone_dns.transfer import TransferPolicy  # parsing lives with its use
+
+        TransferPolicy.from_settings(
+            [k.get_secret_value() for k in self.transfer_keys], self.transfer_allow
+        )
+        return self
 
     @model_validator(mode="after")
     def _defaults_from_zone(self) -> DnsSettings:

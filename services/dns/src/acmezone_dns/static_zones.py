@@ -57,6 +57,16 @@ def load_static_zones(settings: DnsSettings) -> list[StaticZone]:
     return zones
 
 
+def parse_zone_text(text: str, where: str) -> StaticZone:
+    """One zone file's text, parsed and validated exactly as at start (`where` names it in
+    errors): the zone editor checks a change with it before writing anything."""
+    try:
+        parsed = dns.zone.from_text(text, relativize=False, check_origin=True)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise ZoneConfigError(f"zone file {where}: {exc}") from exc
+    return _from_dns_zone(parsed, ZoneSource.STATIC, where)
+
+
 def challenge_zone(settings: DnsSettings) -> StaticZone:
     """SOA, NS, in-zone name server addresses and the static records of the challenge zone."""
     origin = dns.name.from_text(settings.zone)

@@ -31,8 +31,9 @@ import gc
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import dns.exception
 import dns.name
@@ -40,6 +41,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
 
 from acmezone_dns import metrics
@@ -60,6 +62,7 @@ from acmezone_dns.zone import (
     SERVFAIL,
     TYPE_ANY,
     TYPE_NONE,
+    TYPE_SOA,
     TYPE_TXT,
     Node,
     ZoneInfo,
@@ -81,6 +84,22 @@ _ONE_PLAIN_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 keys without dnspython; anything else takes dnspython's parser."""
 
 StaticNames = dict[bytes, tuple[dns.name.Name, dict[int, dns.rdataset.Rdataset]]]
+
+FeedBefore = dict[bytes, tuple[bool, Packed | None]]
+"""What a revision changed, as it was before: feed key -> (whether the name was a feed name,
+its packed TXT answer then or None)."""
+
+
+class ChangeObserver(Protocol):
+    """Told of every change to the feed zone, in the same synchronous call (zone transfers keep
+    their journal and the SOA serial with it)."""
+
+    def changed(self, revision: int, before: FeedBefore) -> None:
+        """Revisions up to `revision` were applied in place; `before` holds the touched names'
+        previous state."""
+
+    def relisted(self, revision: int) -> None:
+        """A re-list at `revision` replaced the whole feed."""
 
 
 class Snapshot:
@@ -183,13 +202,23 @@ class NodeIndex(Mapping[bytes, Node]):
     Nodes are made when asked for; only the slow path, CNAME packing and the tests ask."""
 
     def __init__(
-        self, static: StaticNames, feed: dict[bytes, Packed | None], below: Counter[bytes]
+        self,
+        static: StaticNames,
+        feed: dict[bytes, Packed | None],
+        below: Counter[bytes],
+        apex: tuple[bytes, Callable[[], None]] | None = None,
     ) -> None:
         self._static = static
         self._feed = feed
         self._below = below
+        # The feed zone's apex and what brings its SOA up to the served serial (made lazily:
+        # see ZoneStore.set_feed_serial).
+        self._apex = apex[0] if apex else b""
+        self._refresh_apex: Callable[[], None] | None = apex[1] if apex else None
 
     def get(self, key: bytes, default: Node | None = None) -> Node | None:  # type: ignore[override]
+        if key == self._apex and self._refresh_apex is not None:
+            self._refresh_apex()
         static = self._static.get(key)
         if key in self._feed:
             txt = self._feed[key]
@@ -235,7 +264,12 @@ class _Tables:
         self.below: Counter[bytes] = Counter()
         for key in store.static:
             self.count_ancestors(key, +1)
-        self.view = ZoneView(zones, NodeIndex(store.static, self.feed, self.below))
+        self.view = ZoneView(
+            zones,
+            NodeIndex(
+                store.static, self.feed, self.below, (store.feed_zone, store.refresh_feed_soa)
+            ),
+        )
         self.answers: dict[bytes, Packed] = {}
         self.defaults: dict[bytes, Packed] = {}
         # The answer keys packed for each generically packed name, to drop them on a re-pack.
@@ -397,14 +431,18 @@ class ZoneStore:
         one = Packed(AA, NOERROR, 1, 0, 0, b"")
         self._txt_heads = (one.heads, one.heads_edns)
         self._txt_fixed = txt_answer(["x"], txt_ttl)[0][:-4]
+        self.observer: ChangeObserver | None = None
+        """Told of every revision and re-list (set by the composition root)."""
+        self._feed_serial: int | None = None
+        self._feed_soa_stale = False
         self._tables = _Tables(self, self.zone_info)
         # Which names' answers embed which other names' data, through static CNAME chains.
         # Only static names hold CNAMEs, so the chains (missing targets included) are fixed by
         # the static data alone.
         self.dependents: dict[bytes, set[bytes]] = {}
-        for key in self.static:
-            for target in self._tables.view.cname_chain(key):
-                self.dependents.setdefault(target, set()).add(key)
+        self._find_dependents()
+        self.static_generation = 0
+        """Bumped by every `replace_static`: a re-list started before one recounts at the end."""
         self._finish(self._tables)
         self.snapshot = self._tables.snapshot(revision=0, feed_id="", ready=False)
 
@@ -478,6 +516,8 @@ class ZoneStore:
         snapshot to `revision`. The work is proportional to the names the changes touch."""
         tables = self._tables
         touched: dict[bytes, int] = {}  # key -> its record count before
+        observer = self.observer
+        before: FeedBefore = {}
         for change in changes:
             key = self.feed_key(change.fqdn)
             if key is None:
@@ -485,6 +525,8 @@ class ZoneStore:
                 continue
             if key not in touched:
                 touched[key] = tables.record_count(key)
+                if observer is not None:
+                    before[key] = (key in tables.feed, tables.feed.get(key))
             if change.values is None:
                 appeared = tables.delete(key)
                 if appeared is None:
@@ -505,6 +547,193 @@ class ZoneStore:
             )
             tables.pack(key)
         self.snapshot.revision = revision
+        if observer is not None:
+            observer.changed(revision, before)
+
+    def set_feed_serial(self, serial: int) -> None:
+        """Serve `serial` in the challenge zone's SOA record (zone transfers: the serial follows
+        the feed), on every revision, so it must be cheap: the pre-packed SOA answer gets the
+        four serial bytes patched in a copy, and the SOA RRset the slow path and transfers
+        read is rebuilt only when one of them asks (`refresh_feed_soa`; dnspython takes
+        about 150 µs to make one). The SOA that negative answers carry keeps the configured
+        serial: re-packing every shared NODATA body on each revision would cost the hot path,
+        and resolvers read only its TTL and minimum."""
+        if serial == self._feed_serial:
+            return
+        self._feed_serial = serial
+        self._feed_soa_stale = True
+        tables = self._tables
+        apex = self._feed_zone
+        answer_key = apex + TYPE_SOA.to_bytes(2, "big") + _CLASS_IN
+        packed = tables.answers.get(answer_key)
+        if packed is not None and packed.body[:2] == b"\xc0\x0c":
+            tables.answers[answer_key] = _with_serial(packed, serial)
+        else:
+            tables.pack(apex)
+        for key in self.dependents.get(apex, ()):
+            tables.pack(key)  # static CNAMEs to the apex (rare)
+
+    def refresh_feed_soa(self) -> None:
+        """Bring the challenge zone's SOA RRset to the served serial, if it moved since."""
+        if not self._feed_soa_stale or self._feed_serial is None:
+            return
+        self._feed_soa_stale = False
+        _, rrsets = self.static[self._feed_zone]
+        soa = rrsets[TYPE_SOA]
+        rdata = next(iter(soa))
+        assert isinstance(rdata, dns.rdtypes.ANY.SOA.SOA)
+        if rdata.serial != self._feed_serial:
+            rrsets[TYPE_SOA] = dns.rdataset.from_rdata(
+                soa.ttl, rdata.replace(serial=self._feed_serial)
+            )
+
+    def feed_zone_state(
+        self, *, copy: bool
+    ) -> tuple[list[tuple[bytes, dns.rdataset.Rdataset]], Mapping[bytes, Packed | None]]:
+        """The challenge zone as it is now, for a zone transfer: its static RRsets (the apex
+        SOA first, TXT left out where the feed holds the name) and the feed map, copied when
+        asked (a full transfer outlives the call; packed answers are never changed in place,
+        so a copy is a consistent picture), else the live map for synchronous use."""
+        self.refresh_feed_soa()
+        feed: Mapping[bytes, Packed | None] = dict(self._tables.feed) if copy else self._tables.feed
+        zone = self._feed_zone
+        apex_rrsets = self.static[zone][1]
+        records: list[tuple[bytes, dns.rdataset.Rdataset]] = [(zone, apex_rrsets[TYPE_SOA])]
+        for key, (_, rrsets) in self.static.items():
+            if self._zone_key(key) != zone:
+                continue
+            for rdtype, rdataset in sorted(rrsets.items()):
+                if (key == zone and rdtype == TYPE_SOA) or (rdtype == TYPE_TXT and key in feed):
+                    continue
+                records.append((key, rdataset))
+        return records, feed
+
+    def static_txt(self, key: bytes) -> dns.rdataset.Rdataset | None:
+        """The static TXT RRset of a name, served when the feed does not hold the name."""
+        static = self.static.get(key)
+        return static[1].get(TYPE_TXT) if static else None
+
+    def _find_dependents(self) -> None:
+        self.dependents.clear()
+        for key in self.static:
+            for target in self._tables.view.cname_chain(key):
+                self.dependents.setdefault(target, set()).add(key)
+
+    def replace_static(self, zones: list[StaticZone]) -> None:
+        """Swap in a whole new set of static zones (a zone file reloaded), keeping every feed
+        name, in one synchronous call: queries see the old set or the new one, never a mix.
+
+        The work is proportional to the static data, never to the feed: the static names'
+        ancestor counts are moved over and the CNAME dependents recomputed; re-packed are only
+        the names whose records changed, the CNAMEs whose chains pass through them, the empty
+        non-terminals that appeared or vanished, and every name of a zone whose SOA changed
+        (its negative answers carry it: a serial bump costs the zone's names, about 0.25 ms
+        each). The challenge zone itself (first in `zones`, from settings) keeps its
+        readiness; its feed names are left as they are.
+        """
+        tables = self._tables
+        old_static = dict(self.static)
+        zones_view = tables.view.zones
+        assert isinstance(zones_view, dict)
+        feed_zone = self._feed_zone
+        feed_zone_static = sum(
+            tables.record_count(k) for k in old_static if self._zone_key(k) == feed_zone
+        )
+        # Empty non-terminals that vanish while the old names are taken out, and those that
+        # appear as the new ones go in: one in both sets exists before and after.
+        vanished: set[bytes] = set()
+        appeared: set[bytes] = set()
+        for key in old_static:
+            if key not in tables.feed:
+                vanished.update(tables.count_ancestors(key, -1))
+        new_info: dict[bytes, ZoneInfo] = {}
+        new_static: StaticNames = {}
+        for zone in zones:
+            key = wire_key(zone.name)
+            current = zones_view.get(key)
+            ready = current.ready if key == self._feed_zone and current else True
+            new_info[key] = ZoneInfo(key, zone.name, zone.source, zone.soa, ready=ready)
+            new_static.update(zone.records)
+        if self._feed_zone not in new_info:
+            raise ValueError("the feed zone is not among the static zones")
+        old_zone_keys = set(zones_view)
+        old_zone_info = dict(zones_view)
+        old_dependents = {target: set(keys) for target, keys in self.dependents.items()}
+        # The dicts are shared with the view and the node index: change them in place.
+        self.static.clear()
+        self.static.update(new_static)
+        zones_view.clear()
+        zones_view.update(new_info)
+        self.zone_info = dict(new_info)
+        for key in new_static:
+            if key not in tables.feed:
+                appeared.update(tables.count_ancestors(key, +1))
+        changed = vanished ^ appeared
+        self._find_dependents()
+        # The challenge zone came back with the configured serial: the served one is made
+        # again when the apex is packed below.
+        self._feed_soa_stale = self._feed_serial is not None
+        repack = {
+            key
+            for key in old_static.keys() | new_static.keys()
+            if _signature(old_static.get(key)) != _signature(new_static.get(key))
+        }
+        zones_changed = {
+            key
+            for key in old_zone_keys | set(new_info)
+            if _soa_signature(old_zone_info.get(key)) != _soa_signature(new_info.get(key))
+        }
+        if zones_changed:
+            for key in {*new_static, *tables.below}:
+                if self._zone_key_or_none(key) in zones_changed:
+                    repack.add(key)
+        repack |= changed
+        # Only static names hold CNAMEs; a chain's answer embeds every name it passes.
+        for key in list(repack):
+            repack |= old_dependents.get(key, set()) | self.dependents.get(key, set())
+        for key in repack:
+            tables.pack(key)
+        # Record counts: static zones recounted whole, the feed zone's static part adjusted.
+        counts = tables.counts
+        for key in old_zone_keys - set(new_info):
+            counts.pop(key, None)
+        for key in new_info:
+            if key != self._feed_zone:
+                counts[key] = 0
+        for key in new_static:
+            zone_key = self._zone_key(key)
+            if zone_key == feed_zone:
+                feed_zone_static -= tables.record_count(key)
+            else:
+                counts[zone_key] += tables.record_count(key)
+        counts[feed_zone] -= feed_zone_static
+        self.static_generation += 1
+        snapshot = self.snapshot
+        self.snapshot = tables.snapshot(
+            revision=snapshot.revision, feed_id=snapshot.feed_id, ready=snapshot.ready
+        )
+
+    def _recount(self, tables: _Tables) -> None:
+        """Redo a re-list's bookkeeping that depends on the static set, after a static reload
+        raced with it: the ancestor counts and the zones' record counts (walks the feed once,
+        a rare case). `_finish` then packs and counts the static names."""
+        tables.view.zones.clear()  # type: ignore[attr-defined]
+        tables.view.zones.update(self._ready_zones())  # type: ignore[attr-defined]
+        tables.below.clear()
+        tables.counts.clear()
+        tables.counts.update(dict.fromkeys(self.zone_info, 0))
+        for key in self.static:
+            tables.count_ancestors(key, +1)
+        for key, txt in tables.feed.items():
+            if key in self.static:
+                tables.counts[self._zone_key(key)] += tables.record_count(key)
+                continue
+            if not self.is_child(key):
+                tables.count_ancestors(key, +1)
+            if txt is not None:
+                tables.counts[self._feed_zone] += answer_count(txt)
+        for key in [k for k in tables.answer_keys if k not in self.static]:
+            tables.pack(key)  # was a mixed name when the re-list packed it
 
     def relist(self) -> Relist:
         """Start building a full snapshot aside; the live tables stay as they are until
@@ -541,6 +770,12 @@ class ZoneStore:
         self._freeing.add(task)
         task.add_done_callback(self._freeing.discard)
 
+    def _zone_key_or_none(self, key: bytes) -> bytes | None:
+        for suffix in name_suffixes(key):
+            if suffix in self.zone_info:
+                return suffix
+        return None
+
     def _zone_key(self, key: bytes) -> bytes:
         for suffix in name_suffixes(key):
             if suffix in self.zone_info:
@@ -569,6 +804,7 @@ class Relist:
     def __init__(self, store: ZoneStore) -> None:
         self._store = store
         self._tables = _Tables(store, store._ready_zones())
+        self._generation = store.static_generation
         self._holding_gc = False
         self.names = 0
 
@@ -653,12 +889,16 @@ class Relist:
         try:
             store = self._store
             tables = self._tables
+            if self._generation != store.static_generation:
+                store._recount(tables)
             # Feed names counted above are all inside the feed zone; _finish adds the rest.
             store._finish(tables)
             store._swap(tables, revision, feed_id)
             store.zone_info = dict(tables.view.zones)
         finally:
             self.release()
+        if store.observer is not None:
+            store.observer.relisted(revision)
         if self._store._freeze_gc:
             gc.freeze()
 
@@ -683,6 +923,35 @@ async def _take_apart(tables: _Tables) -> None:
                 table.popitem()
             await asyncio.sleep(0)
     tables.below.clear()
+
+
+def _signature(
+    entry: tuple[dns.name.Name, dict[int, dns.rdataset.Rdataset]] | None,
+) -> dict[int, tuple[int, dns.rdataset.Rdataset]] | None:
+    """What a static name serves, comparable (rdataset equality ignores the TTL)."""
+    if entry is None:
+        return None
+    return {rdtype: (rdataset.ttl, rdataset) for rdtype, rdataset in entry[1].items()}
+
+
+def _soa_signature(info: ZoneInfo | None) -> tuple[int, dns.rdataset.Rdataset, bool] | None:
+    return None if info is None else (info.soa.ttl, info.soa, info.ready)
+
+
+def _with_serial(packed: Packed, serial: int) -> Packed:
+    """A copy of a packed SOA answer (owner a pointer to the question, names uncompressed)
+    with another serial."""
+    body = packed.body
+    i = _RR_HEADER
+    for _ in range(2):  # MNAME, RNAME
+        while body[i]:
+            i += body[i] + 1
+        i += 1
+    copy = Packed.__new__(Packed)
+    copy.heads, copy.heads_edns = packed.heads, packed.heads_edns
+    copy.rcode, copy.size, copy.stat = packed.rcode, packed.size, packed.stat
+    copy.body = body[:i] + serial.to_bytes(4, "big") + body[i + 4 :]
+    return copy
 
 
 def _pack(view: ZoneView, key: bytes, qtype: int) -> Packed:

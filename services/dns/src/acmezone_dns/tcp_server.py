@@ -15,6 +15,7 @@ from acmezone_dns import sockets
 from acmezone_dns.metrics import QueryStats
 from acmezone_dns.responder import Responder
 from acmezone_dns.tcp_pool import Connection, TcpPool, source_of
+from acmezone_dns.transfer import ZoneTransfers, is_transfer
 from acmezone_dns.updates import UpdateForwarder, is_update
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,12 @@ class TcpServer:
         max_connections: int,
         max_per_source: int | None = None,
         updates: UpdateForwarder | None = None,
+        transfers: ZoneTransfers | None = None,
     ) -> None:
         """`max_connections` open at once in all, `max_per_source` from one IPv4 address or
         IPv6 /64 (None: no per-source cap); past either the oldest idle one is evicted."""
         self._address = address
+        self._transfers = transfers
         self._updates = updates
         self._responder = responder
         self._stats = stats
@@ -125,6 +128,9 @@ class TcpServer:
                 prefix = await reader.readexactly(2)
                 pool.busy(connection)
                 message = await reader.readexactly(int.from_bytes(prefix, "big"))
+            if self._transfers is not None and is_transfer(message):
+                await self._transfer(message, writer)
+                continue
             if self._updates is not None and is_update(message):
                 peer = writer.get_extra_info("peername")
                 response: bytes | None = await self._updates.forward(
@@ -147,6 +153,15 @@ class TcpServer:
             # than it may sit idle.
             async with asyncio.timeout(self._idle_timeout):
                 await writer.drain()
+
+    async def _transfer(self, message: bytes, writer: asyncio.StreamWriter) -> None:
+        """An AXFR/IXFR request: its response messages, each drained before the next (the
+        idle timeout does not apply while a transfer is being written)."""
+        assert self._transfers is not None
+        peer = writer.get_extra_info("peername")
+        async for response in self._transfers.answer(message, str(peer[0]) if peer else ""):
+            writer.write(len(response).to_bytes(2, "big") + response)
+            await writer.drain()
 
     async def stop(self) -> None:
         """Stop accepting, then close every open connection."""

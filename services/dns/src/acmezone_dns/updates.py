@@ -2,7 +2,10 @@
 
 The dns service holds no TSIG secrets and applies nothing itself: every UPDATE (UDP or TCP) goes
 to the registry's `DnsUpdateService.ApplyDnsUpdate` with the client's address, and the client gets
-the DNS response the registry built (TSIG-signed there). The registry stays the single source of
+the DNS response the registry built (TSIG-signed there). For an UPDATE of a static zone served
+here, the CNAMEs into the challenge zone among its names go along (`cname_targets`): the message
+itself cannot be rewritten (the signature covers it), and the registry, when told to follow
+them, applies the update to the targets. The registry stays the single source of
 truth, and every replica learns the change from the record feed.
 
 When the registry cannot be asked (unreachable, past the deadline, any gRPC error) the client gets
@@ -20,6 +23,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import dns.exception
+import dns.message
+import dns.name
 import grpc
 
 from acmezone.registry.v1 import dns_update_service_pb2 as update_pb2
@@ -28,7 +34,7 @@ from acmezone_common.transport import ChannelFactory, open_channel
 from acmezone_dns.metrics import UpdateStats
 from acmezone_dns.store import ZoneStore
 from acmezone_dns.wire import header_only
-from acmezone_dns.zone import FORMERR, SERVFAIL
+from acmezone_dns.zone import FORMERR, SERVFAIL, ZoneSource, wire_key
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ _QR_AND_OPCODE = 0xF8
 UPDATE_FLAGS = _OPCODE_UPDATE << 3
 """QR clear and opcode UPDATE: the third header byte of an UPDATE request, masked with 0xF8."""
 _REVISION_POLL_SECONDS = 0.005
+_MAX_CNAME_TARGETS = 64
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -71,6 +78,9 @@ class UpdateForwarder:
         self._channel: grpc.aio.Channel | None = None
         self._stub: update_grpc.DnsUpdateServiceAsyncStub | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.local_signer: Callable[[bytes, bytes], bytes | None] | None = None
+        """Signs answers to queries signed with a key held here (zone transfer keys); None
+        from it means the registry signs."""
 
     async def start(self) -> None:
         """Open the channel to the registry (connecting lazily, on the first update)."""
@@ -129,6 +139,10 @@ class UpdateForwarder:
         """`answer` signed by the registry with the key of the signed `query` (or the
         registry's NOTAUTH when the query's signature does not verify); SERVFAIL when the
         registry cannot be asked. Never raises."""
+        if self.local_signer is not None:
+            signed = self.local_signer(query, answer)
+            if signed is not None:
+                return signed
         stub = self._stub
         if stub is None:
             return header_only(query, SERVFAIL)
@@ -156,13 +170,41 @@ class UpdateForwarder:
         self._stats.count(rcode, tcp)
         return response
 
+    def cname_targets(self, data: bytes) -> dict[str, str]:
+        """For an UPDATE of a static zone served here: its owner names that are CNAMEs into
+        the challenge zone, mapped to their targets (the registry decides whether to follow
+        them). Empty for the challenge zone, other zones and anything unparsable."""
+        try:
+            message = dns.message.from_wire(data, keyring=False)
+        except (dns.exception.DNSException, ValueError, UnicodeError):
+            return {}
+        store = self._store
+        if len(message.question) != 1:
+            return {}
+        info = store.zone_info.get(wire_key(message.question[0].name))
+        if info is None or info.source is not ZoneSource.STATIC:
+            return {}
+        view = store.snapshot.view
+        targets: dict[str, str] = {}
+        for rrset in [*message.answer, *message.authority]:  # prerequisites, updates
+            key = wire_key(rrset.name)
+            chain = view.cname_chain(key)
+            if chain and view.zone_of(chain[-1]) is view.zones.get(store.feed_zone):
+                owner = rrset.name.canonicalize().to_text()
+                targets[owner] = dns.name.from_wire(chain[-1], 0)[0].to_text()
+            if len(targets) >= _MAX_CNAME_TARGETS:
+                break
+        return targets
+
     async def _ask_registry(self, data: bytes, peer: str) -> tuple[int, bytes]:
         stub = self._stub
         if stub is None:
             return SERVFAIL, header_only(data, SERVFAIL)
         try:
             reply = await stub.ApplyDnsUpdate(
-                update_pb2.ApplyDnsUpdateRequest(message=data, client_address=peer),
+                update_pb2.ApplyDnsUpdateRequest(
+                    message=data, client_address=peer, cname_targets=self.cname_targets(data)
+                ),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:

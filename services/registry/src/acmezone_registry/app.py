@@ -164,6 +164,7 @@ class RegistryApp:
             zone=settings.zone,
             strict_txt_values=settings.strict_txt_values,
             settle=self.feed.settle,
+            follow_cnames=settings.update_follow_cnames,
         )
         self.grpc.add_service(
             tsig_key_service_pb2.DESCRIPTOR.services_by_name["TsigKeyService"],

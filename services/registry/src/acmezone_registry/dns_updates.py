@@ -8,7 +8,9 @@ shared place. Steps, each answered the way RFC 2136 section 3 and RFC 8945 secti
 2. TSIG: unknown key or algorithm -> NOTAUTH/BADKEY, wrong MAC -> NOTAUTH/BADSIG (both unsigned),
    clock skew beyond the fudge -> NOTAUTH/BADTIME (signed, with our time in other data).
 3. The caller's address must be inside the registration's allowed CIDRs (REFUSED).
-4. Zone section: one SOA question (FORMERR) for our zone (NOTAUTH).
+4. Zone section: one SOA question (FORMERR) for our zone (NOTAUTH). With `follow_cnames`, a
+   static zone of the dns service is accepted too when the replica found CNAMEs in it whose
+   targets are the key's names: the update then applies to those targets.
 5. Prerequisites and updates: well formed (FORMERR), inside the zone (NOTZONE), and only TXT
    records at the key's two names (REFUSED).
 6. The repository checks prerequisites (YXDOMAIN, NXDOMAIN, YXRRSET, NXRRSET) and applies every
@@ -110,6 +112,15 @@ def _unverified(_message: dns.message.Message, _name: dns.name.Name) -> bool:
     return False
 
 
+_TSIG_ERROR_NAMES = {0: "NOERROR", 16: "BADSIG", 17: "BADKEY", 18: "BADTIME", 22: "BADTRUNC"}
+
+
+def tsig_error_name(error: int) -> str:
+    """The RFC 8945 name of a TSIG error. dnspython's Rcode enum names 16 BADVERS (the EDNS
+    meaning of the same number), which is wrong in a TSIG record."""
+    return _TSIG_ERROR_NAMES.get(int(error), str(int(error)))
+
+
 class DnsUpdates:
     """Verifies and applies UPDATE messages for the challenge zone."""
 
@@ -121,6 +132,7 @@ class DnsUpdates:
         zone: str,
         strict_txt_values: bool,
         settle: Callable[[int], Awaitable[None]] | None = None,
+        follow_cnames: bool = False,
     ) -> None:
         """`settle(revision)` holds the answer to an applied update until the change is
         served (`RecordFeed.settle`); None answers at once."""
@@ -129,17 +141,29 @@ class DnsUpdates:
         self._zone = dns.name.from_text(zone.rstrip(".") + ".")
         self._strict = strict_txt_values
         self._settle = settle
+        self._follow_cnames = follow_cnames
 
-    async def apply(self, wire: bytes, client_address: IPAddress | None) -> UpdateResult:
-        """Process one UPDATE message and return the response to send."""
+    async def apply(
+        self,
+        wire: bytes,
+        client_address: IPAddress | None,
+        cname_targets: Mapping[dns.name.Name, dns.name.Name] | None = None,
+    ) -> UpdateResult:
+        """Process one UPDATE message and return the response to send. `cname_targets` are
+        the delegations the dns replica found for an UPDATE of one of its static zones."""
         _check_length(wire, "message")
-        result = await self._apply(wire, client_address)
+        result = await self._apply(wire, client_address, cname_targets or {})
         self._metrics.dns_updates.labels(dns.rcode.to_text(dns.rcode.Rcode(result.rcode))).inc()
         if self._settle is not None and result.revision:
             await self._settle(result.revision)
         return result
 
-    async def _apply(self, wire: bytes, client_address: IPAddress | None) -> UpdateResult:
+    async def _apply(
+        self,
+        wire: bytes,
+        client_address: IPAddress | None,
+        cname_targets: Mapping[dns.name.Name, dns.name.Name],
+    ) -> UpdateResult:
         try:
             query = dns.message.from_wire(wire, keyring=_unverified)
         except (dns.exception.DNSException, ValueError, UnicodeError):
@@ -152,7 +176,7 @@ class DnsUpdates:
         if isinstance(checked, UpdateResult):
             return checked
         try:
-            return await self._apply_verified(checked, client_address)
+            return await self._apply_verified(checked, client_address, cname_targets)
         except _Reject as reject:
             return self._signed(checked.message, checked.key, reject.rcode, why=reject.why)
 
@@ -214,7 +238,10 @@ class DnsUpdates:
         return UpdateResult(response.to_wire(), response.rcode(), 0)
 
     async def _apply_verified(
-        self, checked: _Verified, client_address: IPAddress | None
+        self,
+        checked: _Verified,
+        client_address: IPAddress | None,
+        cname_targets: Mapping[dns.name.Name, dns.name.Name],
     ) -> UpdateResult:
         update, key = checked.message, checked.key
         registration = checked.stored.registration
@@ -223,12 +250,15 @@ class DnsUpdates:
         zone_section = update.sections[0]
         if len(zone_section) != 1 or zone_section[0].rdtype != dns.rdatatype.SOA:
             raise _Reject(dns.rcode.FORMERR, "zone section must hold exactly one SOA question")
-        if zone_section[0].name != self._zone:
-            raise _Reject(dns.rcode.NOTAUTH, f"not authoritative for {zone_section[0].name}")
+        zone = zone_section[0].name.canonicalize()
         fqdn = dns.name.from_text(f"{registration.subdomain}.{self._zone}")
         owners = {fqdn: "", dns.name.Name((ALIAS_OWNER.encode(), *fqdn.labels)): ALIAS_OWNER}
-        prerequisites = [self._prerequisite(rrset, owners) for rrset in update.sections[1]]
-        operations = [op for rrset in update.sections[2] for op in self._operations(rrset, owners)]
+        if zone != self._zone:
+            owners = self._delegated(zone, owners, cname_targets)
+        prerequisites = [self._prerequisite(rrset, owners, zone) for rrset in update.sections[1]]
+        operations = [
+            op for rrset in update.sections[2] for op in self._operations(rrset, owners, zone)
+        ]
         request_tsig: TSIG = update.tsig[0]  # type: ignore[index]
         expires = datetime.fromtimestamp(request_tsig.time_signed + request_tsig.fudge, tz=UTC)
         try:
@@ -259,21 +289,44 @@ class DnsUpdates:
 
     # -- sections -----------------------------------------------------------------------------
 
-    def _owner(self, rrset: dns.rrset.RRset, owners: Mapping[dns.name.Name, str]) -> str:
-        if not rrset.name.is_subdomain(self._zone):
+    def _delegated(
+        self,
+        zone: dns.name.Name,
+        owners: Mapping[dns.name.Name, str],
+        cname_targets: Mapping[dns.name.Name, dns.name.Name],
+    ) -> dict[dns.name.Name, str]:
+        """The key's names as an UPDATE of another zone may reach them: through the static
+        CNAMEs of that zone (as the dns replica found them) whose target is one of the key's
+        names. Only with `update_follow_cnames`; otherwise, or with no such CNAME, NOTAUTH as
+        for any zone that is not ours."""
+        if not self._follow_cnames or not cname_targets:
+            raise _Reject(dns.rcode.NOTAUTH, f"not authoritative for {zone}")
+        delegated = {
+            alias: owners[target]
+            for alias, target in cname_targets.items()
+            if alias.is_subdomain(zone) and target in owners
+        }
+        if not delegated:
+            raise _Reject(dns.rcode.REFUSED, f"no CNAME in {zone} leads to this key's names")
+        return delegated
+
+    def _owner(
+        self, rrset: dns.rrset.RRset, owners: Mapping[dns.name.Name, str], zone: dns.name.Name
+    ) -> str:
+        if not rrset.name.is_subdomain(zone):
             raise _Reject(dns.rcode.NOTZONE, f"{rrset.name} is outside the zone")
-        owner = owners.get(rrset.name)
+        owner = owners.get(rrset.name.canonicalize())
         if owner is None:
             raise _Reject(dns.rcode.REFUSED, f"this key may not touch {rrset.name}")
         return owner
 
     def _prerequisite(
-        self, rrset: dns.rrset.RRset, owners: Mapping[dns.name.Name, str]
+        self, rrset: dns.rrset.RRset, owners: Mapping[dns.name.Name, str], zone: dns.name.Name
     ) -> Prerequisite:
         """RFC 2136 section 3.2 checks that need no stored state, then the prerequisite."""
         if rrset.ttl != 0:
             raise _Reject(dns.rcode.FORMERR, "prerequisite TTL must be 0")
-        owner = self._owner(rrset, owners)
+        owner = self._owner(rrset, owners, zone)
         is_txt = rrset.rdtype == dns.rdatatype.TXT
         any_type = rrset.rdtype == dns.rdatatype.ANY
         if rrset.deleting in (dns.rdataclass.ANY, dns.rdataclass.NONE):
@@ -294,7 +347,7 @@ class DnsUpdates:
         return Prerequisite(PrerequisiteKind.RRSET_EQUALS, owner, is_txt=is_txt, values=values)
 
     def _operations(
-        self, rrset: dns.rrset.RRset, owners: Mapping[dns.name.Name, str]
+        self, rrset: dns.rrset.RRset, owners: Mapping[dns.name.Name, str], zone: dns.name.Name
     ) -> list[UpdateOperation]:
         """RFC 2136 section 3.4.1 prescan and permissions for one update RRset."""
         if rrset.rdtype in (
@@ -304,7 +357,7 @@ class DnsUpdates:
             dns.rdatatype.MAILB,
         ):
             raise _Reject(dns.rcode.FORMERR, "meta type in update section")
-        owner = self._owner(rrset, owners)
+        owner = self._owner(rrset, owners, zone)
         is_txt = rrset.rdtype == dns.rdatatype.TXT
         if rrset.deleting == dns.rdataclass.ANY:
             if rrset.ttl != 0 or len(rrset):
@@ -373,7 +426,7 @@ class DnsUpdates:
         )
         logger.info(
             "dynamic update refused",
-            extra={"rcode": "NOTAUTH", "tsig_error": tsig_error.name, "why": why},
+            extra={"rcode": "NOTAUTH", "tsig_error": tsig_error_name(tsig_error), "why": why},
         )
         return UpdateResult(response.to_wire(), int(dns.rcode.NOTAUTH), 0)
 
@@ -403,7 +456,7 @@ class DnsUpdates:
         if rcode != dns.rcode.NOERROR:
             logger.info(
                 "dynamic update refused",
-                extra={"rcode": rcode.name, "tsig_error": tsig_error.name, "why": why},
+                extra={"rcode": rcode.name, "tsig_error": tsig_error_name(tsig_error), "why": why},
             )
         return UpdateResult(response.to_wire(), int(rcode), revision)
 

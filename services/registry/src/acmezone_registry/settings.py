@@ -80,6 +80,13 @@ class RegistrySettings(ServiceSettings):
         le=10,
         description="TXT values kept per registration unless it asks for more.",
     )
+    update_follow_cnames: bool = Field(
+        default=False,
+        description="RFC 2136 UPDATEs for a static zone the dns service serves (not the "
+        "challenge zone) apply to the challenge-zone targets of the CNAMEs they name, when each "
+        "target is one of the signing key's names: certbot-dns-rfc2136 sends its UPDATE for "
+        "`_acme-challenge.<domain>` in the customer zone and never follows the CNAME.",
+    )
     strict_txt_values: bool = Field(
         default=True,
         description="Accept only 43-character base64url values (ACME digests); "

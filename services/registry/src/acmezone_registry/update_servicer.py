@@ -6,6 +6,10 @@ rule live in the domain (`tsig_keys.TsigKeys`, `dns_updates.DnsUpdates`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import dns.exception
+import dns.name
 from google.protobuf import empty_pb2
 from typing_extensions import override
 
@@ -28,6 +32,7 @@ ALGORITHM_NAMES = {
     tsig_key_service_pb2.TSIG_ALGORITHM_HMAC_SHA1: "hmac-sha1.",
     tsig_key_service_pb2.TSIG_ALGORITHM_HMAC_MD5: "hmac-md5.sig-alg.reg.int.",
 }
+_MAX_CNAME_TARGETS = 64
 _ALGORITHM_ENUMS = {name: value for value, name in ALGORITHM_NAMES.items()}
 
 
@@ -143,10 +148,29 @@ class DnsUpdateServicer(dns_update_service_pb2_grpc.DnsUpdateServiceServicer):
                 f"{request.client_address!r} is not an IPv4 or IPv6 address",
                 field="client_address",
             )
-        result = await self._updates.apply(request.message, address)
+        cname_targets = self._cname_targets(request.cname_targets)
+        result = await self._updates.apply(request.message, address, cname_targets)
         return dns_update_service_pb2.ApplyDnsUpdateResponse(
             message=result.message, rcode=result.rcode, revision=result.revision
         )
+
+    @staticmethod
+    def _cname_targets(given: Mapping[str, str]) -> dict[dns.name.Name, dns.name.Name]:
+        if len(given) > _MAX_CNAME_TARGETS:
+            raise InvalidArgumentError(
+                errors.INVALID_DNS_MESSAGE,
+                f"at most {_MAX_CNAME_TARGETS} cname_targets",
+                field="cname_targets",
+            )
+        try:
+            return {
+                dns.name.from_text(k).canonicalize(): dns.name.from_text(v).canonicalize()
+                for k, v in given.items()
+            }
+        except dns.exception.DNSException as exc:
+            raise InvalidArgumentError(
+                errors.INVALID_DNS_MESSAGE, f"cname_targets: {exc}", field="cname_targets"
+            ) from exc
 
     @override
     async def SignDnsResponse(

@@ -104,6 +104,14 @@ class Cli:
             self.channel(self.args.registry)
         )
 
+    @property
+    def zone_metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self.args.zone_token
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    def zones(self) -> zone_service_pb2_grpc.ZoneServiceAsyncStub:
+        return zone_service_pb2_grpc.ZoneServiceStub(self.channel(self.args.dns))
+
     def tsig_keys(self) -> tsig_key_service_pb2_grpc.TsigKeyServiceAsyncStub:
         return tsig_key_service_pb2_grpc.TsigKeyServiceStub(self.channel(self.args.registry))
 
@@ -268,14 +276,50 @@ async def cmd_cert_request(cli: Cli) -> int:
         return 0
     if not cli.json:
         print(f"requested {created.name} for {', '.join(created.dns_names)}", file=cli.out)
-    return await follow(cli, created.name, a.timeout)
+    return await follow(cli, created.name, a.timeout, add_cnames=a.add_cnames)
 
 
-async def follow(cli: Cli, name: str, seconds: float, *, until_change: int = 0) -> int:
-    """Print each change of a certificate until it settles; exit 0 when issued."""
+async def add_cname(cli: Cli, owner: str, target: str) -> None:
+    """Add a missing `_acme-challenge` CNAME to the static zone served by dns that holds it
+    (`cert request --add-cnames`); say so when no such zone is served here."""
+    zones = await cli.zones().ListZones(zone_service_pb2.ListZonesRequest(page_size=1000))
+    fqdn = owner.rstrip(".").lower() + "."
+    hosted = [
+        z.apex
+        for z in zones.zones
+        if z.source == zone_service_pb2.ZONE_SOURCE_STATIC
+        and (fqdn == z.apex or fqdn.endswith("." + z.apex))
+    ]
+    if not hosted:
+        print(f"{fqdn} is in no zone served here: add the CNAME at its DNS provider", file=cli.out)
+        return
+    apex = max(hosted, key=len)
+    try:
+        await cli.zones().CreateZoneRecord(
+            zone_service_pb2.CreateZoneRecordRequest(
+                parent=_zone_parent(apex),
+                zone_record=zone_service_pb2.ZoneRecord(
+                    domain_name=fqdn, type="CNAME", data=target.rstrip(".") + "."
+                ),
+            ),
+            metadata=cli.zone_metadata,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            print(f"adding {fqdn} CNAME to {apex} failed: {exc.details()}", file=cli.out)
+        return
+    print(f"added {fqdn} CNAME {target.rstrip('.')}. to the zone {apex}", file=cli.out)
+
+
+async def follow(
+    cli: Cli, name: str, seconds: float, *, until_change: int = 0, add_cnames: bool = False
+) -> int:
+    """Print each change of a certificate until it settles; exit 0 when issued. With
+    `add_cnames`, missing CNAMEs in zones served here are added through the dns service."""
     last_line = ""
     last_cnames: list[tuple[str, str, bool]] = []
     final: pb.Certificate | None = None
+    tried: set[str] = set()
 
     async def run() -> None:
         nonlocal last_line, last_cnames, final
@@ -294,6 +338,11 @@ async def follow(cli: Cli, name: str, seconds: float, *, until_change: int = 0) 
                 if cert.state == pb.STATE_WAITING_FOR_DELEGATION and cnames != last_cnames:
                     print(output.cname_table(cert), file=cli.out, flush=True)
                 last_cnames = cnames
+            if add_cnames and cert.state == pb.STATE_WAITING_FOR_DELEGATION:
+                for d in cert.delegations:
+                    if not d.ready and d.cname_name not in tried:
+                        tried.add(d.cname_name)
+                        await add_cname(cli, d.cname_name, d.cname_target)
             if cert.state in _TERMINAL and cert.revision > until_change and not cert.stage:
                 stream.cancel()
                 return
@@ -442,7 +491,28 @@ async def cmd_registration_create(cli: Cli) -> int:
         ),
         metadata=cli.registry_metadata,
     )
+    if a.cert_manager:
+        if not a.for_domain:
+            print("error: --cert-manager needs --for-domain", file=sys.stderr)
+            return 2
+        objects, text = output.cert_manager(
+            created,
+            a.for_domain,
+            acme_dns_url=a.acme_dns_url,
+            secret_name=a.secret_name,
+            namespace=a.namespace,
+        )
+        cli.emit(objects, text)
+        return 0
     cli.emit(created, output.registration(created, with_password=True))
+    if a.for_domain:
+        print(
+            "\n".join(
+                f"add: _acme-challenge.{d}. CNAME {created.fulldomain.rstrip('.')}."
+                for d in a.for_domain
+            ),
+            file=cli.out,
+        )
     return 0
 
 
@@ -491,6 +561,54 @@ def _tsig_key_name(registration: str, key_id: str) -> str:
     if key_id.startswith("registrations/"):
         return key_id
     return f"{_registration_name(registration)}/tsigKeys/{key_id}"
+
+
+def _zone_parent(zone: str) -> str:
+    return zone if zone.startswith("zones/") else "zones/" + zone.rstrip(".").lower()
+
+
+async def cmd_zone_record_list(cli: Cli) -> int:
+    records: list[zone_service_pb2.ZoneRecord] = []
+    token = ""
+    while True:
+        page = await cli.zones().ListZoneRecords(
+            zone_service_pb2.ListZoneRecordsRequest(
+                parent=_zone_parent(cli.args.zone), page_size=1000, page_token=token
+            )
+        )
+        records += page.zone_records
+        token = page.next_page_token
+        if not token:
+            break
+    cli.emit(list(records), output.zone_records(records))
+    return 0
+
+
+async def cmd_zone_record_add(cli: Cli) -> int:
+    a = cli.args
+    created = await cli.zones().CreateZoneRecord(
+        zone_service_pb2.CreateZoneRecordRequest(
+            parent=_zone_parent(a.zone),
+            zone_record=zone_service_pb2.ZoneRecord(
+                domain_name=a.domain_name, type=a.type, ttl=a.ttl, data=" ".join(a.data)
+            ),
+        ),
+        metadata=cli.zone_metadata,
+    )
+    cli.emit(created, f"added (and served): {created.name}\n" + output.zone_records([created]))
+    return 0
+
+
+async def cmd_zone_record_delete(cli: Cli) -> int:
+    a = cli.args
+    name = (
+        a.record if a.record.startswith("zones/") else f"{_zone_parent(a.zone)}/records/{a.record}"
+    )
+    await cli.zones().DeleteZoneRecord(
+        zone_service_pb2.DeleteZoneRecordRequest(name=name), metadata=cli.zone_metadata
+    )
+    cli.emit({"deleted": name}, f"deleted: {name}")
+    return 0
 
 
 async def cmd_tsig_key_create(cli: Cli) -> int:
@@ -579,6 +697,9 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-server-name", default=settings.tls_server_name, help="name the servers' cert holds"
     )
+    parser.add_argument(
+        "--zone-token", default=settings.zone_token_value(), help="dns zone edit token (or env)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -621,6 +742,11 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     request.add_argument("--profile", help="ACME profile the CA offers")
     request.add_argument("--no-follow", action="store_true", help="return at once")
     request.add_argument("--timeout", type=float, default=600.0, help="seconds to follow")
+    request.add_argument(
+        "--add-cnames",
+        action="store_true",
+        help="add missing CNAMEs to zones the dns service serves itself (needs --zone-token)",
+    )
     request.set_defaults(run=cmd_cert_request)
     cert.add_parser("list", help="list certificates").set_defaults(run=cmd_cert_list)
     for verb, func, helptext in (
@@ -669,6 +795,23 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     rcreate.add_argument("--id", help="subdomain label (default: random UUID)")
     rcreate.add_argument("--allow", action="append", help="allowed source CIDR (repeatable)")
     rcreate.add_argument("--description")
+    rcreate.add_argument(
+        "--for-domain",
+        action="append",
+        help="the domain the registration will validate (repeatable): prints its CNAME",
+    )
+    rcreate.add_argument(
+        "--cert-manager",
+        action="store_true",
+        help="print cert-manager's acme-dns Secret and Issuer solver instead",
+    )
+    rcreate.add_argument(
+        "--acme-dns-url",
+        default="http://127.0.0.1:8053",
+        help="the registry's acme-dns HTTP API as cert-manager reaches it",
+    )
+    rcreate.add_argument("--secret-name", default="acmezone-acme-dns")
+    rcreate.add_argument("--namespace", default="default", help="namespace of Secret and Issuer")
     rcreate.set_defaults(run=cmd_registration_create)
     registration.add_parser("list", help="list registrations").set_defaults(
         run=cmd_registration_list
@@ -706,6 +849,24 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="install certificates as files and keep them current")
     add_agent_arguments(agent)
     agent.set_defaults(run=cmd_agent)
+
+    zrec = sub.add_parser(
+        "zone-record", help="records of static zones served by dns (zone files, live)"
+    ).add_subparsers(dest="sub", required=True)
+    zlist = zrec.add_parser("list", help="a static zone's records, with their ids")
+    zlist.add_argument("zone", help="zone apex, e.g. example.test")
+    zlist.set_defaults(run=cmd_zone_record_list)
+    zadd = zrec.add_parser("add", help="add a record to the zone file; served at once")
+    zadd.add_argument("zone")
+    zadd.add_argument("domain_name", help="owner, fully qualified, e.g. _acme-challenge.x.test.")
+    zadd.add_argument("type", help="CNAME, TXT, A, ...")
+    zadd.add_argument("data", nargs="+", help="record data, e.g. x.acme.example.test.")
+    zadd.add_argument("--ttl", type=int, default=0, help="seconds (default: the zone's)")
+    zadd.set_defaults(run=cmd_zone_record_add)
+    zdel = zrec.add_parser("delete", help="remove a record from the zone file")
+    zdel.add_argument("zone")
+    zdel.add_argument("record", help="record id (from list) or full resource name")
+    zdel.set_defaults(run=cmd_zone_record_delete)
     return parser
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
+from acmezone.dns.v1 import zone_service_pb2
 from acmezone.issuer.v1 import account_service_pb2, certificate_service_pb2
 from acmezone.registry.v1 import registration_service_pb2, tsig_key_service_pb2
 
@@ -174,6 +176,7 @@ def tsig_key_created(key: tsig_key_service_pb2.TsigKey, nameserver: str) -> str:
     host, _, port = nameserver.rpartition(":")
     host = host.strip("[]") or nameserver
     zone = key.allowed_names[0].split(".", 1)[1] if key.allowed_names else ""
+    fulldomain = min(key.allowed_names, key=len) if key.allowed_names else "<fulldomain>."
     algorithm_name = TSIG_ALGORITHMS[tsig_algorithm(key.algorithm)][1]
     return "\n".join(
         [
@@ -200,7 +203,28 @@ def tsig_key_created(key: tsig_key_service_pb2.TsigKey, nameserver: str) -> str:
             f"dns_rfc2136_algorithm = {algorithm_name.upper()}",
             "",
             f"# zone: {zone}",
+            "",
+            "# the customer's _acme-challenge CNAME, by client:",
+            f"#   lego, certbot-dns-rfc2136, cert-manager rfc2136: "
+            f"_acme-challenge.<domain>. CNAME {fulldomain}",
+            f"#   acme.sh --challenge-alias {fulldomain.rstrip('.')}: "
+            f"_acme-challenge.<domain>. CNAME _acme-challenge.{fulldomain}",
         ]
+    )
+
+
+def zone_records(records: list[zone_service_pb2.ZoneRecord]) -> str:
+    """Static zone records as a table, with the ids `zone-record delete` takes."""
+    rows = [("ID", "NAME", "TTL", "TYPE", "DATA")]
+    rows += [
+        (r.name.rsplit("/", 1)[-1], r.domain_name, str(r.ttl), r.type, r.data) for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        + "  "
+        + row[4]
+        for row in rows
     )
 
 
@@ -216,3 +240,71 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
             detail.Unpack(bad)
             result += [(v.field, v.description) for v in bad.field_violations]
     return result
+
+
+def cert_manager(
+    registration: registration_service_pb2.Registration,
+    domains: list[str],
+    *,
+    acme_dns_url: str,
+    secret_name: str,
+    namespace: str,
+) -> tuple[dict[str, Any], str]:
+    """cert-manager's acme-dns solver set-up for a new registration: the Secret (a JSON
+    document of credentials keyed by domain, in cert-manager's documented `acmedns.json`
+    format), the Issuer solver that reads it, and the CNAME each domain needs. Returns the
+    objects (for --json) and the text to paste (two documents, then the CNAMEs as comments)."""
+    credentials = {
+        domain: {
+            "username": registration.username,
+            "password": registration.password,
+            "fulldomain": registration.fulldomain.rstrip("."),
+            "subdomain": registration.subdomain,
+            "allowfrom": list(registration.allowed_cidrs),
+        }
+        for domain in domains
+    }
+    secret: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret_name, "namespace": namespace},
+        "type": "Opaque",
+        "stringData": {"acmedns.json": json.dumps(credentials, indent=2, sort_keys=True)},
+    }
+    issuer: dict[str, Any] = {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Issuer",
+        "metadata": {"name": "acmezone", "namespace": namespace},
+        "spec": {
+            "acme": {
+                "server": "https://acme-v02.api.letsencrypt.org/directory",
+                "privateKeySecretRef": {"name": "acmezone-acme-account"},
+                "solvers": [
+                    {
+                        "selector": {"dnsZones": domains},
+                        "dns01": {
+                            "acmeDNS": {
+                                "host": acme_dns_url,
+                                "accountSecretRef": {"name": secret_name, "key": "acmedns.json"},
+                            }
+                        },
+                    }
+                ],
+            }
+        },
+    }
+    cnames = [
+        f"_acme-challenge.{domain}. CNAME {registration.fulldomain.rstrip('.')}."
+        for domain in domains
+    ]
+    # JSON documents are YAML documents too: kubectl applies them as they are, and the CLI
+    # needs no YAML library.
+    text = (
+        "# Secret with the acme-dns credentials (the password is shown once; kubectl apply -f -):\n"
+        + json.dumps(secret, indent=2)
+        + "\n---\n# Issuer (set server and privateKeySecretRef to your CA's):\n"
+        + json.dumps(issuer, indent=2)
+        + "\n# Add at your DNS provider (cert-manager does not create it):\n"
+        + "".join(f"#   {line}\n" for line in cnames)
+    )
+    return {"secret": secret, "issuer": issuer, "cnames": cnames}, text.rstrip("\n")

@@ -22,6 +22,9 @@ class CliSettings(BaseSettings):
     tls_cert_file: Path | None = Field(default=None, description="client certificate (mTLS)")
     tls_key_file: Path | None = Field(default=None, description="client key (mTLS)")
     tls_server_name: str | None = Field(default=None, description="name checked on the servers")
+    zone_token: SecretStr | None = Field(
+        default=None, description="the dns service's ZONE_EDIT_TOKEN, for `zone-record` changes"
+    )
 
     def token_value(self) -> str | None:
         """The issuer token as text."""
@@ -30,3 +33,7 @@ class CliSettings(BaseSettings):
     def registry_token_value(self) -> str | None:
         """The registry token as text."""
         return self.registry_token.get_secret_value() if self.registry_token else None
+
+    def zone_token_value(self) -> str | None:
+        """The dns zone edit token as text."""
+        return self.zone_token.get_secret_value() if self.zone_token else None
