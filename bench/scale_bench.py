@@ -83,6 +83,7 @@ ZONE = "acme.example.test"
 BIN = Path(sys.executable).parent
 OPERATOR_TOKEN = "scale-bench-operator-token-0123456789abcdef"  # noqa: S105 (a bench's own)
 SMALL = 1000
+FEED_AUTH = (("authorization", f"Bearer {OPERATOR_TOKEN}"),)
 _MAX_IN_FLIGHT = 32
 PROBE_EVERY = 25  # replica-test updates probed; the probes' own queries load the machine too
 
@@ -237,7 +238,7 @@ async def watch_snapshot(target: str) -> int:
         target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     ) as channel:
         stub = feed_grpc.RecordFeedServiceStub(channel)
-        call = stub.WatchRecords(feed_pb.WatchRecordsRequest(start_revision=0))
+        call = stub.WatchRecords(feed_pb.WatchRecordsRequest(start_revision=0), metadata=FEED_AUTH)
         async for message in call:
             if message.WhichOneof("event") == "snapshot":
                 count += len(message.snapshot.record_sets)
@@ -511,7 +512,7 @@ async def replica_count(target: str) -> int:
     """How many dns replicas report to a registry."""
     async with grpc.aio.insecure_channel(target) as channel:
         status = await feed_grpc.RecordFeedServiceStub(channel).GetFeedStatus(
-            feed_pb.GetFeedStatusRequest()
+            feed_pb.GetFeedStatusRequest(), metadata=FEED_AUTH
         )
     return sum(1 for r in status.replicas if r.connected)
 
@@ -646,7 +647,7 @@ async def snapshot_of(target: str) -> dict[str, tuple[str, ...]]:
         target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     ) as channel:
         call = feed_grpc.RecordFeedServiceStub(channel).WatchRecords(
-            feed_pb.WatchRecordsRequest(start_revision=0)
+            feed_pb.WatchRecordsRequest(start_revision=0), metadata=FEED_AUTH
         )
         async for message in call:
             for record_set in message.snapshot.record_sets:

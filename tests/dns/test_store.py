@@ -13,7 +13,7 @@ import dns.name
 import pytest
 
 from acmezone_dns.static_zones import load_static_zones
-from acmezone_dns.store import TxtChange, ZoneStore, txt_rdataset
+from acmezone_dns.store import TxtChange, ZoneStore, _next_growth, txt_rdataset
 from tests.dns.conftest import SNAPSHOT, ZONE, dns_settings
 
 NAMES = [
@@ -296,8 +296,8 @@ def test_a_batch_add_equals_one_add_at_a_time(tmp_path: Path) -> None:
     ]
     batched = new_store(tmp_path)
     relist = batched.relist()
-    relist.add_many(record_sets[:20])
-    relist.add_many(record_sets[20:])
+    assert not relist.add_many(iter(record_sets[:20]))
+    assert not relist.add_many(iter(record_sets[20:]))
     relist.finish(1, "f")
     one_by_one = new_store(tmp_path)
     relist = one_by_one.relist()
@@ -314,7 +314,7 @@ async def test_replaced_tables_are_taken_apart_in_slices(tmp_path: Path) -> None
     store.apply_snapshot([TxtChange(f"old{i}.{ZONE}.", ("o",)) for i in range(50_000)], 1, "f")
     old = store.snapshot
     relist = store.relist()
-    relist.add_many((f"new{i}.{ZONE}.", ("n",)) for i in range(1000))
+    assert not relist.add_many((f"new{i}.{ZONE}.", ("n",)) for i in range(1000))
     relist.finish(2, "f")
     new = observable(store)
     before = len(old.answers)
@@ -326,3 +326,43 @@ async def test_replaced_tables_are_taken_apart_in_slices(tmp_path: Path) -> None
     assert not old.answers
     assert not old.defaults
     assert observable(store) == new
+
+
+def test_a_batch_stops_right_after_a_big_table_grows(tmp_path: Path) -> None:
+    """A dict resize copies the whole table at once: the batch stops after each big table
+    grows, one growth per call, so the loop can answer queries between them, and the rest
+    of the batch is added by the next calls."""
+    store = new_store(tmp_path)
+    relist = store.relist()
+    pending = ((f"n{i}.{ZONE}.", (f"v{i}",)) for i in range(100_000))
+    stops: list[tuple[int, int, int]] = []
+    answers = relist._tables.answers
+    sizes = []
+    tables = relist._tables
+    more = relist.add_many(pending)
+    while more:
+        stops.append((len(tables.feed), len(tables.answers), len(tables.defaults)))
+        sizes.append(sys.getsizeof(answers))
+        more = relist.resume()
+    assert relist.names == 100_000
+    # feed, then answers, then defaults pass 87,381 entries (a table of 2^17 slots), each
+    # in a call of its own: after the first stop only feed has grown, after the second
+    # answers too.
+    assert len(stops) == 2
+    (feed_1, answers_1, _), (_, answers_2, defaults_2) = stops
+    assert feed_1 > 87_381 >= answers_1
+    assert answers_2 > 87_381 >= defaults_2
+    relist.finish(1, "f")
+    assert len(store.snapshot.defaults) >= 100_000
+
+
+@pytest.mark.parametrize("size", [0, 10, 60_000, 87_381, 87_382, 200_000])
+def test_the_growth_point_is_where_a_dict_really_grows(size: int) -> None:
+    table = dict.fromkeys(range(size))
+    grow = _next_growth(size)
+    for key in range(size, grow - 1):
+        table[key] = None
+    before = sys.getsizeof(table)
+    table[grow - 1] = None  # the entry that makes it grow
+    assert len(table) == grow
+    assert sys.getsizeof(table) > before

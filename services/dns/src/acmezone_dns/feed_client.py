@@ -262,11 +262,16 @@ class FeedClient:
         if part.zone.rstrip(".").lower() != self._zone.rstrip(".").lower():
             raise FeedProtocolError(f"the feed is for zone {part.zone!r}, we serve {self._zone!r}")
         txt = feed_pb2.RECORD_TYPE_TXT
-        relist.add_many(
+        pending = (
             (record_set.fqdn, record_set.txt_values)
             for record_set in part.record_sets
             if record_set.type == txt
         )
+        more = relist.add_many(pending)
+        while more:
+            # A table just grew: answer queries before the next table takes its entries.
+            await asyncio.sleep(0)
+            more = relist.resume()
         if not part.last:
             await asyncio.sleep(0)  # a stream read that finds data buffered does not yield
             return False

@@ -806,6 +806,7 @@ class Relist:
         self._tables = _Tables(store, store._ready_zones())
         self._generation = store.static_generation
         self._holding_gc = False
+        self._staged: list[_Staged] = []
         self.names = 0
 
     def add(self, fqdn: str, values: Iterable[str]) -> None:
@@ -836,14 +837,21 @@ class Relist:
             tables.counts[store.feed_zone] += answer_count(txt)
         tables.defaults[key] = store.nodata(tables.view, key)
 
-    def add_many(self, record_sets: Iterable[tuple[str, Sequence[str]]]) -> None:
+    def add_many(self, record_sets: Iterable[tuple[str, Sequence[str]]]) -> bool:
         """`add` for every (fqdn, values) of a snapshot batch. The commonest record set by
         far, a `<label>.<zone>` name with one short value, is built right here, every lookup
-        bound once: a cold start is a million of them, and this loop is most of its time
-        (4.0 -> 2.x us a name). Anything else goes through `add`."""
+        bound once, and the batch's entries go into each table with one `dict.update`: a cold
+        start is a million of them, and this loop is most of its time. Anything else goes
+        through `add`.
+
+        Returns True when it stopped before the batch is in, right after one of the big
+        tables grew: a dict resize copies the whole table in one go (31 ms at 700k entries),
+        and the three tables grow at the same name, so a batch that held all three resizes
+        stalled answers for about 100 ms. The caller gives the loop back and calls `resume`
+        until it returns False."""
         store = self._store
         tables = self._tables
-        feed, answers, defaults, static = tables.feed, tables.answers, tables.defaults, store.static
+        feed, static = tables.feed, store.static
         suffix = store._feed_suffix
         cut = -len(suffix)
         zone = store.feed_zone
@@ -853,7 +861,9 @@ class Relist:
         stat = store._txt_stat
         nodata = store._nodata
         make = Packed.made
-        added = 0
+        names: dict[bytes, Packed] = {}  # this batch's plain names, in order
+        answers: list[tuple[bytes, Packed]] = []
+        defaults: list[tuple[bytes, Packed]] = []
         for fqdn, values in record_sets:
             if fqdn.endswith(suffix) and len(values) == 1:
                 label = fqdn[:cut]
@@ -866,18 +876,54 @@ class Relist:
                         and default is not None
                         and key not in feed
                         and key not in static
+                        and key not in names
                     ):
-                        if not self._holding_gc:
-                            self._hold_gc()
                         rdata = bytes((len(raw),)) + raw
-                        body = fixed + len(rdata).to_bytes(2, "big") + rdata
-                        feed[key] = answers[key + _TXT_IN] = make(heads, heads_edns, body, stat)
-                        defaults[key] = default
-                        added += 1
+                        packed = make(
+                            heads, heads_edns, fixed + len(rdata).to_bytes(2, "big") + rdata, stat
+                        )
+                        names[key] = packed
+                        answers.append((key + _TXT_IN, packed))
+                        defaults.append((key, default))
                         continue
+                    if key in names:  # the same name again: what came first goes in first
+                        self._staged.extend(self._stage(names, answers, defaults))
+                        while self.resume():
+                            pass
+                        names, answers, defaults = {}, [], []
             self.add(fqdn, values)
-        tables.counts[zone] += added
-        self.names += added
+        if names:
+            self._hold_gc()
+            tables.counts[zone] += len(names)
+            self.names += len(names)
+            self._staged.extend(self._stage(names, answers, defaults))
+        return self.resume()
+
+    def _stage(
+        self,
+        names: dict[bytes, Packed],
+        answers: list[tuple[bytes, Packed]],
+        defaults: list[tuple[bytes, Packed]],
+    ) -> list[_Staged]:
+        """The three table updates of a batch, in the order they go in."""
+        tables = self._tables
+        return [
+            (tables.feed.update, tables.feed.__len__, list(names.items())),
+            (tables.answers.update, tables.answers.__len__, answers),
+            (tables.defaults.update, tables.defaults.__len__, defaults),
+        ]
+
+    def resume(self) -> bool:
+        """Put staged entries into their tables, one table at a time, until one grows (True:
+        call again once the loop has answered queries) or all are in (False)."""
+        staged = self._staged
+        while staged:
+            update, size, items = staged.pop(0)
+            grows_at = _next_growth(size())
+            update(items)
+            if size() >= grows_at and staged:
+                return True
+        return False
 
     def _hold_gc(self) -> None:
         if self._store._freeze_gc and not self._holding_gc and gc.isenabled():
@@ -886,6 +932,8 @@ class Relist:
 
     def finish(self, revision: int, feed_id: str) -> None:
         """Swap the built tables in at `revision`."""
+        while self.resume():
+            pass
         try:
             store = self._store
             tables = self._tables
@@ -911,6 +959,22 @@ class Relist:
 
 
 _FREED_PER_STEP = 20_000
+_Staged = tuple[
+    Callable[[list[tuple[bytes, Packed]]], None], Callable[[], int], list[tuple[bytes, Packed]]
+]
+"""One table update of a re-list batch: the table's update, its size, and the entries."""
+_SMALL_GROWTH = 50_000
+"""Tables smaller than this grow in well under a millisecond: no need to stop for them."""
+
+
+def _next_growth(size: int) -> int:
+    """The entry count past which a dict built by insertion next grows its table: CPython
+    keeps tables of 2^k slots, used up to two thirds, and doubles them (at 699,051 entries a
+    table of 2^20 becomes one of 2^21). Below `_SMALL_GROWTH` it is not worth stopping for."""
+    slots = 8
+    while (slots << 1) // 3 < max(size, _SMALL_GROWTH):
+        slots <<= 1
+    return (slots << 1) // 3 + 1
 
 
 async def _take_apart(tables: _Tables) -> None:
