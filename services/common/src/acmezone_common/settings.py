@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode
 
 from acmezone_common.addresses import HostPort
 from acmezone_common.logs import LogFormat
-from acmezone_common.transport import ServerTls
+from acmezone_common.transport import ClientTls, ServerTls, client_tls
 
 
 def _parse_host_port(value: object) -> HostPort:
@@ -70,4 +70,38 @@ class ServiceSettings(BaseSettings):
             return None
         return ServerTls(
             self.grpc_tls_cert_file, self.grpc_tls_key_file, self.grpc_tls_client_ca_file
+        )
+
+
+class RegistryClientSettings(BaseSettings):
+    """How a service's channel to the registry is secured (dns and issuer both dial it).
+    Mixed into a service's settings class, so the fields take that class's env prefix."""
+
+    registry_tls: bool = Field(
+        default=False,
+        description="Connect to the registry with TLS, verified against the system roots "
+        "unless REGISTRY_TLS_CA_FILE names a CA (which turns TLS on by itself).",
+    )
+    registry_tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle the registry's gRPC certificate chains to."
+    )
+    registry_tls_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate presented to the registry (mTLS)."
+    )
+    registry_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of REGISTRY_TLS_CERT_FILE."
+    )
+    registry_tls_server_name: str | None = Field(
+        default=None,
+        description="The name checked in the registry's certificate, when the target is not it.",
+    )
+
+    def registry_client_tls(self) -> ClientTls | None:
+        """How the channel to the registry is secured (None: plaintext)."""
+        return client_tls(
+            self.registry_tls,
+            self.registry_tls_ca_file,
+            self.registry_tls_cert_file,
+            self.registry_tls_key_file,
+            self.registry_tls_server_name,
         )

@@ -15,8 +15,7 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_v
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from acmezone_common.addresses import HostPort
-from acmezone_common.settings import Address, ServiceSettings
-from acmezone_common.transport import ClientTls, client_tls
+from acmezone_common.settings import Address, RegistryClientSettings, ServiceSettings
 
 
 def _split_list(value: object) -> object:
@@ -44,7 +43,7 @@ TextList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_list)]
 
 
-class DnsSettings(ServiceSettings):
+class DnsSettings(ServiceSettings, RegistryClientSettings):
     """Everything the dns service can be told; defaults run it locally next to the registry."""
 
     # hide_input_in_errors: a bad setting must not print the transfer keys beside it.
@@ -237,35 +236,6 @@ class DnsSettings(ServiceSettings):
     feed_backoff_max_seconds: float = Field(
         default=5.0, gt=0, description="Longest delay between feed reconnection attempts."
     )
-
-    registry_tls: bool = Field(
-        default=False,
-        description="Connect to the registry with TLS, verified against the system roots "
-        "unless REGISTRY_TLS_CA_FILE names a CA (which turns TLS on by itself).",
-    )
-    registry_tls_ca_file: Path | None = Field(
-        default=None, description="PEM CA bundle the registry's gRPC certificate chains to."
-    )
-    registry_tls_cert_file: Path | None = Field(
-        default=None, description="PEM client certificate presented to the registry (mTLS)."
-    )
-    registry_tls_key_file: Path | None = Field(
-        default=None, description="PEM private key of REGISTRY_TLS_CERT_FILE."
-    )
-    registry_tls_server_name: str | None = Field(
-        default=None,
-        description="The name checked in the registry's certificate, when the target is not it.",
-    )
-
-    def registry_client_tls(self) -> ClientTls | None:
-        """How the channel to the registry is secured (None: plaintext)."""
-        return client_tls(
-            self.registry_tls,
-            self.registry_tls_ca_file,
-            self.registry_tls_cert_file,
-            self.registry_tls_key_file,
-            self.registry_tls_server_name,
-        )
 
     @field_validator("zone", "soa_mname", "soa_rname")
     @classmethod

@@ -8,13 +8,12 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from acmezone_common.addresses import HostPort
-from acmezone_common.settings import Address, ServiceSettings
-from acmezone_common.transport import ClientTls, client_tls
+from acmezone_common.settings import Address, RegistryClientSettings, ServiceSettings
 
 DEFAULT_DIRECTORY_URL = "https://127.0.0.1:14000/dir"
 
 
-class IssuerSettings(ServiceSettings):
+class IssuerSettings(ServiceSettings, RegistryClientSettings):
     """Everything the issuer can be told; defaults run the whole system on one machine."""
 
     model_config = SettingsConfigDict(
@@ -63,34 +62,6 @@ class IssuerSettings(ServiceSettings):
     registry_token: SecretStr | None = Field(
         default=None, description="The registry's operator token, if it requires one."
     )
-    registry_tls: bool = Field(
-        default=False,
-        description="Connect to the registry with TLS, verified against the system roots "
-        "unless REGISTRY_TLS_CA_FILE names a CA (which turns TLS on by itself).",
-    )
-    registry_tls_ca_file: Path | None = Field(
-        default=None, description="PEM CA bundle the registry's gRPC certificate chains to."
-    )
-    registry_tls_cert_file: Path | None = Field(
-        default=None, description="PEM client certificate presented to the registry (mTLS)."
-    )
-    registry_tls_key_file: Path | None = Field(
-        default=None, description="PEM private key of REGISTRY_TLS_CERT_FILE."
-    )
-    registry_tls_server_name: str | None = Field(
-        default=None,
-        description="The name checked in the registry's certificate, when the target is not it.",
-    )
-
-    def registry_client_tls(self) -> ClientTls | None:
-        """How the channel to the registry is secured (None: plaintext)."""
-        return client_tls(
-            self.registry_tls,
-            self.registry_tls_ca_file,
-            self.registry_tls_cert_file,
-            self.registry_tls_key_file,
-            self.registry_tls_server_name,
-        )
 
     dns_resolver: str = Field(
         default="",
