@@ -69,8 +69,9 @@ def digest(seed: object) -> str:
 
 @contextlib.contextmanager
 def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process with output to `log`, stopped with SIGTERM (then SIGKILL) at the end."""
-    with log.open("wb") as out:
+    """A child process with output appended to `log` (a restarted one keeps what it said
+    before), stopped with SIGTERM (then SIGKILL) at the end."""
+    with log.open("ab") as out:
         proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=out)
         try:
             yield proc

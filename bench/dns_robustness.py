@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import collections
 import contextlib
-import hashlib
 import os
 import random
 import shutil
@@ -34,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -48,34 +45,15 @@ from acmezone.registry.v1 import txt_record_service_pb2 as txt_pb
 from acmezone.registry.v1 import txt_record_service_pb2_grpc as txt_grpc
 from acmezone_common.testing import free_port, wait_for_serving
 
+sys.path.insert(0, str(Path(__file__).parent))
+from dns_bench import digest, process
+
 ZONE = "acme.example.test"
 BIN = Path(sys.executable).parent
 WINDOW = 256  # fuzz packets in flight at most
 FLOOD_SOURCE, CLIENT_SOURCE = "127.0.0.2", "127.0.0.1"
 PROBES = 20
 TCP_TARGET_MS = 100.0
-
-
-def digest(seed: object) -> str:
-    raw = hashlib.sha256(str(seed).encode()).digest()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-@contextlib.contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process logging to `log`, stopped (SIGTERM, then SIGKILL) at the end."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=out)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 def rss_kib(pid: int) -> int:
