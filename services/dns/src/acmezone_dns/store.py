@@ -819,23 +819,13 @@ class Relist:
             return
         tables = self._tables
         self.names += 1
-        feed = tables.feed
-        if key in feed or key in store.static or not store.is_child(key):
-            # A repeated, mixed or deeper name: the general bookkeeping.
-            if key in feed:
-                tables.counts[store.feed_zone] -= tables.record_count(key)
-            tables.put(key, values)
-            tables.counts[store.feed_zone] += tables.record_count(key)
-            tables.pack(key)
-            return
-        # `put` and `pack` of a plain `<label>.<zone>` name, inlined: a million of these make
-        # a cold start, and each call saved is about a second there.
-        txt = store.txt_answer(values)
-        feed[key] = txt
-        if txt is not None:
-            tables.answers[key + _TXT_IN] = txt
-            tables.counts[store.feed_zone] += answer_count(txt)
-        tables.defaults[key] = store.nodata(tables.view, key)
+        # The general bookkeeping (a repeat replaces what came before); `add_many` builds
+        # the plain names of a whole batch itself.
+        if key in tables.feed:
+            tables.counts[store.feed_zone] -= tables.record_count(key)
+        tables.put(key, values)
+        tables.counts[store.feed_zone] += tables.record_count(key)
+        tables.pack(key)
 
     def add_many(self, record_sets: Iterable[tuple[str, Sequence[str]]]) -> bool:
         """`add` for every (fqdn, values) of a snapshot batch. The commonest record set by
