@@ -483,12 +483,6 @@ class ZoneStore:
         be an empty non-terminal (the commonest case by far: `<uuid>.<zone>`)."""
         return key[0] + 1 + self.feed_zone_length == len(key)
 
-    def in_feed_zone(self, fqdn: str) -> bool:
-        """Whether a feed name lies inside the challenge zone (others are ignored)."""
-        return self.feed_key(fqdn) is not None
-
-    # -- shared answers ---------------------------------------------------------------------
-
     def txt_answer(self, values: Iterable[str]) -> Packed | None:
         """The packed TXT answer of a feed name holding `values`; None for no values."""
         body, count = txt_answer(values, self._txt_ttl)
