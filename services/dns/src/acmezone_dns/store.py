@@ -483,6 +483,8 @@ class ZoneStore:
         be an empty non-terminal (the commonest case by far: `<uuid>.<zone>`)."""
         return key[0] + 1 + self.feed_zone_length == len(key)
 
+    # -- shared answers ---------------------------------------------------------------------
+
     def txt_answer(self, values: Iterable[str]) -> Packed | None:
         """The packed TXT answer of a feed name holding `values`; None for no values."""
         body, count = txt_answer(values, self._txt_ttl)
