@@ -324,6 +324,7 @@ def tables(
         1,
         bytes(16),
         0,
+        None,
     )
 
 

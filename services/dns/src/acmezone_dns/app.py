@@ -8,6 +8,7 @@ listeners, as resolvers expect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -23,6 +24,7 @@ from acmezone_common.metrics import MetricsServer
 from acmezone_common.transport import open_channel, server_credentials
 from acmezone_dns import metrics
 from acmezone_dns.cookies import CookieJar, load_secret
+from acmezone_dns.dnssec.setup import make_signer
 from acmezone_dns.feed_client import FeedClient
 from acmezone_dns.inspection import ZoneInspector
 from acmezone_dns.notify import Notifier
@@ -41,6 +43,8 @@ from acmezone_dns.zone_reload import ZoneReloader
 logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "dns.acmezone.dev"
+_SWEEP_INTERVAL = 600.0
+"""How often signatures near expiry are looked for (the refresh margin is days)."""
 ZONE_SERVICE = zone_service_pb2.DESCRIPTOR.services_by_name["ZoneService"]
 _PORT_ATTEMPTS = 20
 
@@ -60,11 +64,15 @@ class DnsApp:
         `handle_sighup` (the command too) reloads the zone files on SIGHUP."""
         self.settings = settings
         self._handle_sighup = handle_sighup
+        self.signing_stats = metrics.SigningStats()
+        self.signer = make_signer(settings, self.signing_stats)
+        self._sweeps: asyncio.Task[None] | None = None
         self.store = ZoneStore(
             load_static_zones(settings),
             feed_zone=settings.zone,
             txt_ttl=settings.txt_ttl,
             freeze_gc=freeze_gc,
+            signer=self.signer,
         )
         self.stats = metrics.QueryStats()
         self.feed_metrics = metrics.FeedMetrics()
@@ -74,6 +82,10 @@ class DnsApp:
             self.feed_metrics,
             lambda: self.store.snapshot.record_count,
         )
+        if self.signer is not None:
+            signer = self.signer
+            self.signing_stats.signed_answers = lambda: len(signer.answers)
+            metrics_registry.register(metrics.SigningCollector(self.signing_stats))
         self.reload_stats = metrics.ReloadStats()
         metrics_registry.register(metrics.ReloadCollector(self.reload_stats))
         self.reloader = ZoneReloader(
@@ -187,6 +199,10 @@ class DnsApp:
             f"{socket.gethostname()}/{self.dns_addresses[0]}"
         )
         await self.feed.start()
+        if self.signer is not None:
+            self._sweeps = asyncio.create_task(
+                self.signer.run_sweeps(_SWEEP_INTERVAL), name="dnssec-sweeps"
+            )
         await self.reloader.start()
         await self.notifier.start()
         if self._handle_sighup:
@@ -258,6 +274,10 @@ class DnsApp:
         await self.reloader.stop()
         await self.notifier.stop()
         await self.feed.stop()
+        if self._sweeps is not None:
+            self._sweeps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeps
         await self.grpc.stop(grace)
         await self._close_listeners()
         await self.updates.stop()

@@ -1,0 +1,38 @@
+"""The signer as the settings describe it: keys read from the key directory, or no signing."""
+
+from __future__ import annotations
+
+from acmezone_common.keyfiles import decode_key
+from acmezone_common.sealing import SecretSealer
+from acmezone_dns import metrics
+from acmezone_dns.dnssec.keys import KeyFileError, keys_by_zone, read_keys
+from acmezone_dns.dnssec.signer import Signer
+from acmezone_dns.settings import DnsSettings
+
+
+def sealer_from(settings: DnsSettings) -> SecretSealer | None:
+    """The sealer of key files, when a sealing key is configured."""
+    configured = settings.dnssec_sealing_key
+    if configured is None or not configured.get_secret_value():
+        return None
+    return SecretSealer(decode_key(configured.get_secret_value(), what="dnssec_sealing_key"))
+
+
+def make_signer(settings: DnsSettings, stats: metrics.SigningStats) -> Signer | None:
+    """The signer of every zone with keys in `dnssec_key_dir`; None when signing is off.
+    Raises `KeyFileError` for a key file that cannot be used (the service does not start)."""
+    if settings.dnssec_key_dir is None:
+        return None
+    found = read_keys(settings.dnssec_key_dir, sealer_from(settings))
+    if not found:
+        raise KeyFileError(f"DNSSEC key directory {settings.dnssec_key_dir} holds no key files")
+    keys = keys_by_zone(found)
+    return Signer(
+        keys,
+        validity=settings.dnssec_signature_validity_seconds,
+        refresh=settings.dnssec_refresh_seconds,
+        dnskey_ttl=settings.dnssec_dnskey_ttl,
+        denial_rate=settings.dnssec_denial_signatures_per_second,
+        denial_cache=settings.dnssec_denial_cache,
+        stats=stats,
+    )
