@@ -13,6 +13,8 @@ import errno
 import logging
 import signal
 import socket
+import time
+from collections.abc import Callable
 from functools import partial
 
 from prometheus_client import CollectorRegistry
@@ -59,13 +61,15 @@ class DnsApp:
         *,
         freeze_gc: bool = False,
         handle_sighup: bool = False,
+        signing_clock: Callable[[], float] = time.time,
     ) -> None:
         """`freeze_gc` (the command sets it) keeps the zone out of cyclic garbage collection;
-        `handle_sighup` (the command too) reloads the zone files on SIGHUP."""
+        `handle_sighup` (the command too) reloads the zone files on SIGHUP; `signing_clock`
+        dates DNSSEC signatures (a test signs in the past to see them expired)."""
         self.settings = settings
         self._handle_sighup = handle_sighup
         self.signing_stats = metrics.SigningStats()
-        self.signer = make_signer(settings, self.signing_stats)
+        self.signer = make_signer(settings, self.signing_stats, signing_clock)
         self._sweeps: asyncio.Task[None] | None = None
         self.store = ZoneStore(
             load_static_zones(settings),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from acmezone_common.keyfiles import decode_key
 from acmezone_common.sealing import SecretSealer
 from acmezone_dns import metrics
@@ -18,7 +21,11 @@ def sealer_from(settings: DnsSettings) -> SecretSealer | None:
     return SecretSealer(decode_key(configured.get_secret_value(), what="dnssec_sealing_key"))
 
 
-def make_signer(settings: DnsSettings, stats: metrics.SigningStats) -> Signer | None:
+def make_signer(
+    settings: DnsSettings,
+    stats: metrics.SigningStats,
+    clock: Callable[[], float] = time.time,
+) -> Signer | None:
     """The signer of every zone with keys in `dnssec_key_dir`; None when signing is off.
     Raises `KeyFileError` for a key file that cannot be used (the service does not start)."""
     if settings.dnssec_key_dir is None:
@@ -35,4 +42,5 @@ def make_signer(settings: DnsSettings, stats: metrics.SigningStats) -> Signer | 
         denial_rate=settings.dnssec_denial_signatures_per_second,
         denial_cache=settings.dnssec_denial_cache,
         stats=stats,
+        clock=clock,
     )
