@@ -26,7 +26,7 @@ from acmezone_common.metrics import MetricsServer
 from acmezone_common.transport import open_channel, server_credentials
 from acmezone_dns import metrics
 from acmezone_dns.cookies import CookieJar, load_secret
-from acmezone_dns.dnssec.setup import make_signer
+from acmezone_dns.dnssec.setup import KeyDirectory, make_signer
 from acmezone_dns.feed_client import FeedClient
 from acmezone_dns.inspection import ZoneInspector
 from acmezone_dns.notify import Notifier
@@ -98,6 +98,7 @@ class DnsApp:
             self.store,
             self.reload_stats,
             interval=settings.zone_reload_interval_seconds,
+            keys=KeyDirectory(settings) if self.signer is not None else None,
         )
         self.transfer_stats = metrics.TransferStats()
         metrics_registry.register(metrics.TransferCollector(self.transfer_stats))

@@ -72,6 +72,7 @@ from acmezone_dns.zone import (
 )
 
 if TYPE_CHECKING:
+    from acmezone_dns.dnssec.keys import ZoneKey
     from acmezone_dns.dnssec.signer import Signer
 
 logger = logging.getLogger(__name__)
@@ -645,7 +646,9 @@ class ZoneStore:
             for target in self._tables.view.cname_chain(key):
                 self.dependents.setdefault(target, set()).add(key)
 
-    def replace_static(self, zones: list[StaticZone]) -> None:
+    def replace_static(
+        self, zones: list[StaticZone], keys: dict[dns.name.Name, list[ZoneKey]] | None = None
+    ) -> None:
         """Swap in a whole new set of static zones (a zone file reloaded), keeping every feed
         name, in one synchronous call: queries see the old set or the new one, never a mix.
 
@@ -656,8 +659,13 @@ class ZoneStore:
         (its negative answers carry it: a serial bump costs the zone's names, about 0.25 ms
         each). The challenge zone itself (first in `zones`, from settings) keeps its
         readiness; its feed names are left as they are.
+
+        With DNSSEC, `keys` (read again from the key directory) replace the signer's, and
+        every signed answer is made afresh from the new data and keys on demand.
         """
         if self.signer is not None:
+            if keys is not None:
+                self.signer.set_keys(keys)  # checked against `zones` by the caller
             zones = self.signer.with_dnskeys(zones)
             self._retire_signed()
         tables = self._tables

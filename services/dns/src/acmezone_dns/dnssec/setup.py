@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import dns.name
+
 from acmezone_common.keyfiles import decode_key
 from acmezone_common.sealing import SecretSealer
 from acmezone_dns import metrics
-from acmezone_dns.dnssec.keys import KeyFileError, keys_by_zone, read_keys
+from acmezone_dns.dnssec.keys import KeyFileError, ZoneKey, keys_by_zone, read_keys
 from acmezone_dns.dnssec.signer import Signer
 from acmezone_dns.settings import DnsSettings
 
@@ -21,6 +23,33 @@ def sealer_from(settings: DnsSettings) -> SecretSealer | None:
     return SecretSealer(decode_key(configured.get_secret_value(), what="dnssec_sealing_key"))
 
 
+class KeyDirectory:
+    """The key directory the settings name, for the zone reloader (`zone_reload.KeySource`)."""
+
+    def __init__(self, settings: DnsSettings) -> None:
+        assert settings.dnssec_key_dir is not None
+        self._directory = settings.dnssec_key_dir
+        self._sealer = sealer_from(settings)
+
+    def fingerprint(self) -> object:
+        """Every key file's name, mtime and size."""
+        entries = []
+        for path in sorted(self._directory.glob("K*.json")):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            entries.append((path.name, st.st_mtime_ns, st.st_size))
+        return tuple(entries)
+
+    def load(self) -> dict[dns.name.Name, list[ZoneKey]]:
+        """Every key, grouped by zone; `KeyFileError` when one cannot be used or none is left."""
+        found = read_keys(self._directory, self._sealer)
+        if not found:
+            raise KeyFileError(f"DNSSEC key directory {self._directory} holds no key files")
+        return keys_by_zone(found)
+
+
 def make_signer(
     settings: DnsSettings,
     stats: metrics.SigningStats,
@@ -30,12 +59,8 @@ def make_signer(
     Raises `KeyFileError` for a key file that cannot be used (the service does not start)."""
     if settings.dnssec_key_dir is None:
         return None
-    found = read_keys(settings.dnssec_key_dir, sealer_from(settings))
-    if not found:
-        raise KeyFileError(f"DNSSEC key directory {settings.dnssec_key_dir} holds no key files")
-    keys = keys_by_zone(found)
     return Signer(
-        keys,
+        KeyDirectory(settings).load(),
         validity=settings.dnssec_signature_validity_seconds,
         refresh=settings.dnssec_refresh_seconds,
         dnskey_ttl=settings.dnssec_dnskey_ttl,

@@ -39,7 +39,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 
 from acmezone_dns import metrics
-from acmezone_dns.dnssec.keys import ZoneKey
+from acmezone_dns.dnssec.keys import KeyFileError, ZoneKey
 from acmezone_dns.dnssec.records import (
     TYPE_DNSKEY,
     TYPE_NXNAME,
@@ -126,16 +126,9 @@ class Signer:
         self._tokens = denial_rate
         self._tokens_at = clock()
         self.stats = stats
+        self._dnskey_ttl = dnskey_ttl
         self.zones: dict[bytes, _Zone] = {}
-        for zone, zone_keys in keys.items():
-            apex = wire_key(zone)
-            dnskeys = dns.rdataset.from_rdata_list(dnskey_ttl, [k.dnskey for k in zone_keys])
-            self.zones[apex] = _Zone(
-                apex,
-                tuple(k for k in zone_keys if k.signs_keys),
-                tuple(k for k in zone_keys if k.signs_data),
-                dnskeys,
-            )
+        self.set_keys(keys)
         self.answers: dict[bytes, Packed] = {}
         """Signed positive answers by question key (name, type, class IN): the C loop's table
         for DO=1 queries."""
@@ -145,14 +138,26 @@ class Signer:
 
     # -- zone data --------------------------------------------------------------------------
 
+    def set_keys(self, keys: dict[dns.name.Name, list[ZoneKey]]) -> None:
+        """Sign with these keys from now on (a rollover step, read again from the key
+        directory). The store calls it just before `reset`: nothing signed with the old set
+        is served after."""
+        zones = {}
+        for zone, zone_keys in keys.items():
+            apex = wire_key(zone)
+            dnskeys = dns.rdataset.from_rdata_list(self._dnskey_ttl, [k.dnskey for k in zone_keys])
+            zones[apex] = _Zone(
+                apex,
+                tuple(k for k in zone_keys if k.signs_keys),
+                tuple(k for k in zone_keys if k.signs_data),
+                dnskeys,
+            )
+        self.zones = zones
+
     def with_dnskeys(self, zones: list[StaticZone]) -> list[StaticZone]:
         """The static zones with each signed zone's DNSKEY RRset at its apex (copies: the
         caller's are left as they are). A zone with keys that is not served is an error."""
-        served = {wire_key(z.name) for z in zones}
-        missing = [apex for apex in self.zones if apex not in served]
-        if missing:
-            names = ", ".join(dns.name.from_wire(a, 0)[0].to_text() for a in missing)
-            raise ValueError(f"DNSSEC keys for zones that are not served: {names}")
+        check_served(self.zones, zones)
         out = []
         for zone in zones:
             signed = self.zones.get(wire_key(zone.name))
@@ -405,6 +410,18 @@ class Signer:
             return False
         self._tokens -= 1
         return True
+
+
+def check_served(
+    signed: Iterable[bytes] | dict[dns.name.Name, list[ZoneKey]], zones: list[StaticZone]
+) -> None:
+    """KeyFileError when keys name a zone that is not served (a typo would sign nothing)."""
+    served = {wire_key(z.name) for z in zones}
+    apexes = [a if isinstance(a, bytes) else wire_key(a) for a in signed]
+    missing = [apex for apex in apexes if apex not in served]
+    if missing:
+        names = ", ".join(dns.name.from_wire(a, 0)[0].to_text() for a in missing)
+        raise KeyFileError(f"DNSSEC keys for zones that are not served: {names}")
 
 
 def _signed(
