@@ -122,7 +122,7 @@ class Watcher:
         while True:
             for name, rdtype in (("one." + ZONE, "TXT"), (ZONE, "DNSKEY")):
                 try:
-                    response = await self.resolver.query(name, rdtype, timeout=0.5)
+                    response = await self.resolver.query(name, rdtype, wait=0.5)
                 except (dns.exception.Timeout, OSError):
                     continue
                 secure = bool(response.flags & dns.flags.AD) and bool(response.answer)

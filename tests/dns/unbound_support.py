@@ -102,15 +102,14 @@ class Unbound:
                 return self
             except (TimeoutError, OSError, dns.exception.Timeout):
                 if self._process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"unbound did not start: {self.log.read_text() if self.log.exists() else ''}"
-                    ) from None
+                    log = self.log.read_text() if self.log.exists() else ""
+                    raise AssertionError(f"unbound did not start: {log}") from None
 
-    async def query(self, name: str, rdtype: str, *, timeout: float = 5.0) -> dns.message.Message:
+    async def query(self, name: str, rdtype: str, *, wait: float = 5.0) -> dns.message.Message:
         """A recursive query with DO set, as a CA's resolver library would send it (async:
         the dns service under test runs on the same event loop)."""
         query = dns.message.make_query(name, rdtype, want_dnssec=True, use_edns=0, payload=1232)
-        return await dns.asyncquery.udp(query, "127.0.0.1", port=self.port, timeout=timeout)
+        return await dns.asyncquery.udp(query, "127.0.0.1", port=self.port, timeout=wait)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
