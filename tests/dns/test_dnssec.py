@@ -395,3 +395,24 @@ def test_cli_makes_keys_prints_ds_and_moves_states(
     for line in (made + listing + ds_line).splitlines():
         assert "sealed-v1" not in line
     assert path.exists()
+
+
+async def test_a_zone_transfer_leaves_the_dnskey_out(tmp_path: Path) -> None:
+    """Secondaries get the zone's data unsigned: serving our DNSKEY without our signatures
+    would make them bogus to every validator."""
+    from tests.dns.test_transfer import TRANSFER_SETTINGS, axfr
+
+    make_keys(tmp_path / "keys", [ZONE])
+    async with running_dns(
+        tmp_path, dnssec_key_dir=str(tmp_path / "keys"), **TRANSFER_SETTINGS
+    ) as app:
+        app.store.apply_snapshot(SNAPSHOT, 10, "feed")
+        zone = await axfr(app)
+        types = {rdataset.rdtype for _, rdataset in zone.iterate_rdatasets()}
+        assert dns.rdatatype.TXT in types
+        assert dns.rdatatype.SOA in types
+        assert dns.rdatatype.DNSKEY not in types
+        assert dns.rdatatype.RRSIG not in types
+        # The zone served keeps its DNSKEY.
+        served = await query_udp(v4(app), ZONE, "DNSKEY", use_edns=0, want_dnssec=True)
+        assert served.answer

@@ -61,6 +61,7 @@ from acmezone_dns.zone import (
     REFUSED,
     SERVFAIL,
     TYPE_ANY,
+    TYPE_DNSKEY,
     TYPE_NONE,
     TYPE_SOA,
     TYPE_TXT,
@@ -620,7 +621,11 @@ class ZoneStore:
         """The challenge zone as it is now, for a zone transfer: its static RRsets (the apex
         SOA first, TXT left out where the feed holds the name) and the feed map, copied when
         asked (a full transfer outlives the call; packed answers are never changed in place,
-        so a copy is a consistent picture), else the live map for synchronous use."""
+        so a copy is a consistent picture), else the live map for synchronous use.
+
+        With DNSSEC signing the DNSKEY RRset is left out: a transfer carries the zone's data
+        unsigned, and a secondary that served our DNSKEY without our signatures would be bogus
+        to every validator (README, "DNSSEC")."""
         self.refresh_feed_soa()
         feed: Mapping[bytes, Packed | None] = dict(self._tables.feed) if copy else self._tables.feed
         zone = self._feed_zone
@@ -630,7 +635,9 @@ class ZoneStore:
             if self._zone_key(key) != zone:
                 continue
             for rdtype, rdataset in sorted(rrsets.items()):
-                if (key == zone and rdtype == TYPE_SOA) or (rdtype == TYPE_TXT and key in feed):
+                if (key == zone and rdtype in (TYPE_SOA, TYPE_DNSKEY)) or (
+                    rdtype == TYPE_TXT and key in feed
+                ):
                     continue
                 records.append((key, rdataset))
         return records, feed

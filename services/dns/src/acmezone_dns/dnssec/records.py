@@ -17,7 +17,6 @@ from acmezone_dns.wire import label_offsets
 
 TYPE_RRSIG = 46
 TYPE_NSEC = 47
-TYPE_DNSKEY = 48
 TYPE_NXNAME = 128
 """RFC 9824's NXNAME: in an NSEC type bitmap, says the owner name does not exist."""
 

@@ -41,7 +41,6 @@ import dns.rdtypes.ANY.CNAME
 from acmezone_dns import metrics
 from acmezone_dns.dnssec.keys import KeyFileError, ZoneKey
 from acmezone_dns.dnssec.records import (
-    TYPE_DNSKEY,
     TYPE_NXNAME,
     TYPE_RRSIG,
     compact_nsec_rdata,
@@ -55,6 +54,7 @@ from acmezone_dns.zone import (
     NXDOMAIN,
     SERVFAIL,
     TYPE_CNAME,
+    TYPE_DNSKEY,
     TYPE_SOA,
     TYPE_TXT,
     ZoneInfo,
