@@ -144,8 +144,10 @@ def _context(zone: dns.name.Name, tag: int) -> str:
 
 
 def key_file_name(key: ZoneKey) -> str:
-    """`K<zone>+<algorithm>+<tag>.json`, after BIND's key file names."""
-    return f"K{key.zone.to_text()}+{key.algorithm:03d}+{key.tag:05d}.json"
+    """`K<zone>-<algorithm>-<tag>.json`, after BIND's `K<zone>+<alg>+<tag>` but without the
+    `+`, which a Kubernetes Secret's keys may not hold (the key directory is one mounted
+    Secret)."""
+    return f"K{key.zone.to_text(omit_final_dot=True)}-{key.algorithm:03d}-{key.tag:05d}.json"
 
 
 def write_key(key: ZoneKey, directory: Path, sealer: SecretSealer | None) -> Path:
