@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.name
 import jsonschema
 import kubernetes_validate
 import pytest
