@@ -14,10 +14,12 @@ import dns.message
 import dns.name
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import dns.tsig
 import dns.update
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from acmezone.issuer.v1 import certificate_service_pb2 as pb
@@ -27,6 +29,9 @@ from acmezone.registry.v1 import tsig_key_service_pb2 as key_pb
 from acmezone.registry.v1 import tsig_key_service_pb2_grpc as key_grpc
 from acmezone.registry.v1 import txt_record_service_pb2 as txt_pb
 from acmezone.registry.v1 import txt_record_service_pb2_grpc as txt_grpc
+from acmezone_common.sealing import SecretSealer
+from acmezone_dns.dnssec.keys import write_key
+from tests.dns.dnssec_support import make_keys
 from tests.e2e.conftest import CHALLENGE_ZONE, Ports, running_system
 from tests.issuer.conftest import AUTH, CA, ENCRYPTION_KEY, OPERATOR_TOKEN
 from tests.registry.values import acme_digest
@@ -41,7 +46,19 @@ async def test_no_secret_is_logged_at_debug(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     secrets: dict[str, str] = {"issuer operator token": OPERATOR_TOKEN}
-    async with running_system(tmp_path, e2e_ca, ports, metrics_registry) as system:
+    # The dns service signs the challenge zone, its key sealed in the key file.
+    sealing_key = base64.urlsafe_b64encode(bytes(range(32))).decode()
+    (signing_key,) = make_keys(tmp_path / "dnssec", [CHALLENGE_ZONE])
+    write_key(signing_key, tmp_path / "dnssec", SecretSealer(bytes(range(32))))
+    pem = signing_key.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    secrets["DNSSEC private key"] = pem.splitlines()[2]
+    secrets["DNSSEC sealing key"] = sealing_key.rstrip("=")
+    dns_extra = {"dnssec_key_dir": tmp_path / "dnssec", "dnssec_sealing_key": sealing_key}
+    async with running_system(
+        tmp_path, e2e_ca, ports, metrics_registry, dns_extra=dns_extra
+    ) as system:
         async with grpc.aio.insecure_channel(str(system.registry.grpc_address)) as channel:
             registration = await reg_grpc.RegistrationServiceStub(channel).CreateRegistration(
                 reg_pb.CreateRegistrationRequest(registration_id="secret-check")
@@ -73,6 +90,13 @@ async def test_no_secret_is_logged_at_debug(
         update.add(f"{registration.fulldomain}.", 60, "TXT", f'"{acme_digest("rfc2136")}"')
         reply = await dns.asyncquery.udp(update, "127.0.0.1", port=ports.dns, timeout=5)
         assert reply.rcode() == dns.rcode.NOERROR
+        signed = await dns.asyncquery.udp(
+            dns.message.make_query(f"{registration.fulldomain}.", "TXT", want_dnssec=True),
+            "127.0.0.1",
+            port=ports.dns,
+            timeout=5,
+        )
+        assert any(r.rdtype == dns.rdatatype.RRSIG for r in signed.answer)
 
         client = system.client
         delegation = await client.certificates.CheckDelegation(
