@@ -43,6 +43,7 @@ from acmezone_issuer.settings import IssuerSettings
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.settings import RegistrySettings
 from tests.deploy.conftest import DEPLOY, ROOT
+from tests.dns.dnssec_support import make_keys
 
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 RULES = DEPLOY / "prometheus" / "alerts.yaml"
@@ -231,6 +232,8 @@ async def _run_services(workdir: Path) -> Run:
     health: dict[str, str] = {}
     exported = Exported()
     try:
+        # Signing on, so the DNSSEC metrics are exported too.
+        make_keys(workdir / "dnssec", [ZONE])
         dns_app = DnsApp(
             DnsSettings(
                 grpc_address="127.0.0.1:0",
@@ -241,6 +244,7 @@ async def _run_services(workdir: Path) -> Run:
                 ns_names=[f"ns.{ZONE}"],
                 feed_backoff_initial_seconds=0.05,
                 feed_backoff_max_seconds=0.5,
+                dnssec_key_dir=workdir / "dnssec",
             ),
             CollectorRegistry(),
         )
