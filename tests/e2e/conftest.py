@@ -134,6 +134,8 @@ class System:
     # Other records of the dev zone, as zone file lines (what an operator publishes directly).
     records: list[str] = field(default_factory=list)
     registry_running: bool = True
+    # Settings the dns service gets on top of the defaults below (a feed token, say).
+    dns_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def zone_file(self) -> Path:
@@ -152,6 +154,7 @@ class System:
             feed_backoff_initial_seconds=0.05,
             feed_backoff_max_seconds=0.5,
             zone_edit_token=ZONE_EDIT_TOKEN,
+            **self.dns_extra,
         )
 
     async def start_dns(self) -> None:
@@ -224,9 +227,17 @@ def issuer_settings_for(
 
 @asynccontextmanager
 async def running_system(
-    workdir: Path, ca: CA, ports: Ports, metrics: CollectorRegistry, **issuer_extra: Any
+    workdir: Path,
+    ca: CA,
+    ports: Ports,
+    metrics: CollectorRegistry,
+    *,
+    registry_extra: dict[str, Any] | None = None,
+    dns_extra: dict[str, Any] | None = None,
+    **issuer_extra: Any,
 ) -> AsyncIterator[System]:
-    """Registry, dns (with the dev zone) and issuer in this process; always stopped."""
+    """Registry, dns (with the dev zone) and issuer in this process; always stopped.
+    `registry_extra` and `dns_extra` add settings to those two (tokens, say)."""
     registry = RegistryApp(
         RegistrySettings(
             grpc_address="127.0.0.1:0",
@@ -234,6 +245,7 @@ async def running_system(
             metrics_address="127.0.0.1:0",
             database_url=f"sqlite:///{workdir}/registry.db",
             zone=CHALLENGE_ZONE,
+            **(registry_extra or {}),
         ),
         CollectorRegistry(),
     )
@@ -252,7 +264,9 @@ async def running_system(
             account_service_pb2_grpc.AccountServiceStub(channel),
             certificate_service_pb2_grpc.CertificateServiceStub(channel),
         )
-        system = System(workdir, ports, registry, issuer, client, metrics)
+        system = System(
+            workdir, ports, registry, issuer, client, metrics, dns_extra=dict(dns_extra or {})
+        )
         await system.start_dns()
         yield system
     finally:
