@@ -61,7 +61,7 @@ from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import wait_for_serving
 
 sys.path.insert(0, str(Path(__file__).parent))
-import dns_robustness  # noqa: E402 - a sibling script, importable once its folder is on the path
+import dns_robustness  # a sibling script, importable once its folder is on the path
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_BIN = str(Path(sys.executable).parent / "acmezone-registry")
@@ -569,7 +569,7 @@ async def probe_dns(args: argparse.Namespace, workdir: Path) -> None:
     await asyncio.to_thread(dns_robustness.run, args)
 
 
-ISSUER_TOKEN = "robustness-issuer-token"
+ISSUER_TOKEN = "robustness-issuer-token"  # noqa: S105 - a throwaway loopback token
 ISSUER_AUTH = (("authorization", f"Bearer {ISSUER_TOKEN}"),)
 CHALLENGE_ZONE = "acme.example.test"
 LEASE_SECONDS = 60.0
