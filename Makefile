@@ -21,9 +21,10 @@ NATIVE_SOURCES := $(wildcard services/*/setup.py services/*/src/*/*.c)
 # Debian packages the test suite runs against (real CA, real DNS tools, nginx); bench adds its
 # own. libpcsclite1 and libzstd1 are what ../shared/bin/step-ca links against, libsqlite3-0 what
 # ../shared/bin/acme-dns does; bind9 and nsd are the secondaries of the zone transfer tests,
-# python3-certbot-dns-rfc2136 brings certbot and its plugin.
+# python3-certbot-dns-rfc2136 brings certbot and its plugin; unbound is the validating resolver
+# of the DNSSEC tests, and ldnsutils, bind9-utils and dnsviz check the signed zone.
 TEST_DEB_PACKAGES := pebble bind9-dnsutils lego nginx libpcsclite1 libzstd1 libsqlite3-0 bind9 nsd \
-	python3-certbot-dns-rfc2136
+	python3-certbot-dns-rfc2136 unbound ldnsutils bind9-utils dnsviz
 # Debian packages the deployment tests need (tests/deploy): promtool for the alert rules, and
 # docker-compose to check docker-compose.yaml offline. Installed without recommends: docker-compose
 # would bring a whole container engine.

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.name
 import jsonschema
 import kubernetes_validate
 import pytest
 from pydantic_settings import BaseSettings
 
+from acmezone_dns.dnssec.keys import ECDSAP256SHA256, Role, State, generate, key_file_name
 from acmezone_dns.settings import DnsSettings
 from acmezone_dns.static_zones import load_static_zones
 from acmezone_issuer.settings import IssuerSettings
@@ -455,3 +458,40 @@ def _settings_map_name(overlay: str) -> str:
     ]
     name: str = config_map["metadata"]["name"]
     return name
+
+
+def test_the_dnssec_component_mounts_the_keys_for_every_dns_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overlay with the dnssec component: the dns pods mount the key Secret read-only where
+    the key directory setting points and take the sealing key from its Secret; a key directory
+    made by the CLI, as the Secret would hold it, opens with those settings."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"resources:\n  - {os.path.relpath(K8S / 'overlays' / 'production', overlay)}\n"
+        f"components:\n  - {os.path.relpath(K8S / 'components' / 'dnssec', overlay)}\n"
+    )
+    (deployment,) = [
+        o
+        for o in render(overlay)
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "acmezone-dns"
+    ]
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = [c for c in spec["containers"] if c["name"] == "dns"]
+    env = {e["name"]: e for e in container["env"]}
+    key_dir = env["ACMEZONE_DNS_DNSSEC_KEY_DIR"]["value"]
+    sealing = env["ACMEZONE_DNS_DNSSEC_SEALING_KEY"]["valueFrom"]["secretKeyRef"]
+    assert sealing == {"name": "acmezone-dnssec", "key": "sealing-key"}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == key_dir]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "acmezone-dnssec-keys"
+    # Both Secrets are documented, and the CLI's file names are valid Secret keys.
+    readme = (K8S.parent / "README.md").read_text()
+    assert "acmezone-dnssec-keys" in readme
+    assert "sealing-key" in readme
+    key = generate(dns.name.from_text("acme.example.org"), ECDSAP256SHA256, Role.CSK, State.ACTIVE)
+    assert re.fullmatch(r"[-._a-zA-Z0-9]+", key_file_name(key))

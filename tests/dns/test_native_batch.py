@@ -11,12 +11,14 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from acmezone_dns import datagram_batch
@@ -25,6 +27,8 @@ from acmezone_dns.cookies import CookieJar, client_ip
 from acmezone_dns.datagram_batch import NativeDatagramBatch
 from acmezone_dns.responder import FastTables
 from acmezone_dns.wire import Packed
+from tests.dns.conftest import SNAPSHOT, running_dns
+from tests.dns.dnssec_support import make_keys
 
 pytestmark = pytest.mark.skipif(
     not datagram_batch.native_available(), reason="the C accelerator was not built"
@@ -214,9 +218,23 @@ def cookie_queries(rng: random.Random, names: list[str], types: list[str]) -> li
     return queries
 
 
+@pytest.fixture(params=["unsigned", "signed"])
+async def either_dns_app(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[DnsApp]:
+    """`dns_app`, and the same with both zones signed (DNSSEC): DO=1 queries then take the
+    signed table."""
+    overrides = {}
+    if request.param == "signed":
+        make_keys(tmp_path / "keys", ["acme.example.test", "example.test"])
+        overrides["dnssec_key_dir"] = str(tmp_path / "keys")
+    async with running_dns(tmp_path, **overrides) as app:
+        app.store.apply_snapshot(SNAPSHOT, 1, "test-feed")
+        yield app
+
+
 async def test_every_reply_matches_the_python_responder(
-    dns_app: DnsApp, pair: tuple[socket.socket, socket.socket]
+    either_dns_app: DnsApp, pair: tuple[socket.socket, socket.socket]
 ) -> None:
+    dns_app = either_dns_app
     server, client = pair
     responder = dns_app.responder
     # Server cookies hold a timestamp: one clock for both runs.
@@ -287,6 +305,13 @@ async def test_every_reply_matches_the_python_responder(
         assert responder.cookies.validate(option[:8], option[8:], client_ip(client_host))
         cookies_in_c += 1
     assert cookies_in_c > 20
+    if dns_app.signer is not None:
+        # Signed answers to DO=1 queries are answered in C once made, and validate.
+        signed_in_c = [q for q in in_c if dns.message.from_wire(q).ednsflags & dns.flags.DO]
+        assert len(signed_in_c) >= 20
+        for query in signed_in_c:
+            reply = dns.message.from_wire(responder.answer(query, False, peer) or b"")
+            assert any(r.rdtype == dns.rdatatype.RRSIG for r in reply.answer)
 
 
 def test_without_tables_every_datagram_goes_to_python(
@@ -324,6 +349,7 @@ def tables(
         1,
         bytes(16),
         0,
+        None,
     )
 
 

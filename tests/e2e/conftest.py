@@ -134,7 +134,7 @@ class System:
     # Other records of the dev zone, as zone file lines (what an operator publishes directly).
     records: list[str] = field(default_factory=list)
     registry_running: bool = True
-    # Settings the dns service gets on top of the defaults below (a feed token, say).
+    # More dns settings (DNSSEC signing, say), applied at every dns start.
     dns_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -231,13 +231,13 @@ async def running_system(
     ca: CA,
     ports: Ports,
     metrics: CollectorRegistry,
+    dns_extra: dict[str, Any] | None = None,
     *,
     registry_extra: dict[str, Any] | None = None,
-    dns_extra: dict[str, Any] | None = None,
     **issuer_extra: Any,
 ) -> AsyncIterator[System]:
-    """Registry, dns (with the dev zone) and issuer in this process; always stopped.
-    `registry_extra` and `dns_extra` add settings to those two (tokens, say)."""
+    """Registry (with `registry_extra` settings), dns (with the dev zone, and `dns_extra`
+    settings) and issuer in this process; always stopped."""
     registry = RegistryApp(
         RegistrySettings(
             grpc_address="127.0.0.1:0",
@@ -265,7 +265,7 @@ async def running_system(
             certificate_service_pb2_grpc.CertificateServiceStub(channel),
         )
         system = System(
-            workdir, ports, registry, issuer, client, metrics, dns_extra=dict(dns_extra or {})
+            workdir, ports, registry, issuer, client, metrics, dns_extra=dns_extra or {}
         )
         await system.start_dns()
         yield system

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from acmezone_common.sealing import SecretSealer
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
-from acmezone_registry.sealing import SecretSealer
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database

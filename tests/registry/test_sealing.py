@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from acmezone_common.sealing import SecretSealer, is_sealed
 from acmezone_registry.access import Caller, parse_address
-from acmezone_registry.sealing import SecretSealer, is_sealed
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
 from tests.registry.conftest import SEALER, ZONE, Stack

@@ -9,16 +9,23 @@ from prometheus_client import CollectorRegistry
 
 from acmezone_common import runner
 from acmezone_common.logs import configure_logging
+from acmezone_dns.dnssec import cli as dnssec_cli
 from acmezone_dns.settings import DnsSettings
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `acmezone-dns` command."""
-    argparse.ArgumentParser(
+    """Entry point of the `acmezone-dns` command: serve, or (`dnssec ...`) manage keys."""
+    parser = argparse.ArgumentParser(
         prog="acmezone-dns",
         description="acmezone dns: the authoritative DNS server of the ACME challenge zone, fed "
-        "by the registry's record feed. Configured by ACMEZONE_DNS_* environment variables.",
-    ).parse_args(argv)
+        "by the registry's record feed. Configured by ACMEZONE_DNS_* environment variables. "
+        "With no command it serves.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    dnssec_cli.add_parser(commands)
+    args = parser.parse_args(argv)
+    if args.command == "dnssec":
+        raise SystemExit(dnssec_cli.run(args))
     settings = DnsSettings()
     configure_logging(settings.log_level, settings.log_format)
 

@@ -19,6 +19,8 @@
  * CNAME chain) or, walking its labels, the closest zone in `fallbacks` (NXDOMAIN), else
  * `refused`. The reply is the query's ID, the Packed head for its RD/CD bits, its own question
  * bytes (0x20 case kept) and the body (and the OPT), and the answer is counted in `counts`.
+ * With DNSSEC signing on (`signed` a dict), a query whose OPT has the DO bit is looked up in
+ * `signed` instead, and a miss goes to Python, which signs (Responder._signed_fast).
  * Every other datagram goes to `handle(index, data)`, the Python path that answers everything
  * (it also tries the same shortcuts, so the two paths cannot disagree on what they answer:
  * only on who answers). With `tables` None every datagram goes to `handle`, which makes the
@@ -228,6 +230,7 @@ enum {
     T_RCODE_SLOTS,
     T_COOKIE_SECRET,
     T_COOKIE_TIME,
+    T_SIGNED,
     T_SIZE
 };
 
@@ -427,6 +430,7 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
     PyObject *opt = NULL;
     PyObject *edns_entry = NULL;
     const unsigned char *client_cookie = NULL; /* a COOKIE query: its 8-byte client cookie */
+    int signed_query = 0; /* DO=1 while signing: a miss goes to Python, which signs */
     if (memcmp(data + 4, PLAIN_SECTIONS, 8) == 0) {
         qend = n;
         limit = PLAIN_UDP_SIZE;
@@ -469,6 +473,12 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
             Py_DECREF(edns_entry);
             return 0;
         }
+        PyObject *signed_answers = PyTuple_GET_ITEM(tables, T_SIGNED);
+        if (signed_answers != Py_None && PyBytes_GET_SIZE(opt) >= OPT_LEN &&
+            (PyBytes_AS_STRING(opt)[7] & 0x80)) {
+            answers = signed_answers; /* DO=1 while signing: signed answers only */
+            signed_query = 1;
+        }
     } else {
         return 0;
     }
@@ -493,6 +503,9 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
     if (packed == NULL) {
         if (PyErr_Occurred()) {
             length = -1;
+            goto done;
+        }
+        if (signed_query) {
             goto done;
         }
         /* Not pre-packed: NODATA, NXDOMAIN or REFUSED, for class IN and the types
@@ -593,6 +606,10 @@ static int valid_tables(PyObject *tables) {
         }
     }
     PyObject *secret = PyTuple_GET_ITEM(tables, T_COOKIE_SECRET);
+    PyObject *signed_answers = PyTuple_GET_ITEM(tables, T_SIGNED);
+    if (signed_answers != Py_None && !PyDict_CheckExact(signed_answers)) {
+        return 0;
+    }
     return PyList_CheckExact(PyTuple_GET_ITEM(tables, T_COUNTS)) &&
            PyLong_CheckExact(PyTuple_GET_ITEM(tables, T_QTYPE_OTHER)) &&
            PyLong_CheckExact(PyTuple_GET_ITEM(tables, T_RCODE_SLOTS)) &&
@@ -624,7 +641,8 @@ static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
         PyErr_SetString(PyExc_TypeError,
                         "tables must be a Responder.FastTables: answers, edns, defaults, "
                         "fallbacks and qtype_index dicts, counts a list, qtype_other and "
-                        "rcode_slots ints, a 16-byte cookie secret and an int cookie time");
+                        "rcode_slots ints, a 16-byte cookie secret, an int cookie time and "
+                        "signed answers (a dict or None)");
         return NULL;
     }
     int count = receive(self, (int)fd);

@@ -8,10 +8,13 @@ listeners, as resolvers expect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
 import socket
+import time
+from collections.abc import Callable
 from functools import partial
 
 from prometheus_client import CollectorRegistry
@@ -23,6 +26,7 @@ from acmezone_common.metrics import MetricsServer
 from acmezone_common.transport import open_channel, server_credentials
 from acmezone_dns import metrics
 from acmezone_dns.cookies import CookieJar, load_secret
+from acmezone_dns.dnssec.setup import KeyDirectory, make_signer
 from acmezone_dns.feed_client import FeedClient
 from acmezone_dns.inspection import ZoneInspector
 from acmezone_dns.notify import Notifier
@@ -41,6 +45,8 @@ from acmezone_dns.zone_reload import ZoneReloader
 logger = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "dns.acmezone.dev"
+_SWEEP_INTERVAL = 600.0
+"""How often signatures near expiry are looked for (the refresh margin is days)."""
 ZONE_SERVICE = zone_service_pb2.DESCRIPTOR.services_by_name["ZoneService"]
 _PORT_ATTEMPTS = 20
 
@@ -55,16 +61,22 @@ class DnsApp:
         *,
         freeze_gc: bool = False,
         handle_sighup: bool = False,
+        signing_clock: Callable[[], float] = time.time,
     ) -> None:
         """`freeze_gc` (the command sets it) keeps the zone out of cyclic garbage collection;
-        `handle_sighup` (the command too) reloads the zone files on SIGHUP."""
+        `handle_sighup` (the command too) reloads the zone files on SIGHUP; `signing_clock`
+        dates DNSSEC signatures (a test signs in the past to see them expired)."""
         self.settings = settings
         self._handle_sighup = handle_sighup
+        self.signing_stats = metrics.SigningStats()
+        self.signer = make_signer(settings, self.signing_stats, signing_clock)
+        self._sweeps: asyncio.Task[None] | None = None
         self.store = ZoneStore(
             load_static_zones(settings),
             feed_zone=settings.zone,
             txt_ttl=settings.txt_ttl,
             freeze_gc=freeze_gc,
+            signer=self.signer,
         )
         self.stats = metrics.QueryStats()
         self.feed_metrics = metrics.FeedMetrics()
@@ -74,6 +86,10 @@ class DnsApp:
             self.feed_metrics,
             lambda: self.store.snapshot.record_count,
         )
+        if self.signer is not None:
+            signer = self.signer
+            self.signing_stats.signed_answers = lambda: len(signer.answers)
+            metrics_registry.register(metrics.SigningCollector(self.signing_stats))
         self.reload_stats = metrics.ReloadStats()
         metrics_registry.register(metrics.ReloadCollector(self.reload_stats))
         self.reloader = ZoneReloader(
@@ -82,6 +98,7 @@ class DnsApp:
             self.store,
             self.reload_stats,
             interval=settings.zone_reload_interval_seconds,
+            keys=KeyDirectory(settings) if self.signer is not None else None,
         )
         self.transfer_stats = metrics.TransferStats()
         metrics_registry.register(metrics.TransferCollector(self.transfer_stats))
@@ -187,6 +204,10 @@ class DnsApp:
             f"{socket.gethostname()}/{self.dns_addresses[0]}"
         )
         await self.feed.start()
+        if self.signer is not None:
+            self._sweeps = asyncio.create_task(
+                self.signer.run_sweeps(_SWEEP_INTERVAL), name="dnssec-sweeps"
+            )
         await self.reloader.start()
         await self.notifier.start()
         if self._handle_sighup:
@@ -258,6 +279,10 @@ class DnsApp:
         await self.reloader.stop()
         await self.notifier.stop()
         await self.feed.stop()
+        if self._sweeps is not None:
+            self._sweeps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeps
         await self.grpc.stop(grace)
         await self._close_listeners()
         await self.updates.stop()

@@ -320,6 +320,45 @@ class ReloadCollector(Collector):
         )
 
 
+@dataclass
+class SigningStats:
+    """DNSSEC signing work (plain ints, counted by `dnssec.signer`)."""
+
+    signatures: int = 0
+    denials_signed: int = 0
+    denials_refused: int = 0
+    signed_answers: Callable[[], int] = lambda: 0
+
+
+class SigningCollector(Collector):
+    """Exposes SigningStats as acmezone_dns_dnssec_*."""
+
+    def __init__(self, stats: SigningStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        yield CounterMetricFamily(
+            "acmezone_dns_dnssec_signatures",
+            "RRSIG signatures made (each RRset once per active key, again near expiry).",
+            value=stats.signatures,
+        )
+        denials = CounterMetricFamily(
+            "acmezone_dns_dnssec_denials",
+            "Compact denial proofs (one NSEC per name asked for): signed, or refused because "
+            "the signing budget was spent (answered TC over UDP, SERVFAIL over TCP).",
+            labels=("result",),
+        )
+        denials.add_metric(("signed",), stats.denials_signed)
+        denials.add_metric(("refused",), stats.denials_refused)
+        yield denials
+        yield GaugeMetricFamily(
+            "acmezone_dns_dnssec_signed_answers",
+            "Signed answers held for DO=1 queries.",
+            value=stats.signed_answers(),
+        )
+
+
 TRANSFER_TYPES = ("AXFR", "IXFR")
 TRANSFER_RESULTS = (
     "full",

@@ -118,7 +118,8 @@ class FastTables(NamedTuple):
     """Everything the C hot loop (`_native_batch.c`) reads, in the order it reads it: the
     snapshot's three answer tables and REFUSED answer, the remembered option-less OPT records
     with their UDP size limits, the query counters, how a counter slot is made
-    (`metrics.slot`), and the server cookie secret and current time (`cookies`)."""
+    (`metrics.slot`), the server cookie secret and current time (`cookies`), and the signed
+    answers DO=1 queries take when DNSSEC signing is on (None when off)."""
 
     answers: dict[bytes, Packed]
     edns: dict[bytes, tuple[bytes, int]]
@@ -131,6 +132,7 @@ class FastTables(NamedTuple):
     rcode_slots: int
     cookie_secret: bytes
     cookie_time: int
+    signed: dict[bytes, Packed] | None
 
 
 class Responder:
@@ -154,6 +156,8 @@ class Responder:
         self._udp_size = edns_udp_size
         self._opt = opt_record(edns_udp_size, do=False)
         self._opt_do = opt_record(edns_udp_size, do=True)
+        self._opt_co = opt_record(edns_udp_size, do=True, compact_ok=True)
+        self._signer = store.signer
         self._edns: dict[bytes, tuple[bytes, int]] = {}
         self._fast_tables: FastTables | None = None
         self._fast_tables_of: Snapshot | None = None
@@ -184,6 +188,7 @@ class Responder:
                 RCODE_SLOTS,
                 self.cookies.secret,
                 now,
+                snapshot.signed,
             )
         return tables
 
@@ -221,6 +226,11 @@ class Responder:
         elif sections == _OPT_SECTIONS and not data[2] & 0xF8:
             edns = self._edns.get(data[-_OPT_LEN:])
             if edns is not None:
+                if edns[0][7] & 0x80 and self._signer is not None:
+                    limit = _TCP_SIZE if tcp else edns[1]
+                    return self._signed_fast(
+                        data, snapshot, tcp, len(data) - _OPT_LEN, edns[0], limit
+                    )
                 question = data[12:-_OPT_LEN]
                 packed = snapshot.answers.get(question.lower())
                 limit = _TCP_SIZE if tcp else edns[1]
@@ -268,6 +278,8 @@ class Responder:
         )
         opt = edns[0][:9] + _COOKIE_REPLY_HEAD + client + server
         limit = _TCP_SIZE if tcp else edns[1]
+        if opt[7] & 0x80 and self._signer is not None:
+            return self._signed_fast(data, snapshot, tcp, qend, opt, limit)
         packed = snapshot.answers.get(data[12:qend].lower())
         if packed is None:
             return self._not_prepacked(data, snapshot, tcp, qend, opt, limit)
@@ -304,6 +316,8 @@ class Responder:
                 limit = _TCP_SIZE
         else:
             return self._slow(data, snapshot, tcp)
+        if opt is not None and opt[7] & 0x80 and self._signer is not None:
+            return self._signed_fast(data, snapshot, tcp, qend, opt, limit)
         # Lower-casing the type bytes too is safe: no pre-packed key holds a type that
         # lower-casing could produce (wire.folds_with_case).
         packed = snapshot.answers.get(data[12:qend].lower())
@@ -344,7 +358,19 @@ class Responder:
             self._edns[tail] = (opt, limit)
         return opt, limit
 
-    def _cookie_opt(self, options: bytes, do: bool) -> bytes | None:
+    def _signed_fast(
+        self, data: bytes, snapshot: Snapshot, tcp: bool, qend: int, opt: bytes, limit: int
+    ) -> bytes | None:
+        """A DO=1 query while signing is on: the signed answer when one is held (as the C
+        loop answers it), else the slow path, which signs."""
+        signed = snapshot.signed
+        packed = signed.get(data[12:qend].lower()) if signed is not None else None
+        if packed is None or qend + packed.size + len(opt) > limit:
+            return self._slow(data, snapshot, tcp)
+        self._counts[packed.stat + (TCP_OFFSET if tcp else 0)] += 1
+        return splice(packed, data, qend, opt)
+
+    def _cookie_opt(self, options: bytes, do: bool, compact_ok: bool = False) -> bytes | None:
         """Our OPT record answering a COOKIE among `options`, with a server cookie for the
         peer `answer` was given; None when there is no COOKIE. `MalformedCookieError` when the
         options are malformed."""
@@ -353,7 +379,7 @@ class Responder:
             return None
         peer = self._peer
         option = self.cookies.option(cookie, peer() if peer is not None else "")
-        return opt_record(self._udp_size, do=do, options=option)
+        return opt_record(self._udp_size, do=do, compact_ok=compact_ok, options=option)
 
     def _not_prepacked(
         self,
@@ -423,13 +449,16 @@ class Responder:
         opts = [rr for rr in record.ar if rr.rtype == _TYPE_OPT]
         opt: bytes | None = None
         limit = _TCP_SIZE if tcp else _PLAIN_UDP_SIZE
+        do = compact_ok = False
         if opts:
             if len(opts) > 1 or str(opts[0].rname) not in ("", "."):
                 return self._formerr(data, tcp)
             ttl = int(opts[0].ttl)
             do = bool(ttl & 0x8000)
+            # RFC 9824 section 4: CO (Compact Answers OK) is echoed when we sign.
+            compact_ok = do and bool(ttl & 0x4000) and self._signer is not None
             try:
-                cookie = self._cookie_opt(_options_of(opts[0]), do)
+                cookie = self._cookie_opt(_options_of(opts[0]), do, compact_ok)
             except MalformedCookieError:
                 return self._formerr(data, tcp)
             if (ttl >> 16) & 0xFF:
@@ -445,7 +474,7 @@ class Responder:
                         self._udp_size, do=do, ext_rcode=BADVERS >> 4, options=cookie_option
                     ),
                 )
-            opt = cookie or (self._opt_do if do else self._opt)
+            opt = cookie or (self._opt_co if compact_ok else self._opt_do if do else self._opt)
             if not tcp:
                 limit = min(max(int(opts[0].rclass), _PLAIN_UDP_SIZE), self._udp_size)
         qtype = int.from_bytes(data[qend - 4 : qend - 2], "big")
@@ -460,20 +489,32 @@ class Responder:
             packed = Packed(0, REFUSED, 0, 0, 0, b"")
         else:
             qname = data[12 : qend - 4].lower()
-            resolution = snapshot.view.resolve(qname, qtype)
-            packed = pack_answer(
-                resolution.rcode,
-                resolution.authoritative,
-                resolution.answer,
-                resolution.authority,
-                resolution.additional,
-                qname=qname,
-            )
+            if do and self._signer is not None:
+                packed = self._signer.respond(
+                    snapshot.view,
+                    qname,
+                    qtype,
+                    compact_ok=compact_ok,
+                    tcp=tcp,
+                    stat=slot(qtype_idx, 0),
+                )
+                authoritative = packed.rcode in (0, 3)
+            else:
+                resolution = snapshot.view.resolve(qname, qtype)
+                authoritative = resolution.authoritative
+                packed = pack_answer(
+                    resolution.rcode,
+                    authoritative,
+                    resolution.answer,
+                    resolution.authority,
+                    resolution.additional,
+                    qname=qname,
+                )
             if qend + packed.size + (len(opt) if opt else 0) > limit:
                 # RFC 2181 section 9: set TC and send what fits; we send no records at all,
                 # and the resolver asks again over TCP.
-                flags = TC | (AA if resolution.authoritative else 0)
-                packed = Packed(flags, resolution.rcode, 0, 0, 0, b"")
+                flags = TC | (AA if authoritative else 0)
+                packed = Packed(flags, packed.rcode, 0, 0, 0, b"")
         self._count(slot(qtype_idx, packed.rcode), tcp)
         self.signed_query = bool(record.ar) and record.ar[-1].rtype == _TYPE_TSIG
         return splice(packed, data, qend, opt)

@@ -218,6 +218,39 @@ class DnsSettings(ServiceSettings, RegistryClientSettings):
         description="A file holding the server secret in hex, generated (0600) when missing. "
         "Unset too: a random secret for this process only.",
     )
+    dnssec_key_dir: Path | None = Field(
+        default=None,
+        description="DNSSEC: the directory of signing key files (`acmezone-dns dnssec keygen`); "
+        "set, every zone with keys there is signed online. Unset: no signing.",
+    )
+    dnssec_sealing_key: SecretStr | None = Field(
+        default=None,
+        description="DNSSEC: the 32-byte key (base64url) the key files' private keys are sealed "
+        "under (AES-GCM); unset, key files hold them unsealed (a mounted Secret, 0600).",
+    )
+    dnssec_signature_validity_seconds: int = Field(
+        default=14 * 86400,
+        ge=3 * 3600,
+        description="DNSSEC: how long a signature is valid (it starts an hour in the past).",
+    )
+    dnssec_refresh_seconds: int = Field(
+        default=7 * 86400,
+        ge=3600,
+        description="DNSSEC: a signature this close to expiry is made again; longer than any "
+        "TTL served, shorter than the validity.",
+    )
+    dnssec_dnskey_ttl: int = Field(
+        default=3600, ge=0, description="DNSSEC: TTL of the DNSKEY RRset."
+    )
+    dnssec_denial_signatures_per_second: float = Field(
+        default=2000.0,
+        gt=0,
+        description="DNSSEC: new negative-answer proofs signed per second at most (a random "
+        "subdomain flood); past it UDP gets TC and TCP SERVFAIL.",
+    )
+    dnssec_denial_cache: int = Field(
+        default=100_000, ge=1, description="DNSSEC: signed negative-answer proofs kept."
+    )
     update_timeout_seconds: float = Field(
         default=5.0,
         gt=0,
@@ -290,6 +323,14 @@ class DnsSettings(ServiceSettings, RegistryClientSettings):
         TransferPolicy.from_settings(
             [k.get_secret_value() for k in self.transfer_keys], self.transfer_allow
         )
+        return self
+
+    @model_validator(mode="after")
+    def _dnssec(self) -> DnsSettings:
+        if self.dnssec_refresh_seconds >= self.dnssec_signature_validity_seconds:
+            raise ValueError(
+                "dnssec_refresh_seconds must be shorter than dnssec_signature_validity_seconds"
+            )
         return self
 
     @model_validator(mode="after")

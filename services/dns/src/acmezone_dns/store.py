@@ -33,7 +33,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import dns.exception
 import dns.name
@@ -61,6 +61,7 @@ from acmezone_dns.zone import (
     REFUSED,
     SERVFAIL,
     TYPE_ANY,
+    TYPE_DNSKEY,
     TYPE_NONE,
     TYPE_SOA,
     TYPE_TXT,
@@ -70,6 +71,10 @@ from acmezone_dns.zone import (
     ZoneView,
     wire_key,
 )
+
+if TYPE_CHECKING:
+    from acmezone_dns.dnssec.keys import ZoneKey
+    from acmezone_dns.dnssec.signer import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +128,7 @@ class Snapshot:
         "ready",
         "refused",
         "revision",
+        "signed",
         "view",
         "zone_record_counts",
     )
@@ -139,8 +145,12 @@ class Snapshot:
         feed_id: str,
         ready: bool,
         zone_record_counts: dict[bytes, int],
+        signed: dict[bytes, Packed] | None = None,
     ) -> None:
+        """`signed` holds the signed answers for DO=1 queries when DNSSEC signing is on
+        (`dnssec.signer.Signer.answers`), else None."""
         self.view = view
+        self.signed = signed
         self.answers = answers
         self.defaults = defaults
         self.fallbacks = fallbacks
@@ -399,15 +409,31 @@ class _Tables:
             feed_id=feed_id,
             ready=ready,
             zone_record_counts=self.counts,
+            signed=self.store.signer.answers if self.store.signer is not None else None,
         )
+
+    def plain_txt(self, key: bytes) -> Packed | None:
+        """The unsigned TXT answer of a plain feed name (one no static data shares)."""
+        return None if key in self.store.static else self.feed.get(key)
 
 
 class ZoneStore:
     """Holds the current Snapshot, applies feed changes to it and swaps in re-lists."""
 
     def __init__(
-        self, zones: list[StaticZone], *, feed_zone: str, txt_ttl: int, freeze_gc: bool = False
+        self,
+        zones: list[StaticZone],
+        *,
+        feed_zone: str,
+        txt_ttl: int,
+        freeze_gc: bool = False,
+        signer: Signer | None = None,
     ) -> None:
+        """`signer` signs the zones it has keys for (DNSSEC, off when None): their DNSKEY
+        RRsets are added to the static data here and on every `replace_static`."""
+        self.signer = signer
+        if signer is not None:
+            zones = signer.with_dnskeys(zones)
         self._txt_ttl = txt_ttl
         self._freeze_gc = freeze_gc
         self._feed_zone = wire_key(dns.name.from_text(feed_zone))
@@ -542,6 +568,8 @@ class ZoneStore:
                 key, tables.record_count(key)
             )
             tables.pack(key)
+        if self.signer is not None:
+            self.signer.changed(affected, tables.plain_txt)
         self.snapshot.revision = revision
         if observer is not None:
             observer.changed(revision, before)
@@ -568,6 +596,10 @@ class ZoneStore:
             tables.pack(apex)
         for key in self.dependents.get(apex, ()):
             tables.pack(key)  # static CNAMEs to the apex (rare)
+        if self.signer is not None:
+            # The signed SOA is made again on the next DO query for it.
+            self.signer.dropped(answer_key)
+            self.signer.changed(self.dependents.get(apex, ()), tables.plain_txt)
 
     def refresh_feed_soa(self) -> None:
         """Bring the challenge zone's SOA RRset to the served serial, if it moved since."""
@@ -589,7 +621,11 @@ class ZoneStore:
         """The challenge zone as it is now, for a zone transfer: its static RRsets (the apex
         SOA first, TXT left out where the feed holds the name) and the feed map, copied when
         asked (a full transfer outlives the call; packed answers are never changed in place,
-        so a copy is a consistent picture), else the live map for synchronous use."""
+        so a copy is a consistent picture), else the live map for synchronous use.
+
+        With DNSSEC signing the DNSKEY RRset is left out: a transfer carries the zone's data
+        unsigned, and a secondary that served our DNSKEY without our signatures would be bogus
+        to every validator (README, "DNSSEC")."""
         self.refresh_feed_soa()
         feed: Mapping[bytes, Packed | None] = dict(self._tables.feed) if copy else self._tables.feed
         zone = self._feed_zone
@@ -599,7 +635,9 @@ class ZoneStore:
             if self._zone_key(key) != zone:
                 continue
             for rdtype, rdataset in sorted(rrsets.items()):
-                if (key == zone and rdtype == TYPE_SOA) or (rdtype == TYPE_TXT and key in feed):
+                if (key == zone and rdtype in (TYPE_SOA, TYPE_DNSKEY)) or (
+                    rdtype == TYPE_TXT and key in feed
+                ):
                     continue
                 records.append((key, rdataset))
         return records, feed
@@ -615,7 +653,9 @@ class ZoneStore:
             for target in self._tables.view.cname_chain(key):
                 self.dependents.setdefault(target, set()).add(key)
 
-    def replace_static(self, zones: list[StaticZone]) -> None:
+    def replace_static(
+        self, zones: list[StaticZone], keys: dict[dns.name.Name, list[ZoneKey]] | None = None
+    ) -> None:
         """Swap in a whole new set of static zones (a zone file reloaded), keeping every feed
         name, in one synchronous call: queries see the old set or the new one, never a mix.
 
@@ -626,7 +666,15 @@ class ZoneStore:
         (its negative answers carry it: a serial bump costs the zone's names, about 0.25 ms
         each). The challenge zone itself (first in `zones`, from settings) keeps its
         readiness; its feed names are left as they are.
+
+        With DNSSEC, `keys` (read again from the key directory) replace the signer's, and
+        every signed answer is made afresh from the new data and keys on demand.
         """
+        if self.signer is not None:
+            if keys is not None:
+                self.signer.set_keys(keys)  # checked against `zones` by the caller
+            zones = self.signer.with_dnskeys(zones)
+            self._retire_signed()
         tables = self._tables
         old_static = dict(self.static)
         zones_view = tables.view.zones
@@ -752,7 +800,22 @@ class ZoneStore:
             if key not in tables.feed:
                 tables.counts[self._zone_key(key)] += tables.record_count(key)
 
+    def _retire_signed(self) -> None:
+        """Start the signer afresh (its signed answers were made from the data being
+        replaced); the old table is taken apart in the background like retired tables."""
+        assert self.signer is not None
+        retired = self.signer.reset()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(_take_apart_table(retired), name="signed-answers-free")
+        self._freeing.add(task)
+        task.add_done_callback(self._freeing.discard)
+
     def _swap(self, tables: _Tables, revision: int, feed_id: str) -> None:
+        if self.signer is not None:
+            self._retire_signed()
         retired = self._tables
         self._tables = tables
         self.snapshot = tables.snapshot(revision=revision, feed_id=feed_id, ready=True)
@@ -968,11 +1031,22 @@ async def _take_apart(tables: _Tables) -> None:
     slices. Nothing reads them any more: queries run on the current snapshot, and a C-loop
     batch reads its tables within one call."""
     for table in (tables.answers, tables.defaults, tables.feed, tables.answer_keys):
-        while table:
-            for _ in range(min(_FREED_PER_STEP, len(table))):
-                table.popitem()
-            await asyncio.sleep(0)
+        await _take_apart_table(table)
     tables.below.clear()
+
+
+class _Emptiable(Protocol):
+    def popitem(self) -> object: ...
+
+    def __len__(self) -> int: ...
+
+
+async def _take_apart_table(table: _Emptiable) -> None:
+    """Empty one retired table a slice at a time (see `_take_apart`)."""
+    while table:
+        for _ in range(min(_FREED_PER_STEP, len(table))):
+            table.popitem()
+        await asyncio.sleep(0)
 
 
 def _signature(

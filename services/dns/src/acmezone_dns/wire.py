@@ -195,10 +195,12 @@ def pack_answer(
     return Packed(AA if authoritative else 0, rcode, an, ns, ar, an_bytes + ns_bytes + ar_bytes)
 
 
-def opt_record(udp_size: int, do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
-    """Our EDNS(0) OPT pseudo-record (RFC 6891): version 0, DO echoed, and `options` (already
-    encoded: code, length, data), none but a COOKIE ever."""
-    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+def opt_record(
+    udp_size: int, do: bool, ext_rcode: int = 0, options: bytes = b"", *, compact_ok: bool = False
+) -> bytes:
+    """Our EDNS(0) OPT pseudo-record (RFC 6891): version 0, DO echoed (and CO, RFC 9824, when
+    we sign), and `options` (already encoded: code, length, data), none but a COOKIE ever."""
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0) | (0x4000 if compact_ok else 0)
     return b"\x00" + _RR_FIXED.pack(TYPE_OPT, udp_size, ttl, len(options)) + options
 
 

@@ -37,6 +37,7 @@ TYPE_NS = int(dns.rdatatype.NS)
 TYPE_CNAME = int(dns.rdatatype.CNAME)
 TYPE_SOA = int(dns.rdatatype.SOA)
 TYPE_TXT = int(dns.rdatatype.TXT)
+TYPE_DNSKEY = int(dns.rdatatype.DNSKEY)
 TYPE_ANY = int(dns.rdatatype.ANY)
 TYPE_NONE = 0  # never stored: asking for it gives the answer for "a type the name lacks"
 

@@ -8,6 +8,10 @@ start, and only then swaps it into the store in one synchronous call (`ZoneStore
 queries see the old zones or the new ones, never a mix. A file that does not parse or validate
 is refused whole: the old zones keep being served, the error is logged with the file and line,
 and `acmezone_dns_zone_reloads_total{result="error"}` counts it.
+
+DNSSEC key files are watched the same way (their names, mtimes and sizes): a rollover step
+written with `acmezone-dns dnssec` reaches every replica without a restart, swapped in with the
+zones in the same synchronous call.
 """
 
 from __future__ import annotations
@@ -19,13 +23,29 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Protocol
 
+import dns.name
+
+from acmezone_dns.dnssec.keys import KeyFileError, ZoneKey
+from acmezone_dns.dnssec.signer import check_served
 from acmezone_dns.errors import ZoneConfigError
 from acmezone_dns.metrics import ReloadStats
 from acmezone_dns.static_zones import StaticZone
 from acmezone_dns.store import ZoneStore
 
 logger = logging.getLogger(__name__)
+
+
+class KeySource(Protocol):
+    """The DNSSEC key directory, as the reloader sees it."""
+
+    def fingerprint(self) -> object:
+        """Something that changes when any key file does (cheap: no file is read)."""
+
+    def load(self) -> dict[dns.name.Name, list[ZoneKey]]:
+        """Every key, read and checked (`KeyFileError` when one cannot be used)."""
+
 
 _MAX_ZONE_FILE_BYTES = 64 * 1024 * 1024
 """A zone file larger than this is refused rather than read into memory."""
@@ -58,7 +78,11 @@ class ZoneReloader:
         stats: ReloadStats,
         *,
         interval: float,
+        keys: KeySource | None = None,
     ) -> None:
+        """`keys` (with DNSSEC signing) reads the key directory again on every reload."""
+        self._keys = keys
+        self._key_fingerprint = keys.fingerprint() if keys is not None else None
         self._paths = list(paths)
         self._load = load
         self._store = store
@@ -77,7 +101,7 @@ class ZoneReloader:
 
     async def start(self) -> None:
         """Start polling in the background (no-op without zone files or with interval 0)."""
-        if self._paths and self._interval > 0:
+        if (self._paths or self._keys is not None) and self._interval > 0:
             self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -110,6 +134,11 @@ class ZoneReloader:
     def changed(self) -> bool:
         """Whether any file's content changed since it was last read; cheap when none did."""
         changed = False
+        if self._keys is not None:
+            fingerprint = self._keys.fingerprint()
+            if fingerprint != self._key_fingerprint:
+                self._key_fingerprint = fingerprint
+                changed = True
         for path in self._paths:
             fingerprint = _fingerprint(path)
             if fingerprint == self._fingerprints[path]:
@@ -137,7 +166,12 @@ class ZoneReloader:
 
     def _read(
         self,
-    ) -> tuple[dict[str, tuple[int, int] | None], dict[str, str | None], list[StaticZone]]:
+    ) -> tuple[
+        dict[str, tuple[int, int] | None],
+        dict[str, str | None],
+        list[StaticZone],
+        dict[dns.name.Name, list[ZoneKey]] | None,
+    ]:
         """Fingerprints, digests and the parsed, validated zones (in a worker thread: parsing
         is slow). Fingerprints first: a write racing with the read shows as a later change."""
         fingerprints = {p: _fingerprint(p) for p in self._paths}
@@ -148,19 +182,27 @@ class ZoneReloader:
                     raise ZoneConfigError(
                         f"zone file {path}: larger than {_MAX_ZONE_FILE_BYTES} bytes"
                     )
-        return fingerprints, digests, self._load()
+        zones = self._load()
+        keys = None
+        if self._keys is not None:
+            try:
+                keys = self._keys.load()
+                check_served(keys, zones)
+            except KeyFileError as exc:
+                raise ZoneConfigError(str(exc)) from None
+        return fingerprints, digests, zones, keys
 
     async def _reload(self) -> bool:
         async with self._lock:
             try:
-                fingerprints, digests, zones = await asyncio.to_thread(self._read)
+                fingerprints, digests, zones, keys = await asyncio.to_thread(self._read)
             except ZoneConfigError as exc:
                 self._stats.error += 1
                 logger.error(
                     "zone files refused, the old zones are kept", extra={"error": str(exc)}
                 )
                 return False
-            self._store.replace_static(zones)
+            self._store.replace_static(zones, keys)
             self._digests = digests
             self._fingerprints = fingerprints
             self._stats.ok += 1

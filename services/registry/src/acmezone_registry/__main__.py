@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from acmezone_common import runner
 from acmezone_common.logs import configure_logging
-from acmezone_registry.sealing import SecretSealer
+from acmezone_common.sealing import SecretSealer
 from acmezone_registry.settings import RegistrySettings
 
 logger = logging.getLogger(__name__)

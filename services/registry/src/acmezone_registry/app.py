@@ -44,7 +44,7 @@ from acmezone_registry.metrics import RegistryMetrics, ReplicaCollector
 from acmezone_registry.rate_limits import AbuseLimits
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
 from acmezone_registry.replicas import ReplicaTracker
-from acmezone_registry.sealing import SecretSealer
+from acmezone_common.sealing import SecretSealer
 from acmezone_registry.servicer import RecordFeedServicer, RegistrationServicer, TxtRecordServicer
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from acmezone_registry.sealing import SecretSealer
+from acmezone_common.sealing import SecretSealer
 from acmezone_registry.storage.database import Database
 
 logger = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ from acmezone_registry.model import (
     UpdateOperation,
     UpdateOutcome,
 )
-from acmezone_registry.sealing import SecretSealer
+from acmezone_common.sealing import SecretSealer
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.tables import (
     FeedStateRow,

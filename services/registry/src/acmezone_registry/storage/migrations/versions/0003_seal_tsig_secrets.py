@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context, op
 
-from acmezone_registry.sealing import SecretSealer, is_sealed
+from acmezone_common.sealing import SecretSealer, is_sealed
 
 revision = "0003"
 down_revision = "0002"

@@ -1,9 +1,11 @@
-"""TSIG secrets sealed at rest with AES-256-GCM.
+"""Secrets sealed at rest with AES-256-GCM: the registry's TSIG secrets, the dns service's
+DNSSEC signing keys.
 
-A TSIG secret must be usable for HMAC, so it cannot be hashed like a password; it is encrypted
-under the registry's encryption key instead, with the key's DNS name as associated data, so a
-sealed secret copied onto another key's row does not open. A leaked database (or backup) without
-the key file reveals no secret. Stored form: `sealed-v1:` + base64url(nonce || ciphertext).
+Such a secret must be usable (for HMAC, for signing), so it cannot be hashed like a password; it
+is encrypted under the service's encryption key instead, with what it belongs to (the key's DNS
+name) as associated data, so a sealed secret copied onto another row or file does not open. A
+leaked database, backup or key directory without the encryption key reveals no secret. Stored
+form: `sealed-v1:` + base64url(nonce || ciphertext).
 """
 
 from __future__ import annotations

@@ -1,0 +1,117 @@
+"""`acmezone-dns dnssec ...`: make keys, print the DS record for the parent, move keys through a
+rollover. Reads the same settings as the service (ACMEZONE_DNS_DNSSEC_KEY_DIR,
+ACMEZONE_DNS_DNSSEC_SEALING_KEY), so a key made here opens in the service.
+
+Every command prints what it did and never a private key. The service reads key files at start:
+restart the replicas (one at a time) after a change, as docs/dnssec.md describes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import dns.name
+
+from acmezone_common.keyfiles import decode_key, private_dir
+from acmezone_common.sealing import SecretSealer
+from acmezone_dns.dnssec.keys import (
+    ALGORITHMS,
+    KeyFileError,
+    Role,
+    State,
+    ZoneKey,
+    generate,
+    read_keys,
+    write_key,
+)
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `dnssec` command and its subcommands."""
+    parser = commands.add_parser("dnssec", help="DNSSEC signing keys")
+    parser.add_argument(
+        "--key-dir",
+        type=Path,
+        help="the key directory (default: ACMEZONE_DNS_DNSSEC_KEY_DIR)",
+    )
+    sub = parser.add_subparsers(dest="dnssec_command", required=True)
+    keygen = sub.add_parser("keygen", help="make a key and write its file")
+    keygen.add_argument("--zone", required=True, help="the zone the key signs")
+    keygen.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="ecdsap256sha256")
+    keygen.add_argument("--role", choices=[r.value for r in Role], default=Role.CSK.value)
+    keygen.add_argument("--state", choices=[s.value for s in State], default=State.ACTIVE.value)
+    ds = sub.add_parser("ds", help="print the DS records to hand to the parent zone")
+    ds.add_argument("--zone", help="only this zone's")
+    sub.add_parser("list", help="list the keys: zone, tag, algorithm, role, state")
+    state = sub.add_parser("state", help="move a key to another state (a rollover step)")
+    state.add_argument("tag", type=int, help="the key tag")
+    state.add_argument("new_state", choices=[s.value for s in State])
+    state.add_argument("--zone", help="the key's zone, when two zones have keys of that tag")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out a `dnssec` command; returns the exit status."""
+    from acmezone_dns.settings import DnsSettings
+
+    settings = DnsSettings()
+    directory: Path | None = args.key_dir or settings.dnssec_key_dir
+    if directory is None:
+        print("no key directory: give --key-dir or ACMEZONE_DNS_DNSSEC_KEY_DIR", file=sys.stderr)
+        return 2
+    configured = settings.dnssec_sealing_key
+    sealer = (
+        SecretSealer(decode_key(configured.get_secret_value(), what="dnssec_sealing_key"))
+        if configured is not None and configured.get_secret_value()
+        else None
+    )
+    try:
+        if args.dnssec_command == "keygen":
+            private_dir(directory)
+            key = generate(
+                dns.name.from_text(args.zone),
+                ALGORITHMS[args.algorithm],
+                Role(args.role),
+                State(args.state),
+            )
+            path = write_key(key, directory, sealer)
+            print(f"{path}: {_describe(key)}{'' if sealer else ' (not sealed)'}")
+            return 0
+        keys = read_keys(directory, sealer)
+        if args.dnssec_command == "list":
+            for key in keys:
+                print(_describe(key))
+            return 0
+        if args.dnssec_command == "ds":
+            zone = dns.name.from_text(args.zone) if args.zone else None
+            for key in keys:
+                if key.role is not Role.ZSK and (zone is None or key.zone == zone):
+                    print(f"{key.zone.to_text()} IN DS {key.ds().to_text()}")
+            return 0
+        return _set_state(args, keys, directory, sealer)
+    except KeyFileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+def _set_state(
+    args: argparse.Namespace, keys: list[ZoneKey], directory: Path, sealer: SecretSealer | None
+) -> int:
+    zone = dns.name.from_text(args.zone) if args.zone else None
+    matches = [k for k in keys if k.tag == args.tag and (zone is None or k.zone == zone)]
+    if len(matches) != 1:
+        print(f"{len(matches)} keys have tag {args.tag}: give --zone", file=sys.stderr)
+        return 1
+    key = matches[0]
+    moved = ZoneKey(key.zone, key.role, State(args.new_state), key.private_key, key.dnskey)
+    write_key(moved, directory, sealer)
+    print(_describe(moved))
+    return 0
+
+
+def _describe(key: ZoneKey) -> str:
+    return (
+        f"{key.zone.to_text()} tag {key.tag} algorithm {key.algorithm} "
+        f"{key.role.value} {key.state.value}"
+    )
