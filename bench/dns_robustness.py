@@ -252,6 +252,13 @@ def main() -> int:
     if not 1 <= args.packets <= 5_000_000 or not 1 <= args.tcp_connections <= 5000:
         print("--packets at most 5,000,000 and --tcp-connections at most 5,000", file=sys.stderr)
         return 1
+    run(args)
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    """The three probes with `args.packets`, `args.tcp_connections` and `args.updates`
+    (bench/robustness.py calls this for its DNS part)."""
     workdir = Path(tempfile.mkdtemp(prefix="dns-robustness-"))
     registry_grpc = f"127.0.0.1:{free_port()}"
     dns_port = free_port()
@@ -343,7 +350,6 @@ def main() -> int:
                     proc.wait(10)
             log.close()
     shutil.rmtree(workdir, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,18 +1,30 @@
-"""Benchmark the registry under load and abuse, beside acme-dns, on loopback only.
+"""Every probe of issue 13 against the real services, beside acme-dns, on loopback only.
 
-Runs the real `acmezone-registry` command (SQLite, INFO logging) and, when it is available
-(`ACMEZONE_TEST_ACME_DNS` or ../shared/bin/acme-dns), the real acme-dns, and measures
+Runs the real `acmezone-registry`, `acmezone-dns` and `acmezone-issuer` commands (SQLite, INFO
+logging), Pebble for the issuer, and, when it is available (`ACMEZONE_TEST_ACME_DNS` or
+../shared/bin/acme-dns), the real acme-dns, and measures
 
 1. sustained `/update` with correct credentials from N concurrent clients (requests/s, p50,
-   p99) for both, and the ratio;
-2. legitimate `/update` p99 while N connections flood wrong passwords, against its unloaded p99;
-3. slowloris: M sockets sending one header byte at a time; how long until the server closed
-   them, and whether a normal client was answered meanwhile.
+   p99) for both, and the ratio; then paced at 300/s, with update -> answered by a dns replica;
+2. the credential flood: legitimate `/update` p99 while N connections flood wrong passwords,
+   against its unloaded p99;
+3. the HTTP connection flood (slowloris): M sockets sending one header byte at a time; how long
+   until the server closed them, and whether a normal client was answered meanwhile;
+4. kill -9 of the registry during a burst of `/update`: acknowledged writes lost;
+5. the DNS probes of bench/dns_robustness.py (called, not copied): a fuzz run (1M packets by
+   default) with rcode counts and RSS before/after, the DNS-over-TCP idle connection flood, and
+   kill -9 of the dns service during a burst: acknowledged values not served;
+6. kill -9 of the issuer while its orders are in flight (placed, challenges being presented):
+   on restart the same replica identity takes its leases back at once; acknowledged
+   certificates lost (not issued), extra orders, and how long after the restart they issued
+   (against the 60 s lease a new identity would wait out).
 
 Every load is bounded in count and time. Prints each figure beside its target; never fails on a
-figure, exits non-zero only when something could not run.
+figure, exits non-zero only when something could not run. `--quick` runs every probe reduced
+(a few seconds each, 20,000 fuzz packets) to check the whole script works.
 
-    .venv/bin/python bench/robustness.py [--clients 50] [--seconds 15] [--slowloris 1000]
+    .venv/bin/python bench/robustness.py [--quick] [--only PROBE] [--clients 50] [--seconds 15]
+        [--slowloris 1000] [--packets 1000000] [--tcp-connections 1000] [--certificates 3]
 """
 
 from __future__ import annotations
@@ -22,7 +34,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,13 +51,22 @@ import aiohttp
 import dns.message
 import grpc
 
+from acmezone.issuer.v1 import account_service_pb2 as account_pb
+from acmezone.issuer.v1 import account_service_pb2_grpc as account_grpc
+from acmezone.issuer.v1 import certificate_service_pb2 as cert_pb
+from acmezone.issuer.v1 import certificate_service_pb2_grpc as cert_grpc
 from acmezone.registry.v1 import txt_record_service_pb2 as txt_pb
 from acmezone.registry.v1 import txt_record_service_pb2_grpc as txt_grpc
+from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import wait_for_serving
+
+sys.path.insert(0, str(Path(__file__).parent))
+import dns_robustness  # a sibling script, importable once its folder is on the path
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_BIN = str(Path(sys.executable).parent / "acmezone-registry")
 DNS_BIN = str(Path(sys.executable).parent / "acmezone-dns")
+ISSUER_BIN = str(Path(sys.executable).parent / "acmezone-issuer")
 UPDATE_RPS_TARGET = 300.0
 UPDATE_P99_TARGET = 0.100
 ACME_DNS_RATIO_AIM = 20.0
@@ -536,26 +559,269 @@ async def probe_kill(args: argparse.Namespace, workdir: Path) -> None:
     )
 
 
-async def main() -> None:
+async def probe_dns(args: argparse.Namespace, workdir: Path) -> None:
+    """bench/dns_robustness.py's fuzz, TCP flood and dns kill -9, in a thread (it runs its own
+    event loops)."""
+    print(
+        f"dns service: fuzz {args.packets:,} packets, {args.tcp_connections:,} idle TCP "
+        f"connections, kill -9 during {args.updates} updates (bench/dns_robustness.py)"
+    )
+    await asyncio.to_thread(dns_robustness.run, args)
+
+
+ISSUER_TOKEN = "robustness-issuer-token"  # noqa: S105 - a throwaway loopback token
+ISSUER_AUTH = (("authorization", f"Bearer {ISSUER_TOKEN}"),)
+CHALLENGE_ZONE = "acme.example.test"
+LEASE_SECONDS = 60.0
+
+
+def zone_text(cnames: dict[str, str]) -> str:
+    """The customer zone `example.test` with one `_acme-challenge` CNAME per name."""
+    lines = [
+        "$ORIGIN example.test.",
+        "$TTL 60",
+        "@ SOA ns1.acme.example.test. hostmaster.example.test. 1 3600 600 86400 1",
+        "@ NS ns1.acme.example.test.",
+    ]
+    for name, target in sorted(cnames.items()):
+        lines.append(f"_acme-challenge.{name.removesuffix('.example.test')} CNAME {target}.")
+    return "\n".join(lines) + "\n"
+
+
+def pebble_binary() -> str:
+    configured = os.environ.get("ACMEZONE_TEST_PEBBLE")
+    if configured:
+        return configured
+    shipped = ROOT.parent / "shared" / "bin" / "pebble"
+    return str(shipped) if shipped.exists() else "pebble"
+
+
+def popen(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=out)
+
+
+async def probe_issuer_kill(args: argparse.Namespace, workdir: Path) -> None:
+    """kill -9 of the issuer while `args.certificates` acknowledged certificates each have an
+    order in flight. The registry is paused (SIGSTOP) once the orders are placed, so every
+    attempt is provably between placing its order and answering its challenges when the issuer
+    dies; then the registry resumes and the issuer restarts with the same data dir."""
+    count = args.certificates
+    print(
+        f"kill -9 of the issuer with {count} orders in flight (Pebble, lease {LEASE_SECONDS:.0f} s)"
+    )
+    dns_port, http01_port = free_port(), free_port()
+    registry_grpc, issuer_grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    dns_grpc = f"127.0.0.1:{free_port()}"
+    zone_file = workdir / "example.test.zone"
+    zone_file.write_text(zone_text({}))
+    registry_env = {
+        "ACMEZONE_REGISTRY_GRPC_ADDRESS": registry_grpc,
+        "ACMEZONE_REGISTRY_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        "ACMEZONE_REGISTRY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "ACMEZONE_REGISTRY_DATA_DIR": str(workdir / "registry"),
+        "ACMEZONE_REGISTRY_ZONE": CHALLENGE_ZONE,
+        "ACMEZONE_REGISTRY_LOG_LEVEL": "WARNING",
+    }
+    dns_env = {
+        "ACMEZONE_DNS_GRPC_ADDRESS": dns_grpc,
+        "ACMEZONE_DNS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "ACMEZONE_DNS_DNS_ADDRESSES": f"127.0.0.1:{dns_port}",
+        "ACMEZONE_DNS_REGISTRY_TARGET": registry_grpc,
+        "ACMEZONE_DNS_ZONE": CHALLENGE_ZONE,
+        "ACMEZONE_DNS_ZONE_FILES": str(zone_file),
+        "ACMEZONE_DNS_TXT_TTL": "0",
+        "ACMEZONE_DNS_SOA_MINIMUM": "0",
+        "ACMEZONE_DNS_LOG_LEVEL": "WARNING",
+    }
+    pebble = LocalPebble(
+        workdir / "pebble",
+        dns_server=f"127.0.0.1:{dns_port}",
+        http01_port=http01_port,
+        binary=pebble_binary(),
+    )
+    issuer_env = {
+        "ACMEZONE_ISSUER_GRPC_ADDRESS": issuer_grpc,
+        "ACMEZONE_ISSUER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "ACMEZONE_ISSUER_HTTP01_ADDRESS": f"127.0.0.1:{http01_port}",
+        "ACMEZONE_ISSUER_DATA_DIR": str(workdir / "issuer"),
+        "ACMEZONE_ISSUER_OPERATOR_TOKEN": ISSUER_TOKEN,
+        "ACMEZONE_ISSUER_DEFAULT_DIRECTORY_URL": pebble.directory_url,
+        "ACMEZONE_ISSUER_ACME_CA_BUNDLE": str(pebble.ca_bundle),
+        "ACMEZONE_ISSUER_REGISTRY_ADDRESS": registry_grpc,
+        "ACMEZONE_ISSUER_DNS_RESOLVER": f"127.0.0.1:{dns_port}",
+        "ACMEZONE_ISSUER_RECONCILE_INTERVAL_SECONDS": "0.5",
+        "ACMEZONE_ISSUER_DELEGATION_RECHECK_SECONDS": "0.3",
+        "ACMEZONE_ISSUER_LEASE_SECONDS": str(LEASE_SECONDS),
+        "ACMEZONE_ISSUER_LOG_LEVEL": "WARNING",
+    }
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        pebble.start()
+        registry = popen([REGISTRY_BIN, "serve"], registry_env, workdir / "registry.log")
+        children.append(registry)
+        await wait_for_serving(registry_grpc, within=60)
+        children.append(popen([DNS_BIN], dns_env, workdir / "dns.log"))
+        await wait_for_serving(dns_grpc, within=60)
+        issuer = popen([ISSUER_BIN], issuer_env, workdir / "issuer.log")
+        children.append(issuer)
+        await wait_for_serving(issuer_grpc, within=60)
+        names = [f"kill{i}.example.test" for i in range(count)]
+        async with grpc.aio.insecure_channel(issuer_grpc) as channel:
+            accounts = account_grpc.AccountServiceStub(channel)
+            certificates = cert_grpc.CertificateServiceStub(channel)
+            account = await accounts.CreateAccount(
+                account_pb.CreateAccountRequest(
+                    account=account_pb.Account(terms_of_service_agreed=True)
+                ),
+                metadata=ISSUER_AUTH,
+            )
+            cnames = {}
+            for name in names:
+                delegation = await certificates.CheckDelegation(
+                    cert_pb.CheckDelegationRequest(domain=name), metadata=ISSUER_AUTH
+                )
+                cnames[name] = delegation.cname_target
+            # The domain owner adds the CNAMEs; the dns service reloads its zone on SIGHUP.
+            zone_file.write_text(zone_text(cnames))
+            children[1].send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            os.kill(registry.pid, signal.SIGSTOP)
+            acknowledged = []
+            for i, name in enumerate(names):
+                await certificates.CreateCertificate(
+                    cert_pb.CreateCertificateRequest(
+                        certificate_id=f"kill-{i}",
+                        certificate=cert_pb.Certificate(dns_names=[name], account=account.name),
+                    ),
+                    metadata=ISSUER_AUTH,
+                )
+                acknowledged.append(f"certificates/kill-{i}")
+            in_flight: set[str] = set()
+            deadline = time.monotonic() + 20
+            while len(in_flight) < count and time.monotonic() < deadline:
+                for cert_name in acknowledged:
+                    cert = await certificates.GetCertificate(
+                        cert_pb.GetCertificateRequest(name=cert_name), metadata=ISSUER_AUTH
+                    )
+                    if cert.order_url and cert.stage == cert_pb.STAGE_PRESENTING:
+                        in_flight.add(cert_name)
+                await asyncio.sleep(0.05)
+        issuer.kill()  # SIGKILL: no lease released, nothing flushed
+        issuer.wait()
+        os.kill(registry.pid, signal.SIGCONT)
+        restarted_at = time.monotonic()
+        children.append(popen([ISSUER_BIN], issuer_env, workdir / "issuer.log"))
+        await wait_for_serving(issuer_grpc, within=60)
+        issued_after: dict[str, float] = {}
+        failed = 0
+        async with grpc.aio.insecure_channel(issuer_grpc) as channel:
+            certificates = cert_grpc.CertificateServiceStub(channel)
+            bound = time.monotonic() + LEASE_SECONDS / 2  # well inside the dead one's lease
+            while len(issued_after) + failed < count and time.monotonic() < bound:
+                failed = 0
+                for cert_name in acknowledged:
+                    if cert_name in issued_after:
+                        continue
+                    cert = await certificates.GetCertificate(
+                        cert_pb.GetCertificateRequest(name=cert_name), metadata=ISSUER_AUTH
+                    )
+                    if cert.state == cert_pb.STATE_ISSUED:
+                        issued_after[cert_name] = time.monotonic() - restarted_at
+                    failed += cert.state == cert_pb.STATE_FAILED
+                await asyncio.sleep(0.1)
+        with sqlite3.connect(workdir / "issuer" / "issuer.db") as db:
+            orders = db.execute("SELECT count(*) FROM orders").fetchone()[0]
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGCONT)
+                child.terminate()
+                try:
+                    child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        pebble.stop()
+    lost = count - len(issued_after)
+    slowest = max(issued_after.values()) if issued_after else float("inf")
+    print(f"  {len(in_flight)}/{count} orders in flight (challenges being presented) at the kill")
+    print(
+        f"  acknowledged certificates lost (not issued within {LEASE_SECONDS / 2:.0f} s of the "
+        f"restart): {lost} of {count} (target 0); failed {failed}; orders placed {orders} "
+        f"for {count} certificates (target {count}: each resumed its own order)"
+    )
+    print(
+        f"  all issued {slowest:.1f} s after the restart, process start included (target: at "
+        f"once, well inside the {LEASE_SECONDS:.0f} s lease a new identity would wait out)"
+    )
+
+
+QUICK = {
+    "clients": 10,
+    "seconds": 3.0,
+    "slowloris": 200,
+    "packets": 20_000,
+    "tcp_connections": 200,
+    "updates": 60,
+    "certificates": 2,
+}
+PROBES = ("sustained", "flood", "slowloris", "kill", "dns", "issuer-kill")
+
+
+async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--slowloris", type=int, default=1000)
-    parser.add_argument("--only", choices=("sustained", "flood", "slowloris", "kill"), default=None)
+    parser.add_argument("--packets", type=int, default=1_000_000, help="DNS fuzz packets")
+    parser.add_argument("--tcp-connections", type=int, default=1000, help="idle DNS TCP")
+    parser.add_argument("--updates", type=int, default=300, help="updates around dns kill -9")
+    parser.add_argument("--certificates", type=int, default=3, help="orders in flight at kill")
+    parser.add_argument("--quick", action="store_true", help="every probe, reduced")
+    parser.add_argument("--only", choices=PROBES, action="append", default=None)
     args = parser.parse_args()
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    limits = (
+        1 <= args.clients <= 500,
+        0 < args.seconds <= 120,
+        1 <= args.slowloris <= 5000,
+        1 <= args.packets <= 5_000_000,
+        1 <= args.tcp_connections <= 5000,
+        1 <= args.updates <= 10_000,
+        1 <= args.certificates <= 20,
+    )
+    if not all(limits):
+        print(
+            "bounded: --clients <= 500, --seconds <= 120, --slowloris and --tcp-connections "
+            "<= 5000, --packets <= 5,000,000, --updates <= 10,000, --certificates <= 20",
+            file=sys.stderr,
+        )
+        return 1
+    chosen = args.only or list(PROBES)
+    probes = {
+        "sustained": probe_sustained,
+        "flood": probe_flood,
+        "slowloris": probe_slowloris,
+        "kill": probe_kill,
+        "dns": probe_dns,
+        "issuer-kill": probe_issuer_kill,
+    }
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="acmezone-robustness-") as tmp:
         workdir = Path(tmp)
-        for name in ("acmezone", "acme-dns", "flood", "slowloris", "kill"):
+        for name in ("acmezone", "acme-dns", "flood", "slowloris", "kill", "issuer-kill"):
             (workdir / name).mkdir()
-        if args.only in (None, "sustained"):
-            await probe_sustained(args, workdir)
-        if args.only in (None, "flood"):
-            await probe_flood(args, workdir)
-        if args.only in (None, "slowloris"):
-            await probe_slowloris(args, workdir)
-        if args.only in (None, "kill"):
-            await probe_kill(args, workdir)
+        for name in chosen:
+            probe_started = time.monotonic()
+            await probes[name](args, workdir / name if name == "issuer-kill" else workdir)
+            print(f"  [{name}: {time.monotonic() - probe_started:.0f} s]\n", flush=True)
+    print(f"all probes done in {time.monotonic() - started:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

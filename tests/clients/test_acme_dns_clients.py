@@ -1,5 +1,7 @@
 """The registry's acme-dns HTTP API driven exactly as the acme-dns clients operators run call it,
-and the result read back over DNS from a dns service fed by the registry.
+over HTTP and over HTTPS (a local CA the client trusts), and the result read back over DNS from a
+dns service fed by the registry. certbot with a real acme-dns hook over HTTPS is in
+tests/e2e/test_certbot.py.
 
 None of these clients can run here, so each test replays its requests (method, path, headers,
 body bytes), its status checks, its credential file and its response parsing, from the client's
@@ -27,6 +29,7 @@ import asyncio
 import http.client
 import json
 import re
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ import pytest
 
 from acmezone_common.addresses import HostPort
 from acmezone_common.testing import wait_for_serving
+from tests.common.local_ca import LocalCa
 from tests.dns.conftest import query_udp, running_dns
 from tests.registry.conftest import running_registry
 from tests.registry.values import acme_digest
@@ -45,16 +49,27 @@ class Api:
     http: HostPort
     dns: HostPort
     grpc: str = ""
+    ca_file: Path | None = None  # set when the API serves HTTPS: the CA clients trust
 
     @property
     def base_url(self) -> str:
+        if self.ca_file is not None:
+            return f"https://localhost:{self.http.port}"
         return f"http://{self.http}"
+
+    def connection(self) -> http.client.HTTPConnection:
+        """A connection as the client opens one: HTTPS verified against `ca_file` for the
+        name `localhost` (what the API's certificate names), or plain HTTP."""
+        if self.ca_file is None:
+            return http.client.HTTPConnection(self.http.host, self.http.port, timeout=10)
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return http.client.HTTPSConnection("localhost", self.http.port, context=context, timeout=10)
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """One POST with exactly these headers (http.client adds Host and Content-Length)."""
 
         def send() -> tuple[int, bytes]:
-            connection = http.client.HTTPConnection(self.http.host, self.http.port, timeout=10)
+            connection = self.connection()
             try:
                 connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
@@ -69,10 +84,19 @@ class Api:
         return [b"".join(rdata.strings).decode() for rrset in reply.answer for rdata in rrset]
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
+@pytest.fixture(params=["http", "https"])
+async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """The API over plain HTTP, and over HTTPS with a certificate from a local CA that the
+    client trusts (acme-dns serves either; each client's flow runs against both)."""
+    https: dict[str, Path] = {}
+    ca_file = None
+    if request.param == "https":
+        ca = LocalCa(tmp_path / "api-ca")
+        issued = ca.issue("api")
+        https = {"http_tls_cert_file": issued.cert_file, "http_tls_key_file": issued.key_file}
+        ca_file = ca.cert_file
     async with (
-        running_registry(tmp_path) as registry,
+        running_registry(tmp_path, **https) as registry,
         running_dns(
             tmp_path,
             registry_target=str(registry.grpc_address),
@@ -81,7 +105,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         ) as dns_app,
     ):
         await wait_for_serving(str(dns_app.grpc_address))
-        yield Api(registry.http_address, dns_app.dns_addresses[0], str(registry.grpc_address))
+        yield Api(
+            registry.http_address, dns_app.dns_addresses[0], str(registry.grpc_address), ca_file
+        )
 
 
 async def eventually_txt(api: Api, name: str, value: str) -> None:

@@ -362,11 +362,13 @@ def test_the_services_accept_the_settings_the_manifests_give_them(
         assert isinstance(settings, RegistrySettings)
         assert settings.migrate_on_start is False  # the init container migrated
         assert settings.operator_token is not None
+        assert settings.feed_token is not None
     if service == "acmezone-dns":
         assert isinstance(settings, DnsSettings)
         assert [str(a) for a in settings.dns_addresses] == ["0.0.0.0:5353"]
         assert settings.ns_names[0] == f"ns.{settings.zone}"
         assert load_static_zones(settings)  # static records (CAA, ...) parse
+        assert settings.registry_token is not None  # the registry guards its feed
 
 
 def test_every_referenced_config_map_and_secret_exists_in_dev() -> None:
@@ -391,6 +393,55 @@ def test_production_secrets_are_not_in_the_repository() -> None:
                 if ref:
                     assert ref["name"] in readme, ref
                     assert ref["key"] in readme, ref
+
+
+def secret_refs(overlay: str, deployment: str) -> dict[str, tuple[str, str]]:
+    """Each Secret-backed variable of a Deployment's containers: (Secret name without dev's
+    hash suffix, key)."""
+    refs = {}
+    for container in containers(one(overlay, "Deployment", deployment)):
+        for item in container.get("env", []):
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                name = ref["name"]
+                for base_name in ("acmezone-registry", "acmezone-feed", "acmezone-issuer"):
+                    if name.startswith(f"{base_name}-"):
+                        name = base_name
+                refs[item["name"]] = (name, ref["key"])
+    return refs
+
+
+def test_the_feed_token_is_a_secret_of_its_own_for_registry_and_dns(overlay: str) -> None:
+    """dns replicas present the feed token, which the registry accepts on the feed and UPDATE
+    forwarding only: a dns pod never holds the operator token that manages registrations, and
+    the issuer (which presents the operator token) does not hold the feed token."""
+    registry = secret_refs(overlay, "acmezone-registry")
+    dns = secret_refs(overlay, "acmezone-dns")
+    issuer = secret_refs(overlay, "acmezone-issuer")
+    assert registry["ACMEZONE_REGISTRY_FEED_TOKEN"] == ("acmezone-feed", "token")
+    assert dns["ACMEZONE_DNS_REGISTRY_TOKEN"] == ("acmezone-feed", "token")
+    assert set(dns.values()) == {("acmezone-feed", "token")}
+    assert ("acmezone-feed", "token") not in issuer.values()
+    assert registry["ACMEZONE_REGISTRY_OPERATOR_TOKEN"] != ("acmezone-feed", "token")
+    if overlay == "dev":  # the generated values: the same on both ends, not the operator's
+        registry_env = container_env(overlay, registry_container(overlay))
+        dns_env = container_env(
+            overlay, next(containers(one(overlay, "Deployment", "acmezone-dns")))
+        )
+        assert (
+            registry_env["ACMEZONE_REGISTRY_FEED_TOKEN"] == dns_env["ACMEZONE_DNS_REGISTRY_TOKEN"]
+        )
+        assert (
+            registry_env["ACMEZONE_REGISTRY_FEED_TOKEN"]
+            != registry_env["ACMEZONE_REGISTRY_OPERATOR_TOKEN"]
+        )
+
+
+def registry_container(overlay: str) -> dict[str, Any]:
+    container: dict[str, Any] = one(overlay, "Deployment", "acmezone-registry")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    return container
 
 
 def test_registry_and_zone_settings_agree(overlay: str) -> None:

@@ -232,10 +232,12 @@ async def running_system(
     ports: Ports,
     metrics: CollectorRegistry,
     dns_extra: dict[str, Any] | None = None,
+    *,
+    registry_extra: dict[str, Any] | None = None,
     **issuer_extra: Any,
 ) -> AsyncIterator[System]:
-    """Registry, dns (with the dev zone, and `dns_extra` settings) and issuer in this
-    process; always stopped."""
+    """Registry (with `registry_extra` settings), dns (with the dev zone, and `dns_extra`
+    settings) and issuer in this process; always stopped."""
     registry = RegistryApp(
         RegistrySettings(
             grpc_address="127.0.0.1:0",
@@ -243,6 +245,7 @@ async def running_system(
             metrics_address="127.0.0.1:0",
             database_url=f"sqlite:///{workdir}/registry.db",
             zone=CHALLENGE_ZONE,
+            **(registry_extra or {}),
         ),
         CollectorRegistry(),
     )

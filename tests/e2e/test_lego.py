@@ -4,8 +4,7 @@ service, forwarded to the registry. lego follows the `_acme-challenge` CNAME of 
 `example.test` to the registration's name, finds the zone by asking our dns for SOA records, and
 solves the two authorizations (same TXT name) one after the other.
 
-Debian's lego is built without the acme-dns provider ("unrecognized DNS provider: acme-dns"), so
-its acme-dns requests and credentials file are replayed in tests/clients/test_acme_dns_clients.py.
+lego's acme-dns provider (goacmedns) is run for real too, against the registry's HTTPS API.
 
 `--dns.disable-cp`: lego 4.9's propagation check also asks every authoritative server of the zone
 by NS name on port 53, which a loopback test on a free port cannot offer. lego still waits until
@@ -15,10 +14,13 @@ by NS name on port 53, which a loopback test on a free port cannot offer. lego s
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import dns.rcode
 import grpc
@@ -35,6 +37,7 @@ from acmezone_dns.app import DnsApp
 from acmezone_dns.settings import DnsSettings
 from acmezone_registry.app import RegistryApp
 from acmezone_registry.settings import RegistrySettings
+from tests.common.local_ca import LocalCa
 from tests.dns.conftest import query_udp
 from tests.e2e.conftest import CHALLENGE_ZONE, REGISTRY_GRACE, Ports, zone_text
 from tests.issuer.conftest import CA
@@ -45,7 +48,7 @@ pytestmark = pytest.mark.slow
 class Stack:
     """Registry and dns (on the port Pebble resolves through) with the dev zone file."""
 
-    def __init__(self, workdir: Path, ports: Ports) -> None:
+    def __init__(self, workdir: Path, ports: Ports, **registry_settings: Any) -> None:
         self.workdir = workdir
         self.ports = ports
         self.cnames: dict[str, str] = {}
@@ -56,6 +59,7 @@ class Stack:
                 metrics_address="127.0.0.1:0",
                 database_url=f"sqlite:///{workdir}/registry.db",
                 zone=CHALLENGE_ZONE,
+                **registry_settings,
             ),
             CollectorRegistry(),
         )
@@ -93,9 +97,11 @@ class Stack:
         await self.start_dns()
 
 
-@pytest.fixture
-async def stack(tmp_path: Path, ports: Ports) -> AsyncIterator[Stack]:
-    opened = Stack(tmp_path, ports)
+@asynccontextmanager
+async def running_stack(
+    workdir: Path, ports: Ports, **registry_settings: Any
+) -> AsyncIterator[Stack]:
+    opened = Stack(workdir, ports, **registry_settings)
     await opened.registry.start()
     try:
         await opened.start_dns()
@@ -104,6 +110,12 @@ async def stack(tmp_path: Path, ports: Ports) -> AsyncIterator[Stack]:
         if opened.dns is not None:
             await opened.dns.stop(grace=0)
         await opened.registry.stop(grace=REGISTRY_GRACE)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, ports: Ports) -> AsyncIterator[Stack]:
+    async with running_stack(tmp_path, ports) as opened:
+        yield opened
 
 
 async def lego(ca: CA, workdir: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -190,3 +202,57 @@ async def test_lego_rfc2136_issues_wildcard_and_apex_following_the_cname(
     reply = await query_udp(stack.dns.dns_addresses[0], f"{registration.fulldomain}.")
     assert reply.rcode() == dns.rcode.NOERROR
     assert not reply.answer
+
+
+async def test_lego_acme_dns_over_https_registers_then_issues(
+    tmp_path: Path, ports: Ports, e2e_ca: CA
+) -> None:
+    """lego's acme-dns provider (goacmedns inside) against the registry's HTTPS API, trusting
+    a local CA through SSL_CERT_FILE (Go's roots; LEGO_CA_CERTIFICATES is for the ACME server
+    only). As lego documents it: the first run registers an account, stores it and stops,
+    asking for the CNAME; once the domain owner adds it, the next run updates the TXT over
+    HTTPS and Pebble validates through our dns."""
+    ca = LocalCa(tmp_path / "api-ca")
+    api = ca.issue("api")
+    domain = "lego-acmedns.example.test"
+    storage = tmp_path / "acme-dns-accounts.json"
+    async with running_stack(
+        tmp_path,
+        ports,
+        http_tls_cert_file=api.cert_file,
+        http_tls_key_file=api.key_file,
+        # The update is answered once the dns replica serves it: lego's check is disabled.
+        wait_for_replicas_seconds=5.0,
+    ) as stack:
+        base = f"https://localhost:{stack.registry.http_address.port}"
+        env = {"ACME_DNS_API_BASE": base, "ACME_DNS_STORAGE_PATH": str(storage)}
+        args = ("--dns", "acme-dns", "--dns.disable-cp", "--domains", f"*.{domain}")
+        args += ("--domains", domain, "run")
+
+        # Without the local CA, Go's system roots refuse the API's certificate.
+        code, output = await lego(e2e_ca, tmp_path, env, *args)
+        if "unrecognized DNS provider: acme-dns" in output:
+            pytest.skip(
+                "this lego is built without the acme-dns provider (Debian's 4.9: goacmedns is "
+                "not packaged); tests/clients/test_acme_dns_clients.py replays its requests"
+            )
+        assert code != 0
+        assert "x509" in output, output
+        assert "unknown authority" in output, output
+        assert not storage.exists()
+
+        trusted = {**env, "SSL_CERT_FILE": str(ca.cert_file)}
+        code, output = await lego(e2e_ca, tmp_path, trusted, *args)
+        assert code != 0  # the CNAME is not there yet: lego says which one to add
+        accounts = json.loads(storage.read_text())
+        account = accounts[domain]
+        assert account["server_url"] == base
+        assert f"_acme-challenge.{domain}" in output, output
+        assert account["fulldomain"] in output, output
+        assert await stack.registry.repository.get_registration(account["subdomain"])
+
+        await stack.set_cname(domain, account["fulldomain"])
+        code, output = await lego(e2e_ca, tmp_path, trusted, *args)
+        assert code == 0, output
+    assert issued_names(tmp_path, f"_.{domain}") == {domain, f"*.{domain}"}
+    assert json.loads(storage.read_text()) == accounts  # the stored account was reused

@@ -8,9 +8,9 @@ certificate when given one, and can add `authorization: Bearer <token>` to every
 credential, `guard`). Without any of this everything stays plaintext on loopback, as before.
 
 The credentials themselves come from `acmezone_common.tls`; this module holds what settings
-describe and how a channel is opened. Files are read once, when the server or channel is made:
-a rotated certificate takes a restart (gRPC's own reloading needs a certificate config fetcher
-the aio API lacks).
+describe and how a channel is opened. A server's files are read again when they change, so a
+renewed certificate (or client CA) reaches new connections without a restart; a channel's files
+are read when the channel is made.
 """
 
 from __future__ import annotations
@@ -44,13 +44,15 @@ class ServerTls:
     client_ca_file: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
-        """The server credentials these files make (`acmezone_common.tls`); a missing or
-        unreadable file is a `ValueError` naming it, before any port is bound."""
+        """The server credentials these files make (`acmezone_common.tls`), following the
+        files as they are renewed; a missing, unreadable or mismatched file is a `ValueError`
+        naming it, before any port is bound."""
         return tls.server_credentials(self.cert_file, self.key_file, self.client_ca_file)
 
 
 def server_credentials(server_tls: ServerTls | None) -> grpc.ServerCredentials | None:
-    """A gRPC port's TLS credentials (files read now), or None for plaintext."""
+    """A gRPC port's TLS credentials (files read now and again when they change), or None
+    for plaintext."""
     return server_tls.credentials() if server_tls else None
 
 
