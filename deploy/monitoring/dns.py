@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .grafana import Panel, Row, dashboard
-from .panels import JI, grpc_row, per_instance, quantiles, rate_by, stat, summed
+from .panels import AT_LEAST_ONE, JI, grpc_row, per_instance, quantiles, rate_by, stat, summed
 
 QUERIES = "acmezone_dns_queries_total"
 SERVFAIL = f'{JI}, rcode="SERVFAIL"'
@@ -33,7 +33,7 @@ def build() -> dict[str, Any]:
                     f"sum(acmezone_dns_feed_connected{{{JI}}})",
                     "connected",
                     width=6,
-                    thresholds=[(None, "red"), (1, "green")],
+                    thresholds=AT_LEAST_ONE,
                 ),
                 rate_by(
                     "Queries by rcode", QUERIES, JI, ("rcode",), unit="reqps", stack=True, width=8

@@ -7,6 +7,7 @@ from typing import Any
 
 from .grafana import Panel, Row, dashboard
 from .panels import (
+    AT_LEAST_ONE,
     EXPIRY_THRESHOLDS,
     J,
     certificates_by_state,
@@ -17,31 +18,27 @@ from .panels import (
 )
 
 
+def in_state(
+    title: str, state: str, legend: str, thresholds: list[tuple[float | None, str]] | None = None
+) -> Panel:
+    """How many certificates are in `state` (the issuer's gauge), as a stat."""
+    expr = f'max(acmezone_issuer_certificates{{{J}, state="{state}"}})'
+    return stat(title, expr, legend, width=4, thresholds=thresholds)
+
+
 def build() -> dict[str, Any]:
     """The overview, across every acmezone job."""
     rows = [
         Row(
             "Issuance",
             [
-                stat(
-                    "Certificates issued",
-                    f'max(acmezone_issuer_certificates{{{J}, state="issued"}})',
-                    "issued",
-                    width=4,
-                ),
-                stat(
-                    "Certificates failed",
-                    f'max(acmezone_issuer_certificates{{{J}, state="failed"}})',
-                    "failed",
-                    width=4,
-                    thresholds=[(None, "green"), (1, "red")],
-                ),
-                stat(
+                in_state("Certificates issued", "issued", "issued"),
+                in_state("Certificates failed", "failed", "failed", [(None, "green"), (1, "red")]),
+                in_state(
                     "Waiting for CNAME delegation",
-                    f'max(acmezone_issuer_certificates{{{J}, state="waiting_for_delegation"}})',
+                    "waiting_for_delegation",
                     "waiting",
-                    width=4,
-                    thresholds=[(None, "green"), (1, "yellow")],
+                    [(None, "green"), (1, "yellow")],
                 ),
                 stat(
                     "Soonest expiry",
@@ -68,7 +65,7 @@ def build() -> dict[str, Any]:
                     f"sum by (job) (up{{{J}}})",
                     "{{job}}",
                     width=4,
-                    thresholds=[(None, "red"), (1, "green")],
+                    thresholds=AT_LEAST_ONE,
                 ),
                 certificates_by_state(J),
                 issuance_rates("Issuance attempts and failures", J, width=16),

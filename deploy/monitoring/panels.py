@@ -100,6 +100,8 @@ def rate_by(
     )
 
 
+# A count that must not drop to zero (services up, pods fed, watchers): red at 0.
+AT_LEAST_ONE: list[tuple[float | None, str]] = [(None, "red"), (1, "green")]
 # Time left until a timestamp gauge: red under three days, orange under fourteen.
 EXPIRY_THRESHOLDS: list[tuple[float | None, str]] = [
     (None, "red"),

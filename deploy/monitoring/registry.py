@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .grafana import Panel, Row, dashboard
-from .panels import JI, grpc_row, per_instance, quantiles, rate_by, stat, summed
+from .panels import AT_LEAST_ONE, JI, grpc_row, per_instance, quantiles, rate_by, stat, summed
 
 
 def build() -> dict[str, Any]:
@@ -25,7 +25,7 @@ def build() -> dict[str, Any]:
                     f"sum(acmezone_registry_feed_watchers{{{JI}}})",
                     "watchers",
                     width=6,
-                    thresholds=[(None, "red"), (1, "green")],
+                    thresholds=AT_LEAST_ONE,
                     description="Every dns pod holds one watch; 0 means no dns pod is fed.",
                 ),
                 stat(
