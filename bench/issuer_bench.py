@@ -135,7 +135,7 @@ async def run(sequential: int, burst: int, workdir: Path) -> None:
             data_dir=workdir / "issuer",
             default_directory_url=pebble.directory_url,
             acme_ca_bundle=pebble.ca_bundle,
-            registry_address=str(registry.grpc_address),
+            registry_target=str(registry.grpc_address),
             dns_resolver=f"127.0.0.1:{dns_port}",
             registration_id_from_domain=True,
             reconcile_interval_seconds=0.2,

@@ -99,6 +99,8 @@ fullchain = "chain-full.pem"
         ),
         ("[[certificate]\n", "Expected"),
         ('issuer = "x"\n', "unknown top-level"),
+        ("certificate = [1]\n", "array of tables"),
+        ('[[certificate]]\nname = "a"\ndir = "/x"\nowner = 1.5\n', "owner: a name or a numeric id"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, body: str, message: str) -> None:

@@ -93,7 +93,8 @@ def test_page_tokens() -> None:
     key = ("2026-01-01T00:00:00+00:00", "a")
     assert decode_page_token(encode_page_token(key), (str, str)) == key
     wrong_shape = (encode_page_token(("a",)), encode_page_token((1, 2)), encode_page_token((True,)))
-    for bad in ("x", "bm9wZQ", encode_page_token((1,))[:-2] + "!!", *wrong_shape):
+    never_returned = encode_page_token((-1,))  # no sequence or offset is negative
+    for bad in ("x", "bm9wZQ", encode_page_token((1,))[:-2] + "!!", *wrong_shape, never_returned):
         with pytest.raises(InvalidArgumentError) as refused:
             seq_after(bad)
         assert refused.value.reason == INVALID_PAGE_TOKEN

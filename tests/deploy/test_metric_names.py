@@ -255,7 +255,7 @@ async def _run_services(workdir: Path) -> Run:
                 http01_address="127.0.0.1:0",
                 metrics_address="127.0.0.1:0",
                 data_dir=workdir / "issuer",
-                registry_address=str(registry.grpc_address),
+                registry_target=str(registry.grpc_address),
                 default_directory_url="https://127.0.0.1:9/dir",
             ),
             metrics_registry=CollectorRegistry(),

@@ -314,12 +314,18 @@ async def test_compacted_revision_means_relist(tmp_path: Path) -> None:
         running_dns(tmp_path, registry_target=str(registry.grpc_address)) as app,
     ):
         fqdn = await api.create("compact")
-        await api.add("compact", acme_digest(0))
+        served = await api.add("compact", acme_digest(0))
         await eventually(app, fqdn, {acme_digest(0)})
         await app.feed.stop()
         for i in range(1, 6):
-            await api.add("compact", acme_digest(i))
-        await asyncio.sleep(0.5)  # maintenance compacts all but the latest revision
+            latest = await api.add("compact", acme_digest(i))
+        # Maintenance compacts all but the latest revision: wait until the one after what the
+        # replica serves is gone, so resuming from it must be refused.
+        deadline = time.monotonic() + 10
+        while (await registry.repository.feed_status()).compacted_revision <= served:
+            assert time.monotonic() < deadline, "maintenance never compacted the feed"
+            await asyncio.sleep(0.02)
+        assert (await registry.repository.feed_status()).compacted_revision < latest
         await app.feed.start()
         await eventually(app, fqdn, {acme_digest(i) for i in range(6)})
         assert app.feed_metrics.snapshots_applied == 2  # told the revision is gone: re-listed

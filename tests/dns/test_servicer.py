@@ -9,6 +9,7 @@ import pytest
 
 from acmezone.dns.v1 import zone_service_pb2 as pb
 from acmezone.dns.v1 import zone_service_pb2_grpc as pb_grpc
+from acmezone_common.paging import decode_page_token, encode_page_token
 from acmezone_common.testing import error_info_reason
 from acmezone_dns.app import DnsApp
 
@@ -46,6 +47,26 @@ async def test_list_zones_pages(zones: pb_grpc.ZoneServiceStub) -> None:
     assert not second.next_page_token
     everything = await zones.ListZones(pb.ListZonesRequest())
     assert len(everything.zones) == 2
+    # A page larger than the limit is capped, as in every other service's List.
+    capped = await zones.ListZones(pb.ListZonesRequest(page_size=5000))
+    assert [z.name for z in capped.zones] == [z.name for z in everything.zones]
+
+
+async def test_list_zones_tokens_are_the_shared_format(zones: pb_grpc.ZoneServiceStub) -> None:
+    """The token is acmezone_common.paging's: the last apex returned, so a listing built from
+    one continues after it; other shapes, and the old `after:<apex>` form, are refused."""
+    first = await zones.ListZones(pb.ListZonesRequest(page_size=1))
+    assert decode_page_token(first.next_page_token, (str,)) == ("acme.example.test.",)
+    after_everything = await zones.ListZones(
+        pb.ListZonesRequest(page_token=encode_page_token(("example.test.",)))
+    )
+    assert list(after_everything.zones) == []
+    assert not after_everything.next_page_token
+    for token in (encode_page_token((3,)), "YWZ0ZXI6YWNtZS5leGFtcGxlLnRlc3Qu"):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await zones.ListZones(pb.ListZonesRequest(page_token=token))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info_reason(refused.value) == "INVALID_PAGE_TOKEN"
 
 
 async def test_lookup_shows_the_dns_answer(zones: pb_grpc.ZoneServiceStub) -> None:

@@ -64,6 +64,16 @@ async def test_add_list_and_remove_a_cname(
     )
     assert len(page.zone_records) == 2
     assert page.next_page_token
+    rest = await stub.ListZoneRecords(
+        pb.ListZoneRecordsRequest(
+            parent="zones/example.test", page_size=1000, page_token=page.next_page_token
+        )
+    )
+    # The two pages are the whole listing, neither overlapping nor leaving a record out.
+    assert [r.name for r in page.zone_records] + [r.name for r in rest.zone_records] == [
+        r.name for r in listed.zone_records
+    ]
+    assert not rest.next_page_token
     # Again: ALREADY_EXISTS.
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await stub.CreateZoneRecord(

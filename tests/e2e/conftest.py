@@ -212,7 +212,7 @@ def issuer_settings_for(
         "operator_token": OPERATOR_TOKEN,
         "default_directory_url": ca.directory_url,
         "acme_ca_bundle": ca.ca_bundle,
-        "registry_address": str(registry.grpc_address),
+        "registry_target": str(registry.grpc_address),
         "dns_resolver": f"127.0.0.1:{ports.dns}",
         "reconcile_interval_seconds": 0.5,
         "delegation_recheck_seconds": 0.3,

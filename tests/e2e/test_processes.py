@@ -102,7 +102,7 @@ async def test_issuer_killed_mid_order_resumes_the_same_order(
         "ACMEZONE_ISSUER_OPERATOR_TOKEN": OPERATOR_TOKEN,
         "ACMEZONE_ISSUER_DEFAULT_DIRECTORY_URL": e2e_ca.directory_url,
         "ACMEZONE_ISSUER_ACME_CA_BUNDLE": str(e2e_ca.ca_bundle),
-        "ACMEZONE_ISSUER_REGISTRY_ADDRESS": registry_grpc,
+        "ACMEZONE_ISSUER_REGISTRY_TARGET": registry_grpc,
         "ACMEZONE_ISSUER_DNS_RESOLVER": f"127.0.0.1:{ports.dns}",
         "ACMEZONE_ISSUER_RECONCILE_INTERVAL_SECONDS": "0.5",
         "ACMEZONE_ISSUER_DELEGATION_RECHECK_SECONDS": "0.3",

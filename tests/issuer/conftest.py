@@ -241,7 +241,7 @@ def issuer_settings(data_dir: Path, ca: CA, **overrides: Any) -> IssuerSettings:
         "operator_token": OPERATOR_TOKEN,
         "default_directory_url": ca.directory_url,
         "acme_ca_bundle": ca.ca_bundle,
-        "registry_address": "127.0.0.1:1",
+        "registry_target": "127.0.0.1:1",
         "reconcile_interval_seconds": 0.5,
         "delegation_recheck_seconds": 0.5,
         "retry_base_seconds": 1.0,

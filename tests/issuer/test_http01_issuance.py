@@ -18,7 +18,7 @@ from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import error_info_reason, free_port
 from acmezone_issuer.storage.tables import CertificateRow
 from tests.issuer.conftest import AUTH, CA, FakeDns, running_issuer, state_name
-from tests.issuer.test_repository import certificate as certificate_row_for_store
+from tests.issuer.test_repository import certificate as repository_certificate
 
 
 def _verify_chain(chain_pem: str, root_pem: str) -> list[x509.Certificate]:
@@ -192,7 +192,7 @@ def certificate_row(
     certificate_id: str, account_id: str, names: list[str], now: datetime
 ) -> CertificateRow:
     """A stored certificate for HTTP-01, due now."""
-    row = certificate_row_for_store(certificate_id, account_id)
+    row = repository_certificate(certificate_id, account_id)
     row.dns_names = names
     row.challenge_type = "http-01"
     row.next_attempt_time = now

@@ -4,8 +4,8 @@ The Pebble of ACMEZONE_TEST_PEBBLE lists `default` (90 days) and `shortlived` (6
 directory's `meta.profiles` and serves `renewalInfo`: a two-day window around two thirds of a
 certificate's life, with `Retry-After` six hours. Its management interface can replace that
 answer for one certificate (`/set-renewal-info/`), which is how the CA "moves the window" here.
-Six hours are not waited for: the test brings the planned ARI check forward in the store, as the
-passing of time would.
+Six hours are not waited for: the test brings the planned ARI check forward in the repository, as
+the passing of time would.
 """
 
 from __future__ import annotations

@@ -89,19 +89,25 @@ def _refusing(handler: Handler, reason: str, service: str) -> Handler:
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         raise error
 
+    async def fail() -> None:
+        raise error
+
     async def streaming(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        raise error
-        yield  # type: ignore[unreachable]  # makes this an async generator
+        async for response in _Refused(fail):  # an async generator, as grpc.aio wants
+            yield response
 
     async def bidi(
         requests: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        # The shared interceptor leaves bidi streams (reflection) alone: abort here.
-        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # type: ignore[unreachable]  # makes this an async generator
+        async def abort() -> None:
+            # The shared interceptor leaves bidi streams (reflection) alone: abort here.
+            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        async for response in _Refused(abort):
+            yield response
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,
@@ -114,3 +120,17 @@ def _refusing(handler: Handler, reason: str, service: str) -> Handler:
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
     return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+
+
+class _Refused:
+    """The responses of a refused stream: none, its first step fails with what `fail` raises."""
+
+    def __init__(self, fail: Callable[[], Awaitable[None]]) -> None:
+        self._fail = fail
+
+    def __aiter__(self) -> _Refused:
+        return self
+
+    async def __anext__(self) -> object:
+        await self._fail()
+        raise StopAsyncIteration

@@ -41,6 +41,12 @@ def page_size(
     return min(value or default, limit)
 
 
+def _not_a_token(field: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        INVALID_PAGE_TOKEN, f"{field} is not a token from a previous response", field=field
+    )
+
+
 def encode_page_token(key: PageKey) -> str:
     """The token that resumes a listing after the item with this sort key."""
     payload = json.dumps(list(key), separators=(",", ":")).encode()
@@ -63,20 +69,19 @@ def decode_page_token(
         or len(parts) != len(shape)
         or not all(type(p) is kind for p, kind in zip(parts, shape, strict=True))
     ):
-        raise InvalidArgumentError(
-            INVALID_PAGE_TOKEN, f"{field} is not a token from a previous response", field=field
-        )
+        raise _not_a_token(field)
     return tuple(parts)
 
 
 def seq_after(token: str, *, field: str = "page_token") -> int:
-    """For listings ordered by an integer sequence: the seq a token continues after, 0 for the
-    first page."""
+    """For listings ordered by an integer sequence (or an offset): the seq a token continues
+    after, 0 for the first page; a negative one was never returned, so it is INVALID_PAGE_TOKEN."""
     key = decode_page_token(token, (int,), field=field)
     if key is None:
         return 0
     seq = key[0]
-    assert isinstance(seq, int)
+    if not isinstance(seq, int) or seq < 0:
+        raise _not_a_token(field)
     return seq
 
 

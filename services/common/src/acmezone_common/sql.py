@@ -46,9 +46,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def async_url(database_url: str, default_sqlite: Path) -> str:
+def async_url(database_url: str | None, default_sqlite: Path) -> str:
     """The async SQLAlchemy URL for a database setting: SQLite at `default_sqlite` when the
-    setting is empty; `sqlite:` and `postgres(ql):` spellings get the async drivers."""
+    setting is unset (or empty); `sqlite:` and `postgres(ql):` spellings get the async drivers."""
     if not database_url:
         default_sqlite.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{default_sqlite}"

@@ -7,8 +7,6 @@ our advertised size), so what it shows is exactly what a resolver would get, fas
 
 from __future__ import annotations
 
-import base64
-import binascii
 import struct
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +20,7 @@ import dns.rdatatype
 import dns.rrset
 
 from acmezone_common.errors import InvalidArgumentError, NotFoundError
+from acmezone_common.paging import decode_page_token, fetch_limit, page_of, page_size
 from acmezone_dns.feed_client import FeedClient, FeedState
 from acmezone_dns.metrics import QueryStats
 from acmezone_dns.responder import Responder
@@ -31,7 +30,6 @@ from acmezone_dns.zone import ZoneInfo, ZoneSource, wire_key
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
-_TOKEN_PREFIX = "after"  # noqa: S105 (a page-token marker, not a secret)
 
 
 @dataclass(frozen=True)
@@ -100,36 +98,21 @@ class ZoneInspector:
             raise NotFoundError("ZONE_NOT_FOUND", f"no zone {apex!r} is served here")
         return self._status(key, info)
 
-    def list_zones(self, page_size: int, page_token: str) -> ZonePage:
-        """Zones ordered by apex text, a page at a time."""
-        if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            raise InvalidArgumentError(
-                "INVALID_PAGE_SIZE",
-                f"page_size must be 0 to {MAX_PAGE_SIZE}",
-                field="page_size",
-            )
-        size = page_size or DEFAULT_PAGE_SIZE
-        after = ""
-        if page_token:
-            try:
-                decoded = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True)
-                prefix, _, after = decoded.decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-                raise InvalidArgumentError(
-                    "INVALID_PAGE_TOKEN", "page_token is not one we issued", field="page_token"
-                ) from exc
-            if prefix != _TOKEN_PREFIX:
-                raise InvalidArgumentError(
-                    "INVALID_PAGE_TOKEN", "page_token is not one we issued", field="page_token"
-                )
+    def list_zones(self, size: int, page_token: str) -> ZonePage:
+        """Zones ordered by apex text, a page at a time; the token (acmezone_common.paging's
+        format) holds the last apex returned."""
+        limit = page_size(size, default=DEFAULT_PAGE_SIZE, limit=MAX_PAGE_SIZE)
+        key = decode_page_token(page_token, (str,))
+        after = "" if key is None else str(key[0])
         zones = self._store.snapshot.view.zones
         ordered = sorted(zones.items(), key=lambda item: item[1].name.to_text())
         remaining = [(k, z) for k, z in ordered if z.name.to_text() > after]
-        page = [self._status(k, z) for k, z in remaining[:size]]
-        token = ""
-        if len(remaining) > size:
-            token = base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}:{page[-1].apex}".encode()).decode()
-        return ZonePage(page, token)
+        page = page_of(
+            [self._status(k, z) for k, z in remaining[: fetch_limit(limit)]],
+            limit,
+            lambda status: (status.apex,),
+        )
+        return ZonePage(page.items, page.next_page_token)
 
     def lookup(self, domain_name: str, record_type: str) -> LookupResult:
         """The answer to `domain_name`/`record_type` right now, as a resolver would see it."""

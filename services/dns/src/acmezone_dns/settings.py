@@ -72,11 +72,11 @@ class DnsSettings(ServiceSettings, RegistryClientSettings):
         description="The registry's feed (or operator) token, presented on the feed, the "
         "served-revision reports and UPDATE forwarding.",
     )
-    replica_name: str = Field(
-        default="",
+    replica_name: str | None = Field(
+        default=None,
         max_length=253,
         description="The name this replica reports its served revision under (readiness: the "
-        "registry waits for every replica). Empty: the host name and the first DNS address.",
+        "registry waits for every replica). Unset: the host name and the first DNS address.",
     )
     zone: str = Field(
         default="acme.example.test", description="The challenge zone the registry allocates in."

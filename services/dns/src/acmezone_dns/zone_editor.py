@@ -18,8 +18,6 @@ detected (ZONE_FILE_CHANGED) rather than overwritten.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import os
@@ -41,6 +39,7 @@ from acmezone_common.errors import (
     NotFoundError,
     UnauthenticatedError,
 )
+from acmezone_common.paging import encode_page_token, page_size, seq_after
 from acmezone_dns.errors import ZoneConfigError
 from acmezone_dns.static_zones import StaticZone, parse_zone_text
 from acmezone_dns.zone_reload import ZoneReloader
@@ -145,24 +144,14 @@ class ZoneEditor:
         except ZoneConfigError:
             return text, None
 
-    async def list_records(self, apex: str, page_size: int, page_token: str) -> RecordPage:
+    async def list_records(self, apex: str, size: int, page_token: str) -> RecordPage:
         """The zone file's records, a page at a time."""
-        if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            raise InvalidArgumentError(
-                "INVALID_PAGE_SIZE", f"page_size must be 0 to {MAX_PAGE_SIZE}", field="page_size"
-            )
-        start = 0
-        if page_token:
-            try:
-                start = int(base64.urlsafe_b64decode(page_token.encode()).decode())
-            except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-                raise InvalidArgumentError(
-                    "INVALID_PAGE_TOKEN", "page_token is not one we issued", field="page_token"
-                ) from exc
+        limit = page_size(size, default=DEFAULT_PAGE_SIZE, limit=MAX_PAGE_SIZE)
+        start = seq_after(page_token)  # the token holds the offset the next page starts at
         _, _, zone = await self._find(apex)
         records = _records(zone)
-        end = start + (page_size or DEFAULT_PAGE_SIZE)
-        token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(records) else ""
+        end = start + limit
+        token = encode_page_token((end,)) if end < len(records) else ""
         return RecordPage(records[start:end], token)
 
     # -- changing ---------------------------------------------------------------------------

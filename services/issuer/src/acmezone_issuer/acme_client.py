@@ -26,6 +26,7 @@ from acme import challenges, client, messages
 from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.interfaces import JSONDeSerializable
 from josepy.json_util import field as jose_field
 from josepy.jwa import ES256, ES384, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
@@ -152,7 +153,7 @@ class _Network(client.ClientNetwork):
                 object.__setattr__(error, "acmezone_retry_after", retry_after)
             raise
 
-    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         endpoint = _endpoint.get() or "directory"
         if method == "HEAD":
             endpoint = "newNonce"
@@ -295,7 +296,10 @@ class AcmeClient:
                 self._directory = await _in_thread(fetch)
             return self._directory
 
-    async def _post(self, endpoint: str, url: str, body: Any) -> requests.Response:
+    async def _post(
+        self, endpoint: str, url: str, body: JSONDeSerializable | None
+    ) -> requests.Response:
+        """POST `body` signed, or POST-as-GET (RFC 8555 6.3) when it is None."""
         directory = await self.directory()
 
         def post() -> requests.Response:

@@ -78,7 +78,7 @@ class IssuerApp:
             ca_bundle=settings.acme_ca_bundle,
         )
         self._registry_channel = open_channel(
-            settings.registry_address, tls=settings.registry_client_tls()
+            settings.registry_target, tls=settings.registry_client_tls()
         )
         self.dns01 = Dns01Solver(
             self.repository,

@@ -49,7 +49,7 @@ from acmezone_issuer.solvers.dns01 import Dns01Solver
 from acmezone_issuer.solvers.http01 import Http01Solver
 from acmezone_issuer.states import CertificateState, RenewalSource, Stage
 from acmezone_issuer.storage.repository import CertificateUpdate, Repository
-from acmezone_issuer.storage.tables import CertificateRow, DelegationRow
+from acmezone_issuer.storage.tables import CertificateRow, DelegationRow, DelegationStatus
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _Published:
     tokens: set[str] = field(default_factory=set)
 
 
-def _earliest_end(checks: list[dict[str, object]]) -> datetime | None:
+def _earliest_end(checks: list[DelegationStatus]) -> datetime | None:
     ends = [
         datetime.fromisoformat(until)
         for c in checks
@@ -199,7 +199,7 @@ class CertificateAttempt:
             )
         )
         domains = sorted({base_domain(name) for name in self.row.dns_names})
-        checks = []
+        checks: list[DelegationStatus] = []
         issuer_domains: list[str] = []
         if self.row.challenge_type == ChallengeType.DNS_PERSIST01:
             issuer_domains = await client.caa_identities()

@@ -20,7 +20,7 @@ _FILE = "replica-id"
 _MAX_LEN = 255  # the lease_owner column
 
 
-def replica_identity(setting: str, data_dir: Path) -> str:
+def replica_identity(setting: str | None, data_dir: Path) -> str:
     """The configured name, else the one kept in `data_dir` (made on first start)."""
     if setting:
         return setting

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from acmezone_common.addresses import HostPort
@@ -16,8 +16,9 @@ DEFAULT_DIRECTORY_URL = "https://127.0.0.1:14000/dir"
 class IssuerSettings(ServiceSettings, RegistryClientSettings):
     """Everything the issuer can be told; defaults run the whole system on one machine."""
 
+    # validate_by_name: `IssuerSettings(registry_target=...)` works beside the env aliases.
     model_config = SettingsConfigDict(
-        env_prefix="ACMEZONE_ISSUER_", env_file=".env", extra="ignore"
+        env_prefix="ACMEZONE_ISSUER_", env_file=".env", extra="ignore", validate_by_name=True
     )
 
     grpc_address: Address = Field(default=HostPort("127.0.0.1", 50053), description="gRPC API.")
@@ -32,15 +33,15 @@ class IssuerSettings(ServiceSettings, RegistryClientSettings):
         default=Path("var/issuer"),
         description="Holds the SQLite database and the generated encryption key by default.",
     )
-    database_url: str = Field(
-        default="",
-        description="SQLAlchemy URL, e.g. `postgresql+psycopg://u:p@host/db`; empty means "
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. `postgresql+psycopg://u:p@host/db`; unset means "
         "SQLite at `<data_dir>/issuer.db`.",
     )
     encryption_key: SecretStr | None = Field(
         default=None,
         description="32 bytes, base64url, that encrypt private keys at rest (AES-256-GCM). "
-        "Empty means a key generated once into `<data_dir>/encryption.key` (mode 0600).",
+        "Unset means a key generated once into `<data_dir>/encryption.key` (mode 0600).",
     )
     operator_token: SecretStr | None = Field(
         default=None,
@@ -54,19 +55,25 @@ class IssuerSettings(ServiceSettings, RegistryClientSettings):
     acme_ca_bundle: Path | None = Field(
         default=None,
         description="PEM bundle to trust for the ACME server's HTTPS (Pebble's test CA); "
-        "empty means the system trust store.",
+        "unset means the system trust store.",
     )
-    registry_address: str = Field(
-        default="127.0.0.1:50051", description="The registry's gRPC address (DNS-01)."
+    registry_target: str = Field(
+        default="127.0.0.1:50051",
+        # The same name as the dns service's; REGISTRY_ADDRESS is its deprecated old name.
+        validation_alias=AliasChoices(
+            "ACMEZONE_ISSUER_REGISTRY_TARGET", "ACMEZONE_ISSUER_REGISTRY_ADDRESS"
+        ),
+        description="The registry's gRPC target (`host:port` or a grpc URI such as "
+        "`dns:///registry:50051`), where DNS-01 registrations and TXT values live.",
     )
     registry_token: SecretStr | None = Field(
         default=None, description="The registry's operator token, if it requires one."
     )
 
-    dns_resolver: str = Field(
-        default="",
+    dns_resolver: str | None = Field(
+        default=None,
         description="`host:port` of the DNS server used to check `_acme-challenge` CNAMEs and "
-        "TXT propagation; empty means the system resolver.",
+        "TXT propagation; unset means the system resolver.",
     )
     registration_id_from_domain: bool = Field(
         default=False,
@@ -102,8 +109,8 @@ class IssuerSettings(ServiceSettings, RegistryClientSettings):
         gt=0,
         description="How long a replica owns a certificate it works on; renewed while working.",
     )
-    replica_id: str = Field(
-        default="",
+    replica_id: str | None = Field(
+        default=None,
         description="Names this replica in leases, the same across restarts so it reclaims its "
-        "own at once (e.g. the pod name); empty: one kept in `<data_dir>/replica-id`.",
+        "own at once (e.g. the pod name); unset: one kept in `<data_dir>/replica-id`.",
     )

@@ -78,6 +78,9 @@ class RecordFeed:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._recent: dict[int, tuple[RecordChange, ...]] = {}
+        # Set while other replicas' commits reach this one promptly: on PostgreSQL once LISTEN
+        # is in place (cleared while it reconnects); on SQLite, polled, from start.
+        self.listening = asyncio.Event()
         repository.add_commit_listener(self._on_commit)
 
     async def start(self) -> None:
@@ -86,7 +89,9 @@ class RecordFeed:
         self._advance(status.revision)
         self._metrics.feed_compacted_revision.set(status.compacted_revision)
         self._tasks.append(asyncio.create_task(self._poll_loop(), name="feed-poll"))
-        if not self._repository.database.is_sqlite:
+        if self._repository.database.is_sqlite:
+            self.listening.set()
+        else:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="feed-listen"))
 
     async def stop(self) -> None:
@@ -195,12 +200,14 @@ class RecordFeed:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.listening.set()
                     self._wake()  # whatever was committed while we were not listening
                     async for notify in conn.notifies():
                         with contextlib.suppress(ValueError):
                             self._advance(int(notify.payload))
                         self._wake()
             except (psycopg.Error, OSError) as exc:
+                self.listening.clear()
                 logger.warning("feed LISTEN connection lost; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
 

@@ -20,9 +20,9 @@ combined = "haproxy.pem"            # only written when named
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from acmezone_clients.agent.errors import ConfigError
 from acmezone_clients.agent.files import FileNames, Ownership
@@ -64,7 +64,7 @@ def certificate_name(value: str) -> str:
     return resource_name("certificates", value)
 
 
-def _mode(value: Any, where: str) -> int:
+def _mode(value: object, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         mode = value
     elif isinstance(value, str):
@@ -79,13 +79,19 @@ def _mode(value: Any, where: str) -> int:
     return mode
 
 
-def _file_name(value: Any, where: str) -> str:
+def _file_name(value: object, where: str) -> str:
     if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
         raise ConfigError(f"{where}: a file name without '/' and not starting with '.'")
     return value
 
 
-def target_from_table(table: dict[str, Any], where: str) -> Target:
+def _owner(value: object, where: str) -> str | int | None:
+    if value is not None and not isinstance(value, str | int):
+        raise ConfigError(f"{where}: a name or a numeric id")
+    return value
+
+
+def target_from_table(table: Mapping[str, object], where: str) -> Target:
     """One `[[certificate]]` table; unknown keys are refused so typos do not pass silently."""
     unknown = set(table) - _TARGET_KEYS
     if unknown:
@@ -102,10 +108,6 @@ def target_from_table(table: dict[str, Any], where: str) -> Target:
     names = FileNames(**{k: _file_name(v, f"{where}.files.{k}") for k, v in files.items()})
     if len(set(names.all())) != len(names.all()):
         raise ConfigError(f"{where}.files: two files have the same name")
-    for key in ("owner", "group"):
-        value = table.get(key)
-        if value is not None and not isinstance(value, str | int):
-            raise ConfigError(f"{where}.{key}: a name or a numeric id")
     hook = table.get("reload_command")
     if hook is not None and not isinstance(hook, str):
         raise ConfigError(f"{where}.reload_command: a shell command string")
@@ -117,8 +119,8 @@ def target_from_table(table: dict[str, Any], where: str) -> Target:
         directory=Path(directory),
         names=names,
         ownership=Ownership(
-            owner=table.get("owner"),
-            group=table.get("group"),
+            owner=_owner(table.get("owner"), f"{where}.owner"),
+            group=_owner(table.get("group"), f"{where}.group"),
             key_mode=_mode(table.get("key_mode", "0600"), f"{where}.key_mode"),
             cert_mode=_mode(table.get("cert_mode", "0644"), f"{where}.cert_mode"),
         ),
@@ -141,6 +143,8 @@ def load_config(path: Path) -> list[Target]:
     tables = data.get("certificate")
     if not isinstance(tables, list) or not tables:
         raise ConfigError(f"{path}: no [[certificate]] tables")
+    if not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: `certificate` must be an array of tables ([[certificate]])")
     targets = [target_from_table(t, f"{path}: certificate[{i}]") for i, t in enumerate(tables)]
     seen: set[Path] = set()
     for target in targets:

@@ -13,9 +13,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import grpc
 from google.protobuf import json_format
@@ -115,11 +115,12 @@ class Cli:
     def tsig_keys(self) -> tsig_key_service_pb2_grpc.TsigKeyServiceAsyncStub:
         return tsig_key_service_pb2_grpc.TsigKeyServiceStub(self.channel(self.args.registry))
 
-    def emit(self, message: Message | list[Message] | dict[str, Any], text: str) -> None:
+    def emit(self, message: Message | list[Message] | Mapping[str, object], text: str) -> None:
         """Print `text` for people, or the message(s) as JSON."""
         if self.json:
+            data: object
             if isinstance(message, Message):
-                data: Any = json_format.MessageToDict(message)
+                data = json_format.MessageToDict(message)
             elif isinstance(message, list):
                 data = [json_format.MessageToDict(m) for m in message]
             else:
@@ -154,6 +155,12 @@ def _registration_name(value: str) -> str:
 # -- status ----------------------------------------------------------------------------------
 
 
+def _enum_word(name: str, prefix: str) -> str:
+    """`ZONE_SOURCE_FEED` -> `feed`; the unset value (`*_UNSPECIFIED`) -> ""."""
+    word = name.removeprefix(prefix).lower()
+    return "" if word == "unspecified" else word
+
+
 async def cmd_status(cli: Cli) -> int:
     rows = []
     healthy = True
@@ -171,12 +178,12 @@ async def cmd_status(cli: Cli) -> int:
             status = exc.code().name
         healthy = healthy and status == "SERVING"
         rows.append({"service": service, "address": target, "status": status})
-    zones: list[dict[str, Any]] = []
+    zones: list[zone_service_pb2.Zone] = []
     try:
         reply = await zone_service_pb2_grpc.ZoneServiceStub(cli.channel(cli.args.dns)).ListZones(
             zone_service_pb2.ListZonesRequest(), timeout=2
         )
-        zones = [json_format.MessageToDict(z) for z in reply.zones]
+        zones = list(reply.zones)
     except grpc.aio.AioRpcError:
         pass
     text = output.table(["SERVICE", "ADDRESS", "STATUS"], [list(r.values()) for r in rows])
@@ -185,15 +192,15 @@ async def cmd_status(cli: Cli) -> int:
             ["ZONE", "SOURCE", "RECORDS", "FEED"],
             [
                 [
-                    z.get("name", ""),
-                    z.get("source", "").removeprefix("ZONE_SOURCE_").lower(),
-                    z.get("recordCount", "0"),
-                    z.get("feedState", "").removeprefix("FEED_STATE_").lower(),
+                    z.name,
+                    _enum_word(zone_service_pb2.ZoneSource.Name(z.source), "ZONE_SOURCE_"),
+                    z.record_count,
+                    _enum_word(zone_service_pb2.FeedState.Name(z.feed_state), "FEED_STATE_"),
                 ]
                 for z in zones
             ],
         )
-    cli.emit({"services": rows, "zones": zones}, text)
+    cli.emit({"services": rows, "zones": [json_format.MessageToDict(z) for z in zones]}, text)
     return 0 if healthy else 1
 
 
@@ -662,7 +669,7 @@ async def cmd_tsig_key_delete(cli: Cli) -> int:
 async def cmd_agent(cli: Cli) -> int:
     """The delivery agent, talking to `--issuer` with `--token` (else ACMEZONE_AGENT_TOKEN)."""
     settings = AgentSettings()
-    update: dict[str, Any] = {"issuer": cli.args.issuer}
+    update: dict[str, object] = {"issuer": cli.args.issuer}
     if cli.args.token:
         update["token"] = SecretStr(cli.args.token)
     settings = settings.model_copy(update=update)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -16,7 +16,7 @@ from acmezone.registry.v1 import registration_service_pb2, tsig_key_service_pb2
 pb = certificate_service_pb2
 
 
-def table(headers: list[str], rows: list[list[Any]]) -> str:
+def table(headers: list[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain aligned table."""
     cells = [headers, *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
@@ -249,7 +249,7 @@ def cert_manager(
     acme_dns_url: str,
     secret_name: str,
     namespace: str,
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, object], str]:
     """cert-manager's acme-dns solver set-up for a new registration: the Secret (a JSON
     document of credentials keyed by domain, in cert-manager's documented `acmedns.json`
     format), the Issuer solver that reads it, and the CNAME each domain needs. Returns the
@@ -264,14 +264,14 @@ def cert_manager(
         }
         for domain in domains
     }
-    secret: dict[str, Any] = {
+    secret: dict[str, object] = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": secret_name, "namespace": namespace},
         "type": "Opaque",
         "stringData": {"acmedns.json": json.dumps(credentials, indent=2, sort_keys=True)},
     }
-    issuer: dict[str, Any] = {
+    issuer: dict[str, object] = {
         "apiVersion": "cert-manager.io/v1",
         "kind": "Issuer",
         "metadata": {"name": "acmezone", "namespace": namespace},

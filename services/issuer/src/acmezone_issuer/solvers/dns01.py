@@ -79,7 +79,7 @@ class CnameCheck:
 class Resolver:
     """Asks one DNS server (the configured resolver) or the system resolver."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str | None) -> None:
         self._server = HostPort.parse(server) if server else None
 
     async def query(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:

@@ -25,9 +25,9 @@ _SQLITE_BUSY_TIMEOUT_SECONDS = 30
 R = TypeVar("R")
 
 
-def async_url(database_url: str, data_dir: Path) -> str:
+def async_url(database_url: str | None, data_dir: Path) -> str:
     """The async SQLAlchemy URL for the issuer's setting: `issuer.db` under `data_dir` when
-    the setting is empty."""
+    the setting is unset."""
     return _async_url(database_url, data_dir / "issuer.db")
 
 

@@ -40,6 +40,7 @@ from acmezone_issuer.storage.tables import (
     Base,
     CertificateRow,
     DelegationRow,
+    DelegationStatus,
     DeliveryTargetRow,
     DeliveryTokenRow,
     Http01TokenRow,
@@ -74,7 +75,7 @@ class CertificateUpdate:
     state: str | _Unset = UNSET
     stage: str | _Unset = UNSET
     conditions: list[dict[str, str]] | _Unset = UNSET
-    delegations: list[dict[str, object]] | _Unset = UNSET
+    delegations: list[DelegationStatus] | _Unset = UNSET
     failed_attempts: int | _Unset = UNSET
     last_failure: dict[str, str] | _Unset | None = UNSET
     next_attempt_time: datetime | _Unset | None = UNSET

@@ -6,7 +6,7 @@ records.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +21,21 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from acmezone_common.sql import UtcDateTime
+
+
+class DelegationStatus(TypedDict):
+    """A delegation as last checked, kept in the certificate row (JSON): the CNAME, or for
+    dns-persist-01 the TXT record, that lets the issuer answer for one domain."""
+
+    domain: str
+    challenge_type: NotRequired[str]  # older rows may lack it: read as dns-01
+    cname_name: str
+    cname_target: str
+    ready: bool
+    detail: str
+    check_time: str  # ISO 8601, UTC
+    txt_value: NotRequired[str]
+    persist_until: NotRequired[str | None]  # ISO 8601; dns-persist-01 only
 
 
 class Base(DeclarativeBase):
@@ -61,7 +76,7 @@ class CertificateRow(Base):
     state: Mapped[str] = mapped_column(String(32))
     stage: Mapped[str] = mapped_column(String(32), default="")
     conditions: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
-    delegations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    delegations: Mapped[list[DelegationStatus]] = mapped_column(JSON, default=list)
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_failure: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     next_attempt_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
