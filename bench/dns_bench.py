@@ -341,7 +341,7 @@ def main() -> int:
     parser.add_argument(
         "--no-udp-native",
         action="store_true",
-        help="UDP_NATIVE=false: keep the UDP loop in Python (ctypes batches), for A/B runs",
+        help="UDP_NATIVE=false: answer every datagram in Python (the same C batches), for A/B runs",
     )
     parser.add_argument(
         "--throughput-only",

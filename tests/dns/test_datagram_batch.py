@@ -1,4 +1,4 @@
-"""Batched UDP I/O (recvmmsg/sendmmsg through ctypes, and the same in the C accelerator) with
+"""Batched UDP I/O (recvmmsg/sendmmsg in the C extension, every datagram handed to Python) with
 real loopback sockets: every reply reaches its own sender, in IPv4 and IPv6, whatever the batch
 and flush sizes; refused and oversized replies are counted, never sent to the wrong peer."""
 
@@ -12,33 +12,21 @@ from collections.abc import Iterator
 import pytest
 
 from acmezone_dns import datagram_batch
-from acmezone_dns.datagram_batch import DatagramBatch, NativeDatagramBatch
+from acmezone_dns.datagram_batch import NativeDatagramBatch
 
 pytestmark = pytest.mark.skipif(
-    not datagram_batch.available(), reason="recvmmsg/sendmmsg exist on Linux only"
+    not datagram_batch.native_available(), reason="the C extension was not built (Linux only)"
 )
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 
-Batch = type[DatagramBatch] | type[NativeDatagramBatch]
+Batch = type[NativeDatagramBatch]
 
 
-@pytest.fixture(
-    params=[
-        DatagramBatch,
-        pytest.param(
-            NativeDatagramBatch,
-            marks=pytest.mark.skipif(
-                not datagram_batch.native_available(), reason="the C accelerator was not built"
-            ),
-        ),
-    ],
-    ids=["ctypes", "native"],
-)
-def batch_class(request: pytest.FixtureRequest) -> Batch:
-    """Each implementation of the batch: every test below holds for both."""
-    cls: Batch = request.param
-    return cls
+@pytest.fixture
+def batch_class() -> Batch:
+    """The batch (one implementation since the ctypes copy went)."""
+    return NativeDatagramBatch
 
 
 @pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])

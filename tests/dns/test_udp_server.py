@@ -144,13 +144,14 @@ async def test_a_burst_bigger_than_a_batch_gets_every_answer_right(
 @pytest.mark.parametrize(
     ("batch_size", "native", "path"),
     [(1, True, "recvfrom"), (64, False, "batched")],
-    ids=["recvfrom", "ctypes-batch"],
+    ids=["recvfrom", "python-batch"],
 )
 async def test_the_python_udp_paths_answer_the_same(
     tmp_path: Path, metrics_registry: CollectorRegistry, batch_size: int, native: bool, path: str
 ) -> None:
-    """UDP_BATCH_SIZE=1 (and systems without recvmmsg) read with recvfrom; UDP_NATIVE=false
-    (and installs without the C accelerator) batch through ctypes: same answers."""
+    """UDP_BATCH_SIZE=1 (and installs without the C extension) read with recvfrom;
+    UDP_NATIVE=false batches the system calls but answers every datagram in Python: same
+    answers."""
     async with running_dns(
         tmp_path,
         metrics_registry,

@@ -2,11 +2,12 @@
 
 Not a `DatagramProtocol`: stock asyncio's datagram transport reads every packet into a fresh
 256 KiB buffer, which costs more than answering the query. A reader callback drains the socket
-itself. On Linux it reads up to `batch_size` datagrams with one recvmmsg and writes their answers
-with one sendmmsg (`datagram_batch`): per query, the system calls were most of the cost that was
-left. Where the C accelerator was built (`native`, the default) that batch loop runs in C and
-answers plain queries from the pre-packed table itself; Python sees only the datagrams that need
-more. Elsewhere, or with a batch size of 1, it calls `recvfrom(4096)` and `sendto` per datagram.
+itself. Where the C extension was built (Linux) it reads up to `batch_size` datagrams with one
+recvmmsg and writes their answers with one sendmmsg (`datagram_batch`): per query, the system
+calls were most of the cost that was left. With `native` (the default) the batch loop also answers plain
+queries from the pre-packed table itself; Python sees only the datagrams that need more.
+Without the extension, or with a batch size of 1, it calls `recvfrom(4096)` and `sendto` per
+datagram.
 The work per wake-up is bounded so the feed client and gRPC still get the loop under sustained
 load.
 """
@@ -22,7 +23,7 @@ from functools import partial
 
 from acmezone_common.addresses import HostPort
 from acmezone_dns import datagram_batch, sockets
-from acmezone_dns.datagram_batch import DatagramBatch, NativeDatagramBatch, Peer
+from acmezone_dns.datagram_batch import NativeDatagramBatch, Peer
 from acmezone_dns.metrics import LATENCY_SAMPLE_EVERY, QueryStats
 from acmezone_dns.responder import Responder
 from acmezone_dns.updates import UPDATE_FLAGS, UpdateForwarder
@@ -53,7 +54,7 @@ class UdpServer:
         self._address = address
         self._batch_size = batch_size
         self._native = native
-        self._batch: DatagramBatch | NativeDatagramBatch | None = None
+        self._batch: NativeDatagramBatch | None = None
         self._unbatched_peer: Peer = ("", 0)  # the sender of the datagram just read, unbatched
         self._index = 0  # the batch index of the datagram being answered
         self._current_host = self._host_of_current  # bound once: the responder's `peer`
@@ -74,10 +75,8 @@ class UdpServer:
         self._sock = sockets.bind(self._address, socket.SOCK_DGRAM)
         self._loop = asyncio.get_running_loop()
         family = self._sock.family
-        if self._batch_size > 1 and self._native and datagram_batch.native_available():
+        if self._batch_size > 1 and datagram_batch.native_available():
             self._batch = NativeDatagramBatch(family, self._batch_size, _READ_SIZE)
-        elif self._batch_size > 1 and datagram_batch.available():
-            self._batch = DatagramBatch(family, self._batch_size, _READ_SIZE)
         reader = self._on_readable_batched if self._batch is not None else self._on_readable
         self._loop.add_reader(self._sock.fileno(), reader)
         bound = self.address
@@ -99,11 +98,12 @@ class UdpServer:
 
     @property
     def path(self) -> str:
-        """Which UDP loop answers: "native" (the C batch loop), "batched" (recvmmsg/sendmmsg
-        through ctypes) or "recvfrom" (one datagram per system call)."""
-        if isinstance(self._batch, NativeDatagramBatch):
-            return "native"
-        return "batched" if self._batch is not None else "recvfrom"
+        """Which UDP loop answers: "native" (the C batch loop answers plain queries),
+        "batched" (the same recvmmsg/sendmmsg batches, every datagram answered in Python:
+        UDP_NATIVE=false) or "recvfrom" (one datagram per system call)."""
+        if self._batch is None:
+            return "recvfrom"
+        return "native" if self._native else "batched"
 
     def _on_readable_batched(self) -> None:
         sock = self._sock
@@ -113,7 +113,7 @@ class UdpServer:
         fd = sock.fileno()
         stats = self._stats
         exchange: Callable[[], tuple[int, int]]
-        if isinstance(batch, NativeDatagramBatch):
+        if self._native:
             # The C loop answers plain queries from the tables itself; they are read once per
             # wake-up (snapshots swap between callbacks, never during one).
             exchange = partial(
