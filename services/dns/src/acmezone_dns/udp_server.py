@@ -4,8 +4,9 @@ Not a `DatagramProtocol`: stock asyncio's datagram transport reads every packet 
 256 KiB buffer, which costs more than answering the query. A reader callback drains the socket
 itself. Where the C extension was built (Linux) it reads up to `batch_size` datagrams with one
 recvmmsg and writes their answers with one sendmmsg (`datagram_batch`): per query, the system
-calls were most of the cost that was left. With `native` (the default) the batch loop also answers plain
-queries from the pre-packed table itself; Python sees only the datagrams that need more.
+calls were most of the cost that was left. With `native` (the default) the batch loop also
+answers plain queries from the pre-packed table itself; Python sees only the datagrams that
+need more.
 Without the extension, or with a batch size of 1, it calls `recvfrom(4096)` and `sendto` per
 datagram.
 The work per wake-up is bounded so the feed client and gRPC still get the loop under sustained
