@@ -31,6 +31,7 @@ from acmezone_common.addresses import HostPort
 from acmezone_common.grpc_server import GrpcServer
 from acmezone_common.guard import REFLECTION_SERVICES, TokenGuard
 from acmezone_common.metrics import MetricsServer
+from acmezone_common.sealing import SecretSealer
 from acmezone_common.transport import server_credentials
 from acmezone_registry.access import ClientAddressResolver
 from acmezone_registry.dns_updates import DnsUpdates
@@ -44,7 +45,6 @@ from acmezone_registry.metrics import RegistryMetrics, ReplicaCollector
 from acmezone_registry.rate_limits import AbuseLimits
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
 from acmezone_registry.replicas import ReplicaTracker
-from acmezone_common.sealing import SecretSealer
 from acmezone_registry.servicer import RecordFeedServicer, RegistrationServicer, TxtRecordServicer
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate

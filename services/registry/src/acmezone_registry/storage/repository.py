@@ -30,6 +30,7 @@ from acmezone_common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from acmezone_common.sealing import SecretSealer
 from acmezone_registry import errors
 from acmezone_registry.model import (
     ALIAS_OWNER,
@@ -50,7 +51,6 @@ from acmezone_registry.model import (
     UpdateOperation,
     UpdateOutcome,
 )
-from acmezone_common.sealing import SecretSealer
 from acmezone_registry.storage.database import Database
 from acmezone_registry.storage.tables import (
     FeedStateRow,
