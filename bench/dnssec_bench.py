@@ -237,7 +237,7 @@ def main() -> int:
     with process(
         pinned(CLIENT_CORE, [str(BIN / "acmezone-registry")]), registry_env, workdir / "reg.log"
     ):
-        asyncio.run(wait_for_serving(registry_grpc, within=60))
+        asyncio.run(wait_for_serving(registry_grpc, within=120))
         records = asyncio.run(fill_registry(registry_grpc, args.names))
         existing = names_file(workdir / "existing", [f"{label}.{ZONE} TXT" for label in records])
         knot_conf = knot_config(workdir, ports["knot"], records)
