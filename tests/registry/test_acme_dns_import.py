@@ -144,9 +144,7 @@ async def target(database_url: str) -> AsyncIterator[tuple[Database, Stores]]:
         await database.dispose()
 
 
-async def _check_imported(
-    stores: Stores, accounts: list[Account], *, ordered: bool = True
-) -> None:
+async def _check_imported(stores: Stores, accounts: list[Account], *, ordered: bool = True) -> None:
     for account in accounts:
         stored = await stores.registrations.get_registration(account.subdomain)
         assert stored is not None, account.subdomain

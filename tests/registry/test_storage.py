@@ -319,7 +319,9 @@ async def test_values_expire_after_lifetime(database_url: str) -> None:
         expire_time = record.values[0].expire_time
         assert expire_time is not None
         assert await stack.stores.txt_values.expire_txt_values(datetime.now(UTC)) == 0
-        assert await stack.stores.txt_values.expire_txt_values(expire_time + timedelta(seconds=1)) == 1
+        assert (
+            await stack.stores.txt_values.expire_txt_values(expire_time + timedelta(seconds=1)) == 1
+        )
         assert (await stack.stores.txt_values.get_txt_record(sub)).values == ()
         last = (await stack.stores.log.changes_since(record.revision + 1, 5))[0]
         assert last.record_set.txt_values == ()
@@ -391,7 +393,9 @@ async def test_sixty_concurrent_writers_of_every_kind_all_land_quickly(
             )
         )
         writes.append(
-            stack.stores.tsig_keys.create_tsig_key(subdomain, "k", "hmac-sha256", "c2VjcmV0", max_keys=5)
+            stack.stores.tsig_keys.create_tsig_key(
+                subdomain, "k", "hmac-sha256", "c2VjcmV0", max_keys=5
+            )
         )
     with caplog.at_level(logging.WARNING):
         await asyncio.gather(*(timed(write) for write in writes))

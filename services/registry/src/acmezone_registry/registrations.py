@@ -24,7 +24,6 @@ from acmezone_registry.model import (
     RegistrationPage,
     TxtRecord,
 )
-from acmezone_registry.paging import decode_page_token, encode_page_token
 from acmezone_registry.rate_limits import AbuseLimits, rate_limited, source_network
 from acmezone_registry.storage.registrations import NewRegistration, RegistrationRepository
 from acmezone_registry.storage.txt_values import TxtValueRepository
@@ -140,12 +139,11 @@ class Registrations:
         """A page of registrations, oldest first."""
         self.authorizer.require_operator(caller)
         size = paging.page_size(page_size)
-        after = decode_page_token(page_token, method="ListRegistrations")
-        rows = await self._stored.list_registrations(after=after, limit=size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        token = encode_page_token(rows[-1].create_time, rows[-1].subdomain) if more and rows else ""
-        return RegistrationPage(tuple(rows), token)
+        rows = await self._stored.list_registrations(
+            after=paging.time_key_after(page_token), limit=paging.fetch_limit(size)
+        )
+        page = paging.page_of(rows, size, lambda r: paging.time_key(r.create_time, r.subdomain))
+        return RegistrationPage(tuple(page.items), page.next_page_token)
 
     async def update(
         self, caller: Caller, subdomain: str, changes: RegistrationChanges

@@ -17,7 +17,6 @@ from acmezone_registry import errors, validation
 from acmezone_registry.access import Caller
 from acmezone_registry.authorization import Authorizer
 from acmezone_registry.model import ALIAS_OWNER, TsigKeyInfo, TsigKeyWithSecret
-from acmezone_registry.paging import decode_page_token, encode_page_token
 from acmezone_registry.storage.tsig_keys import TsigKeyRepository
 
 logger = logging.getLogger(__name__)
@@ -99,14 +98,13 @@ class TsigKeys:
         """A page of a registration's keys, oldest first."""
         stored = await self._authorizer.self_or_operator(caller, subdomain)
         size = paging.page_size(page_size)
-        after = decode_page_token(page_token, method="ListTsigKeys")
         keys = await self._keys.list_tsig_keys(
-            stored.registration.subdomain, after=after, limit=size + 1
+            stored.registration.subdomain,
+            after=paging.time_key_after(page_token),
+            limit=paging.fetch_limit(size),
         )
-        more = len(keys) > size
-        keys = keys[:size]
-        token = encode_page_token(keys[-1].create_time, keys[-1].key_id) if more and keys else ""
-        return TsigKeyPage(tuple(keys), token)
+        page = paging.page_of(keys, size, lambda k: paging.time_key(k.create_time, k.key_id))
+        return TsigKeyPage(tuple(page.items), page.next_page_token)
 
     async def delete(self, caller: Caller, subdomain: str, key_id: str) -> None:
         """Delete a key; updates signed with it are refused from now on."""

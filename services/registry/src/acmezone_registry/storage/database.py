@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from acmezone_common.keyfiles import private_dir
+from acmezone_common.sql import async_url, sync_url
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class Database:
     """Opens the engines for one database URL and hands out sessions."""
 
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
+        """`url` in any spelling `acmezone_common.sql.async_url` accepts."""
+        parsed = make_url(async_url(url))
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
@@ -65,7 +67,7 @@ class Database:
             self._sync_reader: Engine | None = self._sqlite_sync_engine(begin="BEGIN")
         else:
             engine = create_async_engine(
-                parsed.set(drivername="postgresql+psycopg"),
+                parsed,
                 pool_pre_ping=True,
                 pool_size=10,
                 max_overflow=10,
@@ -82,9 +84,7 @@ class Database:
         return self.dialect == "sqlite"
 
     def _sqlite_engine(self, *, begin: str) -> AsyncEngine:
-        engine = create_async_engine(
-            self.url.set(drivername="sqlite+aiosqlite"), hide_parameters=True
-        )
+        engine = create_async_engine(self.url, hide_parameters=True)
 
         event.listen(engine.sync_engine, "connect", _sqlite_connection_setup)
 
@@ -121,9 +121,7 @@ class Database:
 
     def sync_url(self) -> URL:
         """The URL for synchronous tools (Alembic)."""
-        if self.is_sqlite:
-            return self.url.set(drivername="sqlite")
-        return self.url.set(drivername="postgresql+psycopg")
+        return make_url(sync_url(self.url.render_as_string(hide_password=False)))
 
     def libpq_conninfo(self) -> str:
         """A libpq connection string for the LISTEN connection (PostgreSQL only)."""
