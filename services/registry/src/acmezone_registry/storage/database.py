@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +66,11 @@ class Database:
             self._reader = self._sqlite_engine(begin="BEGIN")
             self._sync_writer: Engine | None = self._sqlite_sync_engine(begin="BEGIN IMMEDIATE")
             self._sync_reader: Engine | None = self._sqlite_sync_engine(begin="BEGIN")
+            # SQLite has one writer at a time anyway: its transactions get a thread of their
+            # own, so a write never queues behind reads for a worker thread.
+            self._write_thread: ThreadPoolExecutor | None = ThreadPoolExecutor(
+                1, thread_name_prefix="sqlite-writer"
+            )
         else:
             engine = create_async_engine(
                 parsed,
@@ -75,6 +81,7 @@ class Database:
             )
             self._writer = self._reader = engine
             self._sync_writer = self._sync_reader = None
+            self._write_thread = None
         self.writer = async_sessionmaker(self._writer, expire_on_commit=False)
         self.reader = async_sessionmaker(self._reader, expire_on_commit=False)
 
@@ -115,6 +122,9 @@ class Database:
                 with engine.begin() as connection:
                     return body(connection)
 
+            if write and self._write_thread is not None:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._write_thread, run)
             return await asyncio.to_thread(run)
         async with self._writer.begin() as connection:
             return await connection.run_sync(body)
@@ -146,6 +156,8 @@ class Database:
         cancelled mid-query) must not hang a shutdown: Kubernetes would SIGKILL us anyway.
         """
         engines = [self._writer] if self._reader is self._writer else [self._writer, self._reader]
+        if self._write_thread is not None:
+            self._write_thread.shutdown(wait=False)
         for sync_engine in (self._sync_writer, self._sync_reader):
             if sync_engine is not None:
                 await asyncio.to_thread(sync_engine.dispose)

@@ -6,13 +6,12 @@ queues a NOTIFY that is delivered at commit. So a change and its feed entry are 
 and revisions commit strictly in order. This process's commit listeners hear of a revision right
 after it commits.
 
-The hot write (`write_fast`, the `/update` path) is group-committed: writes that arrive while a
-transaction is running wait for it to end and then share the next one, so one BEGIN, feed lock,
-revision counter update, change insert and COMMIT (and one thread hop on SQLite) serve all of
-them. Each write still gets a revision of its own, in arrival order, and its caller hears back
-only after the transaction holding it committed: nothing acknowledged is lost to a crash. When
-any write of a group fails, the group is rolled back and every write of it runs again alone, so
-each caller gets its own outcome, exactly as without grouping.
+The hot write (`write_fast`, the `/update` path) is group-committed (`grouping`): writes that
+arrive while a transaction is running share the next one, so one BEGIN, feed lock, revision
+counter update, change insert and COMMIT (and one thread hop on SQLite) serve all of them. Each
+write still gets a revision of its own, in arrival order, and its caller hears back only after
+the transaction holding it committed: nothing acknowledged is lost to a crash. The hot read
+(the credential lookup of every authenticated request) is grouped the same way.
 
 Database failures (connection refused, timeouts) become `UnavailableError(STORAGE_UNAVAILABLE)`;
 integrity conflicts pass through, for the repositories to turn into domain errors.
@@ -26,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.engine import Connection
@@ -38,14 +37,13 @@ from acmezone_common.errors import UnavailableError
 from acmezone_registry import errors
 from acmezone_registry.model import ChangeType, FeedStatus, RecordChange, RecordSet
 from acmezone_registry.storage.database import Database
+from acmezone_registry.storage.grouping import Grouped
 from acmezone_registry.storage.tables import FeedStateRow, RecordChangeRow
 
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "acmezone_feed"
 FEED_STATE_ID = 1
-# A group commit holds at most this many writes, so one transaction stays short.
-MAX_GROUP = 256
 
 T = TypeVar("T")
 CommitListener = Callable[[int, tuple[RecordChange, ...]], None]
@@ -104,14 +102,6 @@ class SyncWrite(_Changes):
     conn: Connection
 
 
-@dataclass(frozen=True)
-class _Queued:
-    """A write waiting for the next group commit, and where its caller waits for the result."""
-
-    body: Callable[[SyncWrite], object]
-    done: asyncio.Future[object]
-
-
 class RevisionLog:
     """Transactions over one database, the feed's revision counter and its change history."""
 
@@ -120,8 +110,8 @@ class RevisionLog:
         self._zone = zone.rstrip(".").lower()
         self._commit_listeners: list[CommitListener] = []
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if database.is_sqlite else None
-        self._queued: list[_Queued] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._writes = Grouped[SyncWrite](self._commit_group, name="group-commit")
+        self._reads = Grouped[Connection](self._read_group, name="group-read")
 
     @property
     def database(self) -> Database:
@@ -185,42 +175,36 @@ class RevisionLog:
             raise unavailable(exc) from exc
 
     async def read_fast(self, body: Callable[[Connection], T]) -> T:
-        """`reading` for hot paths, as one synchronous function (see `Database.run_transaction`)."""
-        try:
-            return await self._db.run_transaction(body, write=False)
-        except IntegrityError:
-            raise
-        except (OperationalError, DBAPIError) as exc:
-            raise unavailable(exc) from exc
+        """`reading` for hot paths: `body` runs synchronously, inside one read transaction with
+        the other hot reads queued meanwhile (see `grouping`)."""
+        return await self._reads.run(body)
 
     async def write_fast(self, body: Callable[[SyncWrite], T]) -> T:
         """`writing` for hot paths: `body` runs synchronously inside the next group commit (see
         the module docstring) and its result comes back once that transaction committed. A body
         that raises must not rely on its own statements being undone by anything but the
         rollback of the whole group."""
-        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Queued(body, done))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_queued(), name="group-commit")
-        return cast(T, await done)
+        return await self._writes.run(body)
 
-    async def _commit_queued(self) -> None:
-        """Commit queued writes a group at a time until none are left."""
+    async def _read_group(self, bodies: Sequence[Callable[[Connection], object]]) -> list[object]:
+        def run(conn: Connection) -> list[object]:
+            return [body(conn) for body in bodies]
+
         try:
-            while self._queued:
-                group, self._queued = self._queued[:MAX_GROUP], self._queued[MAX_GROUP:]
-                await self._commit_group(group)
-        finally:
-            self._committer = None
+            return await self._db.run_transaction(run, write=False)
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            raise unavailable(exc) from exc
 
-    async def _commit_group(self, group: Sequence[_Queued]) -> None:
+    async def _commit_group(self, bodies: Sequence[Callable[[SyncWrite], object]]) -> list[object]:
         def run(conn: Connection) -> list[tuple[SyncWrite, object]]:
             head = int(conn.execute(_Hot.lock_feed).scalar_one())
             now = datetime.now(UTC)
             done: list[tuple[SyncWrite, object]] = []
-            for queued in group:
+            for body in bodies:
                 tx = SyncWrite(conn=conn, now=now, base_revision=head)
-                result = queued.body(tx)
+                result = body(tx)
                 if tx.changes:
                     tx.revision = head = tx.resulting_revision
                 done.append((tx, result))
@@ -231,28 +215,13 @@ class RevisionLog:
         try:
             async with self._write_turn():
                 done = await self._db.run_transaction(run, write=True)
-        except asyncio.CancelledError:
-            for queued in group:
-                queued.done.cancel()
+        except IntegrityError:
             raise
-        except Exception as exc:
-            if len(group) > 1:
-                for queued in group:
-                    await self._commit_group([queued])
-                return
-            failure = exc
-            if isinstance(exc, (OperationalError, DBAPIError)) and not isinstance(
-                exc, IntegrityError
-            ):
-                failure = unavailable(exc)
-            if not group[0].done.done():
-                group[0].done.set_exception(failure)
-            return
+        except (OperationalError, DBAPIError) as exc:
+            raise unavailable(exc) from exc
         for tx, _ in done:
             self._announce(tx)
-        for queued, (_, result) in zip(group, done, strict=True):
-            if not queued.done.done():
-                queued.done.set_result(result)
+        return [result for _, result in done]
 
     @asynccontextmanager
     async def _write_turn(self) -> AsyncIterator[None]:
