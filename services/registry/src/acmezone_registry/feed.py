@@ -10,6 +10,8 @@ watcher learns that there is something new to read:
 - and a poll of the feed head every `poll_interval` is the safety net (and the only cross-process
   signal on SQLite).
 
+A watcher reads the table only for revisions one of these made known; once caught up it waits.
+
 Changes this process committed are also kept in memory for a short while, so its watchers get
 them without a database round trip each (the commonest case: one replica takes an update, its
 dns watchers forward it at once). The memory is only used when it holds every revision from the
@@ -267,9 +269,11 @@ class RecordFeed:
             if self._closing:
                 raise UnavailableError(errors.SHUTTING_DOWN, "this registry replica is stopping")
             changed = self._changed  # taken before reading, so no commit slips between
-            changes = self._recent_from(next_revision) or await self._log.changes_since(
-                next_revision, MAX_REVISIONS_PER_BATCH
-            )
+            changes = self._recent_from(next_revision)
+            if not changes and next_revision <= self._known_revision:
+                # Only ask the table for revisions some wake-up said exist: a watcher that is
+                # caught up would otherwise cost a query per commit, for nothing.
+                changes = await self._log.changes_since(next_revision, MAX_REVISIONS_PER_BATCH)
             if changes:
                 yield ChangeBatch(tuple(changes))
                 next_revision = changes[-1].revision + 1
