@@ -16,7 +16,6 @@ from sqlalchemy import bindparam, delete, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from acmezone_common.errors import AlreadyExistsError
 from acmezone_common.sql import rowcount
 from acmezone_registry import errors
 from acmezone_registry.model import (
@@ -105,14 +104,6 @@ class _Hot:
     )
 
 
-def _subdomain_taken(subdomain: str) -> AlreadyExistsError:
-    return AlreadyExistsError(
-        errors.SUBDOMAIN_TAKEN,
-        f"subdomain {subdomain!r} is already registered",
-        metadata={"subdomain": subdomain},
-    )
-
-
 class RegistrationRepository:
     """Reads and writes of registrations."""
 
@@ -127,7 +118,7 @@ class RegistrationRepository:
         try:
             async with self._log.writing() as tx:
                 if await tx.session.get(RegistrationRow, subdomain) is not None:
-                    raise _subdomain_taken(subdomain)
+                    raise errors.subdomain_taken(subdomain)
                 row = RegistrationRow(
                     subdomain=subdomain,
                     username=new.username,
@@ -145,7 +136,7 @@ class RegistrationRepository:
                 return to_registration(row, self._zone)
         except IntegrityError as exc:
             # Another replica took the label between our check and our insert.
-            raise _subdomain_taken(subdomain) from exc
+            raise errors.subdomain_taken(subdomain) from exc
 
     async def get_registration(self, subdomain: str) -> StoredRegistration | None:
         """A registration by subdomain, or None."""

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
-from acmezone_common.errors import AlreadyExistsError, ResourceExhaustedError
+from acmezone_common.errors import ResourceExhaustedError
 from acmezone_common.sealing import SecretSealer
 from acmezone_registry import errors
 from acmezone_registry.model import TsigKeyInfo, TsigKeyWithSecret
@@ -25,14 +25,6 @@ logger = logging.getLogger(__name__)
 
 def _info(row: TsigKeyRow) -> TsigKeyInfo:
     return TsigKeyInfo(row.subdomain, row.key_id, row.key_name, row.algorithm, row.create_time)
-
-
-def _key_exists(key_id: str) -> AlreadyExistsError:
-    return AlreadyExistsError(
-        errors.TSIG_KEY_EXISTS,
-        f"TSIG key {key_id!r} already exists for this registration",
-        metadata={"tsig_key_id": key_id},
-    )
 
 
 class TsigKeyRepository:
@@ -63,7 +55,7 @@ class TsigKeyRepository:
                         f"a registration has at most {max_keys} TSIG keys; delete one first",
                     )
                 if await session.get(TsigKeyRow, (subdomain, key_id)) is not None:
-                    raise _key_exists(key_id)
+                    raise errors.tsig_key_exists(key_id)
                 row = TsigKeyRow(
                     subdomain=subdomain,
                     key_id=key_id,
@@ -76,7 +68,7 @@ class TsigKeyRepository:
                 await session.flush()
                 return _info(row)
         except IntegrityError as exc:
-            raise _key_exists(key_id) from exc
+            raise errors.tsig_key_exists(key_id) from exc
 
     async def get_tsig_key(self, subdomain: str, key_id: str) -> TsigKeyInfo:
         """One key of a registration, without its secret."""
