@@ -101,6 +101,21 @@ def test_page_tokens() -> None:
         assert refused.value.field_violations[0].field == "page_token"
 
 
+def test_time_keys_resume_after_an_aware_time_and_id() -> None:
+    from datetime import UTC, datetime
+
+    from acmezone_common.errors import INVALID_PAGE_TOKEN, InvalidArgumentError
+    from acmezone_common.paging import encode_page_token, time_key, time_key_after
+
+    moment = datetime(2026, 1, 1, 12, 30, 5, 123456, tzinfo=UTC)
+    assert time_key_after(encode_page_token(time_key(moment, "abc"))) == (moment, "abc")
+    assert time_key_after("") is None
+    for bad in (("yesterday", "a"), ("2026-01-01T00:00:00", "a"), (1, "a")):
+        with pytest.raises(InvalidArgumentError) as refused:
+            time_key_after(encode_page_token(bad))
+        assert refused.value.reason == INVALID_PAGE_TOKEN
+
+
 def test_page_of_fetches_one_more_than_it_returns() -> None:
     from acmezone_common.paging import fetch_limit, page_of, seq_after
 

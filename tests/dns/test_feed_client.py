@@ -322,10 +322,10 @@ async def test_compacted_revision_means_relist(tmp_path: Path) -> None:
         # Maintenance compacts all but the latest revision: wait until the one after what the
         # replica serves is gone, so resuming from it must be refused.
         deadline = time.monotonic() + 10
-        while (await registry.repository.feed_status()).compacted_revision <= served:
+        while (await registry.stores.log.feed_status()).compacted_revision <= served:
             assert time.monotonic() < deadline, "maintenance never compacted the feed"
             await asyncio.sleep(0.02)
-        assert (await registry.repository.feed_status()).compacted_revision < latest
+        assert (await registry.stores.log.feed_status()).compacted_revision < latest
         await app.feed.start()
         await eventually(app, fqdn, {acme_digest(i) for i in range(6)})
         assert app.feed_metrics.snapshots_applied == 2  # told the revision is gone: re-listed

@@ -226,7 +226,9 @@ async def test_certbot_acme_dns_hook_over_https(tmp_path: Path, ports: Ports, e2
         assert code != 0  # no CNAME yet
         account = json.loads(storage.read_text())[domain]
         assert f"_acme-challenge.{domain} CNAME {account['fulldomain']}." in output, output
-        assert await registry.repository.get_registration(account["subdomain"]) is not None
+        assert (
+            await registry.stores.registrations.get_registration(account["subdomain"]) is not None
+        )
 
         zone_file = tmp_path / "example.test.zone"
         zone_file.write_text(zone_text({domain: account["fulldomain"]}))

@@ -52,13 +52,13 @@ async def test_wildcard_through_a_delegated_persistent_record_and_a_renewal_with
         await system.add_cname(delegation.cname_name, delegation.cname_target)
         issued = await client.wait_for(cert.name, lambda c: c.state == pb.STATE_ISSUED, 90)
         subdomain = delegation.cname_target.split(".")[0]
-        record = await system.registry.repository.get_txt_record(subdomain)
+        record = await system.registry.stores.txt_values.get_txt_record(subdomain)
         assert [(v.value, v.persistent, v.expire_time) for v in record.values] == [
             (delegation.txt_value, True, None)
         ]
 
         # A renewal: the record is found in place, so the registry sees no change at all.
-        before = (await system.registry.repository.feed_status()).revision
+        before = (await system.registry.stores.log.feed_status()).revision
         await client.certificates.RenewCertificate(
             pb.RenewCertificateRequest(name=cert.name), metadata=AUTH
         )
@@ -68,7 +68,7 @@ async def test_wildcard_through_a_delegated_persistent_record_and_a_renewal_with
             90,
         )
         assert len(await system.issuer.repository.orders_of("persist")) == 2
-        assert (await system.registry.repository.feed_status()).revision == before
+        assert (await system.registry.stores.log.feed_status()).revision == before
         assert renewed.delegations[0].ready
 
 
@@ -102,7 +102,7 @@ async def test_a_record_the_operator_publishes_is_used_as_is_and_its_end_shown(
         )
         # Nothing was written at the registration the issuer holds for the CNAME option.
         subdomain = delegation.cname_target.split(".")[0]
-        assert (await system.registry.repository.get_txt_record(subdomain)).values == ()
+        assert (await system.registry.stores.txt_values.get_txt_record(subdomain)).values == ()
 
 
 async def test_a_record_for_another_account_is_not_taken(

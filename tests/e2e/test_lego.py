@@ -249,7 +249,7 @@ async def test_lego_acme_dns_over_https_registers_then_issues(
         assert account["server_url"] == base
         assert f"_acme-challenge.{domain}" in output, output
         assert account["fulldomain"] in output, output
-        assert await stack.registry.repository.get_registration(account["subdomain"])
+        assert await stack.registry.stores.registrations.get_registration(account["subdomain"])
 
         await stack.set_cname(domain, account["fulldomain"])
         code, output = await lego(e2e_ca, tmp_path, trusted, *args)

@@ -155,7 +155,7 @@ async def test_no_secret_is_logged_at_debug(
                 metadata=auth,
             )
             secrets["TSIG secret"] = key.secret
-        stored = await system.registry.repository.get_registration("secret-check")
+        stored = await system.registry.stores.registrations.get_registration("secret-check")
         assert stored is not None
         secrets["password hash"] = stored.password_hash.split("$")[-1]
 

@@ -1,4 +1,4 @@
-"""Registry fixtures: a migrated repository and the domain objects over it."""
+"""Registry fixtures: a migrated database, its repositories and the domain objects over them."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from acmezone_registry.registrations import RegistrationPolicy, Registrations
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
-from acmezone_registry.storage.repository import Repository
+from acmezone_registry.storage.stores import Stores
 
 ZONE = "acme.example.test"
 CREDENTIAL_KEY = bytes(range(32))
@@ -29,10 +29,10 @@ SEALER = SecretSealer(bytes(range(32, 64)))
 
 @dataclass
 class Stack:
-    """A migrated database with the repository and domain objects on top."""
+    """A migrated database with the repositories and domain objects on top."""
 
     database: Database
-    repository: Repository
+    stores: Stores
     registrations: Registrations
     metrics: RegistryMetrics
 
@@ -47,10 +47,11 @@ async def open_stack(
     """Open (and migrate) a database and build the registry domain over it."""
     database = Database(url)
     await asyncio.to_thread(migrate.upgrade, database)
-    repository = Repository(database, ZONE, SEALER)
+    stores = Stores.open(database, ZONE, SEALER)
     metrics = RegistryMetrics(metrics_registry or CollectorRegistry())
     registrations = Registrations(
-        repository,
+        stores.registrations,
+        stores.txt_values,
         RegistrationPolicy(
             zone=ZONE,
             operator_token=operator_token,
@@ -62,7 +63,7 @@ async def open_stack(
         ),
         metrics,
     )
-    return Stack(database, repository, registrations, metrics)
+    return Stack(database, stores, registrations, metrics)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from acmezone_registry.acme_dns_import import SourceError, import_acme_dns
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.bulk_import import BulkImporter
 from acmezone_registry.storage.database import Database
-from acmezone_registry.storage.repository import Repository
+from acmezone_registry.storage.stores import Stores
 from tests.dns.conftest import running_dns
 from tests.dns.test_feed_client import eventually
 from tests.registry.conftest import SEALER, ZONE, running_registry
@@ -129,51 +129,49 @@ ACCOUNTS = [
 ]
 
 
-async def _migrated(url: str) -> tuple[Database, Repository]:
+async def _migrated(url: str) -> tuple[Database, Stores]:
     database = Database(url)
     await asyncio.to_thread(migrate.upgrade, database)
-    return database, Repository(database, ZONE, SEALER)
+    return database, Stores.open(database, ZONE, SEALER)
 
 
 @pytest.fixture
-async def target(database_url: str) -> AsyncIterator[tuple[Database, Repository]]:
-    database, repository = await _migrated(database_url)
+async def target(database_url: str) -> AsyncIterator[tuple[Database, Stores]]:
+    database, stores = await _migrated(database_url)
     try:
-        yield database, repository
+        yield database, stores
     finally:
         await database.dispose()
 
 
-async def _check_imported(
-    repository: Repository, accounts: list[Account], *, ordered: bool = True
-) -> None:
+async def _check_imported(stores: Stores, accounts: list[Account], *, ordered: bool = True) -> None:
     for account in accounts:
-        stored = await repository.get_registration(account.subdomain)
+        stored = await stores.registrations.get_registration(account.subdomain)
         assert stored is not None, account.subdomain
         assert stored.registration.username == account.username
         assert stored.password_hash.startswith("$2a$")
         assert list(stored.registration.allowed_cidrs) == account.allowfrom
         assert stored.registration.max_txt_values == 2
-        record = await repository.get_txt_record(account.subdomain)
+        record = await stores.txt_values.get_txt_record(account.subdomain)
         held = [v.value for v in record.values]
         assert held == account.values if ordered else sorted(held) == sorted(account.values)
 
 
 async def test_import_takes_every_registration_with_its_values(
-    target: tuple[Database, Repository], tmp_path: Path
+    target: tuple[Database, Stores], tmp_path: Path
 ) -> None:
-    database, repository = target
+    database, stores = target
     source = write_sqlite_acme_dns(tmp_path / "acme-dns.db", ACCOUNTS)
-    before = (await repository.feed_status()).revision
+    before = (await stores.log.feed_status()).revision
 
     report = await asyncio.to_thread(import_acme_dns, source, database, ZONE)
 
     assert report.committed
     assert (report.imported, report.already_present, report.txt_values) == (3, 0, 3)
     assert report.revision == before + 1
-    await _check_imported(repository, ACCOUNTS)
+    await _check_imported(stores, ACCOUNTS)
     # One revision carries every new name with its values, as any change would.
-    changes = await repository.changes_since(before + 1, 10)
+    changes = await stores.log.changes_since(before + 1, 10)
     assert {c.revision for c in changes} == {before + 1}
     assert {c.record_set.fqdn: list(c.record_set.txt_values) for c in changes} == {
         f"{a.subdomain}.{ZONE}.": a.values for a in ACCOUNTS
@@ -181,29 +179,29 @@ async def test_import_takes_every_registration_with_its_values(
 
 
 async def test_rerunning_an_import_changes_nothing(
-    target: tuple[Database, Repository], tmp_path: Path
+    target: tuple[Database, Stores], tmp_path: Path
 ) -> None:
-    database, repository = target
+    database, stores = target
     source = write_sqlite_acme_dns(tmp_path / "acme-dns.db", ACCOUNTS)
     first = await asyncio.to_thread(import_acme_dns, source, database, ZONE)
     again = await asyncio.to_thread(import_acme_dns, source, database, ZONE)
     assert again.committed is False
     assert (again.imported, again.already_present, again.refusal_count) == (0, 3, 0)
     assert again.revision == first.revision
-    assert (await repository.feed_status()).revision == first.revision
-    assert await repository.count_registrations() == 3
+    assert (await stores.log.feed_status()).revision == first.revision
+    assert await stores.registrations.count_registrations() == 3
 
 
 async def test_a_conflict_imports_nothing_and_says_which(
-    target: tuple[Database, Repository], tmp_path: Path
+    target: tuple[Database, Stores], tmp_path: Path
 ) -> None:
-    database, repository = target
+    database, stores = target
     taken = ACCOUNTS[1]
     other = Account(str(uuid.uuid4()), "x", taken.subdomain, [], [])
     await asyncio.to_thread(
         import_acme_dns, write_sqlite_acme_dns(tmp_path / "other.db", [other]), database, ZONE
     )
-    revision = (await repository.feed_status()).revision
+    revision = (await stores.log.feed_status()).revision
 
     source = write_sqlite_acme_dns(tmp_path / "acme-dns.db", ACCOUNTS)
     report = await asyncio.to_thread(import_acme_dns, source, database, ZONE)
@@ -214,15 +212,15 @@ async def test_a_conflict_imports_nothing_and_says_which(
         f"subdomain {taken.subdomain} already exists here with other credentials "
         f"(username {other.username})"
     ]
-    assert await repository.count_registrations() == 1
-    assert await repository.get_registration(ACCOUNTS[0].subdomain) is None
-    assert (await repository.feed_status()).revision == revision
+    assert await stores.registrations.count_registrations() == 1
+    assert await stores.registrations.get_registration(ACCOUNTS[0].subdomain) is None
+    assert (await stores.log.feed_status()).revision == revision
 
 
 async def test_unusable_rows_are_refused_before_anything_lands(
-    target: tuple[Database, Repository], tmp_path: Path
+    target: tuple[Database, Stores], tmp_path: Path
 ) -> None:
-    database, repository = target
+    database, stores = target
     path = tmp_path / "acme-dns.db"
     write_sqlite_acme_dns(path, ACCOUNTS)
     with sqlite3.connect(path) as conn:
@@ -240,16 +238,16 @@ async def test_unusable_rows_are_refused_before_anything_lands(
     assert report.refusal_count == 2
     assert any("'bad-allowfrom'" in r and "bcrypt" in r for r in report.refusals)
     assert any("username is not a UUID" in r for r in report.refusals)
-    assert await repository.count_registrations() == 0
+    assert await stores.registrations.count_registrations() == 0
 
 
 async def test_a_large_import_compacts_the_feed_so_watchers_relist(
-    target: tuple[Database, Repository], tmp_path: Path
+    target: tuple[Database, Stores], tmp_path: Path
 ) -> None:
-    database, repository = target
+    database, stores = target
     accounts = [_account([], [acme_digest(i)]) for i in range(30)]
     source = write_sqlite_acme_dns(tmp_path / "acme-dns.db", accounts)
-    before = (await repository.feed_status()).revision
+    before = (await stores.log.feed_status()).revision
     from acmezone_registry.acme_dns_import import read_acme_dns
 
     report = await asyncio.to_thread(
@@ -257,11 +255,11 @@ async def test_a_large_import_compacts_the_feed_so_watchers_relist(
         read_acme_dns(source, chunk_rows=7),
     )
     assert (report.imported, report.txt_values) == (30, 30)
-    status = await repository.feed_status()
+    status = await stores.log.feed_status()
     assert status.revision == status.compacted_revision == before + 1
     with pytest.raises(OutOfRangeError):
-        await repository.changes_since(before + 1, 10)
-    revision, record_sets = await full_snapshot(repository)
+        await stores.log.changes_since(before + 1, 10)
+    revision, record_sets = await full_snapshot(stores.record_sets)
     assert revision == before + 1
     assert {r.fqdn: list(r.txt_values) for r in record_sets} == {
         f"{a.subdomain}.{ZONE}.": a.values for a in accounts
@@ -271,11 +269,11 @@ async def test_a_large_import_compacts_the_feed_so_watchers_relist(
 @pytest.mark.postgres
 async def test_a_postgresql_acme_dns_is_read_too(postgres_schema_url: str, tmp_path: Path) -> None:
     write_postgres_acme_dns(postgres_schema_url, ACCOUNTS)
-    database, repository = await _migrated(f"sqlite:///{tmp_path}/registry.db")
+    database, stores = await _migrated(f"sqlite:///{tmp_path}/registry.db")
     try:
         report = await asyncio.to_thread(import_acme_dns, postgres_schema_url, database, ZONE)
         assert report.committed
-        await _check_imported(repository, ACCOUNTS)
+        await _check_imported(stores, ACCOUNTS)
     finally:
         await database.dispose()
 
@@ -442,13 +440,13 @@ async def test_accounts_made_by_real_acme_dns_keep_working_here(
     assert [len(a.values) for a in accounts] == [2, 1, 0]
 
     data_dir = tmp_path / "registry"
-    database, repository = await _migrated(f"sqlite:///{data_dir}/registry.db")
+    database, stores = await _migrated(f"sqlite:///{data_dir}/registry.db")
     try:
         report = await asyncio.to_thread(
             import_acme_dns, f"sqlite:///{acme_dns_db}", database, ZONE
         )
         assert (report.imported, report.txt_values) == (3, 3)
-        await _check_imported(repository, accounts, ordered=False)
+        await _check_imported(stores, accounts, ordered=False)
     finally:
         await database.dispose()
 
@@ -471,11 +469,11 @@ async def test_accounts_made_by_real_acme_dns_keep_working_here(
             ) as reply:
                 assert reply.status == 200, await reply.text()
                 assert (await reply.json()) == {"txt": new_value}
-            record = await app.repository.get_txt_record(account.subdomain)
+            record = await app.stores.txt_values.get_txt_record(account.subdomain)
             held = [v.value for v in record.values]
             assert held[0] == new_value
             assert held[1:] == [] if not account.values else held[1] in account.values
-            stored = await app.repository.get_registration(account.subdomain)
+            stored = await app.stores.registrations.get_registration(account.subdomain)
             assert stored is not None
             assert credentials.is_fast_hash(stored.password_hash)
             await eventually(replica, f"{account.subdomain}.{ZONE}.", set(held))

@@ -107,7 +107,7 @@ async def test_a_slow_hash_is_replaced_by_the_fast_form_on_first_success(
         if form == "bcrypt"
         else _scrypt_hash(password)
     )
-    await stack.repository.set_password_hash(subdomain, slow)
+    await stack.stores.registrations.set_password_hash(subdomain, slow)
     me = Caller(
         address=parse_address("127.0.0.1"),
         username=issued.registration.username,
@@ -117,12 +117,12 @@ async def test_a_slow_hash_is_replaced_by_the_fast_form_on_first_success(
 
     with pytest.raises(UnauthenticatedError):
         await stack.registrations.add_txt_value(wrong, subdomain, acme_digest("a"))
-    stored = await stack.repository.get_registration(subdomain)
+    stored = await stack.stores.registrations.get_registration(subdomain)
     assert stored is not None
     assert stored.password_hash == slow, "a failure must not rehash"
 
     await stack.registrations.add_txt_value(me, subdomain, acme_digest("b"))
-    stored = await stack.repository.get_registration(subdomain)
+    stored = await stack.stores.registrations.get_registration(subdomain)
     assert stored is not None
     assert stored.password_hash == credentials.PasswordHasher(CREDENTIAL_KEY).hash(password)
     assert _rehashes(metrics_registry) == 1
@@ -137,12 +137,12 @@ async def test_a_slow_hash_is_replaced_by_the_fast_form_on_first_success(
 async def test_an_upgrade_never_overwrites_a_rotation(stack: Stack) -> None:
     issued = await stack.registrations.create(ANYONE)
     subdomain = issued.registration.subdomain
-    await stack.repository.set_password_hash(subdomain, "rotated")
-    assert not await stack.repository.upgrade_password_hash(subdomain, "stale", "new")
-    stored = await stack.repository.get_registration(subdomain)
+    await stack.stores.registrations.set_password_hash(subdomain, "rotated")
+    assert not await stack.stores.registrations.upgrade_password_hash(subdomain, "stale", "new")
+    stored = await stack.stores.registrations.get_registration(subdomain)
     assert stored is not None
     assert stored.password_hash == "rotated"
-    assert await stack.repository.upgrade_password_hash(subdomain, "rotated", "new")
+    assert await stack.stores.registrations.upgrade_password_hash(subdomain, "rotated", "new")
 
 
 def test_the_generated_key_file_is_private_and_stable(tmp_path: Path) -> None:

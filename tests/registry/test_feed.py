@@ -23,7 +23,8 @@ ANYONE = Caller(address=None)
 
 def make_feed(stack: Stack, *, bookmark: float = 30.0, poll: float = 30.0) -> RecordFeed:
     return RecordFeed(
-        stack.repository,
+        stack.stores.log,
+        stack.stores.record_sets,
         stack.metrics,
         bookmark_interval=bookmark,
         poll_interval=poll,
@@ -145,7 +146,7 @@ async def test_out_of_range_resumes(stack: Stack, feed: RecordFeed) -> None:
     for _ in range(5):
         await stack.registrations.create(ANYONE)
     status = await feed.status()
-    await stack.repository.compact(keep_revisions=2)
+    await stack.stores.log.compact(keep_revisions=2)
     cases = [
         (2, status.feed_id, errors.REVISION_COMPACTED),
         (7, status.feed_id, errors.REVISION_IN_FUTURE),

@@ -28,7 +28,7 @@ from acmezone_registry.http_api import HttpApi
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.registrations import RegistrationPolicy, Registrations
 from acmezone_registry.storage.database import Database
-from acmezone_registry.storage.repository import Repository
+from acmezone_registry.storage.stores import Stores
 from tests.registry.conftest import CREDENTIAL_KEY, SEALER, ZONE, running_registry
 from tests.registry.values import acme_digest
 
@@ -101,11 +101,11 @@ class Client:
         return await self.update(account, body, headers)
 
     async def values(self, account: dict[str, Any]) -> list[str]:
-        record = await self.app.repository.get_txt_record(account["subdomain"])
+        record = await self.app.stores.txt_values.get_txt_record(account["subdomain"])
         return [value.value for value in record.values]
 
     async def registrations(self) -> int:
-        return await self.app.repository.count_registrations()
+        return await self.app.stores.registrations.count_registrations()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -167,7 +167,7 @@ async def test_register_answers_201_with_one_line_of_acme_dns_json(client: Clien
     assert account["fulldomain"] == f"{account['subdomain']}.{ZONE}"
     assert account["allowfrom"] == []
 
-    stored = await client.app.repository.get_registration(account["subdomain"])
+    stored = await client.app.stores.registrations.get_registration(account["subdomain"])
     assert stored is not None
     assert stored.registration.username == account["username"]
     assert account["password"] not in stored.password_hash
@@ -194,7 +194,7 @@ async def test_register_reads_allowfrom_like_acme_dns(
     reply = await client.register(body)
     assert reply.status == 201, reply.body
     assert reply.json()["allowfrom"] == allowfrom
-    stored = await client.app.repository.get_registration(reply.json()["subdomain"])
+    stored = await client.app.stores.registrations.get_registration(reply.json()["subdomain"])
     assert stored is not None
     assert list(stored.registration.allowed_cidrs) == allowfrom
 
@@ -623,9 +623,10 @@ async def test_a_database_that_is_down_is_a_503_with_retry_after(
 ) -> None:
     """A real registry domain over a PostgreSQL URL whose port nobody listens on."""
     dead = Database(f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2")
-    repository = Repository(dead, ZONE, SEALER)
+    stores = Stores.open(dead, ZONE, SEALER)
     registrations = Registrations(
-        repository,
+        stores.registrations,
+        stores.txt_values,
         RegistrationPolicy(
             zone=ZONE,
             operator_token=None,
@@ -642,7 +643,7 @@ async def test_a_database_that_is_down_is_a_503_with_retry_after(
         ClientAddressResolver([]),
         RegistryMetrics(CollectorRegistry()),
         max_body_bytes=MAX_BODY,
-        storage_ok=repository.ping,
+        storage_ok=stores.log.ping,
     )
     address = await api.start(HostPort("127.0.0.1", 0))
     try:

@@ -135,7 +135,7 @@ async def test_open_registration_has_a_quota_per_network_and_in_all(tmp_path: Pa
         status, headers, body = await _post(session, url)
         assert (status, body) == (429, b'{"error": "rate_limited"}')
         assert int(headers["Retry-After"]) > 600  # an hour's quota refills slowly
-        assert await app.repository.count_registrations() == 3
+        assert await app.stores.registrations.count_registrations() == 3
         assert _limited(app, "registration_source") == 2
     async with (
         running_registry(

@@ -19,9 +19,9 @@ ANYONE = Caller(parse_address("127.0.0.1"))
 
 async def test_creates_and_deletes_keep_the_count(stack: Stack) -> None:
     made = [await stack.registrations.create(ANYONE) for _ in range(3)]
-    assert await stack.repository.count_registrations() == 3
+    assert await stack.stores.registrations.count_registrations() == 3
     await stack.registrations.delete(ANYONE, made[1].registration.subdomain)
-    assert await stack.repository.count_registrations() == 2
+    assert await stack.stores.registrations.count_registrations() == 2
 
 
 async def test_the_migration_counts_existing_registrations(
@@ -49,6 +49,6 @@ async def test_the_migration_counts_existing_registrations(
         await database.dispose()
     opened = await open_stack(database_url)
     try:
-        assert await opened.repository.count_registrations() == 4
+        assert await opened.stores.registrations.count_registrations() == 4
     finally:
         await opened.database.dispose()

@@ -37,7 +37,7 @@ def test_a_sealed_secret_opens_only_with_its_key_and_context() -> None:
 async def test_stored_tsig_secrets_are_sealed_and_open_for_verification(stack: Stack) -> None:
     issued = await stack.registrations.create(Caller(address=parse_address("127.0.0.1")))
     subdomain = issued.registration.subdomain
-    info = await stack.repository.create_tsig_key(
+    info = await stack.stores.tsig_keys.create_tsig_key(
         subdomain, "k1", "hmac-sha256", SECRET, max_keys=5
     )
     async with stack.database.reader_session() as session:
@@ -47,7 +47,7 @@ async def test_stored_tsig_secrets_are_sealed_and_open_for_verification(stack: S
     assert isinstance(stored, str)
     assert is_sealed(stored)
     assert SECRET not in stored
-    found = await stack.repository.find_tsig_key(info.key_name)
+    found = await stack.stores.tsig_keys.find_tsig_key(info.key_name)
     assert found is not None
     assert found[0].secret == SECRET
 

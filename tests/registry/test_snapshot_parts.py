@@ -28,12 +28,12 @@ async def test_parts_are_bounded_and_hold_every_name_once(stack: Stack) -> None:
             )
     sizes = []
     names: list[str] = []
-    async for _, part in stack.repository.snapshot_parts(5):
+    async for _, part in stack.stores.record_sets.snapshot_parts(5):
         sizes.append(len(part))
         names += [record_set.fqdn for record_set in part]
     assert sizes == [5, 5, 5, 5, 3]
     assert sorted(names) == sorted(f"{i.registration.fulldomain}." for i in issued)
-    _, record_sets = await full_snapshot(stack.repository)
+    _, record_sets = await full_snapshot(stack.stores.record_sets)
     by_name = {rs.fqdn: rs.txt_values for rs in record_sets}
     for index, mine in enumerate(issued[:10]):
         # newest first, as the feed promises
@@ -44,7 +44,7 @@ async def test_parts_are_bounded_and_hold_every_name_once(stack: Stack) -> None:
 
 
 async def test_an_empty_registry_streams_one_empty_part(stack: Stack) -> None:
-    parts = [part async for part in stack.repository.snapshot_parts(10)]
+    parts = [part async for part in stack.stores.record_sets.snapshot_parts(10)]
     assert parts == [(0, [])]
 
 
@@ -54,7 +54,7 @@ async def test_writes_during_the_stream_do_not_leak_into_it(stack: Stack) -> Non
     issued = [await stack.registrations.create(ANYONE) for _ in range(12)]
     first = issued[0]
     me = owner(first.registration.username, first.password)
-    parts = stack.repository.snapshot_parts(4)
+    parts = stack.stores.record_sets.snapshot_parts(4)
     async with contextlib.aclosing(parts):
         revision, part = await anext(parts)
         await stack.registrations.add_txt_value(me, first.registration.subdomain, acme_digest(1))
@@ -67,7 +67,7 @@ async def test_writes_during_the_stream_do_not_leak_into_it(stack: Stack) -> Non
     assert {rs.fqdn for rs in seen} == {f"{i.registration.fulldomain}." for i in issued}
     assert f"{late.registration.fulldomain}." not in {rs.fqdn for rs in seen}
     assert all(rs.txt_values == () for rs in seen)
-    now_revision, now = await full_snapshot(stack.repository)
+    now_revision, now = await full_snapshot(stack.stores.record_sets)
     assert now_revision == revision + 2
     assert {rs.fqdn: rs.txt_values for rs in now}[f"{first.registration.fulldomain}."] == (
         acme_digest(1),

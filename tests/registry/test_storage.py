@@ -1,4 +1,4 @@
-"""The repository and domain against real SQLite and PostgreSQL databases."""
+"""The repositories and domain against real SQLite and PostgreSQL databases."""
 
 from __future__ import annotations
 
@@ -47,11 +47,11 @@ async def test_create_returns_credentials_and_name_exists_without_values(stack: 
     assert registration.fulldomain == f"{registration.subdomain}.{ZONE}"
     assert registration.allowed_cidrs == ("192.0.2.7/32", "2001:db8::/32")
     assert registration.max_txt_values == 2
-    stored = await stack.repository.get_registration(registration.subdomain)
+    stored = await stack.stores.registrations.get_registration(registration.subdomain)
     assert stored is not None
     assert issued.password not in stored.password_hash
     assert stored.password_hash.startswith("hmac-sha256$")
-    revision, record_sets = await full_snapshot(stack.repository)
+    revision, record_sets = await full_snapshot(stack.stores.record_sets)
     assert revision == 1
     assert record_sets == [RecordSet(f"{registration.fulldomain}.", ())]
 
@@ -84,8 +84,8 @@ async def test_bad_create_input_writes_nothing(stack: Stack) -> None:
             await stack.registrations.create(ANYONE, **kwargs)  # type: ignore[arg-type]
         assert invalid.value.reason == reason
         assert invalid.value.field_violations
-    assert await stack.repository.count_registrations() == 0
-    assert (await stack.repository.feed_status()).revision == 0
+    assert await stack.stores.registrations.count_registrations() == 0
+    assert (await stack.stores.log.feed_status()).revision == 0
 
 
 async def test_txt_values_newest_first_keep_latest_n_and_idempotent(stack: Stack) -> None:
@@ -117,7 +117,7 @@ async def test_txt_values_newest_first_keep_latest_n_and_idempotent(stack: Stack
     assert nul_login.value.reason == errors.CREDENTIALS_INVALID
     cleared = await stack.registrations.clear_txt_values(me, sub)
     assert cleared.values == ()
-    changes = await stack.repository.changes_since(1, 100)
+    changes = await stack.stores.log.changes_since(1, 100)
     assert [(ch.revision, ch.record_set.txt_values) for ch in changes] == [
         (1, ()),
         (2, (a,)),
@@ -163,9 +163,9 @@ async def test_authentication_and_authorisation_of_txt_updates(stack: Stack) -> 
             owner(mine.registration.username, mine.password, "192.0.2.9"), sub, "short"
         )
     assert bad.value.reason == errors.INVALID_TXT_VALUE
-    record = await stack.repository.get_txt_record(sub)
+    record = await stack.stores.txt_values.get_txt_record(sub)
     assert record.values == ()
-    assert (await stack.repository.feed_status()).revision == 2  # only the two creations
+    assert (await stack.stores.log.feed_status()).revision == 2  # only the two creations
     ok = await stack.registrations.add_txt_value(
         owner(mine.registration.username, mine.password, "192.0.2.9"), sub, value
     )
@@ -213,9 +213,9 @@ async def test_update_lowering_limit_trims_and_publishes(stack: Stack) -> None:
         ANYONE, sub, RegistrationChanges(max_txt_values=2, description="two now")
     )
     assert (updated.max_txt_values, updated.description) == (2, "two now")
-    record = await stack.repository.get_txt_record(sub)
+    record = await stack.stores.txt_values.get_txt_record(sub)
     assert [v.value for v in record.values] == [values[4], values[3]]
-    last = (await stack.repository.changes_since(record.revision, 10))[-1]
+    last = (await stack.stores.log.changes_since(record.revision, 10))[-1]
     assert last.record_set.txt_values == (values[4], values[3])
     with pytest.raises(InvalidArgumentError):
         await stack.registrations.update(ANYONE, sub, RegistrationChanges(allowed_cidrs=("x",)))
@@ -228,9 +228,9 @@ async def test_delete_removes_values_and_name(stack: Stack) -> None:
     me = owner(issued.registration.username, issued.password)
     await stack.registrations.add_txt_value(me, sub, acme_digest(1))
     await stack.registrations.delete(ANYONE, sub)
-    revision, record_sets = await full_snapshot(stack.repository)
+    revision, record_sets = await full_snapshot(stack.stores.record_sets)
     assert record_sets == []
-    last = (await stack.repository.changes_since(revision, 1))[0]
+    last = (await stack.stores.log.changes_since(revision, 1))[0]
     assert last.type is ChangeType.DELETE
     assert last.record_set.fqdn == f"{sub}.{ZONE}."
     with pytest.raises(NotFoundError):
@@ -273,14 +273,14 @@ async def test_concurrent_updates_to_many_registrations_lose_nothing(stack: Stac
         )
 
     await asyncio.gather(*(publish(i) for i in range(len(issued))))
-    revision, record_sets = await full_snapshot(stack.repository)
+    revision, record_sets = await full_snapshot(stack.stores.record_sets)
     assert revision == len(issued) * (1 + per_registration)
     by_name = {rs.fqdn: set(rs.txt_values) for rs in record_sets}
     for index, mine in enumerate(issued):
         expected = {acme_digest((index, n)) for n in range(per_registration)}
         assert by_name[f"{mine.registration.fulldomain}."] == expected
     # The feed history is gap-free and replays to the same state.
-    changes = await stack.repository.changes_since(1, revision + 10)
+    changes = await stack.stores.log.changes_since(1, revision + 10)
     assert sorted({c.revision for c in changes}) == list(range(1, revision + 1))
     replayed: dict[str, set[str]] = {}
     for change in changes:
@@ -293,16 +293,16 @@ async def test_restart_keeps_registrations_values_and_feed(database_url: str) ->
     issued = await first.registrations.create(ANYONE, description="kept")
     me = owner(issued.registration.username, issued.password)
     await first.registrations.add_txt_value(me, issued.registration.subdomain, acme_digest("x"))
-    status = await first.repository.feed_status()
+    status = await first.stores.log.feed_status()
     await first.database.dispose()
 
     second = await open_stack(database_url)  # migrations run again: must be a no-op
     try:
-        again = await second.repository.feed_status()
+        again = await second.stores.log.feed_status()
         assert again == status
         got = await second.registrations.get(me, issued.registration.subdomain)
         assert got.description == "kept"
-        record = await second.repository.get_txt_record(issued.registration.subdomain)
+        record = await second.stores.txt_values.get_txt_record(issued.registration.subdomain)
         assert [v.value for v in record.values] == [acme_digest("x")]
         await asyncio.to_thread(migrate.upgrade, second.database)
     finally:
@@ -318,10 +318,12 @@ async def test_values_expire_after_lifetime(database_url: str) -> None:
         record = await stack.registrations.add_txt_value(me, sub, acme_digest(1))
         expire_time = record.values[0].expire_time
         assert expire_time is not None
-        assert await stack.repository.expire_txt_values(datetime.now(UTC)) == 0
-        assert await stack.repository.expire_txt_values(expire_time + timedelta(seconds=1)) == 1
-        assert (await stack.repository.get_txt_record(sub)).values == ()
-        last = (await stack.repository.changes_since(record.revision + 1, 5))[0]
+        assert await stack.stores.txt_values.expire_txt_values(datetime.now(UTC)) == 0
+        assert (
+            await stack.stores.txt_values.expire_txt_values(expire_time + timedelta(seconds=1)) == 1
+        )
+        assert (await stack.stores.txt_values.get_txt_record(sub)).values == ()
+        last = (await stack.stores.log.changes_since(record.revision + 1, 5))[0]
         assert last.record_set.txt_values == ()
     finally:
         await stack.database.dispose()
@@ -330,13 +332,13 @@ async def test_values_expire_after_lifetime(database_url: str) -> None:
 async def test_compaction_makes_old_revisions_out_of_range(stack: Stack) -> None:
     for _ in range(6):
         await stack.registrations.create(ANYONE)
-    assert await stack.repository.compact(keep_revisions=2) == 4
+    assert await stack.stores.log.compact(keep_revisions=2) == 4
     with pytest.raises(OutOfRangeError) as compacted:
-        await stack.repository.changes_since(4, 10)
+        await stack.stores.log.changes_since(4, 10)
     assert compacted.value.reason == errors.REVISION_COMPACTED
-    assert [c.revision for c in await stack.repository.changes_since(5, 10)] == [5, 6]
-    assert (await stack.repository.feed_status()).compacted_revision == 4
-    assert await stack.repository.compact(keep_revisions=2) == 4  # idempotent
+    assert [c.revision for c in await stack.stores.log.changes_since(5, 10)] == [5, 6]
+    assert (await stack.stores.log.feed_status()).compacted_revision == 4
+    assert await stack.stores.log.compact(keep_revisions=2) == 4  # idempotent
 
 
 async def test_persistent_values_are_neither_trimmed_nor_expired(database_url: str) -> None:
@@ -353,8 +355,8 @@ async def test_persistent_values_are_neither_trimmed_nor_expired(database_url: s
             record = await stack.registrations.add_txt_value(me, sub, acme_digest(i))
         assert [v.value for v in record.values] == [acme_digest(3), acme_digest(2), persist]
         latest = max(v.expire_time for v in record.values if v.expire_time is not None)
-        assert await stack.repository.expire_txt_values(latest + timedelta(seconds=1)) == 2
-        record = await stack.repository.get_txt_record(sub)
+        assert await stack.stores.txt_values.expire_txt_values(latest + timedelta(seconds=1)) == 2
+        record = await stack.stores.txt_values.get_txt_record(sub)
         assert [(v.value, v.persistent) for v in record.values] == [(persist, True)]
         # Published again: no change, no new revision.
         again = await stack.registrations.add_txt_value(me, sub, persist, persistent=True)
@@ -391,7 +393,9 @@ async def test_sixty_concurrent_writers_of_every_kind_all_land_quickly(
             )
         )
         writes.append(
-            stack.repository.create_tsig_key(subdomain, "k", "hmac-sha256", "c2VjcmV0", max_keys=5)
+            stack.stores.tsig_keys.create_tsig_key(
+                subdomain, "k", "hmac-sha256", "c2VjcmV0", max_keys=5
+            )
         )
     with caplog.at_level(logging.WARNING):
         await asyncio.gather(*(timed(write) for write in writes))
@@ -400,7 +404,7 @@ async def test_sixty_concurrent_writers_of_every_kind_all_land_quickly(
     assert "database is locked" not in caplog.text
     assert "unavailable" not in caplog.text
     for index, mine in enumerate(issued):
-        record = await stack.repository.get_txt_record(mine.registration.subdomain)
+        record = await stack.stores.txt_values.get_txt_record(mine.registration.subdomain)
         assert [v.value for v in record.values] == [acme_digest(index)]
 
 
@@ -423,12 +427,12 @@ async def test_debug_logs_hold_no_secret(
                     owner(issued.registration.username, issued.password), subdomain, "x" * 43
                 )
             secret = "c2VjcmV0LXRzaWcta2V5LW1hdGVyaWFs"
-            await opened.repository.create_tsig_key(
+            await opened.stores.tsig_keys.create_tsig_key(
                 subdomain, "k1", "hmac-sha256", secret, max_keys=5
             )
-            found = await opened.repository.find_tsig_key(f"k1.{subdomain}.{ZONE}.")
+            found = await opened.stores.tsig_keys.find_tsig_key(f"k1.{subdomain}.{ZONE}.")
             assert found is not None
-            stored = await opened.repository.get_registration(subdomain)
+            stored = await opened.stores.registrations.get_registration(subdomain)
             assert stored is not None
         finally:
             await opened.database.dispose()

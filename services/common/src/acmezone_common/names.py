@@ -10,6 +10,7 @@ name the service parses.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from acmezone_common.errors import INVALID_NAME, InvalidArgumentError
 
@@ -20,7 +21,11 @@ RESOURCE_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 def is_dns_label(label: str) -> bool:
     """Whether `label` (already lower case) is one LDH label of a DNS name."""
-    return DNS_LABEL.match(label) is not None
+    return DNS_LABEL.fullmatch(label) is not None
+
+
+def _dns_label_id(segment: str) -> str | None:
+    return segment if is_dns_label(segment) else None
 
 
 def resource_name(collection: str, value: str) -> str:
@@ -47,3 +52,32 @@ def parse_resource_name(name: str, collection: str, field: str) -> str:
             INVALID_NAME, f"{name!r}: expected {collection}/{{id}}", field=field
         )
     return name[len(prefix) :]
+
+
+def resource_ids(
+    name: str,
+    pattern: str,
+    *,
+    field: str,
+    id_of: Callable[[str], str | None] = _dns_label_id,
+) -> tuple[str, ...]:
+    """The ids in `name` for a pattern such as `registrations/{subdomain}/tsigKeys/{key_id}`:
+    each `{...}` segment is an id (`id_of` returns it, normalised, or None when it is not one),
+    every other segment is literal. INVALID_ARGUMENT (INVALID_NAME) naming `field` otherwise."""
+    segments = name.split("/")
+    parts = pattern.split("/")
+    ids: list[str] = []
+    if len(segments) == len(parts):
+        for segment, part in zip(segments, parts, strict=True):
+            if part.startswith("{"):
+                found = id_of(segment)
+                if found is None:
+                    break
+                ids.append(found)
+            elif segment != part:
+                break
+        else:
+            return tuple(ids)
+    raise InvalidArgumentError(
+        INVALID_NAME, f"{name!r} is not a resource name of the form {pattern!r}", field=field
+    )

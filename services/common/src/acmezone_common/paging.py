@@ -14,6 +14,7 @@ import binascii
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from acmezone_common.errors import INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, InvalidArgumentError
@@ -83,6 +84,29 @@ def seq_after(token: str, *, field: str = "page_token") -> int:
     if not isinstance(seq, int) or seq < 0:
         raise _not_a_token(field)
     return seq
+
+
+def time_key(moment: datetime, key: str) -> PageKey:
+    """For listings ordered by (create_time, id): the sort key of one item."""
+    return (moment.isoformat(), key)
+
+
+def time_key_after(token: str, *, field: str = "page_token") -> tuple[datetime, str] | None:
+    """For listings ordered by (create_time, id): the (aware) time and id a token continues
+    after, None for the first page."""
+    key = decode_page_token(token, (str, str), field=field)
+    if key is None:
+        return None
+    moment, item = key
+    assert isinstance(moment, str)
+    assert isinstance(item, str)
+    try:
+        after = datetime.fromisoformat(moment)
+    except ValueError:
+        raise _not_a_token(field) from None
+    if after.tzinfo is None:
+        raise _not_a_token(field)
+    return after, item
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def async_url(database_url: str | None, default_sqlite: Path) -> str:
+def async_url(database_url: str | None, default_sqlite: Path | None = None) -> str:
     """The async SQLAlchemy URL for a database setting: SQLite at `default_sqlite` when the
-    setting is unset (or empty); `sqlite:` and `postgres(ql):` spellings get the async drivers."""
+    setting is unset or empty (without one, that is a ValueError); `sqlite:` and
+    `postgres(ql):` spellings get the async drivers."""
     if not database_url:
+        if default_sqlite is None:
+            raise ValueError("no database URL given")
         default_sqlite.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{default_sqlite}"
     url = make_url(database_url)

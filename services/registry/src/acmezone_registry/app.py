@@ -49,7 +49,7 @@ from acmezone_registry.servicer import RecordFeedServicer, RegistrationServicer,
 from acmezone_registry.settings import RegistrySettings
 from acmezone_registry.storage import migrate
 from acmezone_registry.storage.database import Database
-from acmezone_registry.storage.repository import Repository
+from acmezone_registry.storage.stores import Stores
 from acmezone_registry.storage_watch import StorageWatch
 from acmezone_registry.tsig_keys import TsigKeys
 from acmezone_registry.update_servicer import DnsUpdateServicer, TsigKeyServicer
@@ -85,9 +85,10 @@ class RegistryApp:
         self.database = Database(settings.resolved_database_url())
         self.metrics = RegistryMetrics(metrics_registry)
         self.sealer = _sealer(settings)
-        self.repository = Repository(self.database, settings.zone, self.sealer)
+        self.stores = Stores.open(self.database, settings.zone, self.sealer)
         self.registrations = Registrations(
-            self.repository,
+            self.stores.registrations,
+            self.stores.txt_values,
             RegistrationPolicy(
                 zone=settings.zone,
                 operator_token=settings.operator_token.get_secret_value()
@@ -113,7 +114,8 @@ class RegistryApp:
             ),
         )
         self.feed = RecordFeed(
-            self.repository,
+            self.stores.log,
+            self.stores.record_sets,
             self.metrics,
             bookmark_interval=settings.feed_bookmark_interval_seconds,
             poll_interval=settings.feed_poll_interval_seconds,
@@ -122,7 +124,7 @@ class RegistryApp:
         )
         metrics_registry.register(ReplicaCollector(self.feed.replica_states))
         self.maintenance = Maintenance(
-            self.repository,
+            self.stores,
             self.metrics,
             interval=settings.maintenance_interval_seconds,
             feed_retention_revisions=settings.feed_retention_revisions,
@@ -157,9 +159,12 @@ class RegistryApp:
                 RecordFeedServicer(self.feed),
             ),
         )
-        self.tsig_keys = TsigKeys(self.repository, self.registrations.authorizer, settings.zone)
+        self.tsig_keys = TsigKeys(
+            self.stores.tsig_keys, self.registrations.authorizer, settings.zone
+        )
         self.dns_updates = DnsUpdates(
-            self.repository,
+            self.stores.tsig_keys,
+            self.stores.txt_values,
             self.metrics,
             zone=settings.zone,
             strict_txt_values=settings.strict_txt_values,
@@ -185,7 +190,7 @@ class RegistryApp:
             resolver,
             self.metrics,
             max_body_bytes=settings.http_max_body_bytes,
-            storage_ok=self.repository.ping,
+            storage_ok=self.stores.log.ping,
             connection_limits=ConnectionLimits(
                 max_connections=settings.http_max_connections,
                 max_connections_per_source=settings.http_max_connections_per_source,
@@ -203,7 +208,7 @@ class RegistryApp:
             else None,
         )
         self.storage_watch = StorageWatch(
-            self.repository.ping,
+            self.stores.log.ping,
             self._report_storage,
             interval=settings.maintenance_interval_seconds,
         )

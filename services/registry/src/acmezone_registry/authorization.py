@@ -27,7 +27,7 @@ from acmezone_registry import credentials, errors, validation
 from acmezone_registry.access import Caller, address_allowed
 from acmezone_registry.metrics import RegistryMetrics
 from acmezone_registry.rate_limits import AbuseLimits, rate_limited, source_network
-from acmezone_registry.storage.repository import Repository, StoredRegistration
+from acmezone_registry.storage.registrations import RegistrationRepository, StoredRegistration
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ class Authorizer:
 
     def __init__(
         self,
-        repository: Repository,
+        registrations: RegistrationRepository,
         metrics: RegistryMetrics,
         *,
         operator_token: str | None,
         hasher: credentials.PasswordHasher,
         limits: AbuseLimits,
     ) -> None:
-        self._repository = repository
+        self._registrations = registrations
         self._metrics = metrics
         self._limits = limits
         self._operator_token = operator_token
@@ -95,7 +95,7 @@ class Authorizer:
         if caller.username is not None or caller.password is not None:
             return await self.owner(caller, label, operation=None)
         self.require_operator(caller)
-        stored = await self._repository.get_registration(label)
+        stored = await self._registrations.get_registration(label)
         if stored is None:
             raise errors.registration_not_found(label)
         return stored
@@ -126,7 +126,7 @@ class Authorizer:
         self._check_source(source)
         plausible = credentials.plausible_username(caller.username)
         stored = (
-            await self._repository.get_registration_by_username(caller.username)
+            await self._registrations.get_registration_by_username(caller.username)
             if plausible
             else None
         )
@@ -172,7 +172,7 @@ class Authorizer:
             return self._hasher.verify_fast(password, encoded)
         verification = await asyncio.to_thread(self._hasher.verify, password, encoded)
         if stored is not None and verification.needs_rehash:
-            upgraded = await self._repository.upgrade_password_hash(
+            upgraded = await self._registrations.upgrade_password_hash(
                 stored.registration.subdomain, encoded, self._hasher.hash(password)
             )
             if upgraded:

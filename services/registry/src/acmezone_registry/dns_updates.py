@@ -13,8 +13,9 @@ shared place. Steps, each answered the way RFC 2136 section 3 and RFC 8945 secti
    targets are the key's names: the update then applies to those targets.
 5. Prerequisites and updates: well formed (FORMERR), inside the zone (NOTZONE), and only TXT
    records at the key's two names (REFUSED).
-6. The repository checks prerequisites (YXDOMAIN, NXDOMAIN, YXRRSET, NXRRSET) and applies every
-   change atomically, in one feed revision; a replayed signature is refused (NOTAUTH/BADTIME).
+6. Prerequisites (YXDOMAIN, NXDOMAIN, YXRRSET, NXRRSET) are checked against the stored values
+   and every change applied, atomically, in one feed revision (`failed_prerequisite` inside the
+   storage transaction); a replayed signature is refused (NOTAUTH/BADTIME).
 
 Every answer to a validly signed request is signed with the same key.
 """
@@ -26,7 +27,7 @@ import hashlib
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +56,9 @@ from acmezone_registry.model import (
     UpdateKind,
     UpdateOperation,
 )
-from acmezone_registry.storage.repository import Repository, StoredRegistration
+from acmezone_registry.storage.registrations import StoredRegistration
+from acmezone_registry.storage.tsig_keys import TsigKeyRepository
+from acmezone_registry.storage.txt_values import TxtValueRepository
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +124,43 @@ def tsig_error_name(error: int) -> str:
     return _TSIG_ERROR_NAMES.get(int(error), str(int(error)))
 
 
+def failed_prerequisite(
+    prerequisites: Sequence[Prerequisite], values: Mapping[str, Sequence[str]]
+) -> PrerequisiteFailure | None:
+    """The first failure among an update's prerequisites, given the values now stored at each
+    owner name ("" and ALIAS_OWNER); None when all hold."""
+    for prerequisite in prerequisites:
+        failure = _prerequisite_failure(prerequisite, values[prerequisite.owner])
+        if failure is not None:
+            return failure
+    return None
+
+
+def _prerequisite_failure(
+    prerequisite: Prerequisite, values: Sequence[str]
+) -> PrerequisiteFailure | None:
+    """RFC 2136 section 3.2 for names that hold nothing but TXT records."""
+    txt = set(values) if prerequisite.is_txt else set()
+    in_use = bool(values)
+    kind = prerequisite.kind
+    if kind is PrerequisiteKind.NAME_IN_USE:
+        return None if in_use else PrerequisiteFailure.NXDOMAIN
+    if kind is PrerequisiteKind.NAME_NOT_IN_USE:
+        return PrerequisiteFailure.YXDOMAIN if in_use else None
+    if kind is PrerequisiteKind.RRSET_EXISTS:
+        return None if txt else PrerequisiteFailure.NXRRSET
+    if kind is PrerequisiteKind.RRSET_DOES_NOT_EXIST:
+        return PrerequisiteFailure.YXRRSET if txt else None
+    return None if txt and txt == set(prerequisite.values) else PrerequisiteFailure.NXRRSET
+
+
 class DnsUpdates:
     """Verifies and applies UPDATE messages for the challenge zone."""
 
     def __init__(
         self,
-        repository: Repository,
+        keys: TsigKeyRepository,
+        txt_values: TxtValueRepository,
         metrics: RegistryMetrics,
         *,
         zone: str,
@@ -136,7 +170,8 @@ class DnsUpdates:
     ) -> None:
         """`settle(revision)` holds the answer to an applied update until the change is
         served (`RecordFeed.settle`); None answers at once."""
-        self._repository = repository
+        self._keys = keys
+        self._txt_values = txt_values
         self._metrics = metrics
         self._zone = dns.name.from_text(zone.rstrip(".") + ".")
         self._strict = strict_txt_values
@@ -185,7 +220,7 @@ class DnsUpdates:
         message and its key, or the response RFC 8945 section 5.2 prescribes for the failure."""
         assert query.tsig is not None
         request_tsig: TSIG = query.tsig[0]
-        found = await self._repository.find_tsig_key(query.tsig.name.to_text().lower())
+        found = await self._keys.find_tsig_key(query.tsig.name.to_text().lower())
         if found is None or dns.name.from_text(found[0].key.algorithm) != request_tsig.algorithm:
             return self._tsig_failure(query, dns.rcode.BADKEY, "unknown key or algorithm")
         key_record, stored = found
@@ -262,9 +297,9 @@ class DnsUpdates:
         request_tsig: TSIG = update.tsig[0]  # type: ignore[index]
         expires = datetime.fromtimestamp(request_tsig.time_signed + request_tsig.fudge, tz=UTC)
         try:
-            outcome = await self._repository.apply_update(
+            outcome = await self._txt_values.apply_update(
                 registration.subdomain,
-                prerequisites,
+                lambda values: failed_prerequisite(prerequisites, values),
                 operations,
                 replay_guard=(hashlib.sha256(request_tsig.mac).hexdigest(), expires),
             )

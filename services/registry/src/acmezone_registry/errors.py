@@ -22,7 +22,7 @@ reasons below (the same list stands in the header of each proto file)::
 
 from __future__ import annotations
 
-from acmezone_common.errors import NotFoundError, OutOfRangeError
+from acmezone_common.errors import AlreadyExistsError, NotFoundError, OutOfRangeError
 
 ERROR_DOMAIN = "registry.acmezone.dev"
 
@@ -70,6 +70,24 @@ def registration_not_found(subdomain: str) -> NotFoundError:
         REGISTRATION_NOT_FOUND,
         f"registration {subdomain!r} does not exist",
         metadata={"subdomain": subdomain},
+    )
+
+
+def subdomain_taken(subdomain: str) -> AlreadyExistsError:
+    """The error for creating a registration whose subdomain is registered already."""
+    return AlreadyExistsError(
+        SUBDOMAIN_TAKEN,
+        f"subdomain {subdomain!r} is already registered",
+        metadata={"subdomain": subdomain},
+    )
+
+
+def tsig_key_exists(key_id: str) -> AlreadyExistsError:
+    """The error for creating a TSIG key whose id the registration uses already."""
+    return AlreadyExistsError(
+        TSIG_KEY_EXISTS,
+        f"TSIG key {key_id!r} already exists for this registration",
+        metadata={"tsig_key_id": key_id},
     )
 
 

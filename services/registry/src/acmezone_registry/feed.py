@@ -10,6 +10,8 @@ watcher learns that there is something new to read:
 - and a poll of the feed head every `poll_interval` is the safety net (and the only cross-process
   signal on SQLite).
 
+A watcher reads the table only for revisions one of these made known; once caught up it waits.
+
 Changes this process committed are also kept in memory for a short while, so its watchers get
 them without a database round trip each (the commonest case: one replica takes an update, its
 dns watchers forward it at once). The memory is only used when it holds every revision from the
@@ -45,7 +47,8 @@ from acmezone_registry.model import (
     WatchEvent,
 )
 from acmezone_registry.replicas import ReplicaReport, ReplicaTracker
-from acmezone_registry.storage.repository import NOTIFY_CHANNEL, Repository
+from acmezone_registry.storage.record_sets import RecordSets
+from acmezone_registry.storage.revision_log import NOTIFY_CHANNEL, RevisionLog
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,8 @@ class RecordFeed:
 
     def __init__(
         self,
-        repository: Repository,
+        log: RevisionLog,
+        record_sets: RecordSets,
         metrics: RegistryMetrics,
         *,
         bookmark_interval: float,
@@ -67,7 +71,8 @@ class RecordFeed:
         replicas: ReplicaTracker,
         settle_within: float = 0.0,
     ) -> None:
-        self._repository = repository
+        self._log = log
+        self._record_sets = record_sets
         self.replicas = replicas
         self._settle_within = settle_within
         self._metrics = metrics
@@ -81,15 +86,15 @@ class RecordFeed:
         # Set while other replicas' commits reach this one promptly: on PostgreSQL once LISTEN
         # is in place (cleared while it reconnects); on SQLite, polled, from start.
         self.listening = asyncio.Event()
-        repository.add_commit_listener(self._on_commit)
+        log.add_commit_listener(self._on_commit)
 
     async def start(self) -> None:
         """Learn the current head and start listening for other replicas' commits."""
-        status = await self._repository.feed_status()
+        status = await self._log.feed_status()
         self._advance(status.revision)
         self._metrics.feed_compacted_revision.set(status.compacted_revision)
         self._tasks.append(asyncio.create_task(self._poll_loop(), name="feed-poll"))
-        if self._repository.database.is_sqlite:
+        if self._log.database.is_sqlite:
             self.listening.set()
         else:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="feed-listen"))
@@ -108,7 +113,7 @@ class RecordFeed:
 
     async def status(self) -> FeedStatus:
         """The feed's identity and revision bounds."""
-        return await self._repository.feed_status()
+        return await self._log.feed_status()
 
     def replica_states(self) -> tuple[dict[str, int], int]:
         """How many reporting replicas are current, behind or disconnected, and the most
@@ -146,7 +151,7 @@ class RecordFeed:
     async def wait_for_replicas(self, revision: int, within: float) -> list[ReplicaReport]:
         """Return once every live dns replica serves `revision` of this feed (see
         `replicas`); DeadlineExceededError naming the laggards after `within` seconds."""
-        status = await self._repository.feed_status()
+        status = await self._log.feed_status()
         return await self.replicas.wait_for(revision, status.feed_id, within)
 
     # -- wake-ups -----------------------------------------------------------------------------
@@ -182,7 +187,7 @@ class RecordFeed:
         while True:
             await asyncio.sleep(self._poll_interval)
             try:
-                status = await self._repository.feed_status()
+                status = await self._log.feed_status()
             except UnavailableError:
                 continue
             self._metrics.feed_compacted_revision.set(status.compacted_revision)
@@ -195,7 +200,7 @@ class RecordFeed:
         # registry about 9 MB of its idle memory.
         import psycopg
 
-        conninfo = self._repository.database.libpq_conninfo()
+        conninfo = self._log.database.libpq_conninfo()
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
@@ -229,14 +234,14 @@ class RecordFeed:
             self._metrics.feed_watchers.dec()
 
     async def _watch(self, start_revision: int, feed_id: str) -> AsyncIterator[WatchEvent]:
-        status = await self._repository.feed_status()
+        status = await self._log.feed_status()
         if start_revision == 0:
             # Parts are streamed from the table as the watcher takes them (gRPC flow
             # control), one held back to know which is the last.
             revision = 0
             held: list[RecordSet] | None = None
             async with contextlib.aclosing(
-                self._repository.snapshot_parts(SNAPSHOT_BATCH_SIZE)
+                self._record_sets.snapshot_parts(SNAPSHOT_BATCH_SIZE)
             ) as parts:
                 async for revision, record_sets in parts:
                     if held is not None:
@@ -271,9 +276,11 @@ class RecordFeed:
             if self._closing:
                 raise UnavailableError(errors.SHUTTING_DOWN, "this registry replica is stopping")
             changed = self._changed  # taken before reading, so no commit slips between
-            changes = self._recent_from(next_revision) or await self._repository.changes_since(
-                next_revision, MAX_REVISIONS_PER_BATCH
-            )
+            changes = self._recent_from(next_revision)
+            if not changes and next_revision <= self._known_revision:
+                # Only ask the table for revisions some wake-up said exist: a watcher that is
+                # caught up would otherwise cost a query per commit, for nothing.
+                changes = await self._log.changes_since(next_revision, MAX_REVISIONS_PER_BATCH)
             if changes:
                 yield ChangeBatch(tuple(changes))
                 next_revision = changes[-1].revision + 1

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from acmezone_common.errors import UnavailableError
 from acmezone_registry.metrics import RegistryMetrics
-from acmezone_registry.storage.repository import Repository
+from acmezone_registry.storage.stores import Stores
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +24,14 @@ class Maintenance:
 
     def __init__(
         self,
-        repository: Repository,
+        stores: Stores,
         metrics: RegistryMetrics,
         *,
         interval: float,
         feed_retention_revisions: int,
         expire_values: bool,
     ) -> None:
-        self._repository = repository
+        self._stores = stores
         self._metrics = metrics
         self._interval = interval
         self._retention = feed_retention_revisions
@@ -41,23 +41,23 @@ class Maintenance:
     async def run_once(self) -> None:
         """One round of upkeep."""
         if self._expire_values:
-            expired = await self._repository.expire_txt_values(datetime.now(UTC))
+            expired = await self._stores.txt_values.expire_txt_values(datetime.now(UTC))
             if expired:
                 self._metrics.txt_values_expired.inc(expired)
                 logger.info("expired TXT values removed", extra={"count": expired})
         self._metrics.replay_guard_purged.inc(
-            await self._repository.purge_replay_guard(datetime.now(UTC))
+            await self._stores.replay_guard.purge_replay_guard(datetime.now(UTC))
         )
-        mark = await self._repository.compact(self._retention)
+        mark = await self._stores.log.compact(self._retention)
         self._metrics.feed_compacted_revision.set(mark)
-        self._metrics.registrations.set(await self._repository.count_registrations())
+        self._metrics.registrations.set(await self._stores.registrations.count_registrations())
 
     async def _loop(self) -> None:
         while True:
             try:
                 await self.run_once()
             except UnavailableError:
-                pass  # already logged by the repository; try again next round
+                pass  # already logged by the revision log; try again next round
             except Exception:
                 logger.exception("maintenance round failed")
             await asyncio.sleep(self._interval)

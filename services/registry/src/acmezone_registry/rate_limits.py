@@ -11,6 +11,7 @@ attacker with a whole IPv6 /64 would otherwise get a fresh bucket per address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -25,8 +26,11 @@ IPV4_PREFIX = 24
 IPV6_PREFIX = 56
 
 
+@functools.lru_cache(maxsize=4096)
 def source_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str:
-    """The bucket key of a client address ("unknown" when there is none)."""
+    """The bucket key of a client address ("unknown" when there is none). Asked for every
+    request, so recent answers are kept: building the network costs more than the rest of
+    the rate-limit check."""
     if address is None:
         return "unknown"
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -24,9 +24,9 @@ from acmezone_registry.model import (
     RegistrationPage,
     TxtRecord,
 )
-from acmezone_registry.paging import decode_page_token, encode_page_token
 from acmezone_registry.rate_limits import AbuseLimits, rate_limited, source_network
-from acmezone_registry.storage.repository import NewRegistration, Repository
+from acmezone_registry.storage.registrations import NewRegistration, RegistrationRepository
+from acmezone_registry.storage.txt_values import TxtValueRepository
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +46,24 @@ class RegistrationPolicy:
 
 
 class Registrations:
-    """Registration and TXT-value use cases over the repository."""
+    """Registration and TXT-value use cases over their repositories."""
 
     def __init__(
         self,
-        repository: Repository,
+        registrations: RegistrationRepository,
+        txt_values: TxtValueRepository,
         policy: RegistrationPolicy,
         metrics: RegistryMetrics,
         limits: AbuseLimits | None = None,
     ) -> None:
-        self._repository = repository
+        self._stored = registrations
+        self._txt_values = txt_values
         self._policy = policy
         self._metrics = metrics
         self._limits = limits or AbuseLimits.unlimited()
         self._hasher = credentials.PasswordHasher(policy.credential_key)
         self.authorizer = Authorizer(
-            repository,
+            registrations,
             metrics,
             operator_token=policy.operator_token,
             hasher=self._hasher,
@@ -98,7 +100,7 @@ class Registrations:
         if self._policy.operator_token is None:
             self._take_open_registration(caller)
         password = credentials.new_password()
-        registration = await self._repository.create_registration(
+        registration = await self._stored.create_registration(
             NewRegistration(
                 subdomain=label,
                 username=credentials.new_username(),
@@ -137,12 +139,11 @@ class Registrations:
         """A page of registrations, oldest first."""
         self.authorizer.require_operator(caller)
         size = paging.page_size(page_size)
-        after = decode_page_token(page_token, method="ListRegistrations")
-        rows = await self._repository.list_registrations(after=after, limit=size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        token = encode_page_token(rows[-1].create_time, rows[-1].subdomain) if more and rows else ""
-        return RegistrationPage(tuple(rows), token)
+        rows = await self._stored.list_registrations(
+            after=paging.time_key_after(page_token), limit=paging.fetch_limit(size)
+        )
+        page = paging.page_of(rows, size, lambda r: paging.time_key(r.create_time, r.subdomain))
+        return RegistrationPage(tuple(page.items), page.next_page_token)
 
     async def update(
         self, caller: Caller, subdomain: str, changes: RegistrationChanges
@@ -165,12 +166,12 @@ class Registrations:
                 default=self._policy.default_max_txt_values,
             ),
         )
-        return await self._repository.update_registration(label, checked)
+        return await self._stored.update_registration(label, checked)
 
     async def delete(self, caller: Caller, subdomain: str) -> None:
         """Delete a registration and its values."""
         stored = await self.authorizer.self_or_operator(caller, subdomain)
-        await self._repository.delete_registration(stored.registration.subdomain)
+        await self._stored.delete_registration(stored.registration.subdomain)
         self._metrics.registrations_deleted.inc()
         logger.info("registration deleted", extra={"subdomain": stored.registration.subdomain})
 
@@ -178,7 +179,7 @@ class Registrations:
         """Replace the password; the old one stops working with this commit."""
         stored = await self.authorizer.self_or_operator(caller, subdomain)
         password = credentials.new_password()
-        registration = await self._repository.set_password_hash(
+        registration = await self._stored.set_password_hash(
             stored.registration.subdomain, self._hasher.hash(password)
         )
         logger.info("password rotated", extra={"subdomain": registration.subdomain})
@@ -189,7 +190,7 @@ class Registrations:
     async def get_txt_record(self, caller: Caller, subdomain: str) -> TxtRecord:
         """The values currently published for the caller's own registration."""
         stored = await self.authorizer.owner(caller, subdomain, operation="get")
-        return await self._repository.get_txt_record(stored.registration.subdomain)
+        return await self._txt_values.get_txt_record(stored.registration.subdomain)
 
     async def add_txt_value(
         self, caller: Caller, subdomain: str, value: str, *, persistent: bool = False
@@ -210,7 +211,7 @@ class Registrations:
             raise
         now = datetime.now(UTC)
         lifetime = self._policy.txt_value_lifetime
-        record = await self._repository.add_txt_value(
+        record = await self._txt_values.add_txt_value(
             stored.registration.subdomain,
             checked,
             now=now,
@@ -232,13 +233,13 @@ class Registrations:
         except InvalidArgumentError:
             # It may be a persistent value, which is not held to the strict form.
             checked = validation.persistent_txt_value(value, field="value")
-        record = await self._repository.remove_txt_values(stored.registration.subdomain, checked)
+        record = await self._txt_values.remove_txt_values(stored.registration.subdomain, checked)
         self._metrics.txt_updates.labels("remove", "ok").inc()
         return record
 
     async def clear_txt_values(self, caller: Caller, subdomain: str) -> TxtRecord:
         """Stop publishing every value of the registration."""
         stored = await self.authorizer.owner(caller, subdomain, operation="clear")
-        record = await self._repository.remove_txt_values(stored.registration.subdomain, None)
+        record = await self._txt_values.remove_txt_values(stored.registration.subdomain, None)
         self._metrics.txt_updates.labels("clear", "ok").inc()
         return record

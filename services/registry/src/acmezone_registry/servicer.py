@@ -17,11 +17,10 @@ import asyncio
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from typing_extensions import override
 
 from acmezone.registry.v1 import (
@@ -33,6 +32,8 @@ from acmezone.registry.v1 import (
     txt_record_service_pb2_grpc,
 )
 from acmezone_common.errors import InvalidArgumentError, UnavailableError
+from acmezone_common.names import resource_ids
+from acmezone_common.timestamps import timestamp
 from acmezone_registry import errors, model, validation
 from acmezone_registry.access import Caller, ClientAddressResolver, IPAddress, parse_address
 from acmezone_registry.registrations import Registrations
@@ -120,46 +121,23 @@ def _caller(context: Context, resolver: ClientAddressResolver) -> Caller:
 # -- resource names -------------------------------------------------------------------------
 
 
-def _name_error(name: str, expected: str, field: str) -> InvalidArgumentError:
-    return InvalidArgumentError(
-        errors.INVALID_NAME,
-        f"{name!r} is not a resource name of the form {expected!r}",
-        field=field,
-    )
-
-
-def _label_from(name: str, segments: Sequence[str], expected: str, field: str) -> str:
-    try:
-        return validation.subdomain_label(segments[1], field=field)
-    except InvalidArgumentError:
-        raise _name_error(name, expected, field) from None
-
-
 def registration_subdomain(name: str, *, field: str = "name") -> str:
     """The subdomain in `registrations/{subdomain}`; INVALID_NAME for anything else."""
-    expected = f"{_COLLECTION}/{{subdomain}}"
-    segments = name.split("/")
-    if len(segments) != 2 or segments[0] != _COLLECTION:
-        raise _name_error(name, expected, field)
-    return _label_from(name, segments, expected, field)
+    (subdomain,) = resource_ids(
+        name, f"{_COLLECTION}/{{subdomain}}", field=field, id_of=validation.label_id
+    )
+    return subdomain
 
 
 def txt_record_subdomain(name: str, *, field: str = "name") -> str:
     """The subdomain in `registrations/{subdomain}/txtRecord`; INVALID_NAME for anything else."""
-    expected = f"{_COLLECTION}/{{subdomain}}/{_TXT_RECORD}"
-    segments = name.split("/")
-    if len(segments) != 3 or segments[0] != _COLLECTION or segments[2] != _TXT_RECORD:
-        raise _name_error(name, expected, field)
-    return _label_from(name, segments, expected, field)
+    (subdomain,) = resource_ids(
+        name, f"{_COLLECTION}/{{subdomain}}/{_TXT_RECORD}", field=field, id_of=validation.label_id
+    )
+    return subdomain
 
 
 # -- domain -> proto ------------------------------------------------------------------------
-
-
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def registration_to_proto(
@@ -175,8 +153,8 @@ def registration_to_proto(
         allowed_cidrs=list(registration.allowed_cidrs),
         description=registration.description,
         max_txt_values=registration.max_txt_values,
-        create_time=_timestamp(registration.create_time),
-        update_time=_timestamp(registration.update_time),
+        create_time=timestamp(registration.create_time),
+        update_time=timestamp(registration.update_time),
     )
 
 
@@ -186,11 +164,11 @@ def txt_record_to_proto(record: model.TxtRecord) -> txt_record_service_pb2.TxtRe
     for value in record.values:
         message = txt_record_service_pb2.TxtValue(
             value=value.value,
-            create_time=_timestamp(value.create_time),
+            create_time=timestamp(value.create_time),
             persistent=value.persistent,
         )
         if value.expire_time is not None:
-            message.expire_time.CopyFrom(_timestamp(value.expire_time))
+            message.expire_time.CopyFrom(timestamp(value.expire_time))
         values.append(message)
     return txt_record_service_pb2.TxtRecord(
         name=f"{_COLLECTION}/{record.subdomain}/{_TXT_RECORD}",
@@ -237,7 +215,7 @@ def watch_event_to_proto(event: model.WatchEvent) -> record_feed_service_pb2.Wat
                         revision=change.revision,
                         type=_CHANGE_TYPES[change.type],
                         record_set=_record_set_to_proto(change.record_set),
-                        commit_time=_timestamp(change.commit_time),
+                        commit_time=timestamp(change.commit_time),
                     )
                     for change in event.changes
                 ]
@@ -245,7 +223,7 @@ def watch_event_to_proto(event: model.WatchEvent) -> record_feed_service_pb2.Wat
         )
     return record_feed_service_pb2.WatchRecordsResponse(
         bookmark=record_feed_service_pb2.Bookmark(
-            revision=event.revision, time=_timestamp(event.time), feed_id=event.feed_id
+            revision=event.revision, time=timestamp(event.time), feed_id=event.feed_id
         )
     )
 
@@ -512,6 +490,6 @@ def _replica_to_proto(report: ReplicaReport) -> record_feed_service_pb2.ReplicaS
     return record_feed_service_pb2.ReplicaStatus(
         replica=report.replica,
         revision=report.revision,
-        report_time=_timestamp(report.report_time),
+        report_time=timestamp(report.report_time),
         connected=report.connected,
     )

@@ -17,8 +17,7 @@ from acmezone_registry import errors, validation
 from acmezone_registry.access import Caller
 from acmezone_registry.authorization import Authorizer
 from acmezone_registry.model import ALIAS_OWNER, TsigKeyInfo, TsigKeyWithSecret
-from acmezone_registry.paging import decode_page_token, encode_page_token
-from acmezone_registry.storage.repository import Repository
+from acmezone_registry.storage.tsig_keys import TsigKeyRepository
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +43,8 @@ class TsigKeyPage:
 class TsigKeys:
     """Create, read, list and delete the TSIG keys of registrations."""
 
-    def __init__(self, repository: Repository, authorizer: Authorizer, zone: str) -> None:
-        self._repository = repository
+    def __init__(self, keys: TsigKeyRepository, authorizer: Authorizer, zone: str) -> None:
+        self._keys = keys
         self._authorizer = authorizer
         self._zone = zone.rstrip(".").lower()
 
@@ -75,7 +74,7 @@ class TsigKeys:
         else:
             label = f"k{secrets.token_hex(4)}"
         secret = base64.b64encode(secrets.token_bytes(ALGORITHMS[algorithm])).decode()
-        info = await self._repository.create_tsig_key(
+        info = await self._keys.create_tsig_key(
             stored.registration.subdomain,
             label,
             algorithm,
@@ -91,7 +90,7 @@ class TsigKeys:
     async def get(self, caller: Caller, subdomain: str, key_id: str) -> TsigKeyInfo:
         """One key, without its secret."""
         stored = await self._authorizer.self_or_operator(caller, subdomain)
-        return await self._repository.get_tsig_key(stored.registration.subdomain, key_id)
+        return await self._keys.get_tsig_key(stored.registration.subdomain, key_id)
 
     async def list(
         self, caller: Caller, subdomain: str, *, page_size: int, page_token: str
@@ -99,17 +98,16 @@ class TsigKeys:
         """A page of a registration's keys, oldest first."""
         stored = await self._authorizer.self_or_operator(caller, subdomain)
         size = paging.page_size(page_size)
-        after = decode_page_token(page_token, method="ListTsigKeys")
-        keys = await self._repository.list_tsig_keys(
-            stored.registration.subdomain, after=after, limit=size + 1
+        keys = await self._keys.list_tsig_keys(
+            stored.registration.subdomain,
+            after=paging.time_key_after(page_token),
+            limit=paging.fetch_limit(size),
         )
-        more = len(keys) > size
-        keys = keys[:size]
-        token = encode_page_token(keys[-1].create_time, keys[-1].key_id) if more and keys else ""
-        return TsigKeyPage(tuple(keys), token)
+        page = paging.page_of(keys, size, lambda k: paging.time_key(k.create_time, k.key_id))
+        return TsigKeyPage(tuple(page.items), page.next_page_token)
 
     async def delete(self, caller: Caller, subdomain: str, key_id: str) -> None:
         """Delete a key; updates signed with it are refused from now on."""
         stored = await self._authorizer.self_or_operator(caller, subdomain)
-        await self._repository.delete_tsig_key(stored.registration.subdomain, key_id)
+        await self._keys.delete_tsig_key(stored.registration.subdomain, key_id)
         logger.info("TSIG key deleted", extra={"subdomain": subdomain, "tsig_key_id": key_id})

@@ -20,10 +20,12 @@ from acmezone.registry.v1 import (
     tsig_key_service_pb2_grpc,
 )
 from acmezone_common.errors import InvalidArgumentError
+from acmezone_common.names import resource_ids
+from acmezone_common.timestamps import timestamp
 from acmezone_registry import errors, model, validation
 from acmezone_registry.access import ClientAddressResolver, parse_address
 from acmezone_registry.dns_updates import DnsUpdates
-from acmezone_registry.servicer import Context, _caller, _timestamp, registration_subdomain
+from acmezone_registry.servicer import Context, _caller, registration_subdomain
 from acmezone_registry.tsig_keys import TsigKeys
 
 ALGORITHM_NAMES = {
@@ -38,21 +40,13 @@ _ALGORITHM_ENUMS = {name: value for value, name in ALGORITHM_NAMES.items()}
 
 def tsig_key_resource(name: str, *, field: str = "name") -> tuple[str, str]:
     """(subdomain, key id) from `registrations/{subdomain}/tsigKeys/{tsig_key_id}`."""
-    segments = name.split("/")
-    if len(segments) == 4 and segments[0] == "registrations" and segments[2] == "tsigKeys":
-        try:
-            return (
-                validation.subdomain_label(segments[1], field=field),
-                validation.subdomain_label(segments[3], field=field),
-            )
-        except InvalidArgumentError:
-            pass
-    raise InvalidArgumentError(
-        errors.INVALID_NAME,
-        f"{name!r} is not a resource name of the form "
-        "'registrations/{subdomain}/tsigKeys/{tsig_key_id}'",
+    subdomain, key_id = resource_ids(
+        name,
+        "registrations/{subdomain}/tsigKeys/{tsig_key_id}",
         field=field,
+        id_of=validation.label_id,
     )
+    return subdomain, key_id
 
 
 def tsig_key_to_proto(
@@ -65,7 +59,7 @@ def tsig_key_to_proto(
         algorithm=_ALGORITHM_ENUMS[key.algorithm],
         secret=secret,
         allowed_names=list(allowed_names),
-        create_time=_timestamp(key.create_time),
+        create_time=timestamp(key.create_time),
     )
 
 

@@ -10,20 +10,20 @@ import re
 from collections.abc import Iterable
 
 from acmezone_common.errors import InvalidArgumentError
+from acmezone_common.names import is_dns_label
 from acmezone_registry import errors
 
 MAX_CIDRS = 64
 MAX_DESCRIPTION_CHARS = 256
 MAX_TXT_VALUES_LIMIT = 10
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _ACME_DIGEST = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,255}$")
 
 
 def subdomain_label(value: str, *, field: str, reserved: Iterable[str] = ()) -> str:
     """A DNS label of [a-z0-9-] (upper case folded), 1-63 chars, no leading/trailing hyphen."""
-    label = value.strip().lower()
-    if not _LABEL.fullmatch(label):
+    label = label_id(value)
+    if label is None:
         raise InvalidArgumentError(
             errors.INVALID_SUBDOMAIN,
             f"{value!r} is not a valid subdomain label: use 1 to 63 characters of a-z, 0-9 "
@@ -35,6 +35,13 @@ def subdomain_label(value: str, *, field: str, reserved: Iterable[str] = ()) -> 
             errors.INVALID_SUBDOMAIN, f"subdomain {label!r} is reserved", field=field
         )
     return label
+
+
+def label_id(value: str) -> str | None:
+    """`value` as a subdomain label (case folded, surrounding space dropped), or None when it
+    is not one; names (`registrations/{subdomain}`) take the same ids as requests."""
+    label = value.strip().lower()
+    return label if is_dns_label(label) else None
 
 
 def cidrs(values: Iterable[str], *, field: str) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, text, upda
 
 from acmezone_registry.model import ChangeType
 from acmezone_registry.storage.database import Database
-from acmezone_registry.storage.repository import NOTIFY_CHANNEL
+from acmezone_registry.storage.revision_log import NOTIFY_CHANNEL
 from acmezone_registry.storage.tables import (
     FeedStateRow,
     RecordChangeRow,

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from acmezone_common.keyfiles import private_dir
+from acmezone_common.sql import async_url, sync_url
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ class Database:
     """Opens the engines for one database URL and hands out sessions."""
 
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
+        """`url` in any spelling `acmezone_common.sql.async_url` accepts."""
+        parsed = make_url(async_url(url))
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
@@ -63,9 +66,14 @@ class Database:
             self._reader = self._sqlite_engine(begin="BEGIN")
             self._sync_writer: Engine | None = self._sqlite_sync_engine(begin="BEGIN IMMEDIATE")
             self._sync_reader: Engine | None = self._sqlite_sync_engine(begin="BEGIN")
+            # SQLite has one writer at a time anyway: its transactions get a thread of their
+            # own, so a write never queues behind reads for a worker thread.
+            self._write_thread: ThreadPoolExecutor | None = ThreadPoolExecutor(
+                1, thread_name_prefix="sqlite-writer"
+            )
         else:
             engine = create_async_engine(
-                parsed.set(drivername="postgresql+psycopg"),
+                parsed,
                 pool_pre_ping=True,
                 pool_size=10,
                 max_overflow=10,
@@ -73,6 +81,7 @@ class Database:
             )
             self._writer = self._reader = engine
             self._sync_writer = self._sync_reader = None
+            self._write_thread = None
         self.writer = async_sessionmaker(self._writer, expire_on_commit=False)
         self.reader = async_sessionmaker(self._reader, expire_on_commit=False)
 
@@ -82,9 +91,7 @@ class Database:
         return self.dialect == "sqlite"
 
     def _sqlite_engine(self, *, begin: str) -> AsyncEngine:
-        engine = create_async_engine(
-            self.url.set(drivername="sqlite+aiosqlite"), hide_parameters=True
-        )
+        engine = create_async_engine(self.url, hide_parameters=True)
 
         event.listen(engine.sync_engine, "connect", _sqlite_connection_setup)
 
@@ -115,15 +122,16 @@ class Database:
                 with engine.begin() as connection:
                     return body(connection)
 
+            if write and self._write_thread is not None:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._write_thread, run)
             return await asyncio.to_thread(run)
         async with self._writer.begin() as connection:
             return await connection.run_sync(body)
 
     def sync_url(self) -> URL:
         """The URL for synchronous tools (Alembic)."""
-        if self.is_sqlite:
-            return self.url.set(drivername="sqlite")
-        return self.url.set(drivername="postgresql+psycopg")
+        return make_url(sync_url(self.url.render_as_string(hide_password=False)))
 
     def libpq_conninfo(self) -> str:
         """A libpq connection string for the LISTEN connection (PostgreSQL only)."""
@@ -148,6 +156,8 @@ class Database:
         cancelled mid-query) must not hang a shutdown: Kubernetes would SIGKILL us anyway.
         """
         engines = [self._writer] if self._reader is self._writer else [self._writer, self._reader]
+        if self._write_thread is not None:
+            self._write_thread.shutdown(wait=False)
         for sync_engine in (self._sync_writer, self._sync_reader):
             if sync_engine is not None:
                 await asyncio.to_thread(sync_engine.dispose)

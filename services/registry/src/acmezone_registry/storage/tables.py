@@ -19,9 +19,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from acmezone_common.sql import UtcDateTime
 
-UTCDateTime = UtcDateTime
-"""The shared UTC column type (`acmezone_common.sql`), under the name the migrations import."""
-
 
 class Base(DeclarativeBase):
     """Declarative base of the registry schema."""
@@ -53,8 +50,8 @@ class RegistrationRow(Base):
     allowed_cidrs: Mapped[list[str]] = mapped_column(JSON)
     description: Mapped[str] = mapped_column(String(256))
     max_txt_values: Mapped[int] = mapped_column(Integer)
-    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
-    update_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class TxtValueRow(Base):
@@ -77,8 +74,8 @@ class TxtValueRow(Base):
     # "_acme-challenge" for `_acme-challenge.<fulldomain>` (written by RFC 2136 updates).
     owner: Mapped[str] = mapped_column(String(32), server_default="")
     value: Mapped[str] = mapped_column(String(255))
-    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
-    expire_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # A persistent value (dns-persist-01) is kept apart from challenge values: never trimmed to
     # max_txt_values, never given an expire_time.
     persistent: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
@@ -94,7 +91,7 @@ class RecordChangeRow(Base):
     change_type: Mapped[str] = mapped_column(String(8))
     fqdn: Mapped[str] = mapped_column(String(255))
     txt_values: Mapped[list[str]] = mapped_column(JSON)
-    commit_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    commit_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class TsigKeyRow(Base):
@@ -110,7 +107,7 @@ class TsigKeyRow(Base):
     key_name: Mapped[str] = mapped_column(String(255), unique=True)
     algorithm: Mapped[str] = mapped_column(String(40))
     secret: Mapped[str] = mapped_column(String(200))
-    create_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class TsigReplayGuardRow(Base):
@@ -121,4 +118,4 @@ class TsigReplayGuardRow(Base):
     __table_args__ = (Index("ix_tsig_replay_guard_expire_time", "expire_time"),)
 
     mac_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expire_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -12,7 +12,7 @@ import uuid
 import sqlalchemy as sa
 from alembic import op
 
-from acmezone_registry.storage.tables import UTCDateTime
+from acmezone_common.sql import UtcDateTime
 
 revision = "0001"
 down_revision = None
@@ -40,8 +40,8 @@ def upgrade() -> None:
         sa.Column("allowed_cidrs", sa.JSON(), nullable=False),
         sa.Column("description", sa.String(256), nullable=False),
         sa.Column("max_txt_values", sa.Integer(), nullable=False),
-        sa.Column("create_time", UTCDateTime(), nullable=False),
-        sa.Column("update_time", UTCDateTime(), nullable=False),
+        sa.Column("create_time", UtcDateTime(), nullable=False),
+        sa.Column("update_time", UtcDateTime(), nullable=False),
     )
     op.create_index(
         "ix_registrations_create_time_subdomain", "registrations", ["create_time", "subdomain"]
@@ -56,8 +56,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("value", sa.String(255), nullable=False),
-        sa.Column("create_time", UTCDateTime(), nullable=False),
-        sa.Column("expire_time", UTCDateTime(), nullable=True),
+        sa.Column("create_time", UtcDateTime(), nullable=False),
+        sa.Column("expire_time", UtcDateTime(), nullable=True),
         sa.UniqueConstraint("subdomain", "value", name="uq_txt_values_subdomain_value"),
     )
     op.create_index("ix_txt_values_expire_time", "txt_values", ["expire_time"])
@@ -68,7 +68,7 @@ def upgrade() -> None:
         sa.Column("change_type", sa.String(8), nullable=False),
         sa.Column("fqdn", sa.String(255), nullable=False),
         sa.Column("txt_values", sa.JSON(), nullable=False),
-        sa.Column("commit_time", UTCDateTime(), nullable=False),
+        sa.Column("commit_time", UtcDateTime(), nullable=False),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from acmezone_registry.storage.tables import UTCDateTime
+from acmezone_common.sql import UtcDateTime
 
 revision = "0002"
 down_revision = "0001"
@@ -37,12 +37,12 @@ def upgrade() -> None:
         sa.Column("key_name", sa.String(255), nullable=False, unique=True),
         sa.Column("algorithm", sa.String(40), nullable=False),
         sa.Column("secret", sa.String(200), nullable=False),
-        sa.Column("create_time", UTCDateTime(), nullable=False),
+        sa.Column("create_time", UtcDateTime(), nullable=False),
     )
     op.create_table(
         "tsig_replay_guard",
         sa.Column("mac_digest", sa.String(64), primary_key=True),
-        sa.Column("expire_time", UTCDateTime(), nullable=False),
+        sa.Column("expire_time", UtcDateTime(), nullable=False),
     )
     op.create_index("ix_tsig_replay_guard_expire_time", "tsig_replay_guard", ["expire_time"])
 
