@@ -200,6 +200,11 @@ def udp_query(name: str, qid: int) -> bytes:
     return message.to_wire()
 
 
+PROBE_SENDS: list[float] = []
+"""When (monotonic) the last gap_probe sent each query: a gap in the answers with no gap in
+the sends is the server's; one in both is this process not being scheduled."""
+
+
 async def gap_probe(port: int, name: str, stop: asyncio.Event, qps: int = 1000) -> list[float]:
     """Send `qps` queries a second until `stop`; the times answers arrived (monotonic)."""
     loop = asyncio.get_running_loop()
@@ -217,7 +222,9 @@ async def gap_probe(port: int, name: str, stop: asyncio.Event, qps: int = 1000) 
         interval = 1 / qps
         next_send = time.monotonic()
         i = 0
+        PROBE_SENDS.clear()
         while not stop.is_set():
+            PROBE_SENDS.append(time.monotonic())
             transport.sendto(udp_query(name, i % 65536))
             i += 1
             next_send += interval
@@ -229,6 +236,12 @@ async def gap_probe(port: int, name: str, stop: asyncio.Event, qps: int = 1000) 
 
 def longest_gap(arrivals: list[float]) -> float:
     return max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)
+
+
+def longest_gap_end(arrivals: list[float]) -> float:
+    """When (monotonic) the longest gap between arrivals ended."""
+    pairs = list(itertools.pairwise(arrivals))
+    return max(pairs, key=lambda p: p[1] - p[0])[1] if pairs else 0.0
 
 
 async def watch_snapshot(target: str) -> int:
@@ -396,6 +409,7 @@ def relist_while_probed(
         probe = asyncio.ensure_future(gap_probe(port, f"{label(1)}.{ZONE}", stop))
         await asyncio.sleep(3)
         quiet_until = time.monotonic()
+        stopping = time.monotonic()
         await asyncio.to_thread(children.stop, registry)
         with sqlite3.connect(database) as db:
             db.execute("UPDATE feed_state SET feed_id = ?", (str(uuid.uuid4()),))
@@ -404,6 +418,7 @@ def relist_while_probed(
             "registry", pinned(CLIENT_CORE, [str(BIN / "acmezone-registry")]), env
         )
         await wait_for_serving(env["ACMEZONE_REGISTRY_GRPC_ADDRESS"], within=120)
+        serving = time.monotonic()
         started = time.perf_counter()
         query = udp_query(f"{label(2)}.{ZONE}", 7)
         loop = asyncio.get_running_loop()
@@ -419,11 +434,23 @@ def relist_while_probed(
                     raise RuntimeError("the re-list did not finish in 300 s")
                 await asyncio.sleep(0.05)
         took = time.perf_counter() - started
+        relisted = time.monotonic()
         await asyncio.sleep(1)
         stop.set()
         arrivals = await probe
         quiet = [t for t in arrivals if t <= quiet_until]
         busy = [t for t in arrivals if t >= quiet_until]
+        # Where the longest gap fell: during the registry's stop and start (this process and
+        # the registry share a core then), or during the replica's re-list itself.
+        end = longest_gap_end(busy)
+        after = longest_gap([t for t in busy if t >= serving]) * 1e3
+        sends = longest_gap([t for t in PROBE_SENDS if t >= serving]) * 1e3
+        print(
+            f"    (longest gap ended {end - stopping:.2f} s after the registry's stop; it"
+            f" served again at {serving - stopping:.2f} s and the re-list was answered at"
+            f" {relisted - stopping:.2f} s; longest gap after it served again: {after:.1f} ms,"
+            f" in this probe's own sends: {sends:.1f} ms)"
+        )
         return restarted, took, longest_gap(busy), longest_gap(quiet[100:]), len(arrivals)
 
     return asyncio.run(probed())

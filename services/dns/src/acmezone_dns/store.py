@@ -252,7 +252,9 @@ class NodeIndex(Mapping[bytes, Node]):
         return node
 
     def __contains__(self, key: object) -> bool:
-        return key in self._feed or key in self._static or self._below.get(key, 0) > 0  # type: ignore[call-overload]
+        if not isinstance(key, bytes):
+            return False
+        return key in self._feed or key in self._static or self._below.get(key, 0) > 0
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self._feed
@@ -761,8 +763,10 @@ class ZoneStore:
         """Redo a re-list's bookkeeping that depends on the static set, after a static reload
         raced with it: the ancestor counts and the zones' record counts (walks the feed once,
         a rare case). `_finish` then packs and counts the static names."""
-        tables.view.zones.clear()  # type: ignore[attr-defined]
-        tables.view.zones.update(self._ready_zones())  # type: ignore[attr-defined]
+        zones = tables.view.zones
+        assert isinstance(zones, dict)  # the Relist's own, shared with its node index
+        zones.clear()
+        zones.update(self._ready_zones())
         tables.below.clear()
         tables.counts.clear()
         tables.counts.update(dict.fromkeys(self.zone_info, 0))
