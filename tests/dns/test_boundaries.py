@@ -11,5 +11,5 @@ from tests.boundaries import check_service
 
 def test_no_other_service_and_no_grpc_in_the_domain() -> None:
     check_service(
-        acmezone_dns, {"feed_client.py", "updates.py"}, sees="feed_client.py", at_least=11
+        acmezone_dns, {"feed_client.py", "update_forwarding.py"}, sees="feed_client.py", at_least=11
     )

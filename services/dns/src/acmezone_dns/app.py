@@ -38,7 +38,7 @@ from acmezone_dns.store import ZoneStore
 from acmezone_dns.tcp_server import TcpServer
 from acmezone_dns.transfer import Journal, TransferPolicy, ZoneTransfers
 from acmezone_dns.udp_server import UdpServer
-from acmezone_dns.updates import UpdateForwarder
+from acmezone_dns.update_forwarding import UpdateForwarder
 from acmezone_dns.zone_editor import ZoneEditor
 from acmezone_dns.zone_reload import ZoneReloader
 

@@ -16,7 +16,7 @@ from acmezone_dns.metrics import QueryStats
 from acmezone_dns.responder import Responder
 from acmezone_dns.tcp_pool import Connection, TcpPool, source_of
 from acmezone_dns.transfer import ZoneTransfers, is_transfer
-from acmezone_dns.updates import UpdateForwarder, is_update
+from acmezone_dns.update_forwarding import UpdateForwarder, is_update
 
 logger = logging.getLogger(__name__)
 

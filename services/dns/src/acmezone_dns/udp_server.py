@@ -27,7 +27,7 @@ from acmezone_dns import datagram_batch, sockets
 from acmezone_dns.datagram_batch import NativeDatagramBatch, Peer
 from acmezone_dns.metrics import LATENCY_SAMPLE_EVERY, QueryStats
 from acmezone_dns.responder import Responder
-from acmezone_dns.updates import UPDATE_FLAGS, UpdateForwarder
+from acmezone_dns.update_forwarding import UPDATE_FLAGS, UpdateForwarder
 
 logger = logging.getLogger(__name__)
 
