@@ -146,12 +146,12 @@ class RegistrySettings(ServiceSettings):
         "answering from its last state) until this long after its last report.",
     )
     wait_for_replicas_seconds: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0,
         le=300,
-        description="The acme-dns /update and RFC 2136 answers wait until every dns replica "
-        "serves the change, up to this long (0: answer at once): their clients ask the CA "
-        "right after the answer.",
+        description="When above 0, the acme-dns /update and RFC 2136 answers wait until every "
+        "dns replica serves the change, up to this long (0: answer at once). Costs throughput: "
+        "50 clients get about a quarter of the /update rate.",
     )
     feed_poll_interval_seconds: float = Field(
         default=1.0,
