@@ -920,7 +920,7 @@ def run(args: argparse.Namespace, skip: set[str], workdir: Path, children: Child
         status("/update -> answered (p50 / p99)", value, "<= acme-dns's", ok)
         value = f"{percentile(theirs, 0.5) * 1e3:.2f} / {theirs_p99:.2f} ms"
         status("  acme-dns, same run", value, "-", None)
-    # The /update request itself (the wait below moves into it).
+    # The /update round trip itself, answered at once.
     value = f"{percentile(acks, 0.5) * 1e3:.2f} / {percentile(acks, 0.99) * 1e3:.2f} ms"
     status("  /update round trip (p50 / p99)", value, "-", None)
     # The same with the registry holding each answer until every replica serves the value.
