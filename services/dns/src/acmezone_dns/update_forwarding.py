@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
 
 import dns.exception
 import dns.message
@@ -116,7 +115,7 @@ class UpdateForwarder:
         return self._submit(self.sign(query, answer, peer), peer, send)
 
     def _submit(
-        self, answer: Coroutine[Any, Any, bytes], peer: str, send: Callable[[bytes], None]
+        self, answer: Coroutine[object, object, bytes], peer: str, send: Callable[[bytes], None]
     ) -> bool:
         if len(self._tasks) >= self._max_in_flight:
             answer.close()
@@ -127,7 +126,7 @@ class UpdateForwarder:
         return True
 
     async def _send_later(
-        self, answer: Coroutine[Any, Any, bytes], peer: str, send: Callable[[bytes], None]
+        self, answer: Coroutine[object, object, bytes], peer: str, send: Callable[[bytes], None]
     ) -> None:
         response = await answer
         try:

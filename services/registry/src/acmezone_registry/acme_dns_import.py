@@ -85,7 +85,7 @@ def _source(url: str) -> _Source:
     raise SourceError(f"unsupported source database {backend!r}: use sqlite:// or postgresql://")
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     """acme-dns writes the hash as Go []byte: SQLite may hand back bytes, PostgreSQL hex."""
     if isinstance(value, bytes | memoryview):
         value = bytes(value).decode("ascii", "replace")

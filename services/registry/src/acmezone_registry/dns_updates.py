@@ -30,15 +30,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import dns.exception
 import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.txtbase
 import dns.rrset
 import dns.tsig
 from dns.rdtypes.ANY.TSIG import TSIG
@@ -415,8 +416,10 @@ class DnsUpdates:
             raise _Reject(dns.rcode.REFUSED, "only TXT records may be changed")
         return [UpdateOperation(UpdateKind.ADD, owner, self._txt_value(rdata)) for rdata in rrset]
 
-    def _txt_value(self, rdata: Any) -> str:
+    def _txt_value(self, rdata: dns.rdata.Rdata) -> str:
         """One logical TXT value: its character-strings joined, as ACME clients mean them."""
+        if not isinstance(rdata, dns.rdtypes.txtbase.TXTBase):
+            raise _Reject(dns.rcode.REFUSED, "only TXT records may be changed")
         try:
             value = b"".join(rdata.strings).decode("ascii")
             return validation.txt_value(value, field="update", strict=self._strict)
