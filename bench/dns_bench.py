@@ -113,8 +113,8 @@ async def fill_registry(target: str, names: int) -> dict[str, tuple[str, str, st
     return created
 
 
-def nsd_config(workdir: Path, port: int, records: dict[str, tuple[str, str, str]]) -> Path:
-    """A zone file with the same records the dns service serves, and an nsd.conf for it."""
+def zone_file_lines(records: dict[str, tuple[str, str, str]]) -> list[str]:
+    """The records the dns service serves, as zone file lines (for NSD and Knot)."""
     zone = [
         f"$ORIGIN {ZONE}.",
         "$TTL 60",
@@ -122,7 +122,12 @@ def nsd_config(workdir: Path, port: int, records: dict[str, tuple[str, str, str]
         f"@ 3600 IN NS ns1.{ZONE}.",
         "ns1 3600 IN A 127.0.0.1",
     ]
-    zone += [f'{label} 1 IN TXT "{value}"' for label, (_, _, value) in records.items()]
+    return zone + [f'{label} 1 IN TXT "{value}"' for label, (_, _, value) in records.items()]
+
+
+def nsd_config(workdir: Path, port: int, records: dict[str, tuple[str, str, str]]) -> Path:
+    """A zone file with the same records the dns service serves, and an nsd.conf for it."""
+    zone = zone_file_lines(records)
     (workdir / "zone").write_text("\n".join(zone) + "\n")
     conf = workdir / "nsd.conf"
     conf.write_text(

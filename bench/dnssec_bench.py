@@ -57,6 +57,7 @@ from dns_bench import (
     process,
     qps_of,
     wait_answering,
+    zone_file_lines,
 )
 
 from acmezone_common.testing import free_port, wait_for_serving
@@ -68,14 +69,7 @@ NX_PROBE_QPS = 1000
 def knot_config(workdir: Path, port: int, records: dict[str, tuple[str, str, str]]) -> Path:
     """The records the dns services serve as a zone file, and a knot.conf signing it online
     (one UDP worker: the services answer on one core too)."""
-    zone = [
-        f"$ORIGIN {ZONE}.",
-        "$TTL 60",
-        f"@ 60 IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 60",
-        f"@ 3600 IN NS ns1.{ZONE}.",
-        "ns1 3600 IN A 127.0.0.1",
-    ]
-    zone += [f'{label} 1 IN TXT "{value}"' for label, (_, _, value) in records.items()]
+    zone = zone_file_lines(records)
     knot = workdir / "knot"
     (knot / "db").mkdir(parents=True)
     (knot / "zone").write_text("\n".join(zone) + "\n")

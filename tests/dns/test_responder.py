@@ -197,7 +197,8 @@ async def test_unimplemented_opcodes_get_notimp(dns_app: DnsApp, opcode: int) ->
 
 async def test_dynamic_update_is_forwarded_not_answered_here(dns_app: DnsApp) -> None:
     """The responder itself answers UPDATE with NOTIMP; the servers hand UPDATEs to the
-    registry instead (tests/dns/test_update_forwarding.py), and with no registry there it is SERVFAIL."""
+    registry instead (tests/dns/test_update_forwarding.py), and with no registry there it is
+    SERVFAIL."""
     import dns.update
 
     update = dns.update.UpdateMessage("acme.example.test")

@@ -50,6 +50,7 @@ from acmezone_dns.wire import (
     AA,
     Packed,
     answer_count,
+    answer_rdatas,
     folds_with_case,
     name_suffixes,
     pack_answer,
@@ -191,18 +192,11 @@ def txt_rdataset(values: Iterable[str], ttl: int) -> dns.rdataset.Rdataset | Non
 
 def _txt_from_answer(packed: Packed) -> dns.rdataset.Rdataset:
     """The TXT RRset a packed feed answer carries, read back from its bytes (slow path only)."""
-    body = packed.body
-    rdatas = []
-    ttl = 0
-    i = 0
-    while i < len(body):
-        ttl = int.from_bytes(body[i + 6 : i + 10], "big")
-        length = int.from_bytes(body[i + 10 : i + 12], "big")
-        start = i + _RR_HEADER
-        rdatas.append(
-            dns.rdata.from_wire(dns.rdataclass.IN, dns.rdatatype.TXT, body, start, length)
-        )
-        i = start + length
+    ttl, wires = answer_rdatas(packed.body)
+    rdatas = [
+        dns.rdata.from_wire(dns.rdataclass.IN, dns.rdatatype.TXT, wire, 0, len(wire))
+        for wire in wires
+    ]
     return dns.rdataset.from_rdata_list(ttl, rdatas)
 
 

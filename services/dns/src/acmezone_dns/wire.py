@@ -29,6 +29,7 @@ PTR_QUESTION = 0xC00C  # a compression pointer to the question name at offset 12
 
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _TXT_AT_QUESTION = struct.Struct("!HHHIH")  # pointer to the question name, then _RR_FIXED
+_RR_AT_QUESTION = _TXT_AT_QUESTION.size
 _CLASS_IN = 1
 _TYPE_TXT = 16
 _MAX_CHARACTER_STRING = 255
@@ -122,6 +123,20 @@ def txt_answer(values: Iterable[str], ttl: int) -> tuple[bytes, int]:
         for rdata in rdatas
     )
     return body, len(rdatas)
+
+
+def answer_rdatas(body: bytes) -> tuple[int, list[bytes]]:
+    """The TTL and each record's RDATA of a packed answer whose records are all owned by a
+    pointer to the question (a feed name's TXT answer, as `txt_answer` makes it)."""
+    rdatas = []
+    ttl = 0
+    i = 0
+    while i < len(body):
+        ttl = int.from_bytes(body[i + 6 : i + 10], "big")
+        length = int.from_bytes(body[i + 10 : i + 12], "big")
+        rdatas.append(body[i + _RR_AT_QUESTION : i + _RR_AT_QUESTION + length])
+        i += _RR_AT_QUESTION + length
+    return ttl, rdatas
 
 
 def folds_with_case(qtype: int) -> bool:

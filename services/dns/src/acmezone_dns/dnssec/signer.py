@@ -48,7 +48,7 @@ from acmezone_dns.dnssec.records import (
     rrsig_rdatas,
 )
 from acmezone_dns.static_zones import StaticZone
-from acmezone_dns.wire import AA, TC, Packed, encode_owner, label_offsets
+from acmezone_dns.wire import AA, TC, Packed, answer_rdatas, encode_owner, label_offsets
 from acmezone_dns.zone import (
     NOERROR,
     NXDOMAIN,
@@ -67,7 +67,6 @@ logger = logging.getLogger(__name__)
 _TYPE_NSEC = 47
 _CLASS_IN = b"\x00\x01"
 _TXT_IN = TYPE_TXT.to_bytes(2, "big") + _CLASS_IN
-_RR_HEADER = 12  # a pointer to the question name, type, class, TTL, RDLENGTH
 _SKEW = 3600
 """Signatures start an hour in the past: a validator whose clock is behind still accepts them."""
 
@@ -251,14 +250,7 @@ class Signer:
         if zone is None:
             return None
         body = unsigned.body
-        rdatas = []
-        ttl = 0
-        i = 0
-        while i < len(body):
-            ttl = int.from_bytes(body[i + 6 : i + 10], "big")
-            length = int.from_bytes(body[i + 10 : i + 12], "big")
-            rdatas.append(body[i + _RR_HEADER : i + _RR_HEADER + length])
-            i += _RR_HEADER + length
+        ttl, rdatas = answer_rdatas(body)
         inception, expiration = self._window()
         sigs = rrsig_rdatas(
             zone.data_signers, zone.apex, name, TYPE_TXT, ttl, rdatas, inception, expiration
