@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 _TYPE_NSEC = 47
 _CLASS_IN = b"\x00\x01"
 _TXT_IN = TYPE_TXT.to_bytes(2, "big") + _CLASS_IN
+_RRSIG_CACHE = 10_000
+"""Signatures of static RRsets kept at most (see `_rrset_sigs`)."""
 _SKEW = 3600
 """Signatures start an hour in the past: a validator whose clock is behind still accepts them."""
 
@@ -285,6 +287,10 @@ class Signer:
             expiration,
         )
         self.stats.signatures += len(sigs)
+        if len(self._rrsigs) >= _RRSIG_CACHE:
+            # Static RRsets are few; what fills this is the challenge zone's SOA, whose serial
+            # follows the feed when transfers are on: start over rather than grow.
+            self._rrsigs.clear()
         self._rrsigs[cache_key] = (sigs, expiration)
         return sigs, expiration
 
@@ -324,7 +330,9 @@ class Signer:
         extra, ar, extra_expires = self._section(view, resolution.additional, qname)
         expires = _earliest(expires, extra_expires)
         if not resolution.authority:  # a positive answer: the same for every DO query
-            packed = _signed(NOERROR, an, 0, ar, b"".join(answer + extra), stat, expires)
+            packed = _signed(
+                NOERROR, an, 0, ar, b"".join(answer + extra), stat, self._expiry(expires)
+            )
             answer_key = qname + qtype.to_bytes(2, "big") + _CLASS_IN
             self.answers[answer_key] = packed
             self._kept.setdefault(qname, []).append(answer_key)
@@ -366,7 +374,8 @@ class Signer:
             authority.extend(rr(owner_end, TYPE_RRSIG, proof.ttl, s) for s in proof.rrsigs)
             ns = 2 + len(soa_sigs) + len(proof.rrsigs)
             expires = _earliest(expires, _earliest(soa_expires, proof.expires))
-        return _signed(rcode, an, ns, ar, b"".join(answer + authority + extra), stat, expires)
+        body = b"".join(answer + authority + extra)
+        return _signed(rcode, an, ns, ar, body, stat, self._expiry(expires))
 
     def _proof(self, view: ZoneView, zone: _Zone, info: ZoneInfo, name: bytes) -> _Proof | None:
         """The signed compact-denial NSEC of `name`; None when the signing budget is spent."""
@@ -393,6 +402,14 @@ class Signer:
         proofs[name] = proof
         return proof
 
+    def _expiry(self, expires: int | None) -> int:
+        """When an answer must be signed again: its earliest signature's expiry, or, for one
+        that holds no signature (all of it in unsigned zones), the latest time the sweep's
+        serial arithmetic can tell from now."""
+        if expires is not None:
+            return expires
+        return (int(self._clock()) + 0x7FFFFFFE) & 0xFFFFFFFF
+
     def _take_token(self) -> bool:
         now = self._clock()
         rate = self._denial_rate
@@ -417,13 +434,11 @@ def check_served(
 
 
 def _signed(
-    rcode: int, an: int, ns: int, ar: int, body: bytes, stat: int, expires: int | None
+    rcode: int, an: int, ns: int, ar: int, body: bytes, stat: int, expires: int
 ) -> SignedPacked:
-    """A signed answer; one that holds no signature (all of it in unsigned zones) expires
-    never, so it is given the latest time the sweep can tell from now."""
     packed = SignedPacked(AA, rcode, an, ns, ar, body)
     packed.stat = stat
-    packed.expires = (int(time.time()) + 0x7FFFFFFF) & 0xFFFFFFFF if expires is None else expires
+    packed.expires = expires
     return packed
 
 
