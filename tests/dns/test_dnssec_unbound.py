@@ -23,13 +23,9 @@ from acmezone_dns.dnssec.keys import Role, State, ZoneKey, key_file_name, write_
 from acmezone_dns.store import TxtChange
 from tests.dns.conftest import SNAPSHOT, ZONE, dns_settings, running_dns, v4
 from tests.dns.dnssec_support import make_keys
-from tests.dns.unbound_support import Unbound, unbound_or_skip
+from tests.dns.unbound_support import Unbound, ds_anchor, unbound_or_skip
 
 pytestmark = pytest.mark.slow
-
-
-def ds_anchor(key: ZoneKey) -> str:
-    return f"{key.zone.to_text()} DS {key.ds().to_text()}"
 
 
 def stubs(app: DnsApp) -> dict[str, int]:

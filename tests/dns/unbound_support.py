@@ -17,8 +17,14 @@ import dns.rdatatype
 import pytest
 
 from acmezone_common.testing import free_port
+from acmezone_dns.dnssec.keys import ZoneKey
 
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
+
+
+def ds_anchor(key: ZoneKey) -> str:
+    """A trust anchor for Unbound: the key's DS record in presentation format."""
+    return f"{key.zone.to_text()} DS {key.ds().to_text()}"
 
 
 def unbound_or_skip() -> str:

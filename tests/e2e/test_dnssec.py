@@ -17,15 +17,11 @@ from acmezone_clients.devpebble import LocalPebble
 from acmezone_common.testing import free_port
 from acmezone_dns.dnssec.keys import ZoneKey
 from tests.dns.dnssec_support import make_keys
-from tests.dns.unbound_support import Unbound, unbound_or_skip
+from tests.dns.unbound_support import Unbound, ds_anchor, unbound_or_skip
 from tests.e2e.conftest import CHALLENGE_ZONE, Ports, System, running_system
 from tests.issuer.conftest import AUTH, CA
 
 pytestmark = pytest.mark.slow
-
-
-def ds_anchor(key: ZoneKey) -> str:
-    return f"{key.zone.to_text()} DS {key.ds().to_text()}"
 
 
 @pytest.fixture

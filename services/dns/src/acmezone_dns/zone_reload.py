@@ -33,6 +33,7 @@ from acmezone_dns.errors import ZoneConfigError
 from acmezone_dns.metrics import ReloadStats
 from acmezone_dns.static_zones import StaticZone
 from acmezone_dns.store import ZoneStore
+from acmezone_dns.zone import wire_key
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class ZoneReloader:
         if self._keys is not None:
             try:
                 keys = self._keys.load()
-                check_served(keys, zones)
+                check_served(map(wire_key, keys), zones)
             except KeyFileError as exc:
                 raise ZoneConfigError(str(exc)) from None
         return fingerprints, digests, zones, keys

@@ -17,7 +17,7 @@ import dns.name
 import dns.tsig
 
 from acmezone_common.addresses import HostPort
-from acmezone_common.keyfiles import decode_key, private_dir
+from acmezone_common.keyfiles import private_dir
 from acmezone_common.sealing import SecretSealer
 from acmezone_dns.dnssec import zone_file
 from acmezone_dns.dnssec.keys import (
@@ -30,6 +30,7 @@ from acmezone_dns.dnssec.keys import (
     read_keys,
     write_key,
 )
+from acmezone_dns.dnssec.setup import sealer_from
 from acmezone_dns.dnssec.zone_file import ZoneContentError
 from acmezone_dns.settings import DnsSettings
 
@@ -90,12 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if directory is None:
         print("no key directory: give --key-dir or ACMEZONE_DNS_DNSSEC_KEY_DIR", file=sys.stderr)
         return 2
-    configured = settings.dnssec_sealing_key
-    sealer = (
-        SecretSealer(decode_key(configured.get_secret_value(), what="dnssec_sealing_key"))
-        if configured is not None and configured.get_secret_value()
-        else None
-    )
+    sealer = sealer_from(settings)
     try:
         if args.dnssec_command == "keygen":
             private_dir(directory)

@@ -421,12 +421,10 @@ class Signer:
         return True
 
 
-def check_served(
-    signed: Iterable[bytes] | dict[dns.name.Name, list[ZoneKey]], zones: list[StaticZone]
-) -> None:
-    """KeyFileError when keys name a zone that is not served (a typo would sign nothing)."""
+def check_served(apexes: Iterable[bytes], zones: list[StaticZone]) -> None:
+    """KeyFileError when keys name a zone (by its apex key) that is not served: a typo would
+    sign nothing."""
     served = {wire_key(z.name) for z in zones}
-    apexes = [a if isinstance(a, bytes) else wire_key(a) for a in signed]
     missing = [apex for apex in apexes if apex not in served]
     if missing:
         names = ", ".join(dns.name.from_wire(a, 0)[0].to_text() for a in missing)
