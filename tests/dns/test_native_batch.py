@@ -26,6 +26,7 @@ from acmezone_dns.app import DnsApp
 from acmezone_dns.cookies import CookieJar, client_ip
 from acmezone_dns.datagram_batch import NativeDatagramBatch
 from acmezone_dns.responder import FastTables
+from acmezone_dns.shards import ShardedTable
 from acmezone_dns.wire import Packed
 from tests.dns.conftest import SNAPSHOT, running_dns
 from tests.dns.dnssec_support import make_keys
@@ -338,10 +339,10 @@ def tables(
 ) -> FastTables:
     """Hand-made tables: no other names, no zones (a miss would be REFUSED)."""
     return FastTables(
-        answers,  # type: ignore[arg-type]
+        ShardedTable(answers.items()).shards,  # type: ignore[arg-type]
         edns or {},
         counts if counts is not None else [0],
-        {},
+        ShardedTable[Packed]().shards,
         {},
         Packed(0, 5, 0, 0, 0, b""),
         {},
@@ -385,6 +386,39 @@ def test_odd_table_contents_send_the_datagram_to_python(
     replies = exchange_all(server, client, [query], batch, handle, tables(answers, counts=counts))
     assert seen == [query]
     assert replies == [b"from-python"]
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"),
+    [
+        ({}, "answers and defaults as shards"),  # a plain dict, as before the tables were split
+        (({}, {}, {}), "answers and defaults as shards"),  # not a power of two
+        (({}, "not a dict"), "a table shard is not a dict"),
+    ],
+    ids=["dict", "three-shards", "shard-not-a-dict"],
+)
+def test_tables_that_are_not_sharded_are_refused(
+    pair: tuple[socket.socket, socket.socket], answers: object, message: str
+) -> None:
+    """The C loop picks a shard by the key's hash: tables of any other shape are a
+    TypeError that says what it expects, never a wrong answer or a crash."""
+    server, client = pair
+    # A query whose key lands in shard 1 of 2 (the bad one in the last case).
+    query = next(
+        q
+        for q in (one_txt_query(9)[:12] + _question(f"n{i}.acme.example.test") for i in range(64))
+        if hash(q[12:].lower()) & 1
+    )
+    bad = tables({})._replace(answers=answers)
+    client.sendto(query, server.getsockname())
+    select.select([server], [], [], 2)
+    batch = NativeDatagramBatch(socket.AF_INET, capacity=4, slot=512)
+    with pytest.raises(TypeError, match=message):
+        batch.exchange(server.fileno(), lambda index, data: None, bad)
+
+
+def _question(name: str) -> bytes:
+    return dns.message.make_query(name, "TXT").to_wire()[12:]
 
 
 def test_a_pre_packed_answer_is_spliced_behind_the_query(

@@ -12,8 +12,9 @@ from pathlib import Path
 import dns.name
 import pytest
 
+from acmezone_dns.shards import SHARDS, ShardedTable
 from acmezone_dns.static_zones import load_static_zones
-from acmezone_dns.store import TxtChange, ZoneStore, _next_growth, txt_rdataset
+from acmezone_dns.store import TxtChange, ZoneStore, txt_rdataset
 from tests.dns.conftest import SNAPSHOT, ZONE, dns_settings
 
 NAMES = [
@@ -296,8 +297,8 @@ def test_a_batch_add_equals_one_add_at_a_time(tmp_path: Path) -> None:
     ]
     batched = new_store(tmp_path)
     relist = batched.relist()
-    assert not relist.add_many(iter(record_sets[:20]))
-    assert not relist.add_many(iter(record_sets[20:]))
+    relist.add_many(iter(record_sets[:20]))
+    relist.add_many(iter(record_sets[20:]))
     relist.finish(1, "f")
     one_by_one = new_store(tmp_path)
     relist = one_by_one.relist()
@@ -309,60 +310,78 @@ def test_a_batch_add_equals_one_add_at_a_time(tmp_path: Path) -> None:
 
 async def test_replaced_tables_are_taken_apart_in_slices(tmp_path: Path) -> None:
     """After a re-list on the event loop, the old generation's tables are emptied in the
-    background, a slice per loop turn, and the new ones are untouched."""
+    background, a shard per loop turn, and the new ones are untouched."""
     store = new_store(tmp_path)
     store.apply_snapshot([TxtChange(f"old{i}.{ZONE}.", ("o",)) for i in range(50_000)], 1, "f")
     old = store.snapshot
     relist = store.relist()
-    assert not relist.add_many((f"new{i}.{ZONE}.", ("n",)) for i in range(1000))
+    relist.add_many((f"new{i}.{ZONE}.", ("n",)) for i in range(1000))
     relist.finish(2, "f")
     new = observable(store)
     before = len(old.answers)
     assert before > 50_000  # the feed names' and the static names' answers
     await asyncio.sleep(0)
-    assert 0 < len(old.answers) < before  # one slice gone, the loop was given back
-    for _ in range(20):
+    assert 0 < len(old.answers) < before  # one shard gone, the loop was given back
+    turns = 1
+    while old.answers or old.defaults:
         await asyncio.sleep(0)
+        turns += 1
+        assert turns <= 3 * SHARDS + 10  # a shard or slice a turn, never stuck
     assert not old.answers
     assert not old.defaults
     assert observable(store) == new
 
 
-def test_a_batch_stops_right_after_a_big_table_grows(tmp_path: Path) -> None:
-    """A dict resize copies the whole table at once: the batch stops after each big table
-    grows, one growth per call, so the loop can answer queries between them, and the rest
-    of the batch is added by the next calls."""
+def test_a_big_relist_grows_no_table_by_more_than_a_shard(tmp_path: Path) -> None:
+    """The big tables are split by key hash (shards.py): 100k names leave every shard of the
+    feed, answer and default tables a small dict near its even share, so no single growth
+    copies more than a sliver of the zone."""
     store = new_store(tmp_path)
     relist = store.relist()
-    pending = ((f"n{i}.{ZONE}.", (f"v{i}",)) for i in range(100_000))
-    stops: list[tuple[int, int, int]] = []
-    answers = relist._tables.answers
-    sizes = []
-    tables = relist._tables
-    more = relist.add_many(pending)
-    while more:
-        stops.append((len(tables.feed), len(tables.answers), len(tables.defaults)))
-        sizes.append(sys.getsizeof(answers))
-        more = relist.resume()
-    assert relist.names == 100_000
-    # feed, then answers, then defaults pass 87,381 entries (a table of 2^17 slots), each
-    # in a call of its own: after the first stop only feed has grown, after the second
-    # answers too.
-    assert len(stops) == 2
-    (feed_1, answers_1, _), (_, answers_2, defaults_2) = stops
-    assert feed_1 > 87_381 >= answers_1
-    assert answers_2 > 87_381 >= defaults_2
+    relist.add_many((f"n{i}.{ZONE}.", (f"v{i}",)) for i in range(100_000))
     relist.finish(1, "f")
-    assert len(store.snapshot.defaults) >= 100_000
+    tables = store._tables
+    for table in (tables.feed, tables.answers, tables.defaults):
+        sizes = [len(shard) for shard in table.shards]
+        assert len(sizes) == SHARDS
+        assert sum(sizes) >= 100_000
+        assert max(sizes) < 2 * 100_000 / SHARDS
+        assert max(sys.getsizeof(shard) for shard in table.shards) < 100_000
+    for i in (0, 99_999):
+        key = store.feed_key(f"n{i}.{ZONE}.")
+        assert key is not None
+        assert key in tables.feed.shard_of(key)
 
 
-@pytest.mark.parametrize("size", [0, 10, 60_000, 87_381, 87_382, 200_000])
-def test_the_growth_point_is_where_a_dict_really_grows(size: int) -> None:
-    table = dict.fromkeys(range(size))
-    grow = _next_growth(size)
-    for key in range(size, grow - 1):
-        table[key] = None
-    before = sys.getsizeof(table)
-    table[grow - 1] = None  # the entry that makes it grow
-    assert len(table) == grow
-    assert sys.getsizeof(table) > before
+def test_a_sharded_table_behaves_as_a_dict() -> None:
+    """Random inserts, replacements, deletions and pops leave a ShardedTable equal to a
+    dict that had the same operations, by every reader the store and the responder use."""
+    rng = random.Random(11)
+    table: ShardedTable[int] = ShardedTable()
+    model: dict[bytes, int] = {}
+    keys = [f"k{i}".encode() for i in range(3000)]
+    for step in range(20_000):
+        key = rng.choice(keys)
+        action = rng.random()
+        if action < 0.5:
+            table[key] = model[key] = step
+        elif action < 0.7:
+            assert table.pop(key, None) == model.pop(key, None)
+        elif action < 0.8 and key in model:
+            del table[key]
+            del model[key]
+        else:
+            assert table.get(key) == model.get(key)
+            assert (key in table) == (key in model)
+    assert len(table) == len(model)
+    assert dict(table) == table.copy() == dict(table.pairs()) == model
+    assert table == model
+    assert bool(table)
+    assert 42 not in table
+    table.update_pairs([(b"k1", -1), (b"k1", -2)])
+    assert table[b"k1"] == -2
+    with pytest.raises(KeyError):
+        table[b"absent"]
+    table.clear()
+    assert not table
+    assert len(table) == 0

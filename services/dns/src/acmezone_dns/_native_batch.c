@@ -249,6 +249,32 @@ static PyObject *lookup(PyObject *dict, const unsigned char *key, Py_ssize_t siz
     return value;
 }
 
+/* A lookup in a ShardedTable's shards (shards.py): the key's hash masked to the shard count,
+ * a power of two, picks the dict, as ShardedTable.shard_of does. The same contract as
+ * `lookup`; a shard that is not a dict is an error. */
+static PyObject *lookup_sharded(PyObject *shards, const unsigned char *key, Py_ssize_t size) {
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, size);
+    if (k == NULL) {
+        return NULL;
+    }
+    Py_hash_t hash = PyObject_Hash(k); /* cached in k: the dict lookup does not hash again */
+    if (hash == -1) {
+        Py_DECREF(k);
+        return NULL;
+    }
+    Py_uhash_t mask = (Py_uhash_t)PyTuple_GET_SIZE(shards) - 1;
+    PyObject *shard = PyTuple_GET_ITEM(shards, (Py_ssize_t)((Py_uhash_t)hash & mask));
+    PyObject *value = NULL;
+    if (PyDict_CheckExact(shard)) {
+        value = PyDict_GetItemWithError(shard, k); /* borrowed */
+    } else {
+        PyErr_SetString(PyExc_TypeError, "a table shard is not a dict");
+    }
+    Py_DECREF(k);
+    Py_XINCREF(value);
+    return value;
+}
+
 /* Whether either byte of a query type is an ASCII letter (wire.folds_with_case). */
 static int folds_with_case(unsigned int qtype) {
     unsigned int high = ((qtype >> 8) & 0xFF) | 0x20;
@@ -264,7 +290,7 @@ static PyObject *not_prepacked(PyObject *tables, const unsigned char *name, Py_s
     PyObject *defaults = PyTuple_GET_ITEM(tables, T_DEFAULTS);
     PyObject *fallbacks = PyTuple_GET_ITEM(tables, T_FALLBACKS);
     PyObject *qtype_index = PyTuple_GET_ITEM(tables, T_QTYPE_INDEX);
-    PyObject *found = lookup(defaults, name, size);
+    PyObject *found = lookup_sharded(defaults, name, size);
     if (found == NULL && PyErr_Occurred()) {
         PyErr_Clear();
         return NULL;
@@ -499,7 +525,7 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
         key[i] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
     }
     Py_ssize_t counter = 0; /* the qtype part of the counter slot; the table's are in stat */
-    packed = lookup(answers, key, qlen);
+    packed = lookup_sharded(answers, key, qlen);
     if (packed == NULL) {
         if (PyErr_Occurred()) {
             length = -1;
@@ -594,12 +620,26 @@ done:
     return length;
 }
 
+/* Whether `table` is a ShardedTable's shards: a tuple of a power of two entries (each is
+ * checked to be a dict when it is read, in lookup_sharded). */
+static int valid_shards(PyObject *table) {
+    if (!PyTuple_CheckExact(table)) {
+        return 0;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(table);
+    return count > 0 && (count & (count - 1)) == 0;
+}
+
 /* Whether `tables` has the shape of a Responder.FastTables. */
 static int valid_tables(PyObject *tables) {
     if (!PyTuple_Check(tables) || PyTuple_GET_SIZE(tables) != T_SIZE) {
         return 0;
     }
-    static const int dicts[] = {T_ANSWERS, T_EDNS, T_DEFAULTS, T_FALLBACKS, T_QTYPE_INDEX};
+    if (!valid_shards(PyTuple_GET_ITEM(tables, T_ANSWERS)) ||
+        !valid_shards(PyTuple_GET_ITEM(tables, T_DEFAULTS))) {
+        return 0;
+    }
+    static const int dicts[] = {T_EDNS, T_FALLBACKS, T_QTYPE_INDEX};
     for (size_t i = 0; i < sizeof(dicts) / sizeof(dicts[0]); i++) {
         if (!PyDict_CheckExact(PyTuple_GET_ITEM(tables, dicts[i]))) {
             return 0;
@@ -607,7 +647,7 @@ static int valid_tables(PyObject *tables) {
     }
     PyObject *secret = PyTuple_GET_ITEM(tables, T_COOKIE_SECRET);
     PyObject *signed_answers = PyTuple_GET_ITEM(tables, T_SIGNED);
-    if (signed_answers != Py_None && !PyDict_CheckExact(signed_answers)) {
+    if (signed_answers != Py_None && !valid_shards(signed_answers)) {
         return 0;
     }
     return PyList_CheckExact(PyTuple_GET_ITEM(tables, T_COUNTS)) &&
@@ -639,10 +679,11 @@ static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
     }
     if (tables != Py_None && !valid_tables(tables)) {
         PyErr_SetString(PyExc_TypeError,
-                        "tables must be a Responder.FastTables: answers, edns, defaults, "
-                        "fallbacks and qtype_index dicts, counts a list, qtype_other and "
-                        "rcode_slots ints, a 16-byte cookie secret, an int cookie time and "
-                        "signed answers (a dict or None)");
+                        "tables must be a Responder.FastTables: answers and defaults as "
+                        "shards (a tuple of 2^k dicts), edns, fallbacks and qtype_index "
+                        "dicts, counts a list, qtype_other and rcode_slots ints, a 16-byte "
+                        "cookie secret, an int cookie time and signed answers (shards or "
+                        "None)");
         return NULL;
     }
     int count = receive(self, (int)fd);

@@ -267,11 +267,7 @@ class FeedClient:
             for record_set in part.record_sets
             if record_set.type == txt
         )
-        more = relist.add_many(pending)
-        while more:
-            # A table just grew: answer queries before the next table takes its entries.
-            await asyncio.sleep(0)
-            more = relist.resume()
+        relist.add_many(pending)
         if not part.last:
             await asyncio.sleep(0)  # a stream read that finds data buffered does not yield
             return False

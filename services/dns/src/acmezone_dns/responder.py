@@ -116,15 +116,16 @@ def question_end(data: bytes) -> int:
 
 class FastTables(NamedTuple):
     """Everything the C hot loop (`_native_batch.c`) reads, in the order it reads it: the
-    snapshot's three answer tables and REFUSED answer, the remembered option-less OPT records
-    with their UDP size limits, the query counters, how a counter slot is made
-    (`metrics.slot`), the server cookie secret and current time (`cookies`), and the signed
-    answers DO=1 queries take when DNSSEC signing is on (None when off)."""
+    snapshot's three answer tables (the sharded two as their shards) and REFUSED answer, the
+    remembered option-less OPT records with their UDP size limits, the query counters, how a
+    counter slot is made (`metrics.slot`), the server cookie secret and current time
+    (`cookies`), and the signed answers DO=1 queries take when DNSSEC signing is on (None when
+    off)."""
 
-    answers: dict[bytes, Packed]
+    answers: tuple[dict[bytes, Packed], ...]
     edns: dict[bytes, tuple[bytes, int]]
     counts: list[int]
-    defaults: dict[bytes, Packed]
+    defaults: tuple[dict[bytes, Packed], ...]
     fallbacks: dict[bytes, Packed]
     refused: Packed
     qtype_index: dict[int, int]
@@ -132,7 +133,7 @@ class FastTables(NamedTuple):
     rcode_slots: int
     cookie_secret: bytes
     cookie_time: int
-    signed: dict[bytes, Packed] | None
+    signed: tuple[dict[bytes, Packed], ...] | None
 
 
 class Responder:
@@ -177,10 +178,10 @@ class Responder:
             self._fast_tables_of = snapshot
             fallbacks = snapshot.fallbacks
             tables = self._fast_tables = FastTables(
-                snapshot.answers,
+                snapshot.answers.shards,
                 self._edns,
                 self._counts,
-                snapshot.defaults,
+                snapshot.defaults.shards,
                 fallbacks if isinstance(fallbacks, dict) else dict(fallbacks),
                 snapshot.refused,
                 QTYPE_INDEX,
@@ -188,7 +189,7 @@ class Responder:
                 RCODE_SLOTS,
                 self.cookies.secret,
                 now,
-                snapshot.signed,
+                snapshot.signed.shards if snapshot.signed is not None else None,
             )
         return tables
 

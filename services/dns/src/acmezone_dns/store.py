@@ -33,7 +33,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import dns.exception
 import dns.name
@@ -45,6 +45,7 @@ import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
 
 from acmezone_dns import metrics
+from acmezone_dns.shards import SHARDS, ShardedTable
 from acmezone_dns.static_zones import StaticZone
 from acmezone_dns.wire import (
     AA,
@@ -137,8 +138,8 @@ class Snapshot:
     def __init__(
         self,
         view: ZoneView,
-        answers: dict[bytes, Packed],
-        defaults: dict[bytes, Packed],
+        answers: ShardedTable[Packed],
+        defaults: ShardedTable[Packed],
         fallbacks: dict[bytes, Packed],
         refused: Packed,
         *,
@@ -146,7 +147,7 @@ class Snapshot:
         feed_id: str,
         ready: bool,
         zone_record_counts: dict[bytes, int],
-        signed: dict[bytes, Packed] | None = None,
+        signed: ShardedTable[Packed] | None = None,
     ) -> None:
         """`signed` holds the signed answers for DO=1 queries when DNSSEC signing is on
         (`dnssec.signer.Signer.answers`), else None."""
@@ -208,7 +209,7 @@ class NodeIndex(Mapping[bytes, Node]):
     def __init__(
         self,
         static: StaticNames,
-        feed: dict[bytes, Packed | None],
+        feed: ShardedTable[Packed | None],
         below: Counter[bytes],
         apex: tuple[bytes, Callable[[], None]] | None = None,
     ) -> None:
@@ -265,7 +266,9 @@ class _Tables:
 
     def __init__(self, store: ZoneStore, zones: dict[bytes, ZoneInfo]) -> None:
         self.store = store
-        self.feed: dict[bytes, Packed | None] = {}
+        # The three big tables are sharded (see shards.py): at a million names a single dict's
+        # growth stalled every query for 30-170 ms.
+        self.feed: ShardedTable[Packed | None] = ShardedTable()
         # How many explicit names sit below each name: > 0 makes it exist (RFC 4592 ENT).
         self.below: Counter[bytes] = Counter()
         for key in store.static:
@@ -276,8 +279,8 @@ class _Tables:
                 store.static, self.feed, self.below, (store.feed_zone, store.refresh_feed_soa)
             ),
         )
-        self.answers: dict[bytes, Packed] = {}
-        self.defaults: dict[bytes, Packed] = {}
+        self.answers: ShardedTable[Packed] = ShardedTable()
+        self.defaults: ShardedTable[Packed] = ShardedTable()
         # The answer keys packed for each generically packed name, to drop them on a re-pack.
         self.answer_keys: dict[bytes, list[bytes]] = {}
         self.counts: dict[bytes, int] = dict.fromkeys(zones, 0)
@@ -623,7 +626,8 @@ class ZoneStore:
         unsigned, and a secondary that served our DNSKEY without our signatures would be bogus
         to every validator (README, "DNSSEC")."""
         self.refresh_feed_soa()
-        feed: Mapping[bytes, Packed | None] = dict(self._tables.feed) if copy else self._tables.feed
+        live = self._tables.feed
+        feed: Mapping[bytes, Packed | None] = live.copy() if copy else live
         zone = self._feed_zone
         apex_rrsets = self.static[zone][1]
         records: list[tuple[bytes, dns.rdataset.Rdataset]] = [(zone, apex_rrsets[TYPE_SOA])]
@@ -766,7 +770,7 @@ class ZoneStore:
         tables.counts.update(dict.fromkeys(self.zone_info, 0))
         for key in self.static:
             tables.count_ancestors(key, +1)
-        for key, txt in tables.feed.items():
+        for key, txt in tables.feed.pairs():
             if key in self.static:
                 tables.counts[self._zone_key(key)] += tables.record_count(key)
                 continue
@@ -807,7 +811,7 @@ class ZoneStore:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        task = loop.create_task(_take_apart_table(retired), name="signed-answers-free")
+        task = loop.create_task(_take_apart_sharded(retired), name="signed-answers-free")
         self._freeing.add(task)
         task.add_done_callback(self._freeing.discard)
 
@@ -863,7 +867,6 @@ class Relist:
         self._tables = _Tables(store, store._ready_zones())
         self._generation = store.static_generation
         self._holding_gc = False
-        self._staged: list[_Staged] = []
         self.names = 0
 
     def add(self, fqdn: str, values: Iterable[str]) -> None:
@@ -884,21 +887,20 @@ class Relist:
         tables.counts[store.feed_zone] += tables.record_count(key)
         tables.pack(key)
 
-    def add_many(self, record_sets: Iterable[tuple[str, Sequence[str]]]) -> bool:
+    def add_many(self, record_sets: Iterable[tuple[str, Sequence[str]]]) -> None:
         """`add` for every (fqdn, values) of a snapshot batch. The commonest record set by
-        far, a `<label>.<zone>` name with one short value, is built right here, every lookup
-        bound once, and the batch's entries go into each table with one `dict.update`: a cold
-        start is a million of them, and this loop is most of its time. Anything else goes
-        through `add`.
-
-        Returns True when it stopped before the batch is in, right after one of the big
-        tables grew: a dict resize copies the whole table in one go (31 ms at 700k entries),
-        and the three tables grow at the same name, so a batch that held all three resizes
-        stalled answers for about 100 ms. The caller gives the loop back and calls `resume`
-        until it returns False."""
+        far, a `<label>.<zone>` name with one short value, is built right here with every
+        lookup bound once and put straight into its shards: a cold start is a million of
+        them, and this loop is most of its time. Anything else (a repeat of a name included)
+        goes through `add`. No table grows by more than a shard at a time (shards.py), so a
+        batch of a few thousand names is a few ms on the loop whatever the zone's size."""
         store = self._store
         tables = self._tables
-        feed, static = tables.feed, store.static
+        static = store.static
+        feed_shards = tables.feed.shards
+        answer_shards = tables.answers.shards
+        default_shards = tables.defaults.shards
+        mask = SHARDS - 1
         suffix = store._feed_suffix
         cut = -len(suffix)
         zone = store.feed_zone
@@ -908,9 +910,8 @@ class Relist:
         stat = store._txt_stat
         nodata = store._nodata
         make = Packed.made
-        names: dict[bytes, Packed] = {}  # this batch's plain names, in order
-        answers: list[tuple[bytes, Packed]] = []
-        defaults: list[tuple[bytes, Packed]] = []
+        built = 0
+        self._hold_gc()
         for fqdn, values in record_sets:
             if fqdn.endswith(suffix) and len(values) == 1:
                 label = fqdn[:cut]
@@ -918,59 +919,27 @@ class Relist:
                     key = bytes((len(label),)) + label.encode() + zone
                     raw = values[0].encode()
                     default = nodata.get(len(key))
+                    shard = hash(key) & mask  # feed and defaults share the key
+                    feed_shard = feed_shards[shard]
                     if (
                         len(raw) <= _MAX_CHARACTER_STRING
                         and default is not None
-                        and key not in feed
+                        and key not in feed_shard
                         and key not in static
-                        and key not in names
                     ):
                         rdata = bytes((len(raw),)) + raw
                         packed = make(
                             heads, heads_edns, fixed + len(rdata).to_bytes(2, "big") + rdata, stat
                         )
-                        names[key] = packed
-                        answers.append((key + _TXT_IN, packed))
-                        defaults.append((key, default))
+                        feed_shard[key] = packed
+                        default_shards[shard][key] = default
+                        answer_key = key + _TXT_IN
+                        answer_shards[hash(answer_key) & mask][answer_key] = packed
+                        built += 1
                         continue
-                    if key in names:  # the same name again: what came first goes in first
-                        self._staged.extend(self._stage(names, answers, defaults))
-                        while self.resume():
-                            pass
-                        names, answers, defaults = {}, [], []
             self.add(fqdn, values)
-        if names:
-            self._hold_gc()
-            tables.counts[zone] += len(names)
-            self.names += len(names)
-            self._staged.extend(self._stage(names, answers, defaults))
-        return self.resume()
-
-    def _stage(
-        self,
-        names: dict[bytes, Packed],
-        answers: list[tuple[bytes, Packed]],
-        defaults: list[tuple[bytes, Packed]],
-    ) -> list[_Staged]:
-        """The three table updates of a batch, in the order they go in."""
-        tables = self._tables
-        return [
-            (tables.feed.update, tables.feed.__len__, list(names.items())),
-            (tables.answers.update, tables.answers.__len__, answers),
-            (tables.defaults.update, tables.defaults.__len__, defaults),
-        ]
-
-    def resume(self) -> bool:
-        """Put staged entries into their tables, one table at a time, until one grows (True:
-        call again once the loop has answered queries) or all are in (False)."""
-        staged = self._staged
-        while staged:
-            update, size, items = staged.pop(0)
-            grows_at = _next_growth(size())
-            update(items)
-            if size() >= grows_at and staged:
-                return True
-        return False
+        tables.counts[zone] += built
+        self.names += built
 
     def _hold_gc(self) -> None:
         if self._store._freeze_gc and not self._holding_gc and gc.isenabled():
@@ -979,8 +948,6 @@ class Relist:
 
     def finish(self, revision: int, feed_id: str) -> None:
         """Swap the built tables in at `revision`."""
-        while self.resume():
-            pass
         try:
             store = self._store
             tables = self._tables
@@ -1006,31 +973,27 @@ class Relist:
 
 
 _FREED_PER_STEP = 20_000
-_Staged = tuple[
-    Callable[[list[tuple[bytes, Packed]]], None], Callable[[], int], list[tuple[bytes, Packed]]
-]
-"""One table update of a re-list batch: the table's update, its size, and the entries."""
-_SMALL_GROWTH = 50_000
-"""Tables smaller than this grow in well under a millisecond: no need to stop for them."""
-
-
-def _next_growth(size: int) -> int:
-    """The entry count past which a dict built by insertion next grows its table: CPython
-    keeps tables of 2^k slots, used up to two thirds, and doubles them (at 699,051 entries a
-    table of 2^20 becomes one of 2^21). Below `_SMALL_GROWTH` it is not worth stopping for."""
-    slots = 8
-    while (slots << 1) // 3 < max(size, _SMALL_GROWTH):
-        slots <<= 1
-    return (slots << 1) // 3 + 1
+_V = TypeVar("_V")
 
 
 async def _take_apart(tables: _Tables) -> None:
-    """Empty a replaced generation's tables a slice at a time, giving the loop back between
-    slices. Nothing reads them any more: queries run on the current snapshot, and a C-loop
-    batch reads its tables within one call."""
-    for table in (tables.answers, tables.defaults, tables.feed, tables.answer_keys):
-        await _take_apart_table(table)
+    """Empty a replaced generation's tables a shard or slice at a time, giving the loop back
+    in between: freeing a million names' objects in one go stalls it for a few hundred ms.
+    Nothing reads them any more: queries run on the current snapshot, and a C-loop batch
+    reads its tables within one call."""
+    await _take_apart_sharded(tables.answers)
+    await _take_apart_sharded(tables.defaults)
+    await _take_apart_sharded(tables.feed)
+    await _take_apart_table(tables.answer_keys)
     tables.below.clear()
+
+
+async def _take_apart_sharded(table: ShardedTable[_V]) -> None:
+    """Empty one retired sharded table, a shard per loop turn (see `_take_apart`)."""
+    for shard in table.shards:
+        if shard:
+            shard.clear()
+            await asyncio.sleep(0)
 
 
 class _Emptiable(Protocol):
@@ -1040,8 +1003,8 @@ class _Emptiable(Protocol):
 
 
 async def _take_apart_table(table: _Emptiable) -> None:
-    """Empty one retired table a slice at a time (see `_take_apart`)."""
-    while table:
+    """Empty one retired plain table a slice at a time (see `_take_apart`)."""
+    while len(table):
         for _ in range(min(_FREED_PER_STEP, len(table))):
             table.popitem()
         await asyncio.sleep(0)

@@ -47,6 +47,7 @@ from acmezone_dns.dnssec.records import (
     rr,
     rrsig_rdatas,
 )
+from acmezone_dns.shards import ShardedTable
 from acmezone_dns.static_zones import StaticZone
 from acmezone_dns.wire import AA, TC, Packed, answer_rdatas, encode_owner, label_offsets
 from acmezone_dns.zone import (
@@ -130,7 +131,7 @@ class Signer:
         self._dnskey_ttl = dnskey_ttl
         self.zones: dict[bytes, _Zone] = {}
         self.set_keys(keys)
-        self.answers: dict[bytes, Packed] = {}
+        self.answers: ShardedTable[Packed] = ShardedTable()
         """Signed positive answers by question key (name, type, class IN): the C loop's table
         for DO=1 queries."""
         self._kept: dict[bytes, list[bytes]] = {}  # name -> answer keys made by `respond`
@@ -199,11 +200,11 @@ class Signer:
         """One signed answer is stale (the challenge zone's SOA serial moved)."""
         self.answers.pop(answer_key, None)
 
-    def reset(self) -> dict[bytes, Packed]:
+    def reset(self) -> ShardedTable[Packed]:
         """Forget every signed answer and proof (a re-list or a static reload replaced the
         data); returns the new answer table, and the old one is left to the caller to free."""
         retired = self.answers
-        self.answers = {}
+        self.answers = ShardedTable()
         self._kept = {}
         self._proofs = {}
         self._rrsigs = {}
@@ -216,7 +217,7 @@ class Signer:
         answers = self.answers
         stale = [
             k
-            for k, p in list(answers.items())
+            for k, p in answers.pairs()
             if isinstance(p, SignedPacked) and _before(p.expires, horizon)
         ]
         for key in stale:
