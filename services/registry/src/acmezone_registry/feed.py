@@ -80,6 +80,9 @@ class RecordFeed:
         self._poll_interval = poll_interval
         self._changed = asyncio.Event()
         self._known_revision = 0
+        # The feed's identity, read at start: it is made with the database and never changes
+        # (the poll keeps it current all the same), so a wait for the replicas reads nothing.
+        self._feed_id = ""
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._recent: dict[int, tuple[RecordChange, ...]] = {}
@@ -91,6 +94,7 @@ class RecordFeed:
     async def start(self) -> None:
         """Learn the current head and start listening for other replicas' commits."""
         status = await self._log.feed_status()
+        self._feed_id = status.feed_id
         self._advance(status.revision)
         self._metrics.feed_compacted_revision.set(status.compacted_revision)
         self._tasks.append(asyncio.create_task(self._poll_loop(), name="feed-poll"))
@@ -150,9 +154,10 @@ class RecordFeed:
 
     async def wait_for_replicas(self, revision: int, within: float) -> list[ReplicaReport]:
         """Return once every live dns replica serves `revision` of this feed (see
-        `replicas`); DeadlineExceededError naming the laggards after `within` seconds."""
-        status = await self._log.feed_status()
-        return await self.replicas.wait_for(revision, status.feed_id, within)
+        `replicas`); DeadlineExceededError naming the laggards after `within` seconds. Held
+        by every `/update` when WAIT_FOR_REPLICAS_SECONDS is set, so it reads no database."""
+        feed_id = self._feed_id or (await self._log.feed_status()).feed_id
+        return await self.replicas.wait_for(revision, feed_id, within)
 
     # -- wake-ups -----------------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ class RecordFeed:
             except UnavailableError:
                 continue
             self._metrics.feed_compacted_revision.set(status.compacted_revision)
+            self._feed_id = status.feed_id
             if status.revision != self._known_revision:
                 self._advance(status.revision)
                 self._wake()

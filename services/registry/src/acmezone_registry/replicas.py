@@ -137,6 +137,8 @@ class ReplicaTracker:
                     metadata={"lagging": ",".join(r.replica for r in behind)},
                 )
             # A replica that stops reporting goes out of the live set by time alone, so
-            # wake up in time for that too.
+            # wake up in time for that too. (`asyncio.timeout`, not `wait_for`: no task per
+            # wake-up, and every held `/update` comes through here.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(left, self._timeout))
+                async with asyncio.timeout(min(left, self._timeout)):
+                    await changed.wait()
