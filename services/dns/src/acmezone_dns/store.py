@@ -19,6 +19,9 @@ name of its length under `defaults`) and its entry in the feed map; no dnspython
 for it. The slow path, which needs RRsets, gets them made on demand by `NodeIndex`. ANY for a
 feed name is answered by the slow path (it is never pre-packed and never answered from
 `defaults`): CAs do not ask it, and a third table entry per name would cost a third more memory.
+The three big tables are `ShardedTable`s (shards.py): no insertion ever copies more than a
+sliver of the zone, so neither a re-list nor the registration that tips a table over its size
+stalls the queries for the tens of ms a million-entry dict takes to grow.
 
 The store is written only from the event loop that runs the DNS servers and the feed client, so
 its own bookkeeping needs no lock either.
