@@ -385,3 +385,30 @@ def test_a_sharded_table_behaves_as_a_dict() -> None:
     table.clear()
     assert not table
     assert len(table) == 0
+
+
+def test_a_relist_shares_the_answers_it_leaves_unchanged(tmp_path: Path) -> None:
+    """While a re-list is built the old generation is still served, so both are in memory:
+    a name whose answer is byte for byte the live one takes the live `Packed` (answers are
+    never changed in place), and only changed names get a new one."""
+    store = new_store(tmp_path)
+    store.apply_snapshot([TxtChange(f"n{i}.{ZONE}.", (f"v{i}",)) for i in range(100)], 1, "f")
+    live = {k: p for k, p in store.snapshot.answers.items() if k.startswith(b"\x02n")}
+    assert len(live) == 10  # n0 .. n9 (the others have longer labels)
+    relist = store.relist()
+    relist.add_many((f"n{i}.{ZONE}.", ("changed" if i == 3 else f"v{i}",)) for i in range(100))
+    relist.finish(2, "f")
+    answers = store.snapshot.answers
+    for key, packed in live.items():
+        if key.startswith(b"\x02n3"):
+            assert answers[key] is not packed
+            assert b"changed" in answers[key].body
+        else:
+            assert answers[key] is packed
+    fresh = new_store(tmp_path)
+    fresh.apply_snapshot(
+        [TxtChange(f"n{i}.{ZONE}.", ("changed" if i == 3 else f"v{i}",)) for i in range(100)],
+        2,
+        "f",
+    )
+    assert observable(store) == observable(fresh)

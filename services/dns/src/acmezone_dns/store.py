@@ -896,13 +896,19 @@ class Relist:
         lookup bound once and put straight into its shards: a cold start is a million of
         them, and this loop is most of its time. Anything else (a repeat of a name included)
         goes through `add`. No table grows by more than a shard at a time (shards.py), so a
-        batch of a few thousand names is a few ms on the loop whatever the zone's size."""
+        batch of a few thousand names is a few ms on the loop whatever the zone's size.
+
+        A name whose answer the live tables already hold byte for byte (most of them, in a
+        re-list after OUT_OF_RANGE) shares the live `Packed`: answers are never changed in
+        place, and while both generations are alive each unchanged name then costs its table
+        entries and keys only, not a second answer."""
         store = self._store
         tables = self._tables
         static = store.static
         feed_shards = tables.feed.shards
         answer_shards = tables.answers.shards
         default_shards = tables.defaults.shards
+        live_answer_shards = store._tables.answers.shards
         mask = SHARDS - 1
         suffix = store._feed_suffix
         cut = -len(suffix)
@@ -931,13 +937,15 @@ class Relist:
                         and key not in static
                     ):
                         rdata = bytes((len(raw),)) + raw
-                        packed = make(
-                            heads, heads_edns, fixed + len(rdata).to_bytes(2, "big") + rdata, stat
-                        )
+                        body = fixed + len(rdata).to_bytes(2, "big") + rdata
+                        answer_key = key + _TXT_IN
+                        answer_shard = hash(answer_key) & mask
+                        packed = live_answer_shards[answer_shard].get(answer_key)
+                        if packed is None or packed.body != body or packed.stat != stat:
+                            packed = make(heads, heads_edns, body, stat)
                         feed_shard[key] = packed
                         default_shards[shard][key] = default
-                        answer_key = key + _TXT_IN
-                        answer_shards[hash(answer_key) & mask][answer_key] = packed
+                        answer_shards[answer_shard][answer_key] = packed
                         built += 1
                         continue
             self.add(fqdn, values)
