@@ -35,6 +35,17 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* The batch warm-up (warm_batch) prefetches inside the answer tables' dicts, which needs
+ * CPython 3.11's dict layout; with any other version it prefetches only the answers it
+ * finds through the public API. It never writes and never relies on what it read: a wrong
+ * guess costs a wasted prefetch, not a wrong answer. */
+#if defined(__GNUC__) && PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#define DICT_PREFETCH 1
+#define Py_BUILD_CORE
+#include "internal/pycore_dict.h"
+#undef Py_BUILD_CORE
+#endif
+
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -677,52 +688,136 @@ static void warm_bodies(PyObject **found, int count) {
     }
 }
 
-/* Look up the answer of every plain query of the batch once before any is answered, and
- * prefetch it. At a million names the tables are far larger than the CPU caches, and each
- * answer is several dependent memory reads (the table slot, the stored key, the Packed, its
- * body): taken one query at a time those stalls add up, taken over the batch first those of
- * different queries overlap, and answer_fast then finds them in cache. It only reads; a miss
- * or any other shape is left to answer_fast as it is. */
+/* One query of a batch being warmed: its key, hash and shard, and how far the warm-up got. */
+typedef struct {
+    PyObject *key;  /* new reference */
+    Py_hash_t hash;
+    PyObject *shard; /* borrowed, from the tables */
+} Warming;
+
+#ifdef DICT_PREFETCH
+/* The entry a dict's first probe for `hash` lands on, or NULL (empty slot, another kind of
+ * dict). Reads the index slot, which the caller prefetched. */
+static PyDictKeyEntry *first_probe(PyObject *shard, Py_hash_t hash) {
+    PyDictKeysObject *keys = ((PyDictObject *)shard)->ma_keys;
+    if (keys->dk_kind != DICT_KEYS_GENERAL) {
+        return NULL;
+    }
+    size_t slot = (size_t)hash & (((size_t)1 << keys->dk_log2_size) - 1);
+    int width = keys->dk_log2_index_bytes - keys->dk_log2_size; /* log2 of the index width */
+    Py_ssize_t ix;
+    if (width == 0) {
+        ix = ((const int8_t *)keys->dk_indices)[slot];
+    } else if (width == 1) {
+        ix = ((const int16_t *)keys->dk_indices)[slot];
+    } else if (width == 2) {
+        ix = ((const int32_t *)keys->dk_indices)[slot];
+    } else {
+        ix = (Py_ssize_t)((const int64_t *)keys->dk_indices)[slot];
+    }
+    if (ix < 0 || ix >= keys->dk_nentries) {
+        return NULL;
+    }
+    return &DK_ENTRIES(keys)[ix];
+}
+
+static void prefetch_index_slot(PyObject *shard, Py_hash_t hash) {
+    PyDictKeysObject *keys = ((PyDictObject *)shard)->ma_keys;
+    size_t slot = (size_t)hash & (((size_t)1 << keys->dk_log2_size) - 1);
+    int width = keys->dk_log2_index_bytes - keys->dk_log2_size;
+    __builtin_prefetch(keys->dk_indices + (slot << width));
+}
+#endif
+
+/* Look up the answer of every plain query of the batch before any is answered, prefetching
+ * each step. At a million names the tables are far larger than the CPU caches and one answer
+ * is a chain of dependent memory reads (the dict's index slot, its entry, the stored key, the
+ * Packed, its body); taken one query at a time those stalls add up, taken a step at a time
+ * over the whole batch the stalls of different queries overlap, and answer_fast then finds
+ * everything in cache. It only reads; a miss or any other shape is left to answer_fast. */
 static void warm_batch(NativeBatch *self, int count, PyObject *tables) {
     PyObject *answers = PyTuple_GET_ITEM(tables, T_ANSWERS);
-    PyObject *found[WARM_CHUNK];
-    int held = 0;
+    Py_uhash_t mask = (Py_uhash_t)PyTuple_GET_SIZE(answers) - 1;
+    Warming warming[WARM_CHUNK];
     unsigned char key[MAX_QUESTION];
-    for (int i = 0; i < count; i++) {
-        const unsigned char *data = self->in + (size_t)i * (size_t)self->slot;
-        Py_ssize_t n = (Py_ssize_t)self->in_hdrs[i].msg_len;
-        Py_ssize_t qend;
-        if (n < MIN_QUERY || (data[2] & 0xF8)) {
-            continue;
+    int first = 0;
+    while (first < count) {
+        int held = 0;
+        int i = first;
+        for (; i < count && held < WARM_CHUNK; i++) {
+            const unsigned char *data = self->in + (size_t)i * (size_t)self->slot;
+            Py_ssize_t n = (Py_ssize_t)self->in_hdrs[i].msg_len;
+            Py_ssize_t qend;
+            if (n < MIN_QUERY || (data[2] & 0xF8)) {
+                continue;
+            }
+            if (memcmp(data + 4, PLAIN_SECTIONS, 8) == 0) {
+                qend = n;
+            } else if (memcmp(data + 4, OPT_SECTIONS, 8) == 0 && n >= MIN_QUERY + OPT_LEN) {
+                qend = n - OPT_LEN;
+            } else {
+                continue;
+            }
+            Py_ssize_t qlen = qend - 12;
+            if (qlen > MAX_QUESTION) {
+                continue;
+            }
+            for (Py_ssize_t k = 0; k < qlen; k++) {
+                unsigned char c = data[12 + k];
+                key[k] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
+            }
+            PyObject *k = PyBytes_FromStringAndSize((const char *)key, qlen);
+            if (k == NULL) {
+                PyErr_Clear();
+                continue;
+            }
+            Py_hash_t hash = PyObject_Hash(k);
+            PyObject *shard = PyTuple_GET_ITEM(answers, (Py_ssize_t)((Py_uhash_t)hash & mask));
+            if (hash == -1 || !PyDict_CheckExact(shard)) {
+                PyErr_Clear();
+                Py_DECREF(k);
+                continue;
+            }
+#ifdef DICT_PREFETCH
+            prefetch_index_slot(shard, hash);
+#endif
+            warming[held].key = k;
+            warming[held].hash = hash;
+            warming[held].shard = shard;
+            held++;
         }
-        if (memcmp(data + 4, PLAIN_SECTIONS, 8) == 0) {
-            qend = n;
-        } else if (memcmp(data + 4, OPT_SECTIONS, 8) == 0 && n >= MIN_QUERY + OPT_LEN) {
-            qend = n - OPT_LEN;
-        } else {
-            continue;
+        first = i;
+#ifdef DICT_PREFETCH
+        PyDictKeyEntry *entries[WARM_CHUNK];
+        for (int j = 0; j < held; j++) {
+            entries[j] = first_probe(warming[j].shard, warming[j].hash);
+            if (entries[j] != NULL) {
+                __builtin_prefetch(entries[j]);
+            }
         }
-        Py_ssize_t qlen = qend - 12;
-        if (qlen > MAX_QUESTION) {
-            continue;
+        for (int j = 0; j < held; j++) {
+            PyDictKeyEntry *entry = entries[j];
+            if (entry != NULL && entry->me_hash == warming[j].hash && entry->me_key != NULL) {
+                __builtin_prefetch(entry->me_key);
+                __builtin_prefetch(entry->me_value);
+            }
         }
-        for (Py_ssize_t k = 0; k < qlen; k++) {
-            unsigned char c = data[12 + k];
-            key[k] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
+#endif
+        PyObject *found[WARM_CHUNK];
+        int packed_count = 0;
+        for (int j = 0; j < held; j++) {
+            PyObject *value = PyDict_GetItemWithError(warming[j].shard, warming[j].key);
+            Py_DECREF(warming[j].key);
+            if (value == NULL) {
+                PyErr_Clear();
+                continue;
+            }
+            Py_INCREF(value);
+            __builtin_prefetch(value);
+            found[packed_count++] = value;
         }
-        PyObject *packed = lookup_sharded(answers, key, qlen);
-        if (packed == NULL) {
-            PyErr_Clear();
-            continue;
-        }
-        __builtin_prefetch(packed);
-        found[held++] = packed;
-        if (held == WARM_CHUNK) {
-            warm_bodies(found, held);
-            held = 0;
-        }
+        warm_bodies(found, packed_count);
     }
-    warm_bodies(found, held);
 }
 
 static PyObject *NativeBatch_exchange(NativeBatch *self, PyObject *const *args,
