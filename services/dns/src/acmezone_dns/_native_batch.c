@@ -14,17 +14,20 @@
  * with one question and nothing else, or with one option-less OPT record whose 11 bytes are a
  * key of `edns`, or one whose only option is a COOKIE (a client cookie, alone or with a 16-byte
  * server cookie) and whose option-less form is a key: those get our OPT with a fresh RFC 9018
- * server cookie for the sender's address (Responder._cookie_shortcut). The lower-cased question is looked up in `answers` (the snapshot's pre-packed
- * table); on a miss, as Responder._not_prepacked does, the name in `defaults` (NODATA or the
+ * server cookie for the sender's address (Responder._cookie_shortcut). The lower-cased
+ * question is looked up in `answers` (the snapshot's pre-packed table, as the shards of a
+ * ShardedTable); on a miss, as Responder._not_prepacked does, the name in `defaults` (NODATA or the
  * CNAME chain) or, walking its labels, the closest zone in `fallbacks` (NXDOMAIN), else
  * `refused`. The reply is the query's ID, the Packed head for its RD/CD bits, its own question
  * bytes (0x20 case kept) and the body (and the OPT), and the answer is counted in `counts`.
- * With DNSSEC signing on (`signed` a dict), a query whose OPT has the DO bit is looked up in
+ * With DNSSEC signing on (`signed` not None), a query whose OPT has the DO bit is looked up in
  * `signed` instead, and a miss goes to Python, which signs (Responder._signed_fast).
  * Every other datagram goes to `handle(index, data)`, the Python path that answers everything
  * (it also tries the same shortcuts, so the two paths cannot disagree on what they answer:
  * only on who answers). With `tables` None every datagram goes to `handle`, which makes the
- * class a drop-in for datagram_batch.DatagramBatch.
+ * class a drop-in for datagram_batch.DatagramBatch. Before answering, a batch's plain
+ * queries are looked up once with prefetching (warm_batch): at a million names that is what
+ * keeps the QPS level with a thousand.
  *
  * Safety: every length is checked before a copy; a value of an unexpected type in the tables
  * sends the datagram to `handle` instead of failing; Python errors from `handle` propagate after
