@@ -39,14 +39,17 @@
 #include <Python.h>
 
 /* The batch warm-up (warm_batch) prefetches inside the answer tables' dicts, which needs
- * CPython 3.11's dict layout; with any other version it prefetches only the answers it
- * finds through the public API. It never writes and never relies on what it read: a wrong
- * guess costs a wasted prefetch, not a wrong answer. */
-#if defined(__GNUC__) && PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+ * CPython 3.11's dict layout and its internal headers; otherwise it prefetches only the
+ * answers it finds through the public API. It never writes, and what it reads inside a dict
+ * serves only as prefetch addresses: a wrong guess costs a wasted prefetch, not an answer. */
+#if defined(__GNUC__) && defined(__has_include) && PY_VERSION_HEX >= 0x030B0000 && \
+    PY_VERSION_HEX < 0x030C0000
+#if __has_include("internal/pycore_dict.h") /* some builds install no internal headers */
 #define DICT_PREFETCH 1
 #define Py_BUILD_CORE
 #include "internal/pycore_dict.h"
 #undef Py_BUILD_CORE
+#endif
 #endif
 
 #include <errno.h>
