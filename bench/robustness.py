@@ -363,8 +363,12 @@ async def probe_sustained(args: argparse.Namespace, workdir: Path) -> None:
             paced = await paced_updates(
                 server, accounts, UPDATE_RPS_TARGET, args.seconds, dns_port, answered
             )
+            # Every answer now waits until the replica serves the value (the default).
+            held = await sustained_updates(server, accounts, args.seconds)
     show_load("acmezone", ours)
     print(f"            server CPU {cpu / max(ours.count, 1) * 1e6:.0f} us per request")
+    show_load("  held", held)
+    print("            (one dns replica following; each /update answered once it serves the value)")
     print(
         f"  paced at {UPDATE_RPS_TARGET:.0f} req/s offered: "
         f"p50 {paced.quantile(0.5) * 1000:.1f} ms, "
