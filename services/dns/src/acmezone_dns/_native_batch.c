@@ -266,27 +266,42 @@ static PyObject *lookup(PyObject *dict, const unsigned char *key, Py_ssize_t siz
     return value;
 }
 
-/* A lookup in a ShardedTable's shards (shards.py): the key's hash masked to the shard count,
- * a power of two, picks the dict, as ShardedTable.shard_of does. The same contract as
- * `lookup`; a shard that is not a dict is an error. */
+/* A question's table key: its bytes lower-cased as bytes.lower() does (ASCII only). */
+static void lower_question(unsigned char *key, const unsigned char *question, Py_ssize_t size) {
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = question[i];
+        key[i] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
+    }
+}
+
+/* The dict of a ShardedTable's shards (shards.py) that holds `k`: its hash masked to the shard
+ * count, a power of two, as ShardedTable.shard_of picks it; `*hash` gets the hash (cached in
+ * `k`, so the dict lookup does not hash again). NULL with an error set when `k` does not hash
+ * or the shard is not a dict. */
+static PyObject *shard_of(PyObject *shards, PyObject *k, Py_hash_t *hash) {
+    *hash = PyObject_Hash(k);
+    if (*hash == -1) {
+        return NULL;
+    }
+    Py_uhash_t mask = (Py_uhash_t)PyTuple_GET_SIZE(shards) - 1;
+    PyObject *shard = PyTuple_GET_ITEM(shards, (Py_ssize_t)((Py_uhash_t)*hash & mask));
+    if (!PyDict_CheckExact(shard)) {
+        PyErr_SetString(PyExc_TypeError, "a table shard is not a dict");
+        return NULL;
+    }
+    return shard;
+}
+
+/* A lookup in a ShardedTable's shards: the same contract as `lookup`; a shard that is not a
+ * dict is an error. */
 static PyObject *lookup_sharded(PyObject *shards, const unsigned char *key, Py_ssize_t size) {
     PyObject *k = PyBytes_FromStringAndSize((const char *)key, size);
     if (k == NULL) {
         return NULL;
     }
-    Py_hash_t hash = PyObject_Hash(k); /* cached in k: the dict lookup does not hash again */
-    if (hash == -1) {
-        Py_DECREF(k);
-        return NULL;
-    }
-    Py_uhash_t mask = (Py_uhash_t)PyTuple_GET_SIZE(shards) - 1;
-    PyObject *shard = PyTuple_GET_ITEM(shards, (Py_ssize_t)((Py_uhash_t)hash & mask));
-    PyObject *value = NULL;
-    if (PyDict_CheckExact(shard)) {
-        value = PyDict_GetItemWithError(shard, k); /* borrowed */
-    } else {
-        PyErr_SetString(PyExc_TypeError, "a table shard is not a dict");
-    }
+    Py_hash_t hash;
+    PyObject *shard = shard_of(shards, k, &hash);
+    PyObject *value = shard == NULL ? NULL : PyDict_GetItemWithError(shard, k); /* borrowed */
     Py_DECREF(k);
     Py_XINCREF(value);
     return value;
@@ -537,10 +552,7 @@ static Py_ssize_t answer_fast(const unsigned char *data, Py_ssize_t n, PyObject 
         goto done; /* longer than any name: the Python path says FORMERR */
     }
     const unsigned char *q = data + 12;
-    for (Py_ssize_t i = 0; i < qlen; i++) {
-        unsigned char c = q[i];
-        key[i] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
-    }
+    lower_question(key, q, qlen);
     Py_ssize_t counter = 0; /* the qtype part of the counter slot; the table's are in stat */
     packed = lookup_sharded(answers, key, qlen);
     if (packed == NULL) {
@@ -694,7 +706,7 @@ static void warm_bodies(PyObject **found, int count) {
     }
 }
 
-/* One query of a batch being warmed: its key, hash and shard, and how far the warm-up got. */
+/* One query of a batch being warmed: its key, the key's hash and the shard that holds it. */
 typedef struct {
     PyObject *key;  /* new reference */
     Py_hash_t hash;
@@ -743,7 +755,6 @@ static void prefetch_index_slot(PyObject *shard, Py_hash_t hash) {
  * everything in cache. It only reads; a miss or any other shape is left to answer_fast. */
 static void warm_batch(NativeBatch *self, int count, PyObject *tables) {
     PyObject *answers = PyTuple_GET_ITEM(tables, T_ANSWERS);
-    Py_uhash_t mask = (Py_uhash_t)PyTuple_GET_SIZE(answers) - 1;
     Warming warming[WARM_CHUNK];
     unsigned char key[MAX_QUESTION];
     int first = 0;
@@ -768,19 +779,16 @@ static void warm_batch(NativeBatch *self, int count, PyObject *tables) {
             if (qlen > MAX_QUESTION) {
                 continue;
             }
-            for (Py_ssize_t k = 0; k < qlen; k++) {
-                unsigned char c = data[12 + k];
-                key[k] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
-            }
+            lower_question(key, data + 12, qlen);
             PyObject *k = PyBytes_FromStringAndSize((const char *)key, qlen);
             if (k == NULL) {
                 PyErr_Clear();
                 continue;
             }
-            Py_hash_t hash = PyObject_Hash(k);
-            PyObject *shard = PyTuple_GET_ITEM(answers, (Py_ssize_t)((Py_uhash_t)hash & mask));
-            if (hash == -1 || !PyDict_CheckExact(shard)) {
-                PyErr_Clear();
+            Py_hash_t hash;
+            PyObject *shard = shard_of(answers, k, &hash);
+            if (shard == NULL) {
+                PyErr_Clear(); /* answer_fast meets the same error and raises it */
                 Py_DECREF(k);
                 continue;
             }

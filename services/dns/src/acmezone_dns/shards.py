@@ -22,7 +22,9 @@ SHARD_BITS = 8
 SHARDS = 1 << SHARD_BITS
 """At 1M names each shard holds about 4k entries: it grows in about 50 µs. At 1k names the
 256 dicts cost about 60 KB per table."""
-_MASK = SHARDS - 1
+SHARD_MASK = SHARDS - 1
+"""`hash(key) & SHARD_MASK` is the shard of `key`, here, in the C loop and in code that binds
+the shards itself (`Relist.add_many`)."""
 
 V = TypeVar("V")
 _D = TypeVar("_D")
@@ -42,7 +44,7 @@ class ShardedTable(MutableMapping[bytes, V]):
 
     def shard_of(self, key: bytes) -> dict[bytes, V]:
         """The dict that holds (or would hold) `key`."""
-        return self.shards[hash(key) & _MASK]
+        return self.shards[hash(key) & SHARD_MASK]
 
     @overload
     def get(self, key: bytes, /) -> V | None: ...
@@ -51,19 +53,19 @@ class ShardedTable(MutableMapping[bytes, V]):
     def get(self, key: bytes, default: V | _D, /) -> V | _D: ...
 
     def get(self, key: bytes, default: object = None) -> object:
-        return self.shards[hash(key) & _MASK].get(key, default)
+        return self.shards[hash(key) & SHARD_MASK].get(key, default)
 
     def __getitem__(self, key: bytes) -> V:
-        return self.shards[hash(key) & _MASK][key]
+        return self.shards[hash(key) & SHARD_MASK][key]
 
     def __setitem__(self, key: bytes, value: V) -> None:
-        self.shards[hash(key) & _MASK][key] = value
+        self.shards[hash(key) & SHARD_MASK][key] = value
 
     def __delitem__(self, key: bytes) -> None:
-        del self.shards[hash(key) & _MASK][key]
+        del self.shards[hash(key) & SHARD_MASK][key]
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, bytes) and key in self.shards[hash(key) & _MASK]
+        return isinstance(key, bytes) and key in self.shards[hash(key) & SHARD_MASK]
 
     @overload
     def pop(self, key: bytes, /) -> V: ...
@@ -72,7 +74,7 @@ class ShardedTable(MutableMapping[bytes, V]):
     def pop(self, key: bytes, default: V | _D, /) -> V | _D: ...
 
     def pop(self, key: bytes, *default: object) -> object:
-        return self.shards[hash(key) & _MASK].pop(key, *default)
+        return self.shards[hash(key) & SHARD_MASK].pop(key, *default)
 
     def __len__(self) -> int:
         return sum(map(len, self.shards))
@@ -91,7 +93,7 @@ class ShardedTable(MutableMapping[bytes, V]):
         """Insert or replace every (key, value), in order (a later repeat wins)."""
         shards = self.shards
         for key, value in items:
-            shards[hash(key) & _MASK][key] = value
+            shards[hash(key) & SHARD_MASK][key] = value
 
     def pairs(self) -> Iterator[tuple[bytes, V]]:
         """Every (key, value), shard by shard: `items()` without a lookup per key."""

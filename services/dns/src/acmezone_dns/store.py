@@ -48,7 +48,7 @@ import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
 
 from acmezone_dns import metrics
-from acmezone_dns.shards import SHARDS, ShardedTable
+from acmezone_dns.shards import SHARD_MASK, ShardedTable
 from acmezone_dns.static_zones import StaticZone
 from acmezone_dns.wire import (
     AA,
@@ -909,7 +909,7 @@ class Relist:
         answer_shards = tables.answers.shards
         default_shards = tables.defaults.shards
         live_answer_shards = store._tables.answers.shards
-        mask = SHARDS - 1
+        mask = SHARD_MASK
         suffix = store._feed_suffix
         cut = -len(suffix)
         zone = store.feed_zone
@@ -1015,7 +1015,7 @@ class _Emptiable(Protocol):
 
 async def _take_apart_table(table: _Emptiable) -> None:
     """Empty one retired plain table a slice at a time (see `_take_apart`)."""
-    while len(table):
+    while table:
         for _ in range(min(_FREED_PER_STEP, len(table))):
             table.popitem()
         await asyncio.sleep(0)
