@@ -109,6 +109,14 @@ def open_channel(
     )
 
 
+def channel_to(target: str | ChannelFactory, *, options: ChannelOptions = ()) -> grpc.aio.Channel:
+    """A channel with the caller's options, to a bare target (plaintext: tests and tools) or
+    through a configured `ChannelFactory` (the services)."""
+    if isinstance(target, str):
+        return open_channel(target, options=options)
+    return target(options=options)
+
+
 def _with_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
     metadata = list(details.metadata or ())
     if not any(key.lower() == "authorization" for key, _ in metadata):

@@ -28,7 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from acmezone.registry.v1 import record_feed_service_pb2 as feed_pb2
 from acmezone.registry.v1 import record_feed_service_pb2_grpc as feed_grpc
-from acmezone_common.transport import ChannelFactory, open_channel
+from acmezone_common.transport import ChannelFactory, channel_to
 from acmezone_dns.errors import FeedProtocolError
 from acmezone_dns.metrics import FeedMetrics
 from acmezone_dns.store import Relist, TxtChange, ZoneStore
@@ -126,12 +126,7 @@ class FeedClient:
 
     async def start(self) -> None:
         """Start following the feed in the background."""
-        target = self._target
-        self._channel = (
-            open_channel(target, options=_CHANNEL_OPTIONS)
-            if isinstance(target, str)
-            else target(options=_CHANNEL_OPTIONS)
-        )
+        self._channel = channel_to(self._target, options=_CHANNEL_OPTIONS)
         stub = feed_grpc.RecordFeedServiceStub(self._channel)
         self._task = asyncio.create_task(self._run(stub))
         if self.replica:

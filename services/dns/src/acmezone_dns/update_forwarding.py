@@ -29,7 +29,7 @@ import grpc
 
 from acmezone.registry.v1 import dns_update_service_pb2 as update_pb2
 from acmezone.registry.v1 import dns_update_service_pb2_grpc as update_grpc
-from acmezone_common.transport import ChannelFactory, open_channel
+from acmezone_common.transport import ChannelFactory, channel_to
 from acmezone_dns.metrics import UpdateStats
 from acmezone_dns.store import ZoneStore
 from acmezone_dns.wire import header_only
@@ -83,12 +83,7 @@ class UpdateForwarder:
 
     async def start(self) -> None:
         """Open the channel to the registry (connecting lazily, on the first update)."""
-        target = self._target
-        self._channel = (
-            open_channel(target, options=_CHANNEL_OPTIONS)
-            if isinstance(target, str)
-            else target(options=_CHANNEL_OPTIONS)
-        )
+        self._channel = channel_to(self._target, options=_CHANNEL_OPTIONS)
         self._stub = update_grpc.DnsUpdateServiceStub(self._channel)
 
     async def stop(self) -> None:
