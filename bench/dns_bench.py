@@ -331,6 +331,20 @@ async def update_latency(
     return delays
 
 
+def bench_registry_env(data_dir: Path) -> dict[str, str]:
+    """A registry on free loopback ports keeping its files in `data_dir`, with open
+    registration unlimited: a bench registers from one address, faster than the quotas allow."""
+    return {
+        "ACMEZONE_REGISTRY_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "ACMEZONE_REGISTRY_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        "ACMEZONE_REGISTRY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "ACMEZONE_REGISTRY_DATA_DIR": str(data_dir),
+        "ACMEZONE_REGISTRY_OPEN_REGISTRATIONS_PER_HOUR_PER_SOURCE": "0",
+        "ACMEZONE_REGISTRY_OPEN_REGISTRATIONS_PER_HOUR": "0",
+        "ACMEZONE_REGISTRY_LOG_LEVEL": "WARNING",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", type=int, default=1000)
@@ -359,18 +373,9 @@ def main() -> int:
             print(f"{tool} is missing: `make bench-deps` installs dnsperf and nsd", file=sys.stderr)
             return 1
     workdir = Path(tempfile.mkdtemp(prefix="dns-bench-"))
-    registry_grpc = f"127.0.0.1:{free_port()}"
+    registry_env = bench_registry_env(workdir / "registry")
+    registry_grpc = registry_env["ACMEZONE_REGISTRY_GRPC_ADDRESS"]
     dns_port, nsd_port = free_port(), free_port()
-    registry_env = {
-        "ACMEZONE_REGISTRY_GRPC_ADDRESS": registry_grpc,
-        "ACMEZONE_REGISTRY_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
-        "ACMEZONE_REGISTRY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-        "ACMEZONE_REGISTRY_DATA_DIR": str(workdir / "registry"),
-        # The bench registers from one address, faster than open registration allows.
-        "ACMEZONE_REGISTRY_OPEN_REGISTRATIONS_PER_HOUR_PER_SOURCE": "0",
-        "ACMEZONE_REGISTRY_OPEN_REGISTRATIONS_PER_HOUR": "0",
-        "ACMEZONE_REGISTRY_LOG_LEVEL": "WARNING",
-    }
     dns_env = {
         "ACMEZONE_DNS_DNS_ADDRESSES": f"127.0.0.1:{dns_port}",
         "ACMEZONE_DNS_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",

@@ -48,6 +48,7 @@ from dns_bench import (
     CLIENT_CORE,
     SERVER_CORE,
     ZONE,
+    bench_registry_env,
     cpu_seconds,
     fill_registry,
     latencies_of,
@@ -200,16 +201,8 @@ def main() -> int:
     write_key(
         generate(dns.name.from_text(ZONE), ECDSAP256SHA256, Role.CSK, State.ACTIVE), keys, None
     )
-    registry_grpc = f"127.0.0.1:{free_port()}"
-    registry_env = {
-        "ACMEZONE_REGISTRY_GRPC_ADDRESS": registry_grpc,
-        "ACMEZONE_REGISTRY_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
-        "ACMEZONE_REGISTRY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-        "ACMEZONE_REGISTRY_DATA_DIR": str(workdir / "registry"),
-        "ACMEZONE_REGISTRY_OPEN_REGISTRATIONS_PER_HOUR_PER_SOURCE": "0",
-        "ACMEZONE_REGISTRY_OPEN_REGISTRATIONS_PER_HOUR": "0",
-        "ACMEZONE_REGISTRY_LOG_LEVEL": "WARNING",
-    }
+    registry_env = bench_registry_env(workdir / "registry")
+    registry_grpc = registry_env["ACMEZONE_REGISTRY_GRPC_ADDRESS"]
     ports = {"plain": free_port(), "signed": free_port(), "knot": free_port()}
     metrics_ports = {"plain": free_port(), "signed": free_port()}
 
